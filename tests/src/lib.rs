@@ -1,0 +1,357 @@
+//! Helpers for conntrace's root integration tests: run the real `conntrace record`,
+//! create network namespaces that clean up after themselves, and drive Python peers.
+//!
+//! Every test records the whole node, so each one picks out its own connections by
+//! port and pid; names of namespaces and links are unique per process and test.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    path::PathBuf,
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use tracer::{
+    event::{Event, EventKind},
+    log::Log,
+};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this process and call, at most `prefix.len() + 9` characters.
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{:05}{n:03}", std::process::id() % 100_000)
+}
+
+/// The conntrace binary: `$CONNTRACE_BIN`, else `target/debug/conntrace`.
+pub fn conntrace_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CONNTRACE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/debug/deps/<test> -> target/debug/conntrace
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join("conntrace");
+    assert!(
+        bin.exists(),
+        "{} not built: run the tests with `cargo xtask test`",
+        bin.display()
+    );
+    bin
+}
+
+/// Panics unless running as root (the kernel programs need it).
+pub fn require_root() {
+    // SAFETY: plain syscall.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the integration tests load eBPF programs: run them as root (`sudo cargo xtask test`)"
+    );
+}
+
+/// A running `conntrace record`.
+pub struct Recorder {
+    child: Child,
+    pub path: PathBuf,
+    stderr_lines: std::sync::mpsc::Receiver<String>,
+    stderr_seen: Vec<String>,
+}
+
+impl Recorder {
+    /// Starts recording with extra flags, and waits until every program is attached.
+    pub fn start(extra: &[&str]) -> Self {
+        require_root();
+        let path = std::env::temp_dir().join(format!("{}.jsonl", unique("conntrace-test-")));
+        let mut child = Command::new(conntrace_bin())
+            .args(["record", "-o"])
+            .arg(&path)
+            .args(["--duration", "120"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn conntrace record");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut rec = Self {
+            child,
+            path,
+            stderr_lines: rx,
+            stderr_seen: Vec::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rec.stderr_lines.recv_timeout(left) {
+                Ok(line) => {
+                    let attached = line.contains("programs attached");
+                    rec.stderr_seen.push(line);
+                    if attached {
+                        return rec;
+                    }
+                }
+                Err(e) => panic!(
+                    "conntrace record did not attach within 30 s ({e}); stderr: {:?}",
+                    rec.stderr_seen
+                ),
+            }
+        }
+    }
+
+    /// SIGINT, wait for a clean exit, and read the log back.
+    pub fn stop(mut self) -> Recording {
+        // Let the last events reach the ring buffer reader.
+        std::thread::sleep(Duration::from_millis(200));
+        // SAFETY: plain syscall on our own child.
+        unsafe { libc::kill(i32::try_from(self.child.id()).expect("pid"), libc::SIGINT) };
+        let status = self.child.wait().expect("wait for conntrace");
+        while let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_secs(2)) {
+            self.stderr_seen.push(line);
+        }
+        assert!(
+            status.success(),
+            "conntrace record exited with {status}; stderr: {:?}",
+            self.stderr_seen
+        );
+        let log = Log::read(&self.path).expect("read the recorded log");
+        assert!(
+            log.errors.is_empty(),
+            "bad lines in the log: {:?}",
+            log.errors
+        );
+        let _ = std::fs::remove_file(&self.path);
+        Recording {
+            log,
+            stderr: self.stderr_seen.clone(),
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a recorder saw.
+pub struct Recording {
+    pub log: Log,
+    pub stderr: Vec<String>,
+}
+
+impl Recording {
+    pub fn events(&self) -> Vec<&Event> {
+        self.log.events().collect()
+    }
+
+    /// Events on a connection with this local port (either side of loopback).
+    pub fn by_local_port(&self, port: u16) -> Vec<&Event> {
+        self.log
+            .events()
+            .filter(|e| e.local.port() == port)
+            .collect()
+    }
+
+    /// One clock tick in milliseconds, from the log header.
+    pub fn tick_ms(&self) -> u64 {
+        1000 / u64::from(self.log.header.hz.max(1))
+    }
+
+    /// A summary for assertion messages.
+    pub fn dump(&self, events: &[&Event]) -> String {
+        events
+            .iter()
+            .map(|e| serde_json::to_string(e).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Whether `e` is a state change `old -> new`.
+pub fn is_transition(e: &Event, old: &str, new: &str) -> bool {
+    matches!(&e.kind, EventKind::State { old: o, new: n, .. } if o.as_str() == old && n.as_str() == new)
+}
+
+/// A Python 3 peer running an inline script, talking over stdin/stdout lines.
+pub struct Python {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Python {
+    /// `python3 -c script`, optionally inside a network namespace.
+    pub fn spawn(netns: Option<&str>, script: &str, args: &[&str]) -> Self {
+        let mut cmd = if let Some(ns) = netns {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "python3", "-u", "-c", script]);
+            c
+        } else {
+            let mut c = Command::new("python3");
+            c.args(["-u", "-c", script]);
+            c
+        };
+        let mut child = cmd
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn python3");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        Self {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// The next line the script prints (panics at EOF).
+    pub fn line(&mut self) -> String {
+        let mut s = String::new();
+        self.stdout.read_line(&mut s).expect("read from python");
+        assert!(!s.is_empty(), "python peer exited early");
+        s.trim().to_owned()
+    }
+
+    /// Sends a line to the script.
+    pub fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{line}").expect("write to python");
+        stdin.flush().expect("flush");
+    }
+
+    /// The script's pid as the kernel sees it: `ip netns exec` execs python in place.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `/proc/<pid>/comm` of the script.
+    pub fn comm(&self) -> String {
+        std::fs::read_to_string(format!("/proc/{}/comm", self.pid()))
+            .expect("read comm")
+            .trim()
+            .to_owned()
+    }
+
+    /// Waits for exit and asserts success.
+    pub fn wait(mut self) {
+        drop(self.stdin.take());
+        let st = self.child.wait().expect("wait python");
+        assert!(st.success(), "python peer failed: {st}");
+    }
+}
+
+impl Drop for Python {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A network namespace with loopback up, deleted on drop (also when a test fails).
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new() -> Self {
+        let name = unique("ctns");
+        ip(&["netns", "add", &name]);
+        let ns = Self { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Runs a command inside the namespace and asserts success.
+    pub fn exec(&self, cmd: &[&str]) {
+        let mut args = vec!["netns", "exec", self.name.as_str()];
+        args.extend_from_slice(cmd);
+        ip(&args);
+    }
+
+    /// Sets a sysctl inside the namespace.
+    pub fn sysctl(&self, key: &str, value: &str) {
+        self.exec(&["sysctl", "-q", "-w", &format!("{key}={value}")]);
+    }
+}
+
+impl Default for Netns {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Two namespaces joined by a veth pair: `a` is 192.0.2.1/24, `b` is 192.0.2.2/24
+/// (TEST-NET-1; the addresses exist only inside these namespaces).
+pub struct VethPair {
+    pub a: Netns,
+    pub b: Netns,
+    pub link_a: String,
+    pub link_b: String,
+}
+
+impl VethPair {
+    pub const ADDR_A: &'static str = "192.0.2.1";
+    pub const ADDR_B: &'static str = "192.0.2.2";
+
+    pub fn new() -> Self {
+        let a = Netns::new();
+        let b = Netns::new();
+        let link_a = unique("ctva");
+        let link_b = unique("ctvb");
+        ip(&[
+            "link", "add", &link_a, "netns", &a.name, "type", "veth", "peer", "name", &link_b,
+            "netns", &b.name,
+        ]);
+        a.exec(&["ip", "addr", "add", "192.0.2.1/24", "dev", &link_a]);
+        b.exec(&["ip", "addr", "add", "192.0.2.2/24", "dev", &link_b]);
+        a.exec(&["ip", "link", "set", &link_a, "up"]);
+        b.exec(&["ip", "link", "set", &link_b, "up"]);
+        Self {
+            a,
+            b,
+            link_a,
+            link_b,
+        }
+    }
+}
+
+impl Default for VethPair {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,99 @@
+//! A server that goes quiet and closes an idle keep-alive connection after 1.5 s:
+//! the client's ESTABLISHED -> CLOSE_WAIT carries the idle time and says the peer
+//! closed first; the server's ESTABLISHED -> FIN_WAIT1 says it closed locally.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpListener,
+    time::Duration,
+};
+
+use tests::{is_transition, Python, Recorder};
+use tracer::event::{Closer, EventKind};
+
+const CLIENT: &str = r"
+import socket, sys
+s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))
+print(s.getsockname()[1])
+s.sendall(b'GET / HTTP/1.1\r\n\r\n')
+s.recv(100)
+while s.recv(100):
+    pass
+s.close()
+";
+
+#[test]
+fn idle_close_after_1500ms_is_measured_to_the_tick() {
+    let rec = Recorder::start(&[]);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let mut client = Python::spawn(None, CLIENT, &[&port.to_string()]);
+    let (mut conn, _) = listener.accept().expect("accept");
+    let client_port: u16 = client.line().parse().expect("port");
+    let mut buf = [0u8; 64];
+    let _ = conn.read(&mut buf).expect("request");
+    conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        .expect("response");
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(conn);
+    let client_pid = client.pid();
+    client.wait();
+    let recording = rec.stop();
+
+    let tick = recording.tick_ms();
+    let on_client = recording.by_local_port(client_port);
+    let close_wait = on_client
+        .iter()
+        .find(|e| is_transition(e, "ESTABLISHED", "CLOSE_WAIT"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no CLOSE_WAIT for the client:\n{}",
+                recording.dump(&on_client)
+            )
+        });
+    let EventKind::State {
+        idle_ms, closed_by, ..
+    } = &close_wait.kind
+    else {
+        unreachable!()
+    };
+    assert!(
+        idle_ms.abs_diff(1500) <= 2 * tick,
+        "client idle {idle_ms} ms, expected 1500 +- {} ms",
+        2 * tick
+    );
+    assert_eq!(*closed_by, Some(Closer::Peer));
+    assert_eq!(
+        close_wait.pid, client_pid,
+        "owner is the connecting process"
+    );
+    assert!(close_wait.owner_known);
+    assert_eq!(close_wait.remote.port(), port);
+
+    let on_server = recording.by_local_port(port);
+    let fin_wait = on_server
+        .iter()
+        .find(|e| e.remote.port() == client_port && is_transition(e, "ESTABLISHED", "FIN_WAIT1"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no FIN_WAIT1 for the server:\n{}",
+                recording.dump(&on_server)
+            )
+        });
+    let EventKind::State {
+        idle_ms, closed_by, ..
+    } = &fin_wait.kind
+    else {
+        unreachable!()
+    };
+    assert!(
+        idle_ms.abs_diff(1500) <= 2 * tick,
+        "server idle {idle_ms} ms"
+    );
+    assert_eq!(*closed_by, Some(Closer::Local));
+    assert_eq!(
+        fin_wait.pid,
+        std::process::id(),
+        "owner is the accepting process"
+    );
+}

@@ -1,0 +1,73 @@
+//! connect() to a port with no listener: ECONNREFUSED for the client's pid, and the
+//! reset the node sent for it with its kernel reason (NO_SOCKET).
+
+use std::net::TcpListener;
+
+use tests::{Python, Recorder};
+use tracer::event::{Direction, EventKind};
+
+const CLIENT: &str = r"
+import socket, sys, errno
+s = socket.socket()
+try:
+    s.connect(('127.0.0.1', int(sys.argv[1])))
+    print('connected')
+except OSError as e:
+    print(s.getsockname()[1], errno.errorcode[e.errno])
+";
+
+#[test]
+fn refused_connect_is_an_econnrefused_for_the_client_and_a_no_socket_reset() {
+    // A port that was just free: bind, note it, release it.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let rec = Recorder::start(&[]);
+    let mut client = Python::spawn(None, CLIENT, &[&port.to_string()]);
+    let line = client.line();
+    let (pid, comm) = (client.pid(), client.comm());
+    client.wait();
+    let recording = rec.stop();
+    let (client_port, err) = line.split_once(' ').expect("port and errno");
+    assert_eq!(err, "ECONNREFUSED");
+    let client_port: u16 = client_port.parse().expect("port");
+
+    let connect = recording
+        .events()
+        .into_iter()
+        .find(|e| e.pid == pid && matches!(e.kind, EventKind::Connect { .. }))
+        .unwrap_or_else(|| panic!("no connect error:\n{}", recording.dump(&recording.events())));
+    let EventKind::Connect { errno, .. } = &connect.kind else {
+        unreachable!()
+    };
+    assert_eq!(errno.name(), "ECONNREFUSED");
+    assert_eq!(connect.remote.port(), port);
+    assert_eq!(connect.comm, comm);
+
+    let reset = recording
+        .by_local_port(port)
+        .into_iter()
+        .find(|e| {
+            e.remote.port() == client_port
+                && matches!(
+                    e.kind,
+                    EventKind::Reset {
+                        direction: Direction::Sent,
+                        ..
+                    }
+                )
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no reset sent:\n{}",
+                recording.dump(&recording.by_local_port(port))
+            )
+        });
+    let EventKind::Reset { reason, state, .. } = &reset.kind else {
+        unreachable!()
+    };
+    assert_eq!(reason.as_deref(), Some("NO_SOCKET"));
+    assert_eq!(*state, None, "no socket owned the port");
+}

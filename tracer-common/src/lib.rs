@@ -1,0 +1,269 @@
+//! Wire types shared by the kernel programs (`tracer-ebpf`) and userspace (`tracer`).
+//!
+//! Everything here is `#[repr(C)]` with fixed-width integers and explicit padding, so
+//! the layout is the same on both sides and nothing has implicit padding.
+//!
+//! - [`RawEvent`]: the one fixed-size record the kernel writes to the ring buffer.
+//! - [`Offsets`]: kernel struct field offsets, computed in userspace from the running
+//!   kernel's BTF and handed to the programs as a read-only global at load time.
+//! - [`Owner`]: who created or accepted a socket, carried by socket in a kernel map.
+//! - `LOSS_*`: indexes into the per-CPU loss counter array.
+#![no_std]
+
+/// Event kinds (stable numbers: they are the wire format).
+pub mod kind {
+    /// A TCP state transition (`sock:inet_sock_set_state`).
+    pub const STATE: u8 = 1;
+    /// A `connect()` that returned an error synchronously.
+    pub const CONNECT_ERROR: u8 = 2;
+    /// An error reported on the socket later (`sock:inet_sk_error_report`).
+    pub const SOCK_ERROR: u8 = 3;
+    /// A reset sent by this node (`tcp:tcp_send_reset`).
+    pub const RESET_SENT: u8 = 4;
+    /// A reset received by a local socket (`tcp:tcp_receive_reset`).
+    pub const RESET_RECEIVED: u8 = 5;
+    /// A segment retransmitted (`tcp:tcp_retransmit_skb`).
+    pub const RETRANSMIT: u8 = 6;
+    /// A connection handed to a process by `accept()`/`accept4()`.
+    pub const ACCEPT: u8 = 7;
+}
+
+/// Where the owner fields of an event came from.
+pub mod owner_src {
+    /// The task that happened to run when the event fired (may be unrelated in softirq).
+    pub const CURRENT_TASK: u8 = 0;
+    /// The process that created (connect/listen) or accepted the socket.
+    pub const SOCKET: u8 = 1;
+}
+
+/// Bits of [`RawEvent::flags`].
+pub mod flags {
+    /// `SO_KEEPALIVE` is set on the socket.
+    pub const KEEPALIVE: u8 = 1;
+}
+
+/// Indexes into the `LOSSES` per-CPU array.
+pub const LOSS_RINGBUF_FULL: u32 = 0;
+/// The socket-owner map could not take an entry.
+pub const LOSS_OWNER_MAP: u32 = 1;
+/// The in-flight `connect()` argument map could not take an entry.
+pub const LOSS_CONNECT_MAP: u32 = 2;
+/// A kernel read failed and the event was dropped.
+pub const LOSS_READ: u32 = 3;
+/// Number of loss counters.
+pub const LOSS_COUNTERS: u32 = 4;
+
+/// `AF_INET` as the kernel numbers it.
+pub const AF_INET: u16 = 2;
+/// `AF_INET6` as the kernel numbers it.
+pub const AF_INET6: u16 = 10;
+
+/// One event on the ring buffer. 136 bytes, 8-byte aligned.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawEvent {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC.
+    pub ts_ns: u64,
+    /// Socket identity (the kernel's `struct sock *`), stable for the socket's life.
+    pub sock: u64,
+    /// cgroup v2 id of the owner.
+    pub cgroup_id: u64,
+    /// `bpf_jiffies64()` when the event fired.
+    pub jiffies: u64,
+    /// Owner's process id (tgid).
+    pub pid: u32,
+    /// Owner's thread id.
+    pub tid: u32,
+    /// One of [`kind`].
+    pub kind: u8,
+    /// [`AF_INET`] or [`AF_INET6`] (low byte).
+    pub family: u8,
+    /// Previous TCP state (state events).
+    pub old_state: u8,
+    /// New TCP state (state events) or the socket's state at the event.
+    pub new_state: u8,
+    /// Local port, host byte order.
+    pub sport: u16,
+    /// Remote port, host byte order.
+    pub dport: u16,
+    /// Local address; IPv4 in the first four bytes.
+    pub saddr: [u8; 16],
+    /// Remote address; IPv4 in the first four bytes.
+    pub daddr: [u8; 16],
+    /// Owner's command name, NUL padded.
+    pub comm: [u8; 16],
+    /// Jiffies since the socket last sent data (`tcp_sock.lsndtime`).
+    pub send_idle_jiffies: u32,
+    /// Jiffies since the socket last received data (`icsk_ack.lrcvtime`).
+    pub recv_idle_jiffies: u32,
+    /// Jiffies since the last ACK from the peer (`tcp_sock.rcv_tstamp`).
+    pub ack_idle_jiffies: u32,
+    /// Positive errno (connect and socket errors).
+    pub errno: i32,
+    /// Reset reason (`enum sk_rst_reason`) for resets sent.
+    pub reason: u32,
+    /// `tcp_sock.total_retrans`.
+    pub retrans: u32,
+    /// `tcp_sock.packets_out`: segments sent and not yet acknowledged.
+    pub packets_out: u32,
+    /// `icsk_user_timeout` (`TCP_USER_TIMEOUT`), milliseconds; 0 when unset.
+    pub user_timeout_ms: u32,
+    /// One of [`owner_src`].
+    pub owner_src: u8,
+    /// Bits of [`flags`].
+    pub flags: u8,
+    /// `icsk_retransmits`: retransmission timeouts in a row without an ACK (before
+    /// this one, on retransmit events).
+    pub rto_count: u8,
+    /// Explicit padding to a multiple of 8.
+    pub pad: [u8; 5],
+}
+
+impl RawEvent {
+    /// Size on the wire.
+    pub const SIZE: usize = core::mem::size_of::<Self>();
+
+    /// An all-zero event.
+    pub const ZERO: Self = Self {
+        ts_ns: 0,
+        sock: 0,
+        cgroup_id: 0,
+        jiffies: 0,
+        pid: 0,
+        tid: 0,
+        kind: 0,
+        family: 0,
+        old_state: 0,
+        new_state: 0,
+        sport: 0,
+        dport: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        comm: [0; 16],
+        send_idle_jiffies: 0,
+        recv_idle_jiffies: 0,
+        ack_idle_jiffies: 0,
+        errno: 0,
+        reason: 0,
+        retrans: 0,
+        packets_out: 0,
+        user_timeout_ms: 0,
+        owner_src: 0,
+        flags: 0,
+        rto_count: 0,
+        pad: [0; 5],
+    };
+}
+
+const _: () = assert!(RawEvent::SIZE == 136);
+
+/// The process that owns a socket, kept in the kernel's owner map by socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// cgroup v2 id.
+    pub cgroup_id: u64,
+    /// Process id (tgid).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Command name.
+    pub comm: [u8; 16],
+}
+
+/// Byte offsets of the kernel fields the programs read, from the running kernel's BTF.
+///
+/// Socket fields are relative to the start of `struct sock` (which begins with
+/// `sock_common`, and is the first member of `inet_sock`, `inet_connection_sock` and
+/// `tcp_sock`). `rst_*` are offsets in the classic `tcp:tcp_send_reset` record, read
+/// from its tracefs format.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offsets {
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_dport: u32,
+    pub skc_family: u32,
+    pub skc_state: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    pub sk_protocol: u32,
+    pub sk_err: u32,
+    pub sk_flags: u32,
+    pub inet_sport: u32,
+    pub icsk_lrcvtime: u32,
+    pub icsk_user_timeout: u32,
+    pub icsk_retransmits: u32,
+    pub tp_lsndtime: u32,
+    pub tp_rcv_tstamp: u32,
+    pub tp_total_retrans: u32,
+    pub tp_packets_out: u32,
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_private_data: u32,
+    pub socket_sk: u32,
+    pub rst_skaddr: u32,
+    pub rst_state: u32,
+    pub rst_reason: u32,
+    pub rst_saddr: u32,
+    pub rst_daddr: u32,
+    /// Nonzero once userspace has filled the offsets; programs do nothing before.
+    pub ready: u32,
+}
+
+impl Offsets {
+    /// All zero: the programs' default until userspace overrides the global.
+    pub const ZERO: Self = Self {
+        skc_daddr: 0,
+        skc_rcv_saddr: 0,
+        skc_dport: 0,
+        skc_family: 0,
+        skc_state: 0,
+        skc_v6_daddr: 0,
+        skc_v6_rcv_saddr: 0,
+        sk_protocol: 0,
+        sk_err: 0,
+        sk_flags: 0,
+        inet_sport: 0,
+        icsk_lrcvtime: 0,
+        icsk_user_timeout: 0,
+        icsk_retransmits: 0,
+        tp_lsndtime: 0,
+        tp_rcv_tstamp: 0,
+        tp_total_retrans: 0,
+        tp_packets_out: 0,
+        task_files: 0,
+        files_fdt: 0,
+        fdt_max_fds: 0,
+        fdt_fd: 0,
+        file_private_data: 0,
+        socket_sk: 0,
+        rst_skaddr: 0,
+        rst_state: 0,
+        rst_reason: 0,
+        rst_saddr: 0,
+        rst_daddr: 0,
+        ready: 0,
+    };
+}
+
+/// Arguments of a `connect()` in flight, kept by thread between enter and exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectArgs {
+    pub fd: u64,
+    pub uservaddr: u64,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all three are repr(C), made of integers and byte arrays with explicit
+    // padding, so every bit pattern is valid and there are no uninitialised bytes.
+    unsafe impl aya::Pod for super::RawEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Offsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Owner {}
+}

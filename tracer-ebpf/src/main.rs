@@ -1,0 +1,402 @@
+//! conntrace kernel programs: TCP connection life cycle from stable tracepoints only.
+//!
+//! | program | hook | what it yields |
+//! |---|---|---|
+//! | `inet_sock_set_state` | tp_btf `inet_sock_set_state(sk, old, new)` | state changes with idle times; socket owners |
+//! | `inet_sk_error_report` | tp_btf `inet_sk_error_report(sk)` | asynchronous socket errors (`sk_err`) |
+//! | `tcp_receive_reset` | tp_btf `tcp_receive_reset(sk)` | resets received, with the state |
+//! | `tcp_retransmit_skb` | tp_btf `tcp_retransmit_skb(sk, skb, ...)` | retransmits, with time since the last ACK |
+//! | `tcp_send_reset` | tracepoint `tcp/tcp_send_reset` | resets sent, with reason (also with no socket) |
+//! | `sys_enter_connect`/`sys_exit_connect` | tracepoints `syscalls/*_connect` | synchronous connect errors |
+//! | `sys_exit_accept`/`sys_exit_accept4` | tracepoints `syscalls/*_accept*` | the accepting process of a socket |
+//!
+//! No program runs per packet on the data path: idle times are read from the socket's
+//! own timestamps at the state change. Struct offsets come from userspace (BTF).
+#![no_std]
+#![no_main]
+
+mod sock;
+
+use aya_ebpf::{
+    helpers::generated::bpf_jiffies64,
+    macros::{btf_tracepoint, map, tracepoint},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+use tracer_common::{
+    kind, owner_src, ConnectArgs, Offsets, Owner, RawEvent, LOSS_CONNECT_MAP, LOSS_COUNTERS,
+    LOSS_OWNER_MAP, LOSS_READ, LOSS_RINGBUF_FULL,
+};
+
+use crate::sock::{
+    current_owner, fd_to_sock, fill_sock, fill_sock_state, is_tcp, read, read_sockaddr,
+};
+
+const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
+const TCP_CLOSE: i32 = 7;
+const TCP_LISTEN: i32 = 10;
+const EINPROGRESS: i64 = 115;
+
+/// Kernel field offsets, filled by userspace at load time.
+#[unsafe(no_mangle)]
+static OFFSETS: Offsets = Offsets::ZERO;
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// Socket -> owner (connect, listen, accept). LRU: a socket whose close we never saw
+/// cannot pin an entry forever.
+#[map]
+static OWNERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(65536, 0);
+
+/// Local port of a listening socket -> its owner, so an accepted child has an owner
+/// from its first event (softirq) until `accept()` names the exact process.
+#[map]
+static LISTENERS: LruHashMap<u32, Owner> = LruHashMap::with_max_entries(4096, 0);
+
+/// Thread id -> `connect()` arguments, between syscall entry and exit.
+#[map]
+static CONNECTS: HashMap<u64, ConnectArgs> = HashMap::with_max_entries(16384, 0);
+
+/// Every event that could not be delivered, by cause (`LOSS_*`).
+#[map]
+static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_COUNTERS, 0);
+
+fn offsets() -> Offsets {
+    // SAFETY: OFFSETS is a plain static; the volatile read stops the compiler from
+    // folding the all-zero default that userspace replaces at load time.
+    unsafe { core::ptr::read_volatile(&raw const OFFSETS) }
+}
+
+fn count_loss(index: u32) {
+    if let Some(counter) = LOSSES.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *counter += 1 };
+    }
+}
+
+fn emit(ev: &RawEvent) {
+    if EVENTS.output::<RawEvent>(ev, 0).is_err() {
+        count_loss(LOSS_RINGBUF_FULL);
+    }
+}
+
+fn remember_owner(sk: u64, owner: &Owner) {
+    if OWNERS.insert(sk, owner, 0).is_err() {
+        count_loss(LOSS_OWNER_MAP);
+    }
+}
+
+/// Owner of `sk` if known, else the current task (flagged as such).
+fn set_owner(ev: &mut RawEvent, sk: u64) {
+    // SAFETY: the value is copied out at once; LRU entries may be evicted concurrently
+    // but the map value memory stays valid for the duration of the program.
+    let owner = match unsafe { OWNERS.get(sk) } {
+        Some(owner) => {
+            ev.owner_src = owner_src::SOCKET;
+            *owner
+        }
+        None => {
+            ev.owner_src = owner_src::CURRENT_TASK;
+            current_owner()
+        }
+    };
+    ev.pid = owner.pid;
+    ev.tid = owner.tid;
+    ev.cgroup_id = owner.cgroup_id;
+    ev.comm = owner.comm;
+}
+
+fn new_event(kind: u8, sk: u64) -> RawEvent {
+    let mut ev = RawEvent::ZERO;
+    // SAFETY: helper calls without pointer arguments.
+    unsafe {
+        ev.ts_ns = aya_ebpf::helpers::bpf_ktime_get_ns();
+        ev.jiffies = bpf_jiffies64();
+    }
+    ev.kind = kind;
+    ev.sock = sk;
+    ev
+}
+
+fn report(result: Result<(), i64>) -> i32 {
+    if result.is_err() {
+        count_loss(LOSS_READ);
+    }
+    0
+}
+
+/// `trace_inet_sock_set_state(const struct sock *sk, const int oldstate, const int newstate)`
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
+    report(try_inet_sock_set_state(&ctx))
+}
+
+fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
+    let off = offsets();
+    if off.ready == 0 {
+        return Ok(());
+    }
+    let sk: *const u8 = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    if !is_tcp(sk, &off)? {
+        return Ok(());
+    }
+    let key = sk as u64;
+    let mut ev = new_event(kind::STATE, key);
+    ev.old_state = old as u8;
+    ev.new_state = new as u8;
+    fill_sock(&mut ev, sk, &off)?;
+
+    // connect() and listen() run this transition in the caller's context.
+    if new == TCP_SYN_SENT || new == TCP_LISTEN {
+        let owner = current_owner();
+        remember_owner(key, &owner);
+        if new == TCP_LISTEN {
+            let port = u32::from(ev.sport);
+            let _ = LISTENERS.insert(port, owner, 0);
+        }
+    } else if old == TCP_LISTEN && new == TCP_SYN_RECV {
+        // A child cloned from a listener (softirq): inherit the listener's owner.
+        let port = u32::from(ev.sport);
+        // SAFETY: copied out at once.
+        if let Some(owner) = unsafe { LISTENERS.get(port) } {
+            let owner = *owner;
+            remember_owner(key, &owner);
+        } else {
+            // The memory may have held an older socket: forget its owner.
+            let _ = OWNERS.remove(key);
+        }
+    }
+    set_owner(&mut ev, key);
+    fill_sock_state(&mut ev, sk, &off)?;
+    emit(&ev);
+
+    // The owner entry outlives ->CLOSE on purpose: the error report and late resets of
+    // a dying socket come after it. The LRU map bounds it; a new socket at this address
+    // overwrites it at connect/listen/accept.
+    if new == TCP_CLOSE && old == TCP_LISTEN {
+        let port = u32::from(ev.sport);
+        let _ = LISTENERS.remove(port);
+    }
+    Ok(())
+}
+
+/// `trace_inet_sk_error_report(const struct sock *sk)`: `sk_err` is already set.
+#[btf_tracepoint(function = "inet_sk_error_report")]
+pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
+    report(try_sock_event(&ctx, kind::SOCK_ERROR))
+}
+
+/// `trace_tcp_receive_reset(struct sock *sk)`: fires before the state changes.
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
+    report(try_sock_event(&ctx, kind::RESET_RECEIVED))
+}
+
+/// `trace_tcp_retransmit_skb(const struct sock *sk, const struct sk_buff *skb, ...)`.
+/// Retransmits are rare on a healthy node; one event each.
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
+    report(try_sock_event(&ctx, kind::RETRANSMIT))
+}
+
+fn try_sock_event(ctx: &BtfTracePointContext, kind: u8) -> Result<(), i64> {
+    let off = offsets();
+    if off.ready == 0 {
+        return Ok(());
+    }
+    let sk: *const u8 = ctx.arg(0);
+    if sk.is_null() || !is_tcp(sk, &off)? {
+        return Ok(());
+    }
+    let key = sk as u64;
+    let mut ev = new_event(kind, key);
+    fill_sock(&mut ev, sk, &off)?;
+    let state: u8 = read(sk, off.skc_state)?;
+    ev.new_state = state;
+    ev.old_state = state;
+    if kind == kind::SOCK_ERROR {
+        let err: i32 = read(sk, off.sk_err)?;
+        ev.errno = err;
+    }
+    set_owner(&mut ev, key);
+    fill_sock_state(&mut ev, sk, &off)?;
+    emit(&ev);
+    Ok(())
+}
+
+/// Classic `tcp/tcp_send_reset`: skaddr, state, reason, and the addresses as
+/// `sockaddr_in`/`sockaddr_in6` (taken from the segment when there is no socket).
+#[tracepoint(category = "tcp", name = "tcp_send_reset")]
+pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    report(try_tcp_send_reset(&ctx)) as u32
+}
+
+fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<(), i64> {
+    let off = offsets();
+    if off.ready == 0 {
+        return Ok(());
+    }
+    // SAFETY: offsets come from this tracepoint's own format file.
+    let (sk, state, reason) = unsafe {
+        (
+            ctx.read_at::<u64>(off.rst_skaddr as usize)
+                .map_err(i64::from)?,
+            ctx.read_at::<i32>(off.rst_state as usize)
+                .map_err(i64::from)?,
+            ctx.read_at::<u32>(off.rst_reason as usize)
+                .map_err(i64::from)?,
+        )
+    };
+    let mut ev = new_event(kind::RESET_SENT, sk);
+    ev.new_state = state as u8;
+    ev.old_state = state as u8;
+    ev.reason = reason;
+    let record = ctx.as_ptr_u8();
+    // SAFETY: the record lives for the program's run; reads go through the helper.
+    let local = unsafe { read_sockaddr(record.add(off.rst_saddr as usize), false)? };
+    let remote = unsafe { read_sockaddr(record.add(off.rst_daddr as usize), false)? };
+    ev.family = local.0;
+    ev.sport = local.1;
+    ev.saddr = local.2;
+    ev.dport = remote.1;
+    ev.daddr = remote.2;
+    set_owner(&mut ev, sk);
+    if sk == 0 {
+        // No socket: the reset answers a segment nobody owns; the current task is noise.
+        ev.pid = 0;
+        ev.tid = 0;
+        ev.cgroup_id = 0;
+        ev.comm = [0; 16];
+    }
+    emit(&ev);
+    Ok(())
+}
+
+trait RecordPtr {
+    fn as_ptr_u8(&self) -> *const u8;
+}
+
+impl RecordPtr for TracePointContext {
+    fn as_ptr_u8(&self) -> *const u8 {
+        use aya_ebpf::EbpfContext as _;
+        self.as_ptr() as *const u8
+    }
+}
+
+/// `sys_enter_connect(int fd, struct sockaddr *uservaddr, int addrlen)`.
+#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    // SAFETY: fixed syscall tracepoint layout: fd at 16, uservaddr at 24.
+    let args = unsafe {
+        match (ctx.read_at::<u64>(16), ctx.read_at::<u64>(24)) {
+            (Ok(fd), Ok(uservaddr)) => ConnectArgs { fd, uservaddr },
+            _ => return 0,
+        }
+    };
+    let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    if CONNECTS.insert(tid, args, 0).is_err() {
+        count_loss(LOSS_CONNECT_MAP);
+    }
+    0
+}
+
+/// `sys_exit_connect`: `ret` at 16. Only failures other than EINPROGRESS are events;
+/// successful connects show as state changes.
+#[tracepoint(category = "syscalls", name = "sys_exit_connect")]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    report(try_sys_exit_connect(&ctx)) as u32
+}
+
+fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
+    let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    // SAFETY: copied out at once, then removed.
+    let Some(args) = (unsafe { CONNECTS.get(tid) }).copied() else {
+        return Ok(());
+    };
+    let _ = CONNECTS.remove(tid);
+    // SAFETY: fixed syscall tracepoint layout.
+    let ret = unsafe { ctx.read_at::<i64>(16) }.map_err(i64::from)?;
+    if ret >= 0 || ret == -EINPROGRESS {
+        return Ok(());
+    }
+    let off = offsets();
+    if off.ready == 0 {
+        return Ok(());
+    }
+    let sk = fd_to_sock(args.fd, &off)?;
+    if sk.is_null() || !is_tcp(sk, &off)? {
+        return Ok(());
+    }
+    let mut ev = new_event(kind::CONNECT_ERROR, sk as u64);
+    fill_sock(&mut ev, sk, &off)?;
+    // The destination as the caller asked for it; the socket may never have had it.
+    // SAFETY: user pointer read through the helper.
+    let remote = unsafe { read_sockaddr(args.uservaddr as *const u8, true)? };
+    if remote.0 != 0 {
+        ev.family = remote.0;
+        ev.dport = remote.1;
+        ev.daddr = remote.2;
+    }
+    ev.errno = (-ret) as i32;
+    let state: u8 = read(sk, off.skc_state)?;
+    ev.new_state = state;
+    let owner = current_owner();
+    ev.owner_src = owner_src::SOCKET;
+    ev.pid = owner.pid;
+    ev.tid = owner.tid;
+    ev.cgroup_id = owner.cgroup_id;
+    ev.comm = owner.comm;
+    emit(&ev);
+    Ok(())
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
+pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
+    report(try_sys_exit_accept(&ctx)) as u32
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_accept")]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    report(try_sys_exit_accept(&ctx)) as u32
+}
+
+/// The accepted socket comes from the returned fd; the accepting task is its owner.
+fn try_sys_exit_accept(ctx: &TracePointContext) -> Result<(), i64> {
+    // SAFETY: fixed syscall tracepoint layout: ret at 16.
+    let ret = unsafe { ctx.read_at::<i64>(16) }.map_err(i64::from)?;
+    if ret < 0 {
+        return Ok(());
+    }
+    let off = offsets();
+    if off.ready == 0 {
+        return Ok(());
+    }
+    let sk = fd_to_sock(ret as u64, &off)?;
+    if sk.is_null() || !is_tcp(sk, &off)? {
+        return Ok(());
+    }
+    let key = sk as u64;
+    let owner = current_owner();
+    remember_owner(key, &owner);
+    let mut ev = new_event(kind::ACCEPT, key);
+    fill_sock(&mut ev, sk, &off)?;
+    let state: u8 = read(sk, off.skc_state)?;
+    ev.new_state = state;
+    set_owner(&mut ev, key);
+    emit(&ev);
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

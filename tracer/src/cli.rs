@@ -1,0 +1,84 @@
+//! Command line: `conntrace <command> [flags]`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::filter::{Cidr, Filter};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "conntrace",
+    version,
+    about = "eBPF TCP connection-lifecycle tracer: who closed first, idle time before close, resets, connect errors, retransmits",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Record kernel events to a JSON Lines log (headless).
+    Record(RecordArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// Where to write the log (JSON Lines).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Stop after this many seconds (default: until Ctrl-C / SIGTERM).
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+/// Event selection shared by the live commands.
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Filters")]
+pub struct FilterArgs {
+    /// Only connections owned by this process id.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+    /// Only connections owned by processes with this command name.
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
+    /// Only connections with this local or remote port.
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Only connections with a local or remote address in this network (e.g. 10.0.0.0/8).
+    #[arg(long, value_name = "NET")]
+    pub cidr: Option<Cidr>,
+}
+
+impl FilterArgs {
+    pub fn to_filter(&self) -> Filter {
+        let Self {
+            pid,
+            comm,
+            port,
+            cidr,
+        } = self.clone();
+        Filter {
+            pid,
+            comm,
+            port,
+            cidr,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,342 @@
+//! Ring-buffer bytes -> [`Event`]. Pure: the clock and the reset-reason names are
+//! handed in, so the decoder is tested without a kernel.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use bytes::Buf as _;
+use tracer_common::{flags, kind, owner_src, RawEvent, AF_INET6};
+
+use crate::{
+    event::{Closer, Direction, Errno, Event, EventKind, TcpState},
+    time::KernelClock,
+};
+
+/// Why a record could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The record is not [`RawEvent::SIZE`] bytes.
+    Size(usize),
+    /// An event kind this build does not know.
+    Kind(u8),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Size(n) => write!(f, "event of {n} bytes, expected {}", RawEvent::SIZE),
+            Self::Kind(k) => write!(f, "unknown event kind {k}"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// Decodes wire events.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    pub clock: KernelClock,
+    /// `enum sk_rst_reason` names by value (from BTF), without the `SK_RST_REASON_` prefix.
+    pub reset_reasons: Vec<String>,
+}
+
+/// Parses the wire layout field by field (little-endian, as the BPF target writes it).
+pub fn parse_raw(mut b: &[u8]) -> Result<RawEvent, DecodeError> {
+    if b.len() != RawEvent::SIZE {
+        return Err(DecodeError::Size(b.len()));
+    }
+    let arr16 = |b: &mut &[u8]| {
+        let mut a = [0u8; 16];
+        b.copy_to_slice(&mut a);
+        a
+    };
+    Ok(RawEvent {
+        ts_ns: b.get_u64_le(),
+        sock: b.get_u64_le(),
+        cgroup_id: b.get_u64_le(),
+        jiffies: b.get_u64_le(),
+        pid: b.get_u32_le(),
+        tid: b.get_u32_le(),
+        kind: b.get_u8(),
+        family: b.get_u8(),
+        old_state: b.get_u8(),
+        new_state: b.get_u8(),
+        sport: b.get_u16_le(),
+        dport: b.get_u16_le(),
+        saddr: arr16(&mut b),
+        daddr: arr16(&mut b),
+        comm: arr16(&mut b),
+        send_idle_jiffies: b.get_u32_le(),
+        recv_idle_jiffies: b.get_u32_le(),
+        ack_idle_jiffies: b.get_u32_le(),
+        errno: b.get_i32_le(),
+        reason: b.get_u32_le(),
+        retrans: b.get_u32_le(),
+        packets_out: b.get_u32_le(),
+        user_timeout_ms: b.get_u32_le(),
+        owner_src: b.get_u8(),
+        flags: b.get_u8(),
+        rto_count: b.get_u8(),
+        pad: [0; 5],
+    })
+}
+
+fn addr(family: u8, raw: [u8; 16], port: u16) -> SocketAddr {
+    let ip = if u16::from(family) == AF_INET6 {
+        // v4-mapped addresses (dual-stack sockets) read better as plain IPv4.
+        Ipv6Addr::from(raw).to_canonical()
+    } else {
+        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+    };
+    SocketAddr::new(ip, port)
+}
+
+fn comm(raw: [u8; 16]) -> String {
+    let len = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..len]).into_owned()
+}
+
+impl Decoder {
+    /// Decodes one ring-buffer record.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Event, DecodeError> {
+        let raw = parse_raw(bytes)?;
+        self.convert(&raw)
+    }
+
+    fn reason(&self, reason: u32) -> String {
+        self.reset_reasons
+            .get(reason as usize)
+            .cloned()
+            .unwrap_or_else(|| reason.to_string())
+    }
+
+    /// Converts a parsed wire event.
+    pub fn convert(&self, raw: &RawEvent) -> Result<Event, DecodeError> {
+        let ms = |j: u32| self.clock.jiffies_to_ms(j);
+        let old = TcpState::from_kernel(raw.old_state);
+        let new = TcpState::from_kernel(raw.new_state);
+        // Before a connection is established its send/receive timestamps are unset.
+        let idle = |state: TcpState, jiffies: u32| if state.had_data() { ms(jiffies) } else { 0 };
+        let kind = match raw.kind {
+            kind::STATE => {
+                let (send_idle_ms, recv_idle_ms) = (
+                    idle(old, raw.send_idle_jiffies),
+                    idle(old, raw.recv_idle_jiffies),
+                );
+                let closed_by = match (old, new) {
+                    (TcpState::Established, TcpState::CloseWait) => Some(Closer::Peer),
+                    (TcpState::Established, TcpState::FinWait1) => Some(Closer::Local),
+                    _ => None,
+                };
+                EventKind::State {
+                    old,
+                    new,
+                    idle_ms: send_idle_ms.min(recv_idle_ms),
+                    send_idle_ms,
+                    recv_idle_ms,
+                    closed_by,
+                    retrans: raw.retrans,
+                }
+            }
+            kind::CONNECT_ERROR => EventKind::Connect {
+                errno: Errno(raw.errno),
+                state: new,
+            },
+            kind::SOCK_ERROR => EventKind::Error {
+                errno: Errno(raw.errno),
+                state: new,
+            },
+            kind::RESET_SENT => EventKind::Reset {
+                direction: Direction::Sent,
+                state: (raw.new_state != 0).then_some(new),
+                reason: Some(self.reason(raw.reason)),
+                idle_ms: 0,
+            },
+            kind::RESET_RECEIVED => EventKind::Reset {
+                direction: Direction::Received,
+                state: Some(new),
+                reason: None,
+                idle_ms: idle(new, raw.send_idle_jiffies).min(idle(new, raw.recv_idle_jiffies)),
+            },
+            kind::RETRANSMIT => EventKind::Retransmit {
+                state: new,
+                retrans: raw.retrans,
+                rto_count: raw.rto_count,
+                ack_idle_ms: ms(raw.ack_idle_jiffies),
+                packets_out: raw.packets_out,
+                keepalive: raw.flags & flags::KEEPALIVE != 0,
+                user_timeout_ms: raw.user_timeout_ms,
+            },
+            kind::ACCEPT => EventKind::Accept { state: new },
+            other => return Err(DecodeError::Kind(other)),
+        };
+        Ok(Event {
+            time: self.clock.wall(raw.ts_ns),
+            mono_ns: raw.ts_ns,
+            kind,
+            pid: raw.pid,
+            tid: raw.tid,
+            comm: comm(raw.comm),
+            cgroup: raw.cgroup_id,
+            owner_known: raw.owner_src == owner_src::SOCKET,
+            sock: raw.sock,
+            local: addr(raw.family, raw.saddr, raw.sport),
+            remote: addr(raw.family, raw.daddr, raw.dport),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    /// The wire bytes of `raw`, as the BPF program writes them (little-endian host).
+    fn wire(raw: &RawEvent) -> Vec<u8> {
+        // SAFETY: RawEvent is repr(C) plain data with explicit padding.
+        unsafe { std::slice::from_raw_parts(std::ptr::from_ref(raw).cast::<u8>(), RawEvent::SIZE) }
+            .to_vec()
+    }
+
+    fn decoder() -> Decoder {
+        Decoder {
+            clock: KernelClock {
+                boot: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+                hz: 250,
+            },
+            reset_reasons: vec!["NOT_SPECIFIED".into(), "NO_SOCKET".into()],
+        }
+    }
+
+    fn close_wait() -> RawEvent {
+        let mut raw = RawEvent::ZERO;
+        raw.ts_ns = 5_000_000_123;
+        raw.sock = 0xffff_8881_0241_1bc0;
+        raw.cgroup_id = 42;
+        raw.pid = 4242;
+        raw.tid = 4243;
+        raw.kind = kind::STATE;
+        raw.family = 2;
+        raw.old_state = 1;
+        raw.new_state = 8;
+        raw.sport = 40000;
+        raw.dport = 8080;
+        raw.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        raw.daddr[..4].copy_from_slice(&[10, 1, 2, 3]);
+        raw.comm[..7].copy_from_slice(b"python3");
+        raw.send_idle_jiffies = 380;
+        raw.recv_idle_jiffies = 375;
+        raw.owner_src = owner_src::SOCKET;
+        raw
+    }
+
+    #[test]
+    fn wire_layout_round_trips() {
+        let raw = close_wait();
+        assert_eq!(parse_raw(&wire(&raw)).unwrap(), raw);
+    }
+
+    #[test]
+    fn state_event_decodes_idle_and_closer() {
+        let e = decoder().decode(&wire(&close_wait())).unwrap();
+        assert_eq!(e.local.to_string(), "127.0.0.1:40000");
+        assert_eq!(e.remote.to_string(), "10.1.2.3:8080");
+        assert_eq!(
+            (e.pid, e.tid, e.comm.as_str(), e.cgroup),
+            (4242, 4243, "python3", 42)
+        );
+        assert!(e.owner_known);
+        assert_eq!(e.mono_ns, 5_000_000_123);
+        assert_eq!(
+            e.time,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_005) + Duration::from_nanos(123)
+        );
+        let EventKind::State {
+            old,
+            new,
+            idle_ms,
+            send_idle_ms,
+            recv_idle_ms,
+            closed_by,
+            ..
+        } = e.kind
+        else {
+            panic!("not a state event: {:?}", e.kind);
+        };
+        assert_eq!((old, new), (TcpState::Established, TcpState::CloseWait));
+        assert_eq!((idle_ms, send_idle_ms, recv_idle_ms), (1500, 1520, 1500));
+        assert_eq!(closed_by, Some(Closer::Peer));
+    }
+
+    #[test]
+    fn idle_is_zero_before_a_connection_had_data() {
+        let mut raw = close_wait();
+        raw.old_state = 2; // SYN_SENT
+        raw.new_state = 7; // CLOSE
+        raw.send_idle_jiffies = 600_000;
+        let e = decoder().decode(&wire(&raw)).unwrap();
+        assert!(matches!(
+            e.kind,
+            EventKind::State {
+                idle_ms: 0,
+                send_idle_ms: 0,
+                closed_by: None,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn ipv6_and_v4_mapped_addresses() {
+        let mut raw = close_wait();
+        raw.family = 10;
+        raw.saddr = std::net::Ipv6Addr::LOCALHOST.octets();
+        raw.daddr = "::ffff:10.0.0.7"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        let e = decoder().decode(&wire(&raw)).unwrap();
+        assert_eq!(e.local.to_string(), "[::1]:40000");
+        assert_eq!(e.remote.to_string(), "10.0.0.7:8080");
+    }
+
+    #[test]
+    fn reset_sent_without_socket_has_reason_and_no_state() {
+        let mut raw = close_wait();
+        raw.kind = kind::RESET_SENT;
+        raw.new_state = 0;
+        raw.reason = 1;
+        let e = decoder().decode(&wire(&raw)).unwrap();
+        assert_eq!(
+            e.kind,
+            EventKind::Reset {
+                direction: Direction::Sent,
+                state: None,
+                reason: Some("NO_SOCKET".into()),
+                idle_ms: 0
+            }
+        );
+        raw.reason = 99;
+        let e = decoder().decode(&wire(&raw)).unwrap();
+        assert!(matches!(e.kind, EventKind::Reset { reason: Some(ref r), .. } if r == "99"));
+    }
+
+    #[test]
+    fn connect_error_carries_errno_name() {
+        let mut raw = close_wait();
+        raw.kind = kind::CONNECT_ERROR;
+        raw.errno = libc::EADDRNOTAVAIL;
+        let e = decoder().decode(&wire(&raw)).unwrap();
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(json["type"], "connect");
+        assert_eq!(json["errno"], "EADDRNOTAVAIL");
+    }
+
+    #[test]
+    fn bad_size_and_kind_are_errors() {
+        assert_eq!(decoder().decode(&[0; 10]), Err(DecodeError::Size(10)));
+        let mut raw = close_wait();
+        raw.kind = 200;
+        assert_eq!(decoder().decode(&wire(&raw)), Err(DecodeError::Kind(200)));
+    }
+}

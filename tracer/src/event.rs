@@ -1,0 +1,292 @@
+//! The exported event type: what the decoder yields, the log stores and the engine
+//! consumes. Kept apart from the `repr(C)` wire type in `tracer-common`.
+
+use std::{fmt, net::SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+/// One connection-lifecycle fact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Wall-clock time, RFC 3339 with milliseconds.
+    #[serde(with = "crate::time::rfc3339")]
+    pub time: std::time::SystemTime,
+    /// CLOCK_MONOTONIC nanoseconds (the kernel's timestamp): ordering and durations.
+    pub mono_ns: u64,
+    #[serde(flatten)]
+    pub kind: EventKind,
+    /// Owner process id (tgid); 0 when unknown.
+    pub pid: u32,
+    /// Owner thread id.
+    #[serde(default)]
+    pub tid: u32,
+    /// Owner command name.
+    pub comm: String,
+    /// cgroup v2 id of the owner.
+    #[serde(default)]
+    pub cgroup: u64,
+    /// `true` when pid/comm are the socket's owner (connect, listen, accept),
+    /// `false` when they are merely the task that ran when the event fired.
+    #[serde(default)]
+    pub owner_known: bool,
+    /// Socket identity, stable for the socket's life (kernel `struct sock` address).
+    #[serde(with = "hex_u64")]
+    pub sock: u64,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+/// What happened, with the fields of that kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    /// A TCP state transition.
+    State {
+        old: TcpState,
+        new: TcpState,
+        /// Time since the connection last sent or received data.
+        idle_ms: u64,
+        send_idle_ms: u64,
+        recv_idle_ms: u64,
+        /// Who closed first, on the transition that shows it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        closed_by: Option<Closer>,
+        #[serde(default)]
+        retrans: u32,
+    },
+    /// `connect()` returned an error synchronously.
+    Connect { errno: Errno, state: TcpState },
+    /// An error reported on the socket asynchronously.
+    Error { errno: Errno, state: TcpState },
+    /// A reset sent or received.
+    Reset {
+        direction: Direction,
+        /// State of the socket; `None` when the reset answered a segment with no socket.
+        state: Option<TcpState>,
+        /// Kernel reset reason (sent resets, kernels >= 6.10).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        #[serde(default)]
+        idle_ms: u64,
+    },
+    /// A retransmitted segment.
+    Retransmit {
+        state: TcpState,
+        /// Retransmits of the connection that left the host before this one
+        /// (`total_retrans`; a segment dropped locally is not counted).
+        retrans: u32,
+        /// Retransmission timeouts in a row with no ACK before this one
+        /// (`icsk_retransmits`; 0 for fast retransmits).
+        #[serde(default)]
+        rto_count: u8,
+        /// Time since the last ACK from the peer.
+        ack_idle_ms: u64,
+        packets_out: u32,
+        keepalive: bool,
+        user_timeout_ms: u32,
+    },
+    /// A connection accepted by a process.
+    Accept { state: TcpState },
+}
+
+impl EventKind {
+    /// The `type` tag as written in the log.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::State { .. } => "state",
+            Self::Connect { .. } => "connect",
+            Self::Error { .. } => "error",
+            Self::Reset { .. } => "reset",
+            Self::Retransmit { .. } => "retransmit",
+            Self::Accept { .. } => "accept",
+        }
+    }
+}
+
+/// Who sent the first FIN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Closer {
+    /// ESTABLISHED -> CLOSE_WAIT: the peer closed first.
+    Peer,
+    /// ESTABLISHED -> FIN_WAIT1: this side closed first.
+    Local,
+}
+
+/// Reset direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Sent,
+    Received,
+}
+
+/// Kernel TCP states (`include/net/tcp_states.h`), named as the kernel names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TcpState {
+    Established,
+    SynSent,
+    SynRecv,
+    FinWait1,
+    FinWait2,
+    TimeWait,
+    Close,
+    CloseWait,
+    LastAck,
+    Listen,
+    Closing,
+    NewSynRecv,
+    BoundInactive,
+    Unknown,
+}
+
+impl TcpState {
+    /// From the kernel's number.
+    pub fn from_kernel(n: u8) -> Self {
+        match n {
+            1 => Self::Established,
+            2 => Self::SynSent,
+            3 => Self::SynRecv,
+            4 => Self::FinWait1,
+            5 => Self::FinWait2,
+            6 => Self::TimeWait,
+            7 => Self::Close,
+            8 => Self::CloseWait,
+            9 => Self::LastAck,
+            10 => Self::Listen,
+            11 => Self::Closing,
+            12 => Self::NewSynRecv,
+            13 => Self::BoundInactive,
+            _ => Self::Unknown,
+        }
+    }
+
+    /// States a connection reaches only after it was established, so its
+    /// last-send/last-receive timestamps mean something.
+    pub fn had_data(self) -> bool {
+        matches!(
+            self,
+            Self::Established
+                | Self::FinWait1
+                | Self::FinWait2
+                | Self::CloseWait
+                | Self::LastAck
+                | Self::Closing
+                | Self::TimeWait
+        )
+    }
+
+    /// The kernel's name, e.g. `CLOSE_WAIT`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Established => "ESTABLISHED",
+            Self::SynSent => "SYN_SENT",
+            Self::SynRecv => "SYN_RECV",
+            Self::FinWait1 => "FIN_WAIT1",
+            Self::FinWait2 => "FIN_WAIT2",
+            Self::TimeWait => "TIME_WAIT",
+            Self::Close => "CLOSE",
+            Self::CloseWait => "CLOSE_WAIT",
+            Self::LastAck => "LAST_ACK",
+            Self::Listen => "LISTEN",
+            Self::Closing => "CLOSING",
+            Self::NewSynRecv => "NEW_SYN_RECV",
+            Self::BoundInactive => "BOUND_INACTIVE",
+            Self::Unknown => "UNKNOWN",
+        }
+    }
+}
+
+impl fmt::Display for TcpState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An errno, written by name (`"EADDRNOTAVAIL"`); unknown numbers as `"E<n>"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Errno(pub i32);
+
+const ERRNO_NAMES: [(i32, &str); 24] = [
+    (libc::EPERM, "EPERM"),
+    (libc::ENOENT, "ENOENT"),
+    (libc::EINTR, "EINTR"),
+    (libc::EBADF, "EBADF"),
+    (libc::EAGAIN, "EAGAIN"),
+    (libc::ENOMEM, "ENOMEM"),
+    (libc::EACCES, "EACCES"),
+    (libc::EINVAL, "EINVAL"),
+    (libc::EMFILE, "EMFILE"),
+    (libc::EPIPE, "EPIPE"),
+    (libc::ENOTSOCK, "ENOTSOCK"),
+    (libc::EAFNOSUPPORT, "EAFNOSUPPORT"),
+    (libc::EADDRINUSE, "EADDRINUSE"),
+    (libc::EADDRNOTAVAIL, "EADDRNOTAVAIL"),
+    (libc::ENETDOWN, "ENETDOWN"),
+    (libc::ENETUNREACH, "ENETUNREACH"),
+    (libc::ECONNABORTED, "ECONNABORTED"),
+    (libc::ECONNRESET, "ECONNRESET"),
+    (libc::EISCONN, "EISCONN"),
+    (libc::ETIMEDOUT, "ETIMEDOUT"),
+    (libc::ECONNREFUSED, "ECONNREFUSED"),
+    (libc::EHOSTDOWN, "EHOSTDOWN"),
+    (libc::EHOSTUNREACH, "EHOSTUNREACH"),
+    (libc::EALREADY, "EALREADY"),
+];
+
+impl Errno {
+    /// The symbolic name, or `E<n>` for numbers not in the table.
+    pub fn name(self) -> String {
+        ERRNO_NAMES
+            .iter()
+            .find(|(n, _)| *n == self.0)
+            .map_or_else(|| format!("E{}", self.0), |(_, s)| (*s).to_owned())
+    }
+
+    /// Parses a name (`ECONNREFUSED`) or `E<n>`.
+    pub fn from_name(s: &str) -> Option<Self> {
+        if let Some((n, _)) = ERRNO_NAMES.iter().find(|(_, name)| *name == s) {
+            return Some(Self(*n));
+        }
+        s.strip_prefix('E')?.parse().ok().map(Self)
+    }
+}
+
+impl fmt::Display for Errno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+impl Serialize for Errno {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Errno {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = std::borrow::Cow::<str>::deserialize(d)?;
+        Self::from_name(&s).ok_or_else(|| serde::de::Error::custom(format!("unknown errno {s}")))
+    }
+}
+
+mod hex_u64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    // Kernel addresses exceed 2^53: written as hex strings so JSON tools keep them exact.
+    #[expect(
+        clippy::trivially_copy_pass_by_ref,
+        reason = "serde's `with` signature"
+    )]
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{v:#x}"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let s = std::borrow::Cow::<str>::deserialize(d)?;
+        let digits = s.strip_prefix("0x").unwrap_or(&s);
+        u64::from_str_radix(digits, 16).map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,120 @@
+//! `--pid`, `--comm`, `--port`, `--cidr`: which events a command keeps.
+
+use std::{net::IpAddr, str::FromStr};
+
+use crate::event::Event;
+
+/// An IP network, `10.0.0.0/8` or `fd00::/8`; a bare address is a /32 or /128.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| {
+            format!("'{s}' is not an IP network (expected e.g. 10.0.0.0/8 or fd00::/8)")
+        })?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("'{s}': prefix length must be 0..={max}"))?,
+        };
+        Ok(Self { addr, prefix })
+    }
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Event selection; every set criterion must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    /// Local or remote port.
+    pub port: Option<u16>,
+    /// Local or remote address.
+    pub cidr: Option<Cidr>,
+}
+
+impl Filter {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    pub fn matches(&self, e: &Event) -> bool {
+        let Self {
+            pid,
+            comm,
+            port,
+            cidr,
+        } = self;
+        pid.is_none_or(|p| e.pid == p)
+            && comm.as_ref().is_none_or(|c| e.comm == *c)
+            && port.is_none_or(|p| e.local.port() == p || e.remote.port() == p)
+            && cidr
+                .as_ref()
+                .is_none_or(|n| n.contains(e.local.ip()) || n.contains(e.remote.ip()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_parses_and_matches() {
+        let n: Cidr = "10.1.0.0/16".parse().unwrap();
+        assert!(n.contains("10.1.200.3".parse().unwrap()));
+        assert!(!n.contains("10.2.0.1".parse().unwrap()));
+        assert!(n.contains("::ffff:10.1.0.9".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("1.2.3.4".parse().unwrap()));
+        let v6: Cidr = "fd00::/8".parse().unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        assert!(!v6.contains("10.0.0.1".parse().unwrap()));
+        let host: Cidr = "::1".parse().unwrap();
+        assert_eq!(host.prefix, 128);
+    }
+
+    #[test]
+    fn bad_cidr_names_the_problem() {
+        assert!("10.0.0.0/33"
+            .parse::<Cidr>()
+            .unwrap_err()
+            .contains("prefix"));
+        assert!("banana"
+            .parse::<Cidr>()
+            .unwrap_err()
+            .contains("not an IP network"));
+    }
+}

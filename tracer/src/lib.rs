@@ -1,0 +1,21 @@
+//! conntrace userspace.
+//!
+//! Kernel programs -> [`probes`] (load, attach, ring buffer) -> [`decode`] (bytes to
+//! [`event::Event`]) -> [`log`] (JSON Lines writer and reader).
+//!
+//! - [`btf`]: kernel struct offsets from `/sys/kernel/btf/vmlinux`.
+//! - [`tracefs`]: mounting tracefs, classic tracepoint record formats.
+//! - [`time`]: monotonic-to-wall clock and HZ.
+//! - [`filter`]: the `--pid`, `--comm`, `--port` and `--cidr` filters.
+//! - [`cli`], [`record`]: the commands.
+
+pub mod btf;
+pub mod cli;
+pub mod decode;
+pub mod event;
+pub mod filter;
+pub mod log;
+pub mod probes;
+pub mod record;
+pub mod time;
+pub mod tracefs;

@@ -1,0 +1,417 @@
+//! The event log: JSON Lines, a header line then one record per line.
+//!
+//! ```text
+//! {"conntrace_log":1,"host":"node-1","kernel":"6.18.44","hz":250,"boot_time":"...","started":"..."}
+//! {"time":"...","mono_ns":123,"type":"state","old":"ESTABLISHED","new":"CLOSE_WAIT",...}
+//! {"finding":{...}}
+//! ```
+//!
+//! Readers accept older versions and skip unknown fields; a bad line is reported with
+//! its number and every good line is kept.
+
+use std::{
+    fs::File,
+    io::{BufRead, BufReader, BufWriter, Write},
+    path::Path,
+    time::SystemTime,
+};
+
+use anyhow::{bail, Context as _, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::event::Event;
+
+/// The log format version this build writes.
+pub const LOG_VERSION: u32 = 1;
+
+/// First line of a log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    pub conntrace_log: u32,
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub kernel: String,
+    #[serde(default)]
+    pub hz: u32,
+    #[serde(with = "crate::time::rfc3339")]
+    pub boot_time: SystemTime,
+    #[serde(with = "crate::time::rfc3339")]
+    pub started: SystemTime,
+    #[serde(default)]
+    pub conntrace_version: String,
+}
+
+impl Header {
+    /// A header for this host now.
+    pub fn for_this_host(hz: u32, boot_time: SystemTime) -> Self {
+        let read = |p: &str| {
+            std::fs::read_to_string(p)
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_default()
+        };
+        Self {
+            conntrace_log: LOG_VERSION,
+            host: read("/proc/sys/kernel/hostname"),
+            kernel: read("/proc/sys/kernel/osrelease"),
+            hz,
+            boot_time,
+            started: SystemTime::now(),
+            conntrace_version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+}
+
+/// One line after the header.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Event(Event),
+    /// A finding as the engine wrote it (`{"finding": ...}`).
+    Finding(serde_json::Value),
+}
+
+/// A line that could not be read, by number (the header is line 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineError {
+    pub line: usize,
+    pub message: String,
+}
+
+impl std::fmt::Display for LineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}", self.line, self.message)
+    }
+}
+
+/// Writes a log.
+pub struct LogWriter<W: Write> {
+    out: BufWriter<W>,
+    line: Vec<u8>,
+    pub events: u64,
+}
+
+impl LogWriter<File> {
+    /// Creates (truncates) `path`.
+    pub fn create(path: &Path) -> Result<Self> {
+        let file = File::create(path).with_context(|| {
+            format!(
+                "cannot write the log to {}: check the directory exists and is writable",
+                path.display()
+            )
+        })?;
+        Ok(Self::new(file))
+    }
+}
+
+impl<W: Write> LogWriter<W> {
+    pub fn new(out: W) -> Self {
+        Self {
+            out: BufWriter::with_capacity(256 * 1024, out),
+            line: Vec::with_capacity(512),
+            events: 0,
+        }
+    }
+
+    pub fn header(&mut self, header: &Header) -> Result<()> {
+        self.write_line(header)
+    }
+
+    pub fn event(&mut self, event: &Event) -> Result<()> {
+        self.events += 1;
+        self.write_line(event)
+    }
+
+    pub fn finding(&mut self, finding: &impl Serialize) -> Result<()> {
+        #[derive(Serialize)]
+        struct Line<'a, T> {
+            finding: &'a T,
+        }
+        self.write_line(&Line { finding })
+    }
+
+    fn write_line(&mut self, value: &impl Serialize) -> Result<()> {
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, value)?;
+        self.line.push(b'\n');
+        self.out.write_all(&self.line).context("writing the log")
+    }
+
+    pub fn flush(&mut self) -> Result<()> {
+        self.out.flush().context("flushing the log")
+    }
+}
+
+/// Reads a log line by line.
+pub struct LogReader<R: BufRead> {
+    input: R,
+    pub header: Header,
+    line_no: usize,
+    buf: String,
+}
+
+impl LogReader<BufReader<File>> {
+    /// Opens `path` and reads its header.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file =
+            File::open(path).with_context(|| format!("cannot open log {}", path.display()))?;
+        Self::new(BufReader::with_capacity(1 << 20, file))
+            .with_context(|| format!("{} is not a conntrace log", path.display()))
+    }
+}
+
+impl<R: BufRead> LogReader<R> {
+    /// Reads the header; fails when the first line is not one.
+    pub fn new(mut input: R) -> Result<Self> {
+        let mut buf = String::new();
+        input
+            .read_line(&mut buf)
+            .context("reading the header line")?;
+        if buf.trim().is_empty() {
+            bail!("the file is empty (no header line)");
+        }
+        let header: Header = serde_json::from_str(buf.trim())
+            .context("line 1 is not a conntrace log header ({\"conntrace_log\": N, ...})")?;
+        Ok(Self {
+            input,
+            header,
+            line_no: 1,
+            buf,
+        })
+    }
+
+    /// Whether this log was written by a newer format than this build knows.
+    pub fn is_newer_version(&self) -> bool {
+        self.header.conntrace_log > LOG_VERSION
+    }
+}
+
+impl<R: BufRead> Iterator for LogReader<R> {
+    type Item = Result<Record, LineError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            self.buf.clear();
+            match self.input.read_line(&mut self.buf) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) => {
+                    self.line_no += 1;
+                    return Some(Err(LineError {
+                        line: self.line_no,
+                        message: format!("unreadable: {e}"),
+                    }));
+                }
+            }
+            self.line_no += 1;
+            let line = self.buf.trim();
+            if line.is_empty() {
+                continue;
+            }
+            return Some(parse_record(line).map_err(|message| LineError {
+                line: self.line_no,
+                message,
+            }));
+        }
+    }
+}
+
+fn parse_record(line: &str) -> Result<Record, String> {
+    if line.starts_with("{\"finding\"") {
+        #[derive(Deserialize)]
+        struct Line {
+            finding: serde_json::Value,
+        }
+        return serde_json::from_str::<Line>(line)
+            .map(|l| Record::Finding(l.finding))
+            .map_err(|e| describe(&e));
+    }
+    serde_json::from_str::<Event>(line)
+        .map(Record::Event)
+        .map_err(|e| describe(&e))
+}
+
+fn describe(e: &serde_json::Error) -> String {
+    if e.is_eof() {
+        format!("truncated line ({e})")
+    } else {
+        format!("corrupt line ({e})")
+    }
+}
+
+/// A whole log in memory: the records that read, and the lines that did not.
+pub struct Log {
+    pub header: Header,
+    pub records: Vec<Record>,
+    pub errors: Vec<LineError>,
+}
+
+impl Log {
+    /// Reads all of `path`.
+    pub fn read(path: &Path) -> Result<Self> {
+        let mut reader = LogReader::open(path)?;
+        let mut records = Vec::new();
+        let mut errors = Vec::new();
+        for record in &mut reader {
+            match record {
+                Ok(r) => records.push(r),
+                Err(e) => errors.push(e),
+            }
+        }
+        Ok(Self {
+            header: reader.header,
+            records,
+            errors,
+        })
+    }
+
+    /// The events, in log order.
+    pub fn events(&self) -> impl Iterator<Item = &Event> {
+        self.records.iter().filter_map(|r| match r {
+            Record::Event(e) => Some(e),
+            Record::Finding(_) => None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        net::SocketAddr,
+        time::{Duration, UNIX_EPOCH},
+    };
+
+    use super::*;
+    use crate::event::{Direction, Errno, EventKind, TcpState};
+
+    fn header() -> Header {
+        Header {
+            conntrace_log: LOG_VERSION,
+            host: "node-1".into(),
+            kernel: "6.18.0".into(),
+            hz: 250,
+            boot_time: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            started: UNIX_EPOCH + Duration::new(1_700_000_100, 0),
+            conntrace_version: "0.1.0".into(),
+        }
+    }
+
+    fn events() -> Vec<Event> {
+        let base = |kind, ms: u64| Event {
+            time: UNIX_EPOCH + Duration::from_millis(1_700_000_100_000 + ms),
+            mono_ns: ms * 1_000_000,
+            kind,
+            pid: 7,
+            tid: 8,
+            comm: "curl".into(),
+            cgroup: 1,
+            owner_known: true,
+            sock: 0xffff_8881_0000_0040,
+            local: "127.0.0.1:40000".parse::<SocketAddr>().unwrap(),
+            remote: "[::1]:80".parse::<SocketAddr>().unwrap(),
+        };
+        vec![
+            base(
+                EventKind::State {
+                    old: TcpState::Established,
+                    new: TcpState::CloseWait,
+                    idle_ms: 5000,
+                    send_idle_ms: 5004,
+                    recv_idle_ms: 5000,
+                    closed_by: Some(crate::event::Closer::Peer),
+                    retrans: 0,
+                },
+                1,
+            ),
+            base(
+                EventKind::Reset {
+                    direction: Direction::Received,
+                    state: Some(TcpState::CloseWait),
+                    reason: None,
+                    idle_ms: 10,
+                },
+                2,
+            ),
+            base(
+                EventKind::Connect {
+                    errno: Errno(libc::ECONNREFUSED),
+                    state: TcpState::Close,
+                },
+                3,
+            ),
+        ]
+    }
+
+    fn written() -> Vec<u8> {
+        let mut w = LogWriter::new(Vec::new());
+        w.header(&header()).unwrap();
+        for e in events() {
+            w.event(&e).unwrap();
+        }
+        w.finding(&serde_json::json!({"kind": "idle-close-timeout"}))
+            .unwrap();
+        w.flush().unwrap();
+        w.out.into_inner().unwrap()
+    }
+
+    #[test]
+    fn writer_and_reader_round_trip() {
+        let bytes = written();
+        let mut reader = LogReader::new(bytes.as_slice()).unwrap();
+        assert_eq!(reader.header, header());
+        let records: Vec<_> = (&mut reader).collect::<Result<_, _>>().unwrap();
+        let mut expected: Vec<Record> = events().into_iter().map(Record::Event).collect();
+        expected.push(Record::Finding(
+            serde_json::json!({"kind": "idle-close-timeout"}),
+        ));
+        assert_eq!(records, expected);
+    }
+
+    #[test]
+    fn truncated_last_line_keeps_every_good_line() {
+        let mut bytes = written();
+        bytes.truncate(bytes.len() - 15);
+        let reader = LogReader::new(bytes.as_slice()).unwrap();
+        let (ok, bad): (Vec<_>, Vec<_>) = reader.partition(Result::is_ok);
+        assert_eq!(ok.len(), 3);
+        let bad: Vec<LineError> = bad.into_iter().map(Result::unwrap_err).collect();
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].line, 5);
+        assert!(bad[0].message.contains("truncated"), "{}", bad[0]);
+    }
+
+    #[test]
+    fn corrupt_middle_line_is_reported_by_number() {
+        let text = String::from_utf8(written()).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines[2] = "{\"time\": not json";
+        let joined = lines.join("\n");
+        let reader = LogReader::new(joined.as_bytes()).unwrap();
+        let results: Vec<_> = reader.collect();
+        assert_eq!(results.len(), 4);
+        assert_eq!(results[1].as_ref().unwrap_err().line, 3);
+        assert!(results[0].is_ok() && results[2].is_ok() && results[3].is_ok());
+    }
+
+    #[test]
+    fn unknown_fields_are_skipped_and_newer_versions_flagged() {
+        let text = String::from_utf8(written()).unwrap();
+        let text = text
+            .replacen(
+                "\"conntrace_log\":1",
+                "\"conntrace_log\":2,\"future\":true",
+                1,
+            )
+            .replace("\"comm\":\"curl\"", "\"comm\":\"curl\",\"pod\":\"web-1\"");
+        let reader = LogReader::new(text.as_bytes()).unwrap();
+        assert!(reader.is_newer_version());
+        assert!(reader.into_iter().all(|r| r.is_ok()));
+    }
+
+    #[test]
+    fn not_a_log_is_one_clear_error() {
+        let err = LogReader::new("hello world\n".as_bytes()).err().unwrap();
+        assert!(format!("{err:#}").contains("not a conntrace log header"));
+        let err = LogReader::new("".as_bytes()).err().unwrap();
+        assert!(format!("{err:#}").contains("empty"));
+    }
+}

@@ -1,0 +1,300 @@
+//! Loads and attaches the kernel programs, and reads what they produce.
+
+use std::{
+    os::fd::AsRawFd as _,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use aya::{
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, TracePoint},
+    Ebpf, EbpfLoader,
+};
+use tracer_common::{Offsets, LOSS_COUNTERS};
+
+use crate::{btf::Btf, decode::Decoder, time::KernelClock, tracefs};
+
+/// How a program is hooked.
+#[derive(Debug, Clone, Copy)]
+enum Hook {
+    /// tp_btf, by kernel tracepoint name.
+    Btf(&'static str),
+    /// Classic tracepoint `(category, name)`.
+    Classic(&'static str, &'static str),
+}
+
+/// Every program, its hook, and what is degraded without it.
+const PROGRAMS: [(&str, Hook, &str); 9] = [
+    (
+        "inet_sock_set_state",
+        Hook::Btf("inet_sock_set_state"),
+        "everything (state changes)",
+    ),
+    (
+        "inet_sk_error_report",
+        Hook::Btf("inet_sk_error_report"),
+        "asynchronous connect errors (connect-errors, stalled-peer)",
+    ),
+    (
+        "tcp_receive_reset",
+        Hook::Btf("tcp_receive_reset"),
+        "resets received (keepalive-reuse-race, rst-storm)",
+    ),
+    (
+        "tcp_retransmit_skb",
+        Hook::Btf("tcp_retransmit_skb"),
+        "retransmits (stalled-peer)",
+    ),
+    (
+        "tcp_send_reset",
+        Hook::Classic("tcp", "tcp_send_reset"),
+        "resets sent (connection-refused, rst-storm)",
+    ),
+    (
+        "sys_enter_connect",
+        Hook::Classic("syscalls", "sys_enter_connect"),
+        "synchronous connect errors (connect-errors, EADDRNOTAVAIL)",
+    ),
+    (
+        "sys_exit_connect",
+        Hook::Classic("syscalls", "sys_exit_connect"),
+        "synchronous connect errors (connect-errors, EADDRNOTAVAIL)",
+    ),
+    (
+        "sys_exit_accept4",
+        Hook::Classic("syscalls", "sys_exit_accept4"),
+        "owner of accepted connections",
+    ),
+    (
+        "sys_exit_accept",
+        Hook::Classic("syscalls", "sys_exit_accept"),
+        "owner of accepted connections",
+    ),
+];
+
+/// Loaded, attached programs.
+pub struct Probes {
+    ebpf: Ebpf,
+    /// Names of the attached programs.
+    pub attached: Vec<&'static str>,
+    /// Programs that could not attach, with the reason and what is degraded.
+    pub degraded: Vec<String>,
+    pub decoder: Decoder,
+    /// From the start of loading to the last attach.
+    pub attach_time: Duration,
+}
+
+/// Fails with the remedy when this process cannot load BPF programs.
+pub fn check_privileges() -> Result<()> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |bit: u32| cap_eff & (1u64 << bit) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        return Ok(());
+    }
+    bail!(
+        "conntrace needs root, or the capabilities CAP_BPF and CAP_PERFMON, to load its \
+         kernel programs: run it with sudo (or grant them: setcap cap_bpf,cap_perfmon+ep)"
+    )
+}
+
+/// Field offsets the programs need, from BTF and the tracefs formats.
+pub fn offsets(btf: &Btf, tracefs: &Path) -> Result<Offsets> {
+    let f = |s: &str, p: &str| btf.member_offset(s, p);
+    let rst = tracefs::tracepoint_fields(tracefs, "tcp", "tcp_send_reset")?;
+    let rst_off = |field| tracefs::offset_of(&rst, "tcp/tcp_send_reset", field);
+    Ok(Offsets {
+        skc_daddr: f("sock_common", "skc_daddr")?,
+        skc_rcv_saddr: f("sock_common", "skc_rcv_saddr")?,
+        skc_dport: f("sock_common", "skc_dport")?,
+        skc_family: f("sock_common", "skc_family")?,
+        skc_state: f("sock_common", "skc_state")?,
+        skc_v6_daddr: f("sock_common", "skc_v6_daddr")?,
+        skc_v6_rcv_saddr: f("sock_common", "skc_v6_rcv_saddr")?,
+        sk_protocol: f("sock", "sk_protocol")?,
+        sk_err: f("sock", "sk_err")?,
+        sk_flags: f("sock_common", "skc_flags")?,
+        inet_sport: f("inet_sock", "inet_sport")?,
+        icsk_lrcvtime: f("inet_connection_sock", "icsk_ack.lrcvtime")?,
+        icsk_user_timeout: f("inet_connection_sock", "icsk_user_timeout")?,
+        icsk_retransmits: f("inet_connection_sock", "icsk_retransmits")?,
+        tp_lsndtime: f("tcp_sock", "lsndtime")?,
+        tp_rcv_tstamp: f("tcp_sock", "rcv_tstamp")?,
+        tp_total_retrans: f("tcp_sock", "total_retrans")?,
+        tp_packets_out: f("tcp_sock", "packets_out")?,
+        task_files: f("task_struct", "files")?,
+        files_fdt: f("files_struct", "fdt")?,
+        fdt_max_fds: f("fdtable", "max_fds")?,
+        fdt_fd: f("fdtable", "fd")?,
+        file_private_data: f("file", "private_data")?,
+        socket_sk: f("socket", "sk")?,
+        rst_skaddr: rst_off("skaddr")?,
+        rst_state: rst_off("state")?,
+        rst_reason: rst_off("reason").context(
+            "this kernel's tcp_send_reset has no reset reason (kernel < 6.10); conntrace needs 6.10+",
+        )?,
+        rst_saddr: rst_off("saddr")?,
+        rst_daddr: rst_off("daddr")?,
+        ready: 1,
+    })
+}
+
+/// `enum sk_rst_reason` names by value, prefix stripped (`NO_SOCKET`).
+fn reset_reasons(btf: &Btf) -> Vec<String> {
+    let mut values = btf.enum_values("sk_rst_reason").unwrap_or_default();
+    values.sort_by_key(|(_, v)| *v);
+    let mut names = Vec::new();
+    for (name, value) in values {
+        let Ok(index) = usize::try_from(value) else {
+            continue;
+        };
+        if index >= 256 {
+            continue;
+        }
+        names.resize(index + 1, String::new());
+        name.strip_prefix("SK_RST_REASON_")
+            .unwrap_or(&name)
+            .clone_into(&mut names[index]);
+    }
+    names
+}
+
+impl Probes {
+    /// Checks privileges, computes offsets, loads and attaches every program.
+    /// Programs other than the state tracker may fail to attach: they are listed in
+    /// [`Probes::degraded`] with what is lost, and the rest keeps running.
+    pub fn load() -> Result<Self> {
+        let start = Instant::now();
+        check_privileges()?;
+        raise_memlock();
+        let btf = Btf::vmlinux()?;
+        let tracefs = tracefs::ensure_mounted()?;
+        let offsets = offsets(&btf, &tracefs)?;
+        let decoder = Decoder {
+            clock: KernelClock::detect()?,
+            reset_reasons: reset_reasons(&btf),
+        };
+        drop(btf);
+        let aya_btf = aya::Btf::from_sys_fs().context("reading kernel BTF for tp_btf programs")?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&aya_btf))
+            .override_global("OFFSETS", &offsets, true)
+            .load(aya::include_bytes_aligned!(concat!(
+                env!("OUT_DIR"),
+                "/tracer"
+            )))
+            .context("loading the kernel programs")?;
+        let mut attached = Vec::new();
+        let mut degraded = Vec::new();
+        for (name, hook, loses) in PROGRAMS {
+            match attach(&mut ebpf, name, hook, &aya_btf) {
+                Ok(()) => attached.push(name),
+                Err(e) if name == "inet_sock_set_state" => {
+                    return Err(e.context("attaching the TCP state tracker"));
+                }
+                Err(e) => degraded.push(format!("{name} not attached ({e:#}): no {loses}")),
+            }
+        }
+        Ok(Self {
+            ebpf,
+            attached,
+            degraded,
+            decoder,
+            attach_time: start.elapsed(),
+        })
+    }
+
+    /// The ring buffer of events (can be taken once).
+    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map("EVENTS").context("EVENTS map missing")?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Loss counters summed over CPUs, indexed by `LOSS_*`.
+    pub fn losses(&self) -> Result<[u64; LOSS_COUNTERS as usize]> {
+        let map = self.ebpf.map("LOSSES").context("LOSSES map missing")?;
+        let array: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+        let mut out = [0u64; LOSS_COUNTERS as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let values = array.get(&u32::try_from(i)?, 0)?;
+            *slot = values.iter().sum();
+        }
+        Ok(out)
+    }
+}
+
+fn attach(ebpf: &mut Ebpf, name: &str, hook: Hook, btf: &aya::Btf) -> Result<()> {
+    let program = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the object"))?;
+    match hook {
+        Hook::Btf(tracepoint) => {
+            let p: &mut BtfTracePoint = program.try_into()?;
+            p.load(tracepoint, btf)?;
+            p.attach()?;
+        }
+        Hook::Classic(category, tracepoint) => {
+            let p: &mut TracePoint = program.try_into()?;
+            p.load()?;
+            p.attach(category, tracepoint)?;
+        }
+    }
+    Ok(())
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
+fn raise_memlock() {
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid struct.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const limit) };
+}
+
+/// A ring buffer registered with tokio.
+pub struct EventStream {
+    fd: tokio::io::unix::AsyncFd<RingBuf<MapData>>,
+}
+
+impl EventStream {
+    pub fn new(ring: RingBuf<MapData>) -> Result<Self> {
+        debug_assert!(ring.as_raw_fd() >= 0);
+        // SAFETY: the RingBuf owns its fd and keeps it open until it is dropped, which
+        // happens only when the AsyncFd (which deregisters first) is dropped.
+        let fd = unsafe { tokio::io::unix::AsyncFd::register(ring) }
+            .map_err(|e| anyhow::anyhow!("registering the ring buffer with tokio: {e}"))?;
+        Ok(Self { fd })
+    }
+
+    /// Waits until records are available, then hands each to `f` until the ring is empty.
+    pub async fn drain_with(&mut self, mut f: impl FnMut(&[u8])) -> Result<usize> {
+        let mut guard = self.fd.readable_mut().await?;
+        let n = Self::drain_ring(guard.get_inner_mut(), &mut f);
+        guard.clear_ready();
+        Ok(n)
+    }
+
+    /// Hands every record still in the ring to `f` without waiting.
+    pub fn drain_now(&mut self, mut f: impl FnMut(&[u8])) -> usize {
+        Self::drain_ring(self.fd.get_mut(), &mut f)
+    }
+
+    fn drain_ring(ring: &mut RingBuf<MapData>, f: &mut impl FnMut(&[u8])) -> usize {
+        let mut n = 0;
+        while let Some(item) = ring.next() {
+            f(&item);
+            n += 1;
+        }
+        n
+    }
+}

@@ -1,0 +1,243 @@
+//! Project tasks: `cargo xtask setup | run -- ARGS | test`.
+//!
+//! `setup` is idempotent and installs what a fresh machine lacks for building and
+//! testing: the nightly toolchain's rust-src, bpf-linker built against that nightly's
+//! own libLLVM (rebuilt when the nightly changes), Debian packages the tests drive
+//! (iproute2, tmux), and a tracefs mount.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const APT_PACKAGES: [(&str, &str); 3] = [("ip", "iproute2"), ("tmux", "tmux"), ("zcat", "gzip")];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("setup") => setup(),
+        Some("run") => setup().and_then(|()| run(&args[1..])),
+        Some("test") => setup().and_then(|()| test(&args[1..])),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask setup            install build and test prerequisites\n       \
+                 cargo xtask run -- ARGS      set up, build (release) and run conntrace ARGS as root\n       \
+                 cargo xtask test [ARGS]      set up, build and run every test (as root)"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn status(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let st = cmd
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !st.success() {
+        bail!("{shown} failed ({st})");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let shown = format!("{cmd:?}");
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !out.status.success() {
+        bail!(
+            "{shown} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program} >/dev/null 2>&1")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn setup() -> Result<()> {
+    nightly_rust_src()?;
+    bpf_linker()?;
+    apt_packages()?;
+    tracefs();
+    Ok(())
+}
+
+fn nightly_rust_src() -> Result<()> {
+    let installed = output(Command::new("rustup").args(["toolchain", "list"]))?;
+    if !installed.lines().any(|l| l.starts_with("nightly")) {
+        eprintln!("xtask: installing the nightly toolchain (the kernel programs need it)");
+        status(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))
+        .context("the nightly toolchain is not installed and could not be downloaded; install it with `rustup toolchain install nightly`")?;
+    }
+    let components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))?;
+    if !components.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("xtask: adding rust-src to nightly (build-std for the BPF target)");
+        status(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+            .context("rust-src for nightly could not be downloaded; run `rustup component add rust-src --toolchain nightly`")?;
+    }
+    Ok(())
+}
+
+/// bpf-linker links libLLVM dynamically: build it against the nightly's own copy, and
+/// rebuild it whenever that nightly changes (a stamp records which one it was built for).
+fn bpf_linker() -> Result<()> {
+    let version = output(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let sysroot = PathBuf::from(sysroot.trim());
+    let cargo_home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .context("neither CARGO_HOME nor HOME is set")?;
+    let stamp = cargo_home.join("conntrace-bpf-linker.stamp");
+    let wanted = format!("bpf-linker {BPF_LINKER_VERSION}\n{version}");
+    let starts = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if starts && std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
+        return Ok(());
+    }
+    let llvm_major = version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("rustc +nightly -vV does not name its LLVM version")?
+        .to_owned();
+    let lib = sysroot.join("lib");
+    let libllvm = std::fs::read_dir(&lib)
+        .with_context(|| format!("reading {}", lib.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| {
+            n.starts_with("libLLVM.so.")
+                || (n.starts_with("libLLVM-")
+                    && std::path::Path::new(n)
+                        .extension()
+                        .is_some_and(|e| e == "so"))
+        })
+        .with_context(|| format!("no libLLVM in {}", lib.display()))?;
+    let link = lib.join("libLLVM.so");
+    if !link.exists() {
+        std::os::unix::fs::symlink(&libllvm, &link)
+            .with_context(|| format!("linking {} -> {libllvm}", link.display()))?;
+    }
+    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {llvm_major} (about a minute)");
+    status(
+        Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+                "--force",
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{llvm_major}"),
+            ])
+            .env("LLVM_PREFIX", &sysroot),
+    )
+    .context("building bpf-linker failed")?;
+    std::fs::write(&stamp, wanted).with_context(|| format!("writing {}", stamp.display()))?;
+    Ok(())
+}
+
+fn apt_packages() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .filter(|(bin, _)| !have(bin))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    status(Command::new("apt-get").args(["update", "-qq"]))?;
+    status(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .with_context(|| format!("installing {} failed", missing.join(" ")))
+}
+
+/// conntrace mounts tracefs itself when it can; mounting here too lets tests and
+/// `bpftool`-style inspection work before the first run.
+fn tracefs() {
+    if Path::new("/sys/kernel/tracing/events").is_dir() {
+        return;
+    }
+    let ok = Command::new("mount")
+        .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("xtask: warning: could not mount tracefs at /sys/kernel/tracing (not root?)");
+    }
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let args = args.strip_prefix(&["--".to_owned()]).unwrap_or(args);
+    let root = workspace_root();
+    status(
+        Command::new("cargo")
+            .args(["build", "--release", "-p", "tracer", "--bin", "conntrace"])
+            .current_dir(&root),
+    )?;
+    let bin = root.join("target/release/conntrace");
+    status(Command::new(bin).args(args))
+}
+
+fn test(args: &[String]) -> Result<()> {
+    let root = workspace_root();
+    status(
+        Command::new("cargo")
+            .args(["build", "-p", "tracer", "--bin", "conntrace"])
+            .current_dir(&root),
+    )?;
+    status(
+        Command::new("cargo")
+            .args(["test", "--workspace", "--exclude", "tracer-ebpf"])
+            .args(args)
+            .env("CONNTRACE_BIN", root.join("target/debug/conntrace"))
+            .current_dir(&root),
+    )
+}
