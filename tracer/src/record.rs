@@ -22,6 +22,7 @@ pub struct RecordStats {
 
 pub fn run(args: &RecordArgs) -> Result<()> {
     let filter = args.filter.to_filter();
+    crate::probes::check_privileges()?;
     // Open the output before loading anything, so a bad path fails fast.
     let mut log = LogWriter::create(&args.output)?;
     let mut probes = Probes::load()?;

@@ -13,6 +13,8 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
+mod storm;
+
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const APT_PACKAGES: [(&str, &str); 3] = [("ip", "iproute2"), ("tmux", "tmux"), ("zcat", "gzip")];
 
@@ -22,11 +24,13 @@ fn main() -> ExitCode {
         Some("setup") => setup(),
         Some("run") => setup().and_then(|()| run(&args[1..])),
         Some("test") => setup().and_then(|()| test(&args[1..])),
+        Some("storm") => storm_cmd(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask setup            install build and test prerequisites\n       \
                  cargo xtask run -- ARGS      set up, build (release) and run conntrace ARGS as root\n       \
-                 cargo xtask test [ARGS]      set up, build and run every test (as root)"
+                 cargo xtask test [ARGS]      set up, build and run every test (as root)\n       \
+                 cargo xtask storm [SECS] [CLIENTS]  loopback connection storm (connect, write, close)"
             );
             return ExitCode::from(2);
         }
@@ -240,4 +244,23 @@ fn test(args: &[String]) -> Result<()> {
             .env("CONNTRACE_BIN", root.join("target/debug/conntrace"))
             .current_dir(&root),
     )
+}
+
+fn storm_cmd(args: &[String]) -> Result<()> {
+    let secs: f64 = args
+        .first()
+        .map_or(Ok(5.0), |s| s.parse())
+        .context("SECS")?;
+    let clients: usize = args
+        .get(1)
+        .map_or(Ok(2), |s| s.parse())
+        .context("CLIENTS")?;
+    let (n, elapsed) = storm::run(clients, secs)?;
+    #[expect(clippy::cast_precision_loss, reason = "a rate for display")]
+    let rate = n as f64 / elapsed.as_secs_f64();
+    println!(
+        "{n} connections in {:.2} s: {rate:.0} connections/s",
+        elapsed.as_secs_f64()
+    );
+    Ok(())
 }
