@@ -150,12 +150,14 @@ impl Decoder {
                 state: (raw.new_state != 0).then_some(new),
                 reason: Some(self.reason(raw.reason)),
                 idle_ms: 0,
+                recv_idle_ms: 0,
             },
             kind::RESET_RECEIVED => EventKind::Reset {
                 direction: Direction::Received,
                 state: Some(new),
                 reason: None,
                 idle_ms: idle(new, raw.send_idle_jiffies).min(idle(new, raw.recv_idle_jiffies)),
+                recv_idle_ms: idle(new, raw.recv_idle_jiffies),
             },
             kind::RETRANSMIT => EventKind::Retransmit {
                 state: new,
@@ -313,7 +315,8 @@ mod tests {
                 direction: Direction::Sent,
                 state: None,
                 reason: Some("NO_SOCKET".into()),
-                idle_ms: 0
+                idle_ms: 0,
+                recv_idle_ms: 0,
             }
         );
         raw.reason = 99;

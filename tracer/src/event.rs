@@ -66,8 +66,12 @@ pub enum EventKind {
         /// Kernel reset reason (sent resets, kernels >= 6.10).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        /// Time since the connection last sent or received data.
         #[serde(default)]
         idle_ms: u64,
+        /// Time since the connection last received data (received resets).
+        #[serde(default)]
+        recv_idle_ms: u64,
     },
     /// A retransmitted segment.
     Retransmit {
@@ -101,6 +105,29 @@ impl EventKind {
             Self::Accept { .. } => "accept",
         }
     }
+}
+
+/// A periodic sample of node-wide TCP memory and socket counts, from
+/// `/proc/net/sockstat` and `/proc/sys/net/ipv4/tcp_mem`. Written to the log, so a
+/// replay sees the same samples the live run saw.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sockstat {
+    #[serde(with = "crate::time::rfc3339")]
+    pub time: std::time::SystemTime,
+    pub mono_ns: u64,
+    pub tcp_inuse: u64,
+    pub tcp_orphan: u64,
+    pub tcp_tw: u64,
+    pub tcp_alloc: u64,
+    /// TCP memory in use, pages.
+    pub tcp_mem_pages: u64,
+    /// `tcp_mem`: min, pressure, max (pages).
+    pub tcp_mem: [u64; 3],
+    #[serde(default)]
+    pub max_orphans: u64,
+    /// `ip_local_port_range` of the node's network namespace.
+    #[serde(default)]
+    pub local_port_range: [u16; 2],
 }
 
 /// Who sent the first FIN.

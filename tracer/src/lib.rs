@@ -12,6 +12,7 @@
 pub mod btf;
 pub mod cli;
 pub mod decode;
+pub mod engine;
 pub mod event;
 pub mod filter;
 pub mod log;

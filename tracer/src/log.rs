@@ -19,7 +19,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::event::Event;
+use crate::event::{Event, Sockstat};
 
 /// The log format version this build writes.
 pub const LOG_VERSION: u32 = 1;
@@ -66,6 +66,8 @@ impl Header {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
     Event(Event),
+    /// A node TCP memory sample (`{"sockstat": ...}`).
+    Sockstat(Sockstat),
     /// A finding as the engine wrote it (`{"finding": ...}`).
     Finding(serde_json::Value),
 }
@@ -119,6 +121,14 @@ impl<W: Write> LogWriter<W> {
     pub fn event(&mut self, event: &Event) -> Result<()> {
         self.events += 1;
         self.write_line(event)
+    }
+
+    pub fn sockstat(&mut self, sample: &Sockstat) -> Result<()> {
+        #[derive(Serialize)]
+        struct Line<'a> {
+            sockstat: &'a Sockstat,
+        }
+        self.write_line(&Line { sockstat: sample })
     }
 
     pub fn finding(&mut self, finding: &impl Serialize) -> Result<()> {
@@ -225,6 +235,15 @@ fn parse_record(line: &str) -> Result<Record, String> {
             .map(|l| Record::Finding(l.finding))
             .map_err(|e| describe(&e));
     }
+    if line.starts_with("{\"sockstat\"") {
+        #[derive(Deserialize)]
+        struct Line {
+            sockstat: Sockstat,
+        }
+        return serde_json::from_str::<Line>(line)
+            .map(|l| Record::Sockstat(l.sockstat))
+            .map_err(|e| describe(&e));
+    }
     serde_json::from_str::<Event>(line)
         .map(Record::Event)
         .map_err(|e| describe(&e))
@@ -268,7 +287,7 @@ impl Log {
     pub fn events(&self) -> impl Iterator<Item = &Event> {
         self.records.iter().filter_map(|r| match r {
             Record::Event(e) => Some(e),
-            Record::Finding(_) => None,
+            Record::Sockstat(_) | Record::Finding(_) => None,
         })
     }
 }
@@ -328,6 +347,7 @@ mod tests {
                     state: Some(TcpState::CloseWait),
                     reason: None,
                     idle_ms: 10,
+                    recv_idle_ms: 10,
                 },
                 2,
             ),

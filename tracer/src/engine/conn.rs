@@ -1,0 +1,304 @@
+//! The bounded connection table, keyed by socket identity.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    time::SystemTime,
+};
+
+use crate::event::{Event, TcpState};
+
+/// Closed connections stay this long, so the late events of a dying socket (the
+/// error report after ->CLOSE, the synchronous connect error) still find it.
+const CLOSED_GRACE_NS: u64 = 2_000_000_000;
+
+/// Which side of the connection this socket is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Opened by connect().
+    Client,
+    /// Accepted from a listener.
+    Server,
+    Listener,
+    /// Opened before conntrace started.
+    Unknown,
+}
+
+/// One tracked connection.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    pub sock: u64,
+    pub generation: u64,
+    pub role: Role,
+    pub pid: u32,
+    pub comm: String,
+    pub cgroup: u64,
+    pub owner_known: bool,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub state: TcpState,
+    pub opened_ns: u64,
+    pub opened_wall: SystemTime,
+    pub last_ns: u64,
+    pub established: bool,
+    /// When the peer's FIN arrived (ESTABLISHED -> CLOSE_WAIT), with the idle time then.
+    pub peer_fin: Option<(u64, u64)>,
+    pub close_wait_since: Option<(u64, SystemTime)>,
+    pub reset_received: bool,
+    pub connect_failed: bool,
+    pub reuse_failed: bool,
+    pub retransmits: u32,
+    pub max_ack_idle_ms: u64,
+    pub stalled: bool,
+    pub timed_out: bool,
+    pub keepalive: bool,
+    pub user_timeout_ms: u32,
+    pub closed_ns: Option<u64>,
+    counted_remote: bool,
+}
+
+impl Conn {
+    fn new(e: &Event, role: Role, generation: u64, now: u64) -> Self {
+        Self {
+            sock: e.sock,
+            generation,
+            role,
+            pid: e.pid,
+            comm: e.comm.clone(),
+            cgroup: e.cgroup,
+            owner_known: e.owner_known,
+            local: e.local,
+            remote: e.remote,
+            state: TcpState::Close,
+            opened_ns: now,
+            opened_wall: e.time,
+            last_ns: now,
+            established: false,
+            peer_fin: None,
+            close_wait_since: None,
+            reset_received: false,
+            connect_failed: false,
+            reuse_failed: false,
+            retransmits: 0,
+            max_ack_idle_ms: 0,
+            stalled: false,
+            timed_out: false,
+            keepalive: false,
+            user_timeout_ms: 0,
+            closed_ns: None,
+            counted_remote: false,
+        }
+    }
+
+    /// Takes the owner from an event that knows it.
+    pub fn set_owner(&mut self, e: &Event) {
+        self.pid = e.pid;
+        if self.comm != e.comm {
+            self.comm.clone_from(&e.comm);
+        }
+        self.cgroup = e.cgroup;
+        self.owner_known = true;
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.closed_ns.is_none()
+    }
+}
+
+/// Connections by socket, at most `cap`; every eviction is counted.
+pub struct ConnTable {
+    map: HashMap<u64, Conn>,
+    closed: VecDeque<(u64, u64, u64)>,
+    open_by_remote: HashMap<SocketAddr, u32>,
+    cap: usize,
+    next_generation: u64,
+    pub evicted: u64,
+}
+
+const UNSPECIFIED: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+
+impl ConnTable {
+    pub fn new(cap: usize) -> Self {
+        Self {
+            map: HashMap::new(),
+            closed: VecDeque::new(),
+            open_by_remote: HashMap::new(),
+            cap: cap.max(16),
+            next_generation: 0,
+            evicted: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Conn> {
+        self.map.values()
+    }
+
+    pub fn get(&self, sock: u64) -> Option<&Conn> {
+        self.map.get(&sock)
+    }
+
+    /// A new connection on this socket (the address may have held an older one).
+    pub fn open(&mut self, e: &Event, role: Role, now: u64) {
+        if e.sock == 0 {
+            return;
+        }
+        self.make_room(now);
+        self.next_generation += 1;
+        let conn = Conn::new(e, role, self.next_generation, now);
+        if let Some(old) = self.map.insert(e.sock, conn) {
+            self.uncount(&old);
+        }
+    }
+
+    /// The connection of `e`, created (role unknown) when first seen; addresses and
+    /// owner are brought up to date.
+    pub fn touch(&mut self, e: &Event, now: u64) -> Option<&mut Conn> {
+        if e.sock == 0 {
+            return None;
+        }
+        self.expire(now);
+        if !self.map.contains_key(&e.sock) {
+            self.make_room(now);
+            self.next_generation += 1;
+            self.map.insert(
+                e.sock,
+                Conn::new(e, Role::Unknown, self.next_generation, now),
+            );
+        }
+        let conn = self.map.get_mut(&e.sock)?;
+        conn.last_ns = now;
+        if e.local.port() != 0 {
+            conn.local = e.local;
+        }
+        if e.remote != UNSPECIFIED && e.remote.port() != 0 {
+            conn.remote = e.remote;
+        }
+        if e.owner_known && !conn.owner_known {
+            conn.set_owner(e);
+        }
+        if let crate::event::EventKind::Retransmit {
+            keepalive,
+            user_timeout_ms,
+            ..
+        } = e.kind
+        {
+            conn.keepalive = keepalive;
+            conn.user_timeout_ms = user_timeout_ms;
+        }
+        self.map.get_mut(&e.sock)
+    }
+
+    /// The connection reached ESTABLISHED: it now holds a 4-tuple to its remote.
+    pub fn established(&mut self, sock: u64) {
+        if let Some(conn) = self.map.get_mut(&sock) {
+            if !std::mem::replace(&mut conn.counted_remote, true) {
+                *self.open_by_remote.entry(conn.remote).or_default() += 1;
+            }
+        }
+    }
+
+    /// Marks the connection closed; it is dropped after a grace period.
+    pub fn closed(&mut self, sock: u64, now: u64) {
+        let Some(conn) = self.map.get_mut(&sock) else {
+            return;
+        };
+        conn.closed_ns = Some(now);
+        conn.close_wait_since = None;
+        let generation = conn.generation;
+        let conn = conn.clone();
+        self.uncount(&conn);
+        if let Some(c) = self.map.get_mut(&sock) {
+            c.counted_remote = false;
+        }
+        self.closed.push_back((sock, generation, now));
+    }
+
+    fn uncount(&mut self, conn: &Conn) {
+        if conn.counted_remote {
+            if let Some(n) = self.open_by_remote.get_mut(&conn.remote) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.open_by_remote.remove(&conn.remote);
+                }
+            }
+        }
+    }
+
+    fn expire(&mut self, now: u64) {
+        while let Some(&(sock, generation, at)) = self.closed.front() {
+            if at + CLOSED_GRACE_NS > now {
+                break;
+            }
+            self.closed.pop_front();
+            if self
+                .map
+                .get(&sock)
+                .is_some_and(|c| c.generation == generation && !c.is_open())
+            {
+                self.map.remove(&sock);
+            }
+        }
+    }
+
+    /// Keeps the table under its cap: closed connections go first; when only open
+    /// ones remain, the least recently active eighth goes in one pass.
+    fn make_room(&mut self, now: u64) {
+        if self.map.len() < self.cap {
+            return;
+        }
+        self.expire(now);
+        while self.map.len() >= self.cap {
+            let Some((sock, generation, _)) = self.closed.pop_front() else {
+                break;
+            };
+            if self
+                .map
+                .get(&sock)
+                .is_some_and(|c| c.generation == generation)
+            {
+                self.map.remove(&sock);
+                self.evicted += 1;
+            }
+        }
+        if self.map.len() >= self.cap {
+            let mut by_age: Vec<(u64, u64)> =
+                self.map.values().map(|c| (c.last_ns, c.sock)).collect();
+            by_age.sort_unstable();
+            for (_, sock) in by_age.into_iter().take(self.cap / 8 + 1) {
+                if let Some(old) = self.map.remove(&sock) {
+                    self.uncount(&old);
+                    self.evicted += 1;
+                }
+            }
+        }
+    }
+
+    /// Another live socket holding this exact 4-tuple, described.
+    pub fn holder_of(&self, local: SocketAddr, remote: SocketAddr, except: u64) -> Option<String> {
+        let mut holders: Vec<&Conn> = self
+            .map
+            .values()
+            .filter(|c| c.sock != except && c.is_open() && c.local == local && c.remote == remote)
+            .collect();
+        holders.sort_by_key(|c| c.sock);
+        holders.first().map(|c| {
+            format!(
+                "sock {:#x} owned by {} (pid {}) in {}",
+                c.sock, c.comm, c.pid, c.state
+            )
+        })
+    }
+
+    /// Established connections open to `remote`.
+    pub fn open_to(&self, remote: SocketAddr) -> u32 {
+        self.open_by_remote.get(&remote).copied().unwrap_or(0)
+    }
+}

@@ -1,0 +1,112 @@
+//! Findings: what the engine concluded, with evidence and a fix. The JSON shape is
+//! the stable one of DESIGN.md (`report --format json`).
+
+use std::{collections::BTreeMap, time::SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+/// How bad it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+/// The stable finding kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    KeepaliveReuseRace,
+    IdleCloseTimeout,
+    CloseWaitLeak,
+    TcpMemoryPressure,
+    ConnectErrors,
+    ConnectionRefused,
+    StalledPeer,
+    RstStorm,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::KeepaliveReuseRace => "keepalive-reuse-race",
+            Self::IdleCloseTimeout => "idle-close-timeout",
+            Self::CloseWaitLeak => "close-wait-leak",
+            Self::TcpMemoryPressure => "tcp-memory-pressure",
+            Self::ConnectErrors => "connect-errors",
+            Self::ConnectionRefused => "connection-refused",
+            Self::StalledPeer => "stalled-peer",
+            Self::RstStorm => "rst-storm",
+        }
+    }
+}
+
+/// The process a finding is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Process {
+    pub pid: u32,
+    pub comm: String,
+    pub cgroup: Option<String>,
+    pub container: Option<String>,
+    pub pod: Option<String>,
+}
+
+impl Process {
+    pub fn new(pid: u32, comm: &str, cgroup: u64) -> Self {
+        Self {
+            pid,
+            comm: comm.to_owned(),
+            cgroup: (cgroup != 0).then(|| cgroup.to_string()),
+            container: None,
+            pod: None,
+        }
+    }
+
+    /// `comm (pid N)`, or `an unknown process` when nothing is known.
+    pub fn describe(&self) -> String {
+        if self.pid == 0 {
+            "an unknown process".to_owned()
+        } else {
+            format!("{} (pid {})", self.comm, self.pid)
+        }
+    }
+}
+
+/// One finding.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    pub kind: Kind,
+    pub severity: Severity,
+    pub summary: String,
+    /// The server-side `ip:port` the finding is about (or `node` for node-wide ones).
+    pub endpoint: String,
+    pub process: Option<Process>,
+    /// The occurrences the summary counts.
+    pub count: u64,
+    #[serde(with = "crate::time::rfc3339")]
+    pub first_seen: SystemTime,
+    #[serde(with = "crate::time::rfc3339")]
+    pub last_seen: SystemTime,
+    /// Kind-specific; durations end in `_ms`, errnos are names.
+    pub evidence: BTreeMap<String, serde_json::Value>,
+    pub recommendation: String,
+}
+
+/// Builds the evidence map.
+#[macro_export]
+macro_rules! evidence {
+    ($($key:literal => $value:expr),* $(,)?) => {{
+        let mut map = std::collections::BTreeMap::new();
+        $( map.insert($key.to_owned(), serde_json::json!($value)); )*
+        map
+    }};
+}
+
+/// Seconds with two decimals, as the summaries print durations (`5.00 s`).
+pub fn secs(ms: u64) -> String {
+    #[expect(clippy::cast_precision_loss, reason = "durations for display")]
+    let s = ms as f64 / 1000.0;
+    format!("{s:.2} s")
+}

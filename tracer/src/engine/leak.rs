@@ -1,0 +1,160 @@
+//! `close-wait-leak`: a process holding sockets in CLOSE_WAIT — the peer closed, the
+//! process never called close().
+//!
+//! Rule: on each periodic sample, count per process the sockets that have sat in
+//! CLOSE_WAIT longer than `close_wait_age_ms`; a process holding at least
+//! `close_wait_min` is reported (warning; critical at ten times that). Growth is the
+//! change in that count over the last minute of samples, per minute. A leak that
+//! resolved stays in the report with its peak.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    time::SystemTime,
+};
+
+use super::{
+    conn::{ConnTable, Role},
+    finding::{secs, Finding, Kind, Process, Severity},
+    Config,
+};
+
+#[derive(Debug)]
+struct Leak {
+    comm: String,
+    cgroup: u64,
+    count: usize,
+    peak: usize,
+    oldest_ms: u64,
+    endpoints: BTreeMap<String, usize>,
+    history: VecDeque<(u64, usize)>,
+    first: SystemTime,
+    last: SystemTime,
+}
+
+#[derive(Debug, Default)]
+pub struct CloseWaitLeak {
+    by_pid: HashMap<u32, Leak>,
+    last_eval_ns: Option<u64>,
+}
+
+const MINUTE_NS: u64 = 60_000_000_000;
+
+impl CloseWaitLeak {
+    pub fn evaluate(&mut self, conns: &ConnTable, now: u64, wall: SystemTime, cfg: &Config) {
+        let age_ns = cfg.close_wait_age_ms * 1_000_000;
+        let mut tally: HashMap<u32, (usize, u64, BTreeMap<String, usize>, &str, u64)> =
+            HashMap::new();
+        for c in conns.iter() {
+            let Some((since, _)) = c.close_wait_since else {
+                continue;
+            };
+            let age = now.saturating_sub(since);
+            if age < age_ns {
+                continue;
+            }
+            let t = tally
+                .entry(c.pid)
+                .or_insert_with(|| (0, 0, BTreeMap::new(), c.comm.as_str(), c.cgroup));
+            t.0 += 1;
+            t.1 = t.1.max(age / 1_000_000);
+            let endpoint = if c.role == Role::Client {
+                c.remote
+            } else {
+                c.local
+            };
+            *t.2.entry(endpoint.to_string()).or_default() += 1;
+        }
+        for leak in self.by_pid.values_mut() {
+            leak.count = 0;
+        }
+        for (pid, (count, oldest_ms, endpoints, comm, cgroup)) in tally {
+            if count < cfg.close_wait_min && !self.by_pid.contains_key(&pid) {
+                continue;
+            }
+            let last_eval = self.last_eval_ns;
+            let leak = self.by_pid.entry(pid).or_insert_with(|| Leak {
+                comm: comm.to_owned(),
+                cgroup,
+                count: 0,
+                peak: 0,
+                oldest_ms: 0,
+                endpoints: BTreeMap::new(),
+                // Below the threshold at the previous sample: growth starts from zero there.
+                history: last_eval.into_iter().map(|t| (t, 0)).collect(),
+                first: wall,
+                last: wall,
+            });
+            leak.count = count;
+            leak.peak = leak.peak.max(count);
+            leak.oldest_ms = leak.oldest_ms.max(oldest_ms);
+            leak.endpoints = endpoints;
+            leak.last = wall;
+        }
+        self.last_eval_ns = Some(now);
+        for leak in self.by_pid.values_mut() {
+            leak.history.push_back((now, leak.count));
+            while leak
+                .history
+                .front()
+                .is_some_and(|(t, _)| t + MINUTE_NS < now)
+            {
+                leak.history.pop_front();
+            }
+        }
+    }
+
+    pub fn findings(&self, cfg: &Config, out: &mut Vec<Finding>) {
+        for (pid, leak) in &self.by_pid {
+            if leak.peak < cfg.close_wait_min {
+                continue;
+            }
+            let process = Process::new(*pid, &leak.comm, leak.cgroup);
+            let growth = match (leak.history.front(), leak.history.back()) {
+                (Some(&(t0, n0)), Some(&(t1, n1))) if t1 > t0 => {
+                    #[expect(clippy::cast_precision_loss, reason = "a rate for display")]
+                    let per_min = (n1 as f64 - n0 as f64) * 60e9 / (t1 - t0) as f64;
+                    per_min
+                }
+                _ => 0.0,
+            };
+            let endpoint = leak
+                .endpoints
+                .iter()
+                .max_by_key(|(e, n)| (**n, std::cmp::Reverse((*e).clone())))
+                .map_or_else(|| "unknown".to_owned(), |(e, _)| e.clone());
+            let severity = if leak.peak >= 10 * cfg.close_wait_min {
+                Severity::Critical
+            } else {
+                Severity::Warning
+            };
+            let now_or_peak = if leak.count == leak.peak {
+                format!("holds {} sockets", leak.count)
+            } else {
+                format!("holds {} sockets (peak {})", leak.count, leak.peak)
+            };
+            out.push(Finding {
+                kind: Kind::CloseWaitLeak,
+                severity,
+                summary: format!(
+                    "{} {now_or_peak} in CLOSE_WAIT for more than {} ({endpoint}), growing {growth:.1}/min",
+                    process.describe(),
+                    secs(cfg.close_wait_age_ms),
+                ),
+                endpoint,
+                process: Some(process),
+                count: leak.peak as u64,
+                first_seen: leak.first,
+                last_seen: leak.last,
+                evidence: crate::evidence! {
+                    "close_wait_now" => leak.count,
+                    "close_wait_peak" => leak.peak,
+                    "oldest_ms" => leak.oldest_ms,
+                    "age_threshold_ms" => cfg.close_wait_age_ms,
+                    "growth_per_min" => (growth * 10.0).round() / 10.0,
+                    "by_endpoint" => leak.endpoints,
+                },
+                recommendation: "the process never closes sockets its peers closed: find the code path that drops a connection without close() (error paths, abandoned responses) and close it; until fixed, restart the process before it exhausts file descriptors or TCP memory".to_owned(),
+            });
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! The diagnosis engine: pure, clock taken from its inputs.
+//!
+//! It consumes [`Event`]s and [`Sockstat`] samples — live or replayed, it cannot
+//! tell — keeps a bounded table of connections, and feeds each detector:
+//!
+//! | module | finding |
+//! |---|---|
+//! | [`idle`] | `idle-close-timeout` |
+//! | [`reuse`] | `keepalive-reuse-race` |
+//! | [`leak`] | `close-wait-leak` |
+//! | [`memory`] | `tcp-memory-pressure` |
+//! | [`connect`] | `connect-errors`, `connection-refused` |
+//! | [`stall`] | `stalled-peer` |
+//! | [`rst`] | `rst-storm` |
+//!
+//! Findings are computed from detector state on demand and sorted, so the same
+//! inputs give the same findings in the same order.
+
+pub mod conn;
+pub mod connect;
+pub mod finding;
+pub mod idle;
+pub mod leak;
+pub mod memory;
+pub mod reuse;
+pub mod rst;
+pub mod stall;
+
+use std::{collections::HashMap, time::SystemTime};
+
+pub use conn::{Conn, ConnTable, Role};
+pub use finding::{Finding, Kind, Process, Severity};
+
+use crate::event::{Direction, Errno, Event, EventKind, Sockstat, TcpState};
+
+/// Thresholds; each detector documents how it uses them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Idle closes shorter than this are not keep-alive timeouts (request/response closes).
+    pub idle_min_ms: u64,
+    /// Samples needed in one cluster before an idle timeout is reported.
+    pub idle_min_samples: usize,
+    /// A socket in CLOSE_WAIT longer than this counts as leaked.
+    pub close_wait_age_ms: u64,
+    /// Leaked sockets one process must hold before it is reported.
+    pub close_wait_min: usize,
+    /// No ACK from the peer for this long while retransmitting: stalled.
+    pub stall_ms: u64,
+    /// Resets per endpoint within `rst_window_ms` that make a storm.
+    pub rst_storm_count: usize,
+    pub rst_window_ms: u64,
+    /// Connections tracked at most; beyond, the oldest closed then oldest open go.
+    pub max_connections: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            idle_min_ms: 500,
+            idle_min_samples: 3,
+            close_wait_age_ms: 5_000,
+            close_wait_min: 3,
+            stall_ms: 3_000,
+            rst_storm_count: 100,
+            rst_window_ms: 10_000,
+            max_connections: 262_144,
+        }
+    }
+}
+
+/// What the engine has processed and what it had to drop.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub events: u64,
+    pub samples: u64,
+    /// Connections dropped from the table because it was full.
+    pub evicted: u64,
+}
+
+/// The engine.
+pub struct Engine {
+    pub cfg: Config,
+    now_ns: u64,
+    now_wall: SystemTime,
+    pub conns: ConnTable,
+    idle: idle::IdleClose,
+    reuse: reuse::ReuseRace,
+    leak: leak::CloseWaitLeak,
+    memory: memory::MemoryPressure,
+    connect: connect::ConnectFailures,
+    stall: stall::Stalls,
+    rst: rst::RstStorm,
+    pub stats: Stats,
+    /// Count last reported per finding identity, for [`Engine::poll_new`].
+    reported: HashMap<(Kind, String, u32), u64>,
+}
+
+impl Engine {
+    pub fn new(cfg: Config) -> Self {
+        Self {
+            conns: ConnTable::new(cfg.max_connections),
+            cfg,
+            now_ns: 0,
+            now_wall: SystemTime::UNIX_EPOCH,
+            idle: idle::IdleClose::default(),
+            reuse: reuse::ReuseRace::default(),
+            leak: leak::CloseWaitLeak::default(),
+            memory: memory::MemoryPressure::default(),
+            connect: connect::ConnectFailures::default(),
+            stall: stall::Stalls::default(),
+            rst: rst::RstStorm::default(),
+            stats: Stats::default(),
+            reported: HashMap::new(),
+        }
+    }
+
+    /// The engine's clock: the latest input's monotonic and wall time.
+    pub fn now(&self) -> (u64, SystemTime) {
+        (self.now_ns, self.now_wall)
+    }
+
+    fn advance(&mut self, mono_ns: u64, wall: SystemTime) {
+        if mono_ns >= self.now_ns {
+            self.now_ns = mono_ns;
+            self.now_wall = wall;
+        }
+    }
+
+    /// Feeds one event.
+    pub fn ingest(&mut self, e: &Event) {
+        self.stats.events += 1;
+        self.advance(e.mono_ns, e.time);
+        let now = self.now_ns;
+        match &e.kind {
+            EventKind::State {
+                old, new, idle_ms, ..
+            } => self.on_state(e, *old, *new, *idle_ms),
+            EventKind::Reset {
+                direction: Direction::Received,
+                state,
+                recv_idle_ms,
+                ..
+            } => {
+                let estimate = self.idle.estimate_ms(&e.remote.to_string(), &self.cfg);
+                if let Some(conn) = self.conns.touch(e, now) {
+                    conn.reset_received = true;
+                    self.reuse.on_reset(
+                        conn,
+                        e,
+                        state.unwrap_or(conn.state),
+                        *recv_idle_ms,
+                        estimate,
+                    );
+                }
+                self.rst.record(
+                    &e.remote.to_string(),
+                    e,
+                    Direction::Received,
+                    None,
+                    &self.cfg,
+                );
+            }
+            EventKind::Reset {
+                direction: Direction::Sent,
+                reason,
+                state,
+                ..
+            } => {
+                let endpoint = e.local.to_string();
+                if state.is_none() && reason.as_deref() == Some("NO_SOCKET") {
+                    self.connect.on_no_socket_reset(&endpoint, e);
+                }
+                self.rst
+                    .record(&endpoint, e, Direction::Sent, reason.as_deref(), &self.cfg);
+            }
+            EventKind::Connect { errno, .. } => {
+                let conn = self.conns.touch(e, now);
+                let first = conn.is_none_or(|c| !std::mem::replace(&mut c.connect_failed, true));
+                if first {
+                    self.on_connect_failure(e, *errno);
+                }
+            }
+            EventKind::Error { errno, .. } => self.on_error(e, *errno),
+            EventKind::Retransmit { .. } => {
+                if let Some(conn) = self.conns.touch(e, now) {
+                    self.stall.on_retransmit(conn, e, &self.cfg);
+                }
+            }
+            EventKind::Accept { .. } => {
+                if let Some(conn) = self.conns.touch(e, now) {
+                    conn.role = Role::Server;
+                    conn.set_owner(e);
+                }
+            }
+        }
+        self.stats.evicted = self.conns.evicted;
+    }
+
+    fn on_state(&mut self, e: &Event, old: TcpState, new: TcpState, idle_ms: u64) {
+        let now = self.now_ns;
+        if new == TcpState::SynSent
+            || new == TcpState::Listen
+            || (old == TcpState::Listen && new == TcpState::SynRecv)
+        {
+            let role = match new {
+                TcpState::SynSent => Role::Client,
+                TcpState::Listen => Role::Listener,
+                _ => Role::Server,
+            };
+            self.conns.open(e, role, now);
+        }
+        let Some(conn) = self.conns.touch(e, now) else {
+            return;
+        };
+        conn.state = new;
+        if new == TcpState::Established {
+            conn.established = true;
+            let sock = conn.sock;
+            self.conns.established(sock);
+        }
+        let Some(conn) = self.conns.touch(e, now) else {
+            return;
+        };
+        match (old, new) {
+            (TcpState::Established, TcpState::CloseWait) => {
+                conn.peer_fin = Some((e.mono_ns, idle_ms));
+                conn.close_wait_since = Some((e.mono_ns, e.time));
+                if conn.role != Role::Server {
+                    self.idle
+                        .sample(&e.remote.to_string(), e.local, idle_ms, e.time, &self.cfg);
+                }
+            }
+            (TcpState::Established, TcpState::FinWait1) if conn.role == Role::Server => {
+                self.idle
+                    .sample(&e.local.to_string(), e.remote, idle_ms, e.time, &self.cfg);
+            }
+            _ => {}
+        }
+        if old == TcpState::CloseWait {
+            conn.close_wait_since = None;
+        }
+        if new == TcpState::Close {
+            let sock = conn.sock;
+            self.conns.closed(sock, now);
+        }
+    }
+
+    fn on_connect_failure(&mut self, e: &Event, errno: Errno) {
+        let held_by = (e.local.port() != 0)
+            .then(|| self.conns.holder_of(e.local, e.remote, e.sock))
+            .flatten();
+        let in_use = self.conns.open_to(e.remote);
+        self.connect
+            .on_failure(e, errno, held_by, in_use, self.memory.port_range());
+    }
+
+    fn on_error(&mut self, e: &Event, errno: Errno) {
+        let now = self.now_ns;
+        let Some(conn) = self.conns.touch(e, now) else {
+            return;
+        };
+        if conn.role == Role::Client && !conn.established {
+            if !std::mem::replace(&mut conn.connect_failed, true) {
+                self.on_connect_failure(e, errno);
+            }
+        } else if errno.0 == libc::ETIMEDOUT {
+            self.stall.on_timeout(conn);
+        }
+    }
+
+    /// Feeds one node sample; also the engine's periodic tick (leak ages).
+    pub fn sample(&mut self, s: &Sockstat) {
+        self.stats.samples += 1;
+        self.advance(s.mono_ns, s.time);
+        self.memory.sample(s, &self.conns);
+        self.leak
+            .evaluate(&self.conns, self.now_ns, self.now_wall, &self.cfg);
+    }
+
+    /// Every current finding, most severe first, then by kind, endpoint and pid.
+    pub fn findings(&self) -> Vec<Finding> {
+        let mut out = Vec::new();
+        self.idle.findings(&self.cfg, &mut out);
+        self.reuse.findings(&self.idle, &self.cfg, &mut out);
+        self.leak.findings(&self.cfg, &mut out);
+        self.memory.findings(&mut out);
+        self.connect.findings(&mut out);
+        self.stall.findings(&mut out);
+        self.rst.findings(&self.cfg, &mut out);
+        out.sort_by(|a, b| {
+            b.severity
+                .cmp(&a.severity)
+                .then(a.kind.cmp(&b.kind))
+                .then_with(|| a.endpoint.cmp(&b.endpoint))
+                .then_with(|| {
+                    let pid = |f: &Finding| f.process.as_ref().map_or(0, |p| p.pid);
+                    pid(a).cmp(&pid(b))
+                })
+        });
+        out
+    }
+
+    /// Findings that are new, or whose count grew, since the last call.
+    pub fn poll_new(&mut self) -> Vec<Finding> {
+        let mut fresh = Vec::new();
+        for f in self.findings() {
+            let key = (
+                f.kind,
+                f.endpoint.clone(),
+                f.process.as_ref().map_or(0, |p| p.pid),
+            );
+            let last = self.reported.insert(key, f.count);
+            if last.is_none_or(|n| f.count > n) {
+                fresh.push(f);
+            }
+        }
+        fresh
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,98 @@
+use super::{of_kind, run};
+use crate::{
+    engine::{
+        testing::{sockstat, Sock},
+        Config, Engine, Kind, Severity,
+    },
+    event::TcpState::*,
+};
+
+#[test]
+fn eaddrnotavail_is_critical_with_ports_in_use_and_range() {
+    let mut engine = Engine::new(Config::default());
+    engine.sample(&sockstat(0, 1, [100, 200, 300]));
+    for i in 0..3u16 {
+        let c = Sock::new(
+            u64::from(i) + 1,
+            5,
+            "proxy",
+            &format!("10.0.0.1:{}", 40000 + i),
+            "10.0.0.8:80",
+        );
+        for e in c.connect(10) {
+            engine.ingest(&e);
+        }
+    }
+    let failing = Sock::new(9, 5, "proxy", "0.0.0.0:0", "10.0.0.8:80");
+    for at in [20, 30] {
+        let mut e = failing.connect_error(at, libc::EADDRNOTAVAIL);
+        e.sock = 9 + at;
+        engine.ingest(&e);
+    }
+    let f = of_kind(&engine, Kind::ConnectErrors);
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].severity, Severity::Critical);
+    assert_eq!(f[0].count, 2);
+    assert_eq!(f[0].evidence["errno"], "EADDRNOTAVAIL");
+    assert_eq!(f[0].evidence["open_to_destination"], 3);
+    assert_eq!(
+        f[0].evidence["local_port_range"],
+        serde_json::json!([32768, 60999])
+    );
+    assert_eq!(
+        f[0].summary,
+        "proxy (pid 5) failed 2 connects to 10.0.0.8:80 with EADDRNOTAVAIL"
+    );
+}
+
+#[test]
+fn bound_source_port_names_the_socket_holding_the_tuple() {
+    let holder = Sock::new(1, 5, "proxy", "10.0.0.1:5000", "10.0.0.8:80");
+    let mut events = holder.connect(0);
+    let again = Sock::new(2, 6, "proxy2", "10.0.0.1:5000", "10.0.0.8:80");
+    events.push(again.connect_error(10, libc::EADDRNOTAVAIL));
+    let f = of_kind(&run(&events), Kind::ConnectErrors);
+    let held = f[0].evidence["held_by"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        held.contains("0x1") && held.contains("pid 5") && held.contains("ESTABLISHED"),
+        "{held}"
+    );
+}
+
+#[test]
+fn refused_connect_counts_once_per_socket_with_the_no_socket_reset() {
+    let c = Sock::new(3, 11, "curl", "127.0.0.1:40000", "127.0.0.1:9");
+    let mut events = vec![c.state(0, Close, SynSent, 0)];
+    let rst = Sock::new(0, 0, "", "127.0.0.1:9", "127.0.0.1:40000");
+    events.push(rst.reset_sent(1, None, "NO_SOCKET"));
+    events.push(c.reset_received(1, SynSent, 0));
+    events.push(c.state(1, SynSent, Close, 0));
+    // Asynchronous report, then the synchronous return of the same connect().
+    events.push(c.error(1, libc::ECONNREFUSED));
+    events.push(c.connect_error(1, libc::ECONNREFUSED));
+    let engine = run(&events);
+    assert!(of_kind(&engine, Kind::ConnectErrors).is_empty());
+    assert!(of_kind(&engine, Kind::KeepaliveReuseRace).is_empty());
+    let f = of_kind(&engine, Kind::ConnectionRefused);
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].endpoint, "127.0.0.1:9");
+    assert_eq!(f[0].count, 1);
+    assert_eq!(f[0].evidence["refused_connects"], 1);
+    assert_eq!(f[0].evidence["resets_sent_no_socket"], 1);
+    assert_eq!(f[0].process.as_ref().map(|p| p.pid), Some(11));
+}
+
+#[test]
+fn async_timeout_of_a_connecting_socket_is_a_connect_error() {
+    let c = Sock::new(3, 11, "app", "10.0.0.1:40000", "10.9.9.9:443");
+    let mut events = vec![c.state(0, Close, SynSent, 0)];
+    events.push(c.state(7000, SynSent, Close, 0));
+    events.push(c.error(7000, libc::ETIMEDOUT));
+    let f = of_kind(&run(&events), Kind::ConnectErrors);
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].severity, Severity::Warning);
+    assert_eq!(f[0].evidence["errno"], "ETIMEDOUT");
+}

@@ -1,0 +1,146 @@
+use super::{of_kind, run};
+use crate::{
+    engine::{testing::Sock, Kind, Severity},
+    event::{Event, TcpState::*},
+};
+
+const SERVER: &str = "10.0.0.5:8080";
+
+/// A pooled client connection that the server closes after `idle` ms of quiet.
+fn closed_by_server(sock: u64, port: u16, at: u64, idle: u64) -> (Sock, Vec<Event>) {
+    let c = Sock::new(sock, 4242, "pool", &format!("10.0.0.1:{port}"), SERVER);
+    let mut ev = c.connect(at);
+    ev.push(c.state(at + idle, Established, CloseWait, idle));
+    (c, ev)
+}
+
+#[test]
+fn idle_timeout_is_the_cluster_median_within_a_tick() {
+    let mut events = Vec::new();
+    for (i, idle) in [5000, 5004, 4996, 5000].into_iter().enumerate() {
+        let (_, ev) = closed_by_server(i as u64 + 1, 40000 + i as u16, i as u64 * 10_000, idle);
+        events.extend(ev);
+    }
+    // Noise: closes at unrelated idle times do not move the estimate.
+    for (i, idle) in [1200, 3400].into_iter().enumerate() {
+        let (_, ev) = closed_by_server(100 + i as u64, 41000 + i as u16, 50_000, idle);
+        events.extend(ev);
+    }
+    let engine = run(&events);
+    let f = of_kind(&engine, Kind::IdleCloseTimeout);
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].severity, Severity::Info);
+    assert_eq!(f[0].endpoint, SERVER);
+    assert_eq!(f[0].evidence["idle_timeout_ms"], 5000);
+    assert_eq!(f[0].evidence["spread_ms"], 8);
+    assert_eq!(f[0].evidence["samples"], 4);
+    assert_eq!(f[0].evidence["idle_closes_seen"], 6);
+    assert!(f[0].summary.contains("after 5.00 s"), "{}", f[0].summary);
+    assert!(
+        of_kind(&engine, Kind::KeepaliveReuseRace).is_empty(),
+        "no reuse, no race"
+    );
+}
+
+#[test]
+fn two_samples_are_not_enough_and_short_closes_do_not_count() {
+    let mut events = Vec::new();
+    for (i, idle) in [5000, 5000, 100, 120, 130].into_iter().enumerate() {
+        events.extend(closed_by_server(i as u64 + 1, 40000 + i as u16, 0, idle).1);
+    }
+    assert!(of_kind(&run(&events), Kind::IdleCloseTimeout).is_empty());
+}
+
+#[test]
+fn one_connection_seen_from_both_ends_counts_once() {
+    let mut events = Vec::new();
+    for i in 0..2u16 {
+        let client = Sock::new(
+            10 + u64::from(i),
+            1,
+            "client",
+            &format!("127.0.0.1:{}", 40000 + i),
+            "127.0.0.1:8080",
+        );
+        let server = Sock::new(
+            20 + u64::from(i),
+            2,
+            "server",
+            "127.0.0.1:8080",
+            &format!("127.0.0.1:{}", 40000 + i),
+        );
+        events.extend(client.connect(0));
+        events.extend(server.accepted(0));
+        events.push(server.state(2000, Established, FinWait1, 2000));
+        events.push(client.state(2000, Established, CloseWait, 2000));
+    }
+    // Two connections, four views: below the three-sample minimum.
+    assert!(of_kind(&run(&events), Kind::IdleCloseTimeout).is_empty());
+}
+
+#[test]
+fn reset_in_close_wait_is_a_failed_reuse_with_its_gap() {
+    let mut events = Vec::new();
+    for i in 0..3u16 {
+        let (c, ev) = closed_by_server(u64::from(i) + 1, 40000 + i, 0, 2000);
+        events.extend(ev);
+        // The pool hands the dead connection out 500 ms after the FIN.
+        events.push(c.reset_received(2500, CloseWait, 2500));
+        // Its error report must not count the same connection twice.
+        events.push(c.error(2500, libc::ECONNRESET));
+    }
+    let engine = run(&events);
+    let f = of_kind(&engine, Kind::KeepaliveReuseRace);
+    assert_eq!(f.len(), 1, "{f:#?}");
+    assert_eq!(f[0].severity, Severity::Critical);
+    assert_eq!(f[0].count, 3);
+    assert_eq!(f[0].process.as_ref().map(|p| p.pid), Some(4242));
+    assert_eq!(f[0].evidence["idle_timeout_ms"], 2000);
+    assert_eq!(f[0].evidence["reuse_gap_ms"], 2500);
+    assert_eq!(
+        f[0].summary,
+        "pool (pid 4242) reused 3 connections to 10.0.0.5:8080 after the server closed them at 2.00 s idle"
+    );
+    assert!(f[0].recommendation.contains("below 2.00 s"));
+}
+
+#[test]
+fn healthy_client_that_closes_in_close_wait_is_not_a_race() {
+    let mut events = Vec::new();
+    for i in 0..3u16 {
+        let (c, ev) = closed_by_server(u64::from(i) + 1, 40000 + i, 0, 2000);
+        events.extend(ev);
+        events.push(c.state(2100, CloseWait, LastAck, 2100));
+        events.push(c.state(2101, LastAck, Close, 2101));
+    }
+    let engine = run(&events);
+    assert!(of_kind(&engine, Kind::KeepaliveReuseRace).is_empty());
+    assert_eq!(of_kind(&engine, Kind::IdleCloseTimeout).len(), 1);
+}
+
+#[test]
+fn reset_in_established_counts_only_near_the_known_timeout() {
+    let mut events = Vec::new();
+    for i in 0..3u16 {
+        events.extend(closed_by_server(u64::from(i) + 1, 40000 + i, 0, 5000).1);
+    }
+    let racer = Sock::new(50, 4242, "pool", "10.0.0.1:45000", SERVER);
+    events.extend(racer.connect(10_000));
+    events.push(racer.reset_received(14_990, Established, 4990));
+    let early = Sock::new(51, 4242, "pool", "10.0.0.1:45001", SERVER);
+    events.extend(early.connect(10_000));
+    events.push(early.reset_received(11_000, Established, 1000));
+    let f = of_kind(&run(&events), Kind::KeepaliveReuseRace);
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].count, 1);
+    assert_eq!(f[0].evidence["raced_fin"], 1);
+}
+
+#[test]
+fn resets_on_accepted_connections_are_not_pool_reuse() {
+    let s = Sock::new(7, 9, "server", "10.0.0.5:8080", "10.0.0.1:40000");
+    let mut events = s.accepted(0);
+    events.push(s.state(3000, Established, CloseWait, 3000));
+    events.push(s.reset_received(3500, CloseWait, 3500));
+    assert!(of_kind(&run(&events), Kind::KeepaliveReuseRace).is_empty());
+}

@@ -1,0 +1,91 @@
+use super::{of_kind, run};
+use crate::{
+    engine::{testing::Sock, Config, Engine, Kind},
+    event::TcpState::*,
+};
+
+#[test]
+fn retransmits_without_ack_past_the_threshold_are_a_stall() {
+    let c = Sock::new(1, 30, "worker", "10.0.0.1:40000", "10.0.0.7:6432");
+    let mut events = c.connect(0);
+    for (at, idle, n) in [
+        (1200, 200, 0),
+        (1600, 600, 1),
+        (2400, 1400, 2),
+        (4000, 3000, 3),
+        (7200, 6200, 4),
+    ] {
+        events.push(c.retransmit(at, idle, n));
+    }
+    events.push(c.error(20_000, libc::ETIMEDOUT));
+    let f = of_kind(&run(&events), Kind::StalledPeer);
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].count, 1);
+    assert_eq!(f[0].endpoint, "10.0.0.7:6432");
+    assert_eq!(f[0].evidence["no_ack_ms"], 6200);
+    assert_eq!(f[0].evidence["retransmits"], 5);
+    assert_eq!(f[0].evidence["timed_out"], 1);
+    assert_eq!(f[0].evidence["keepalive"], false);
+    assert!(
+        f[0].summary.contains("keepalive and TCP_USER_TIMEOUT off"),
+        "{}",
+        f[0].summary
+    );
+}
+
+#[test]
+fn short_stalls_and_closed_peers_are_not_reported() {
+    let short = Sock::new(1, 30, "worker", "10.0.0.1:40000", "10.0.0.7:6432");
+    let mut events = short.connect(0);
+    events.push(short.retransmit(1200, 2999, 0));
+    let finned = Sock::new(2, 30, "worker", "10.0.0.1:40001", "10.0.0.7:6432");
+    events.extend(finned.connect(0));
+    events.push(finned.state(100, Established, CloseWait, 100));
+    events.push(finned.retransmit(5000, 4900, 3));
+    assert!(of_kind(&run(&events), Kind::StalledPeer).is_empty());
+}
+
+fn resets(n: u64, every_ms: u64) -> Engine {
+    let mut engine = Engine::new(Config::default());
+    for i in 0..n {
+        let s = Sock::new(0, 0, "", "10.0.0.5:80", &format!("10.0.0.9:{}", 30000 + i));
+        engine.ingest(&s.reset_sent(i * every_ms, None, "NO_SOCKET"));
+    }
+    engine
+}
+
+#[test]
+fn a_hundred_resets_in_ten_seconds_is_a_storm() {
+    let engine = resets(100, 50);
+    let f = of_kind(&engine, Kind::RstStorm);
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].endpoint, "10.0.0.5:80");
+    assert_eq!(f[0].evidence["resets_sent"], 100);
+    assert_eq!(f[0].evidence["reasons"]["NO_SOCKET"], 100);
+    assert!(of_kind(&resets(99, 50), Kind::RstStorm).is_empty());
+    assert!(
+        of_kind(&resets(150, 200), Kind::RstStorm).is_empty(),
+        "51 per window at most"
+    );
+}
+
+#[test]
+fn findings_are_sorted_by_severity_and_poll_reports_growth_once() {
+    let mut engine = resets(100, 10);
+    let c = Sock::new(1, 30, "worker", "10.0.0.1:40000", "10.0.0.7:6432");
+    for e in c.connect(0) {
+        engine.ingest(&e);
+    }
+    engine.ingest(&c.retransmit(4000, 4000, 3));
+    let kinds: Vec<Kind> = engine.findings().iter().map(|f| f.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![Kind::StalledPeer, Kind::ConnectionRefused, Kind::RstStorm]
+    );
+    assert_eq!(engine.poll_new().len(), 3);
+    assert!(engine.poll_new().is_empty());
+    let s = Sock::new(0, 0, "", "10.0.0.5:80", "10.0.0.9:1");
+    engine.ingest(&s.reset_sent(2000, None, "NO_SOCKET"));
+    let again = engine.poll_new();
+    assert_eq!(again.len(), 2, "refused and storm counts grew: {again:#?}");
+}
