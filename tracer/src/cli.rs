@@ -20,8 +20,47 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Record kernel events to a JSON Lines log (headless).
+    /// Record kernel events to a JSON Lines log (headless); findings at exit.
     Record(RecordArgs),
+    /// Live and headless: findings to stdout as they fire (events too with -v).
+    Watch(WatchArgs),
+    /// Findings from a recorded log.
+    Report(ReportArgs),
+    /// Reproduce an incident locally (loopback and network namespaces).
+    Lab(LabArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// JSON lines (`{"finding": ...}`, `{"event": ...}`) for a log pipeline.
+    #[arg(long)]
+    pub json: bool,
+    /// Print every event too.
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// Stop after this many seconds (default: until Ctrl-C / SIGTERM).
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A log written by `conntrace record`.
+    pub file: PathBuf,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: crate::report::Format,
+}
+
+#[derive(Debug, Args)]
+pub struct LabArgs {
+    /// The scenario to run (see --list).
+    #[arg(required_unless_present = "list")]
+    pub scenario: Option<String>,
+    /// List the scenarios.
+    #[arg(long)]
+    pub list: bool,
 }
 
 #[derive(Debug, Args)]

@@ -7,7 +7,11 @@
 //! - [`tracefs`]: mounting tracefs, classic tracepoint record formats.
 //! - [`time`]: monotonic-to-wall clock and HZ.
 //! - [`filter`]: the `--pid`, `--comm`, `--port` and `--cidr` filters.
-//! - [`cli`], [`record`]: the commands.
+//! - [`engine`]: the pure diagnosis engine and its detectors.
+//! - [`live`]: probes -> engine -> sink, shared by [`record`] and [`watch`].
+//! - [`report`]: findings from a log; [`lab`]: the incidents reproduced locally.
+//! - [`sockstat`]: node TCP memory samples.
+//! - [`cli`]: the command line.
 
 pub mod btf;
 pub mod cli;
@@ -15,8 +19,13 @@ pub mod decode;
 pub mod engine;
 pub mod event;
 pub mod filter;
+pub mod lab;
+pub mod live;
 pub mod log;
 pub mod probes;
 pub mod record;
+pub mod report;
+pub mod sockstat;
 pub mod time;
 pub mod tracefs;
+pub mod watch;

@@ -70,6 +70,9 @@ pub enum Record {
     Sockstat(Sockstat),
     /// A finding as the engine wrote it (`{"finding": ...}`).
     Finding(serde_json::Value),
+    /// Every finding of the live engine when recording stopped (`{"findings": [...]}`),
+    /// the last line of a complete log.
+    FinalFindings(Vec<serde_json::Value>),
 }
 
 /// A line that could not be read, by number (the header is line 1).
@@ -129,6 +132,15 @@ impl<W: Write> LogWriter<W> {
             sockstat: &'a Sockstat,
         }
         self.write_line(&Line { sockstat: sample })
+    }
+
+    /// The live engine's findings at exit.
+    pub fn final_findings<T: Serialize>(&mut self, findings: &[T]) -> Result<()> {
+        #[derive(Serialize)]
+        struct Line<'a, T> {
+            findings: &'a [T],
+        }
+        self.write_line(&Line { findings })
     }
 
     pub fn finding(&mut self, finding: &impl Serialize) -> Result<()> {
@@ -235,6 +247,15 @@ fn parse_record(line: &str) -> Result<Record, String> {
             .map(|l| Record::Finding(l.finding))
             .map_err(|e| describe(&e));
     }
+    if line.starts_with("{\"findings\"") {
+        #[derive(Deserialize)]
+        struct Line {
+            findings: Vec<serde_json::Value>,
+        }
+        return serde_json::from_str::<Line>(line)
+            .map(|l| Record::FinalFindings(l.findings))
+            .map_err(|e| describe(&e));
+    }
     if line.starts_with("{\"sockstat\"") {
         #[derive(Deserialize)]
         struct Line {
@@ -287,7 +308,7 @@ impl Log {
     pub fn events(&self) -> impl Iterator<Item = &Event> {
         self.records.iter().filter_map(|r| match r {
             Record::Event(e) => Some(e),
-            Record::Sockstat(_) | Record::Finding(_) => None,
+            Record::Sockstat(_) | Record::Finding(_) | Record::FinalFindings(_) => None,
         })
     }
 }

@@ -297,6 +297,16 @@ impl ConnTable {
         })
     }
 
+    /// The lowest and highest local port of the open connections to `remote`.
+    pub fn local_ports_to(&self, remote: SocketAddr) -> Option<(u16, u16)> {
+        let ports = self
+            .map
+            .values()
+            .filter(|c| c.is_open() && c.remote == remote && c.local.port() != 0)
+            .map(|c| c.local.port());
+        ports.fold(None, |acc, p| Some(acc.map_or((p, p), |(lo, hi): (u16, u16)| (lo.min(p), hi.max(p)))))
+    }
+
     /// Established connections open to `remote`.
     pub fn open_to(&self, remote: SocketAddr) -> u32 {
         self.open_by_remote.get(&remote).copied().unwrap_or(0)

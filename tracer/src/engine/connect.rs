@@ -5,9 +5,10 @@
 //! destination, errno); each socket counts once. ECONNREFUSED goes to
 //! `connection-refused` instead. EADDRNOTAVAIL is critical (the node is out of
 //! source ports or re-used a 4-tuple), the rest warnings. Evidence for
-//! EADDRNOTAVAIL: the connections this node holds open to that destination, the
-//! node's ephemeral port range, and the live socket holding the 4-tuple when the
-//! caller had bound a source port.
+//! EADDRNOTAVAIL: the connections this node holds open to that destination and the
+//! span of local ports they use, the node's ephemeral port range (root network
+//! namespace), and the live socket holding the 4-tuple when the caller had bound a
+//! source port.
 //!
 //! `connection-refused` (warning): refused connects by destination, and resets this
 //! node sent for segments to a local port with no socket (reason NO_SOCKET), by that
@@ -29,6 +30,7 @@ struct Group {
     count: u64,
     held_by: Option<String>,
     max_open_to_destination: u32,
+    ports_in_use: Option<(u16, u16)>,
     port_range: Option<[u16; 2]>,
     first: SystemTime,
     last: SystemTime,
@@ -58,6 +60,7 @@ impl ConnectFailures {
         errno: Errno,
         held_by: Option<String>,
         open_to_destination: u32,
+        ports_in_use: Option<(u16, u16)>,
         port_range: Option<[u16; 2]>,
     ) {
         let destination = e.remote.to_string();
@@ -82,6 +85,7 @@ impl ConnectFailures {
             count: 0,
             held_by: None,
             max_open_to_destination: 0,
+            ports_in_use: None,
             port_range,
             first: e.time,
             last: e.time,
@@ -93,6 +97,7 @@ impl ConnectFailures {
         }
         g.max_open_to_destination = g.max_open_to_destination.max(open_to_destination);
         g.port_range = port_range.or(g.port_range);
+        g.ports_in_use = ports_in_use.or(g.ports_in_use);
     }
 
     pub fn on_no_socket_reset(&mut self, endpoint: &str, e: &Event) {
@@ -118,7 +123,9 @@ impl ConnectFailures {
                     "open_to_destination".into(),
                     serde_json::json!(g.max_open_to_destination),
                 );
-                evidence.insert("local_port_range".into(), serde_json::json!(g.port_range));
+                evidence.insert("local_ports_in_use".into(), serde_json::json!(g.ports_in_use.map(|(lo, hi)| [lo, hi])));
+                // The root namespace's range; a pod's own namespace may differ.
+                evidence.insert("node_port_range".into(), serde_json::json!(g.port_range));
                 evidence.insert("held_by".into(), serde_json::json!(g.held_by));
                 "the node ran out of source ports to this destination (or the caller bound a source address/port another socket holds): reuse connections (keep-alive pooling), widen net.ipv4.ip_local_port_range, add destination addresses, or stop binding a fixed source port".to_owned()
             } else {

@@ -27,6 +27,8 @@ struct Leak {
     oldest_ms: u64,
     endpoints: BTreeMap<String, usize>,
     history: VecDeque<(u64, usize)>,
+    /// The fastest growth seen over any one-minute window, per minute.
+    max_growth: f64,
     first: SystemTime,
     last: SystemTime,
 }
@@ -81,6 +83,7 @@ impl CloseWaitLeak {
                 endpoints: BTreeMap::new(),
                 // Below the threshold at the previous sample: growth starts from zero there.
                 history: last_eval.into_iter().map(|t| (t, 0)).collect(),
+                max_growth: 0.0,
                 first: wall,
                 last: wall,
             });
@@ -100,6 +103,7 @@ impl CloseWaitLeak {
             {
                 leak.history.pop_front();
             }
+            leak.max_growth = leak.max_growth.max(growth(&leak.history));
         }
     }
 
@@ -109,14 +113,7 @@ impl CloseWaitLeak {
                 continue;
             }
             let process = Process::new(*pid, &leak.comm, leak.cgroup);
-            let growth = match (leak.history.front(), leak.history.back()) {
-                (Some(&(t0, n0)), Some(&(t1, n1))) if t1 > t0 => {
-                    #[expect(clippy::cast_precision_loss, reason = "a rate for display")]
-                    let per_min = (n1 as f64 - n0 as f64) * 60e9 / (t1 - t0) as f64;
-                    per_min
-                }
-                _ => 0.0,
-            };
+            let growth = growth(&leak.history);
             let endpoint = leak
                 .endpoints
                 .iter()
@@ -127,19 +124,27 @@ impl CloseWaitLeak {
             } else {
                 Severity::Warning
             };
-            let now_or_peak = if leak.count == leak.peak {
-                format!("holds {} sockets", leak.count)
+            let summary = if leak.count == 0 {
+                format!(
+                    "{} held up to {} sockets in CLOSE_WAIT for more than {} ({endpoint}), growing up to {:.1}/min; all since closed",
+                    process.describe(),
+                    leak.peak,
+                    secs(cfg.close_wait_age_ms),
+                    leak.max_growth,
+                )
             } else {
-                format!("holds {} sockets (peak {})", leak.count, leak.peak)
+                format!(
+                    "{} holds {} sockets in CLOSE_WAIT for more than {} ({endpoint}), growing {growth:.1}/min{}",
+                    process.describe(),
+                    leak.count,
+                    secs(cfg.close_wait_age_ms),
+                    if leak.peak > leak.count { format!(" (peak {})", leak.peak) } else { String::new() },
+                )
             };
             out.push(Finding {
                 kind: Kind::CloseWaitLeak,
                 severity,
-                summary: format!(
-                    "{} {now_or_peak} in CLOSE_WAIT for more than {} ({endpoint}), growing {growth:.1}/min",
-                    process.describe(),
-                    secs(cfg.close_wait_age_ms),
-                ),
+                summary,
                 endpoint,
                 process: Some(process),
                 count: leak.peak as u64,
@@ -151,10 +156,23 @@ impl CloseWaitLeak {
                     "oldest_ms" => leak.oldest_ms,
                     "age_threshold_ms" => cfg.close_wait_age_ms,
                     "growth_per_min" => (growth * 10.0).round() / 10.0,
+                    "max_growth_per_min" => (leak.max_growth * 10.0).round() / 10.0,
                     "by_endpoint" => leak.endpoints,
                 },
                 recommendation: "the process never closes sockets its peers closed: find the code path that drops a connection without close() (error paths, abandoned responses) and close it; until fixed, restart the process before it exhausts file descriptors or TCP memory".to_owned(),
             });
         }
+    }
+}
+
+/// Change per minute between the first and last points of a history window.
+fn growth(history: &VecDeque<(u64, usize)>) -> f64 {
+    match (history.front(), history.back()) {
+        (Some(&(t0, n0)), Some(&(t1, n1))) if t1 > t0 => {
+            #[expect(clippy::cast_precision_loss, reason = "a rate for display")]
+            let per_min = (n1 as f64 - n0 as f64) * 60e9 / (t1 - t0) as f64;
+            per_min
+        }
+        _ => 0.0,
     }
 }

@@ -91,6 +91,8 @@ pub struct Engine {
     stall: stall::Stalls,
     rst: rst::RstStorm,
     pub stats: Stats,
+    /// Local port span to a destination, refreshed at most once a second.
+    ports_seen: HashMap<std::net::SocketAddr, (u64, Option<(u16, u16)>)>,
     /// Count last reported per finding identity, for [`Engine::poll_new`].
     reported: HashMap<(Kind, String, u32), u64>,
 }
@@ -110,6 +112,7 @@ impl Engine {
             stall: stall::Stalls::default(),
             rst: rst::RstStorm::default(),
             stats: Stats::default(),
+            ports_seen: HashMap::new(),
             reported: HashMap::new(),
         }
     }
@@ -250,8 +253,22 @@ impl Engine {
             .then(|| self.conns.holder_of(e.local, e.remote, e.sock))
             .flatten();
         let in_use = self.conns.open_to(e.remote);
+        // The port span in use is a table scan: at most once a second per destination.
+        let ports = if errno.0 == libc::EADDRNOTAVAIL {
+            let fresh = self
+                .ports_seen
+                .get(&e.remote)
+                .is_some_and(|(at, _)| at + 1_000_000_000 > self.now_ns);
+            if !fresh {
+                let span = self.conns.local_ports_to(e.remote);
+                self.ports_seen.insert(e.remote, (self.now_ns, span));
+            }
+            self.ports_seen.get(&e.remote).and_then(|(_, span)| *span)
+        } else {
+            None
+        };
         self.connect
-            .on_failure(e, errno, held_by, in_use, self.memory.port_range());
+            .on_failure(e, errno, held_by, in_use, ports, self.memory.port_range());
     }
 
     fn on_error(&mut self, e: &Event, errno: Errno) {

@@ -1,0 +1,172 @@
+//! `conntrace report FILE`: findings from a recorded log, as text, markdown or JSON.
+
+use std::{io::Write as _, path::Path};
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    engine::{Config, Engine, Finding, Severity},
+    log::{LogReader, Record},
+};
+
+/// Output format of `report`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Markdown,
+    Json,
+}
+
+/// What a replay of a log produced.
+pub struct Replay {
+    pub engine: Engine,
+    /// Bad lines, reported with their numbers; every good line was used.
+    pub bad_lines: Vec<crate::log::LineError>,
+    pub newer_version: Option<u32>,
+}
+
+/// Feeds every event and sample of the log at `path` through a fresh engine.
+pub fn replay(path: &Path, cfg: Config) -> Result<Replay> {
+    let mut reader = LogReader::open(path)?;
+    let newer_version = reader.is_newer_version().then_some(reader.header.conntrace_log);
+    let mut engine = Engine::new(cfg);
+    let mut bad_lines = Vec::new();
+    for record in &mut reader {
+        match record {
+            Ok(Record::Event(e)) => engine.ingest(&e),
+            Ok(Record::Sockstat(s)) => engine.sample(&s),
+            Ok(Record::Finding(_) | Record::FinalFindings(_)) => {}
+            Err(e) => bad_lines.push(e),
+        }
+    }
+    Ok(Replay {
+        engine,
+        bad_lines,
+        newer_version,
+    })
+}
+
+pub fn run(path: &Path, format: Format) -> Result<()> {
+    let replay = replay(path, Config::default())?;
+    if let Some(v) = replay.newer_version {
+        eprintln!(
+            "conntrace: warning: {} is log version {v}, newer than this conntrace reads (1); unknown fields were skipped",
+            path.display()
+        );
+    }
+    for bad in &replay.bad_lines {
+        eprintln!("conntrace: warning: {}: {bad}; the line was skipped", path.display());
+    }
+    let findings = replay.engine.findings();
+    let out = render(&findings, format)?;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(out.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("writing the report"),
+    }
+}
+
+pub fn render(findings: &[Finding], format: Format) -> Result<String> {
+    Ok(match format {
+        Format::Json => {
+            let mut s = serde_json::to_string_pretty(&serde_json::json!({ "findings": findings }))?;
+            s.push('\n');
+            s
+        }
+        Format::Text => text(findings),
+        Format::Markdown => markdown(findings),
+    })
+}
+
+fn severity_word(s: Severity) -> &'static str {
+    match s {
+        Severity::Critical => "CRITICAL",
+        Severity::Warning => "WARNING",
+        Severity::Info => "INFO",
+    }
+}
+
+fn evidence_line(f: &Finding) -> String {
+    f.evidence
+        .iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => format!("{k}={s}"),
+            other => format!("{k}={other}"),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn time(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// One finding, as the text report and `watch` print it.
+pub fn text_one(f: &Finding) -> String {
+    format!(
+        "{:<8} {:<21} {}\n  {}\n  evidence: {}\n  fix: {}\n  seen: {} .. {} ({} times)\n",
+        severity_word(f.severity),
+        f.kind.as_str(),
+        f.endpoint,
+        f.summary,
+        evidence_line(f),
+        f.recommendation,
+        time(f.first_seen),
+        time(f.last_seen),
+        f.count,
+    )
+}
+
+fn text(findings: &[Finding]) -> String {
+    if findings.is_empty() {
+        return "no findings\n".to_owned();
+    }
+    let mut s = format!("{} finding{}\n\n", findings.len(), if findings.len() == 1 { "" } else { "s" });
+    for f in findings {
+        s.push_str(&text_one(f));
+        s.push('\n');
+    }
+    s
+}
+
+fn markdown(findings: &[Finding]) -> String {
+    let mut s = String::from("# conntrace findings\n\n");
+    if findings.is_empty() {
+        s.push_str("No findings.\n");
+        return s;
+    }
+    s.push_str("| severity | kind | endpoint | summary |\n|---|---|---|---|\n");
+    for f in findings {
+        s.push_str(&format!(
+            "| {} | `{}` | `{}` | {} |\n",
+            severity_word(f.severity),
+            f.kind.as_str(),
+            f.endpoint,
+            f.summary.replace('|', "\\|")
+        ));
+    }
+    for f in findings {
+        s.push_str(&format!(
+            "\n## {} `{}` — `{}`\n\n{}\n\n",
+            severity_word(f.severity),
+            f.kind.as_str(),
+            f.endpoint,
+            f.summary
+        ));
+        if let Some(p) = &f.process {
+            s.push_str(&format!("- process: {}\n", p.describe()));
+        }
+        s.push_str(&format!(
+            "- seen: {} .. {} ({} times)\n- evidence:\n",
+            time(f.first_seen),
+            time(f.last_seen),
+            f.count
+        ));
+        for (k, v) in &f.evidence {
+            s.push_str(&format!("  - `{k}`: `{v}`\n"));
+        }
+        s.push_str(&format!("\n**Fix:** {}\n", f.recommendation));
+    }
+    s
+}

@@ -1,0 +1,75 @@
+//! `conntrace watch`: live and headless — findings as they fire on stdout (text, or
+//! JSON lines with `--json` for a log pipeline), and events too with `-v`.
+
+use std::io::Write as _;
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    cli::WatchArgs,
+    engine::Finding,
+    event::{Event, Sockstat},
+    live::{self, Sink},
+    report,
+};
+
+struct StdoutSink {
+    json: bool,
+    verbose: bool,
+    out: std::io::LineWriter<std::io::Stdout>,
+}
+
+impl StdoutSink {
+    fn write(&mut self, s: &str) -> Result<()> {
+        match self.out.write_all(s.as_bytes()) {
+            // A closed pipe (`| head`) ends the output quietly.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+            r => r.context("writing to stdout"),
+        }
+    }
+}
+
+impl Sink for StdoutSink {
+    fn event(&mut self, event: &Event) -> Result<()> {
+        if !self.verbose {
+            return Ok(());
+        }
+        let line = if self.json {
+            format!("{}\n", serde_json::to_string(&serde_json::json!({ "event": event }))?)
+        } else {
+            format!("{}\n", serde_json::to_string(event)?)
+        };
+        self.write(&line)
+    }
+    fn sockstat(&mut self, _: &Sockstat) -> Result<()> {
+        Ok(())
+    }
+    fn finding(&mut self, finding: &Finding) -> Result<()> {
+        let line = if self.json {
+            format!("{}\n", serde_json::to_string(&serde_json::json!({ "finding": finding }))?)
+        } else {
+            format!("{}\n", report::text_one(finding))
+        };
+        self.write(&line)
+    }
+}
+
+pub fn run(args: &WatchArgs) -> Result<()> {
+    let mut sink = StdoutSink {
+        json: args.json,
+        verbose: args.verbose,
+        out: std::io::LineWriter::new(std::io::stdout()),
+    };
+    let run = live::run(&args.filter.to_filter(), args.duration, &mut sink, |probes| {
+        for warning in &probes.degraded {
+            eprintln!("conntrace: warning: {warning}");
+        }
+        eprintln!(
+            "conntrace: {} programs attached in {} ms; watching (Ctrl-C to stop)",
+            probes.attached.len(),
+            probes.attach_time.as_millis()
+        );
+    })?;
+    eprintln!("conntrace: {} events; {}", run.stats.delivered, live::loss_line(&run)?);
+    Ok(())
+}
