@@ -133,10 +133,10 @@ impl Recorder {
             "bad lines in the log: {:?}",
             log.errors
         );
-        let _ = std::fs::remove_file(&self.path);
         Recording {
             log,
             stderr: self.stderr_seen.clone(),
+            path: self.path.clone(),
         }
     }
 }
@@ -148,13 +148,49 @@ impl Drop for Recorder {
     }
 }
 
-/// What a recorder saw.
+/// What a recorder saw; the log file is removed on drop.
 pub struct Recording {
     pub log: Log,
     pub stderr: Vec<String>,
+    pub path: PathBuf,
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 impl Recording {
+    /// `conntrace report FILE --format json`, parsed: the findings array.
+    pub fn report_json(&self) -> Vec<serde_json::Value> {
+        let out = Command::new(conntrace_bin())
+            .args(["report", "--format", "json"])
+            .arg(&self.path)
+            .output()
+            .expect("run conntrace report");
+        assert!(
+            out.status.success(),
+            "report failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report is JSON");
+        v["findings"].as_array().expect("findings array").clone()
+    }
+
+    /// The live engine's findings at exit (the log's last line).
+    pub fn final_findings(&self) -> Vec<serde_json::Value> {
+        self.log
+            .records
+            .iter()
+            .rev()
+            .find_map(|r| match r {
+                tracer::log::Record::FinalFindings(f) => Some(f.clone()),
+                _ => None,
+            })
+            .expect("the log ends with the live findings")
+    }
+
     pub fn events(&self) -> Vec<&Event> {
         self.log.events().collect()
     }
@@ -354,4 +390,56 @@ impl Default for VethPair {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// What `conntrace lab` reported on its result line.
+#[derive(Debug)]
+pub struct LabResult {
+    pub endpoint: String,
+    pub count: u64,
+    pub pid: u32,
+    pub stdout: String,
+}
+
+/// Runs `conntrace lab NAME` to completion.
+pub fn run_lab(name: &str) -> LabResult {
+    let out = Command::new(conntrace_bin())
+        .args(["lab", name])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run conntrace lab");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "lab {name} failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("lab: result "))
+        .unwrap_or_else(|| panic!("no result line: {stdout}"));
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("no {k} in {line}"))
+            .to_owned()
+    };
+    LabResult {
+        endpoint: field("endpoint"),
+        count: field("count").parse().expect("count"),
+        pid: field("pid").parse().expect("pid"),
+        stdout,
+    }
+}
+
+/// Findings of one kind for one endpoint.
+pub fn findings_for<'a>(
+    findings: &'a [serde_json::Value],
+    kind: &str,
+    endpoint: &str,
+) -> Vec<&'a serde_json::Value> {
+    findings
+        .iter()
+        .filter(|f| f["kind"] == kind && f["endpoint"] == endpoint)
+        .collect()
 }

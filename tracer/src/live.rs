@@ -113,7 +113,9 @@ pub fn run(
         let mut sigterm = signal(SignalKind::terminate())?;
         // A year stands in for "no deadline" (tokio's timer cannot take Duration::MAX).
         let forever = Duration::from_hours(24 * 365);
-        let deadline = duration.map_or(forever, Duration::from_secs_f64).min(forever);
+        let deadline = duration
+            .map_or(forever, Duration::from_secs_f64)
+            .min(forever);
         let stop = tokio::time::sleep(deadline);
         tokio::pin!(stop);
         let mut samples = tokio::time::interval(SAMPLE_EVERY);

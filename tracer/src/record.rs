@@ -37,18 +37,24 @@ pub fn run(args: &RecordArgs) -> Result<()> {
         log: LogWriter::create(&args.output)?,
     };
     let clock = crate::time::KernelClock::detect()?;
-    sink.log.header(&Header::for_this_host(clock.hz, clock.boot))?;
+    sink.log
+        .header(&Header::for_this_host(clock.hz, clock.boot))?;
     let output = args.output.display().to_string();
-    let run = live::run(&args.filter.to_filter(), args.duration, &mut sink, |probes| {
-        for warning in &probes.degraded {
-            eprintln!("conntrace: warning: {warning}");
-        }
-        eprintln!(
-            "conntrace: {} programs attached in {} ms; recording to {output} (Ctrl-C to stop)",
-            probes.attached.len(),
-            probes.attach_time.as_millis(),
-        );
-    })?;
+    let run = live::run(
+        &args.filter.to_filter(),
+        args.duration,
+        &mut sink,
+        |probes| {
+            for warning in &probes.degraded {
+                eprintln!("conntrace: warning: {warning}");
+            }
+            eprintln!(
+                "conntrace: {} programs attached in {} ms; recording to {output} (Ctrl-C to stop)",
+                probes.attached.len(),
+                probes.attach_time.as_millis(),
+            );
+        },
+    )?;
     let findings = run.engine.findings();
     sink.log.final_findings(&findings)?;
     sink.log.flush()?;

@@ -28,7 +28,9 @@ pub struct Replay {
 /// Feeds every event and sample of the log at `path` through a fresh engine.
 pub fn replay(path: &Path, cfg: Config) -> Result<Replay> {
     let mut reader = LogReader::open(path)?;
-    let newer_version = reader.is_newer_version().then_some(reader.header.conntrace_log);
+    let newer_version = reader
+        .is_newer_version()
+        .then_some(reader.header.conntrace_log);
     let mut engine = Engine::new(cfg);
     let mut bad_lines = Vec::new();
     for record in &mut reader {
@@ -55,7 +57,10 @@ pub fn run(path: &Path, format: Format) -> Result<()> {
         );
     }
     for bad in &replay.bad_lines {
-        eprintln!("conntrace: warning: {}: {bad}; the line was skipped", path.display());
+        eprintln!(
+            "conntrace: warning: {}: {bad}; the line was skipped",
+            path.display()
+        );
     }
     let findings = replay.engine.findings();
     let out = render(&findings, format)?;
@@ -122,7 +127,11 @@ fn text(findings: &[Finding]) -> String {
     if findings.is_empty() {
         return "no findings\n".to_owned();
     }
-    let mut s = format!("{} finding{}\n\n", findings.len(), if findings.len() == 1 { "" } else { "s" });
+    let mut s = format!(
+        "{} finding{}\n\n",
+        findings.len(),
+        if findings.len() == 1 { "" } else { "s" }
+    );
     for f in findings {
         s.push_str(&text_one(f));
         s.push('\n');

@@ -14,7 +14,13 @@ pub fn parse_sockstat(text: &str) -> Option<(u64, u64, u64, u64, u64)> {
         let i = words.iter().position(|w| *w == key)?;
         words.get(i + 1)?.parse().ok()
     };
-    Some((get("inuse")?, get("orphan")?, get("tw")?, get("alloc")?, get("mem")?))
+    Some((
+        get("inuse")?,
+        get("orphan")?,
+        get("tw")?,
+        get("alloc")?,
+        get("mem")?,
+    ))
 }
 
 fn numbers(path: &str) -> Vec<u64> {
@@ -27,7 +33,8 @@ fn numbers(path: &str) -> Vec<u64> {
 
 /// Reads one sample now, stamped with the given clocks.
 pub fn read(mono_ns: u64, time: SystemTime) -> Result<Sockstat> {
-    let text = std::fs::read_to_string("/proc/net/sockstat").context("reading /proc/net/sockstat")?;
+    let text =
+        std::fs::read_to_string("/proc/net/sockstat").context("reading /proc/net/sockstat")?;
     let (inuse, orphan, tw, alloc, mem) =
         parse_sockstat(&text).context("/proc/net/sockstat has no TCP line")?;
     let tcp_mem = numbers("/proc/sys/net/ipv4/tcp_mem");
@@ -46,7 +53,10 @@ pub fn read(mono_ns: u64, time: SystemTime) -> Result<Sockstat> {
             tcp_mem.get(1).copied().unwrap_or(0),
             tcp_mem.get(2).copied().unwrap_or(0),
         ],
-        max_orphans: numbers("/proc/sys/net/ipv4/tcp_max_orphans").first().copied().unwrap_or(0),
+        max_orphans: numbers("/proc/sys/net/ipv4/tcp_max_orphans")
+            .first()
+            .copied()
+            .unwrap_or(0),
         local_port_range: [to_port(range.first()), to_port(range.get(1))],
     })
 }
@@ -57,7 +67,8 @@ mod tests {
 
     #[test]
     fn parses_the_tcp_line() {
-        let text = "sockets: used 180\nTCP: inuse 5 orphan 1 tw 2 alloc 7 mem 3\nUDP: inuse 1 mem 0\n";
+        let text =
+            "sockets: used 180\nTCP: inuse 5 orphan 1 tw 2 alloc 7 mem 3\nUDP: inuse 1 mem 0\n";
         assert_eq!(parse_sockstat(text), Some((5, 1, 2, 7, 3)));
         assert_eq!(parse_sockstat("UDP: inuse 1\n"), None);
     }

@@ -35,7 +35,10 @@ impl Sink for StdoutSink {
             return Ok(());
         }
         let line = if self.json {
-            format!("{}\n", serde_json::to_string(&serde_json::json!({ "event": event }))?)
+            format!(
+                "{}\n",
+                serde_json::to_string(&serde_json::json!({ "event": event }))?
+            )
         } else {
             format!("{}\n", serde_json::to_string(event)?)
         };
@@ -46,7 +49,10 @@ impl Sink for StdoutSink {
     }
     fn finding(&mut self, finding: &Finding) -> Result<()> {
         let line = if self.json {
-            format!("{}\n", serde_json::to_string(&serde_json::json!({ "finding": finding }))?)
+            format!(
+                "{}\n",
+                serde_json::to_string(&serde_json::json!({ "finding": finding }))?
+            )
         } else {
             format!("{}\n", report::text_one(finding))
         };
@@ -60,16 +66,25 @@ pub fn run(args: &WatchArgs) -> Result<()> {
         verbose: args.verbose,
         out: std::io::LineWriter::new(std::io::stdout()),
     };
-    let run = live::run(&args.filter.to_filter(), args.duration, &mut sink, |probes| {
-        for warning in &probes.degraded {
-            eprintln!("conntrace: warning: {warning}");
-        }
-        eprintln!(
-            "conntrace: {} programs attached in {} ms; watching (Ctrl-C to stop)",
-            probes.attached.len(),
-            probes.attach_time.as_millis()
-        );
-    })?;
-    eprintln!("conntrace: {} events; {}", run.stats.delivered, live::loss_line(&run)?);
+    let run = live::run(
+        &args.filter.to_filter(),
+        args.duration,
+        &mut sink,
+        |probes| {
+            for warning in &probes.degraded {
+                eprintln!("conntrace: warning: {warning}");
+            }
+            eprintln!(
+                "conntrace: {} programs attached in {} ms; watching (Ctrl-C to stop)",
+                probes.attached.len(),
+                probes.attach_time.as_millis()
+            );
+        },
+    )?;
+    eprintln!(
+        "conntrace: {} events; {}",
+        run.stats.delivered,
+        live::loss_line(&run)?
+    );
     Ok(())
 }

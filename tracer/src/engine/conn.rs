@@ -304,7 +304,9 @@ impl ConnTable {
             .values()
             .filter(|c| c.is_open() && c.remote == remote && c.local.port() != 0)
             .map(|c| c.local.port());
-        ports.fold(None, |acc, p| Some(acc.map_or((p, p), |(lo, hi): (u16, u16)| (lo.min(p), hi.max(p)))))
+        ports.fold(None, |acc, p| {
+            Some(acc.map_or((p, p), |(lo, hi): (u16, u16)| (lo.min(p), hi.max(p))))
+        })
     }
 
     /// Established connections open to `remote`.

@@ -123,7 +123,10 @@ impl ConnectFailures {
                     "open_to_destination".into(),
                     serde_json::json!(g.max_open_to_destination),
                 );
-                evidence.insert("local_ports_in_use".into(), serde_json::json!(g.ports_in_use.map(|(lo, hi)| [lo, hi])));
+                evidence.insert(
+                    "local_ports_in_use".into(),
+                    serde_json::json!(g.ports_in_use.map(|(lo, hi)| [lo, hi])),
+                );
                 // The root namespace's range; a pod's own namespace may differ.
                 evidence.insert("node_port_range".into(), serde_json::json!(g.port_range));
                 evidence.insert("held_by".into(), serde_json::json!(g.held_by));

@@ -120,7 +120,11 @@ fn client(addr: SocketAddr, validate: bool) -> Result<(u64, u64)> {
 }
 
 pub fn run(validate: bool) -> Result<Outcome> {
-    let name = if validate { "healthy-keepalive" } else { "keepalive-race" };
+    let name = if validate {
+        "healthy-keepalive"
+    } else {
+        "keepalive-race"
+    };
     let addr = server()?;
     say(name, &format!(
         "server {addr} closes idle keep-alive connections after {:.2} s; a pool of {POOL} {} reuses them after {:.2} s idle",
@@ -131,7 +135,10 @@ pub fn run(validate: bool) -> Result<Outcome> {
     let (failed, reused) = spawn("pool-client", move || client(addr, validate))?
         .join()
         .map_err(|_| anyhow::anyhow!("the pool client panicked"))??;
-    say(name, &format!("client saw {failed} failed requests on reused connections ({reused} reused)"));
+    say(
+        name,
+        &format!("client saw {failed} failed requests on reused connections ({reused} reused)"),
+    );
     Ok(Outcome {
         endpoint: addr.to_string(),
         count: failed,

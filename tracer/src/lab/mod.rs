@@ -65,6 +65,9 @@ fn say(scenario: &str, line: &str) {
 }
 
 /// Spawns a named thread (the name is the kernel `comm` conntrace shows).
-fn spawn<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<std::thread::JoinHandle<T>> {
+fn spawn<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<std::thread::JoinHandle<T>> {
     Ok(std::thread::Builder::new().name(name.to_owned()).spawn(f)?)
 }

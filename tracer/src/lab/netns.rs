@@ -20,7 +20,11 @@ fn ip(args: &[&str]) -> Result<()> {
         .output()
         .context("running `ip` (install iproute2)")?;
     if !out.status.success() {
-        bail!("ip {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -70,7 +74,8 @@ impl Drop for Netns {
 }
 
 fn join<T>(h: std::thread::JoinHandle<Result<T>>) -> Result<T> {
-    h.join().map_err(|_| anyhow::anyhow!("lab thread panicked"))?
+    h.join()
+        .map_err(|_| anyhow::anyhow!("lab thread panicked"))?
 }
 
 const EXTRA_ATTEMPTS: u64 = 4;
@@ -80,8 +85,16 @@ const EXTRA_ATTEMPTS: u64 = 4;
 pub fn port_exhaustion() -> Result<Outcome> {
     let name = "port-exhaustion";
     let ns = Netns::new(0)?;
-    ns.exec(&["sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=40000 40009"])?;
-    say(name, &format!("namespace {} has ip_local_port_range 40000-40009", ns.name));
+    ns.exec(&[
+        "sysctl",
+        "-q",
+        "-w",
+        "net.ipv4.ip_local_port_range=40000 40009",
+    ])?;
+    say(
+        name,
+        &format!("namespace {} has ip_local_port_range 40000-40009", ns.name),
+    );
     let failed = ns
         .spawn("lab-proxy", || {
             let listener = TcpListener::bind("127.0.0.1:8080")?;
@@ -127,8 +140,13 @@ pub fn silent_peer() -> Result<Outcome> {
     let name = "silent-peer";
     let a = Netns::new(1)?;
     let b = Netns::new(2)?;
-    let (va, vb) = (format!("ctla{}", std::process::id()), format!("ctlb{}", std::process::id()));
-    ip(&["link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb, "netns", &b.name])?;
+    let (va, vb) = (
+        format!("ctla{}", std::process::id()),
+        format!("ctlb{}", std::process::id()),
+    );
+    ip(&[
+        "link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb, "netns", &b.name,
+    ])?;
     a.exec(&["ip", "addr", "add", "192.0.2.1/24", "dev", &va])?;
     b.exec(&["ip", "addr", "add", "192.0.2.2/24", "dev", &vb])?;
     a.exec(&["ip", "link", "set", &va, "up"])?;
@@ -143,7 +161,9 @@ pub fn silent_peer() -> Result<Outcome> {
         std::thread::sleep(STALL + Duration::from_secs(1));
         Ok(())
     })?;
-    ready_rx.recv_timeout(Duration::from_secs(5)).context("lab database did not start")?;
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .context("lab database did not start")?;
     let (sent_tx, sent_rx) = mpsc::channel();
     let (gone_tx, gone_rx) = mpsc::channel::<()>();
     let worker = a.spawn("lab-worker", move || {
@@ -158,13 +178,22 @@ pub fn silent_peer() -> Result<Outcome> {
         let answered = matches!(conn.read(&mut buf), Ok(n) if n > 0);
         Ok(answered)
     })?;
-    sent_rx.recv_timeout(Duration::from_secs(5)).context("worker did not connect")?;
+    sent_rx
+        .recv_timeout(Duration::from_secs(5))
+        .context("worker did not connect")?;
     b.exec(&["ip", "link", "set", &vb, "down"])?;
     say(name, &format!("the database 192.0.2.2:5432 vanished (link down, no FIN/RST); the worker waits {} s for an answer", STALL.as_secs()));
     gone_tx.send(())?;
     let answered = join(worker)?;
     let _ = join(server);
-    say(name, if answered { "the worker got an answer (unexpected)" } else { "the worker never got an answer" });
+    say(
+        name,
+        if answered {
+            "the worker got an answer (unexpected)"
+        } else {
+            "the worker never got an answer"
+        },
+    );
     Ok(Outcome {
         endpoint: "192.0.2.2:5432".to_owned(),
         count: u64::from(!answered),

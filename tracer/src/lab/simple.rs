@@ -27,7 +27,10 @@ pub fn close_wait_leak() -> Result<Outcome> {
         std::thread::sleep(HOLD);
         held.len()
     })?;
-    say(name, &format!("server {addr} will hold every connection its clients close"));
+    say(
+        name,
+        &format!("server {addr} will hold every connection its clients close"),
+    );
     spawn("lab-client", move || -> Result<()> {
         for _ in 0..LEAKED {
             let mut c = TcpStream::connect(addr)?;
@@ -38,8 +41,16 @@ pub fn close_wait_leak() -> Result<Outcome> {
     })?
     .join()
     .map_err(|_| anyhow::anyhow!("client panicked"))??;
-    say(name, &format!("{LEAKED} clients closed; the server keeps their sockets in CLOSE_WAIT for {} s", HOLD.as_secs()));
-    let held = server.join().map_err(|_| anyhow::anyhow!("server panicked"))?;
+    say(
+        name,
+        &format!(
+            "{LEAKED} clients closed; the server keeps their sockets in CLOSE_WAIT for {} s",
+            HOLD.as_secs()
+        ),
+    );
+    let held = server
+        .join()
+        .map_err(|_| anyhow::anyhow!("server panicked"))?;
     Ok(Outcome {
         endpoint: addr.to_string(),
         count: held as u64,
@@ -53,7 +64,10 @@ pub fn refused() -> Result<Outcome> {
     let name = "refused";
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let addr = format!("127.0.0.1:{port}");
-    say(name, &format!("connecting {ATTEMPTS} times to {addr}, where nothing listens"));
+    say(
+        name,
+        &format!("connecting {ATTEMPTS} times to {addr}, where nothing listens"),
+    );
     let target = addr.clone();
     let refused = spawn("lab-client", move || {
         let mut refused = 0;
@@ -67,7 +81,10 @@ pub fn refused() -> Result<Outcome> {
     })?
     .join()
     .map_err(|_| anyhow::anyhow!("client panicked"))?;
-    say(name, &format!("{refused} of {ATTEMPTS} connects refused (ECONNREFUSED)"));
+    say(
+        name,
+        &format!("{refused} of {ATTEMPTS} connects refused (ECONNREFUSED)"),
+    );
     Ok(Outcome {
         endpoint: addr,
         count: refused,

@@ -35,8 +35,14 @@ fn eaddrnotavail_is_critical_with_ports_in_use_and_range() {
     assert_eq!(f[0].count, 2);
     assert_eq!(f[0].evidence["errno"], "EADDRNOTAVAIL");
     assert_eq!(f[0].evidence["open_to_destination"], 3);
-    assert_eq!(f[0].evidence["node_port_range"], serde_json::json!([32768, 60999]));
-    assert_eq!(f[0].evidence["local_ports_in_use"], serde_json::json!([40000, 40002]));
+    assert_eq!(
+        f[0].evidence["node_port_range"],
+        serde_json::json!([32768, 60999])
+    );
+    assert_eq!(
+        f[0].evidence["local_ports_in_use"],
+        serde_json::json!([40000, 40002])
+    );
     assert_eq!(
         f[0].summary,
         "proxy (pid 5) failed 2 connects to 10.0.0.8:80 with EADDRNOTAVAIL"

@@ -77,7 +77,11 @@ fn a_resolved_leak_keeps_its_peak() {
     let f = of_kind(&engine, Kind::CloseWaitLeak);
     assert_eq!(f[0].count, 3);
     assert_eq!(f[0].evidence["close_wait_now"], 0);
-    assert!(f[0].summary.contains("held up to 3 sockets") && f[0].summary.ends_with("all since closed"), "{}", f[0].summary);
+    assert!(
+        f[0].summary.contains("held up to 3 sockets") && f[0].summary.ends_with("all since closed"),
+        "{}",
+        f[0].summary
+    );
 }
 
 #[test]

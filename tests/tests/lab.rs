@@ -1,0 +1,132 @@
+//! Each `conntrace lab` scenario under the real probes: `report --format json` on
+//! the recording names the incident with the numbers the scenario produced, and a
+//! replay of the log gives exactly the findings the live engine had at exit.
+//! The scenarios run in parallel; each picks out its own endpoint and pid.
+
+use serde_json::Value;
+use tests::{findings_for, run_lab, LabResult, Recorder, Recording};
+
+fn record_lab(name: &str) -> (LabResult, Recording, Vec<Value>) {
+    let rec = Recorder::start(&[]);
+    let lab = run_lab(name);
+    let recording = rec.stop();
+    let report = recording.report_json();
+    assert_eq!(
+        report,
+        recording.final_findings(),
+        "replaying the log gives the live run's findings"
+    );
+    (lab, recording, report)
+}
+
+fn one<'a>(report: &'a [Value], kind: &str, lab: &LabResult) -> &'a Value {
+    let found = findings_for(report, kind, &lab.endpoint);
+    assert_eq!(
+        found.len(),
+        1,
+        "one {kind} for {}:\n{report:#?}",
+        lab.endpoint
+    );
+    found[0]
+}
+
+fn within_tick(value: &Value, expected: u64, tick: u64) {
+    let v = value
+        .as_u64()
+        .unwrap_or_else(|| panic!("not a number: {value}"));
+    assert!(
+        v.abs_diff(expected) <= tick,
+        "{v} ms is not {expected} +- {tick} ms"
+    );
+}
+
+#[test]
+fn keepalive_race_is_named_with_the_servers_timeout_and_the_clients_failures() {
+    let (lab, rec, report) = record_lab("keepalive-race");
+    assert_eq!(lab.count, 8, "{}", lab.stdout);
+    let race = one(&report, "keepalive-reuse-race", &lab);
+    assert_eq!(race["severity"], "critical");
+    assert_eq!(
+        race["count"], lab.count,
+        "count equals the failures the client saw"
+    );
+    assert_eq!(race["process"]["pid"], lab.pid);
+    assert_eq!(race["process"]["comm"], "pool-client");
+    within_tick(&race["evidence"]["idle_timeout_ms"], 2000, rec.tick_ms());
+    let idle = one(&report, "idle-close-timeout", &lab);
+    within_tick(&idle["evidence"]["idle_timeout_ms"], 2000, rec.tick_ms());
+    assert!(idle["evidence"]["samples"].as_u64() >= Some(8));
+}
+
+#[test]
+fn healthy_keepalive_client_gets_the_timeout_but_no_race() {
+    let (lab, rec, report) = record_lab("healthy-keepalive");
+    assert_eq!(lab.count, 0, "the validating pool saw no failure");
+    assert!(findings_for(&report, "keepalive-reuse-race", &lab.endpoint).is_empty());
+    let idle = one(&report, "idle-close-timeout", &lab);
+    assert_eq!(idle["severity"], "info");
+    within_tick(&idle["evidence"]["idle_timeout_ms"], 2000, rec.tick_ms());
+}
+
+#[test]
+fn close_wait_leak_names_the_process_and_its_sockets() {
+    let (lab, _rec, report) = record_lab("close-wait-leak");
+    let leak = one(&report, "close-wait-leak", &lab);
+    assert_eq!(leak["count"], lab.count);
+    assert_eq!(leak["process"]["pid"], lab.pid);
+    assert_eq!(leak["process"]["comm"], "leaky-server");
+    assert_eq!(leak["evidence"]["close_wait_peak"], lab.count);
+    assert!(leak["evidence"]["oldest_ms"].as_u64() >= Some(5000));
+}
+
+#[test]
+fn refused_connects_and_the_resets_sent_for_them() {
+    let (lab, _rec, report) = record_lab("refused");
+    assert_eq!(lab.count, 5);
+    let refused = one(&report, "connection-refused", &lab);
+    assert_eq!(refused["count"], 5);
+    assert_eq!(refused["evidence"]["refused_connects"], 5);
+    assert_eq!(refused["evidence"]["resets_sent_no_socket"], 5);
+    assert_eq!(refused["evidence"]["reset_reason"], "NO_SOCKET");
+    assert_eq!(refused["process"]["pid"], lab.pid);
+}
+
+#[test]
+fn port_exhaustion_is_eaddrnotavail_with_the_ports_in_use() {
+    let (lab, _rec, report) = record_lab("port-exhaustion");
+    let errors: Vec<&Value> = findings_for(&report, "connect-errors", &lab.endpoint)
+        .into_iter()
+        .filter(|f| f["process"]["pid"] == lab.pid)
+        .collect();
+    assert_eq!(errors.len(), 1, "{report:#?}");
+    let f = errors[0];
+    assert_eq!(f["severity"], "critical");
+    assert_eq!(f["evidence"]["errno"], "EADDRNOTAVAIL");
+    assert_eq!(f["count"], lab.count);
+    let ports = f["evidence"]["local_ports_in_use"]
+        .as_array()
+        .expect("port span");
+    assert!(
+        ports
+            .iter()
+            .all(|p| (40000..=40009).contains(&p.as_u64().unwrap_or(0))),
+        "{ports:?}"
+    );
+    assert!(f["evidence"]["open_to_destination"].as_u64() >= Some(5));
+}
+
+#[test]
+fn silent_peer_is_a_stall_with_keepalive_off() {
+    let (lab, _rec, report) = record_lab("silent-peer");
+    assert_eq!(lab.count, 1, "the worker never got its answer");
+    let stalls: Vec<&Value> = findings_for(&report, "stalled-peer", &lab.endpoint)
+        .into_iter()
+        .filter(|f| f["process"]["pid"] == lab.pid)
+        .collect();
+    assert_eq!(stalls.len(), 1, "{report:#?}");
+    let s = stalls[0];
+    assert_eq!(s["count"], 1);
+    assert_eq!(s["process"]["comm"], "lab-worker");
+    assert!(s["evidence"]["no_ack_ms"].as_u64() >= Some(3000));
+    assert_eq!(s["evidence"]["keepalive"], false);
+}
