@@ -65,9 +65,13 @@ fn refused_connect_is_an_econnrefused_for_the_client_and_a_no_socket_reset() {
                 recording.dump(&recording.by_local_port(port))
             )
         });
-    let EventKind::Reset { reason, state, .. } = &reset.kind else {
+    let EventKind::Reset {
+        reason, state, syn, ..
+    } = &reset.kind
+    else {
         unreachable!()
     };
     assert_eq!(reason.as_deref(), Some("NO_SOCKET"));
     assert_eq!(*state, None, "no socket owned the port");
+    assert!(*syn, "the reset answered the client's SYN");
 }

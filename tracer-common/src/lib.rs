@@ -115,8 +115,10 @@ pub struct RawEvent {
     /// `icsk_retransmits`: retransmission timeouts in a row without an ACK (before
     /// this one, on retransmit events).
     pub rto_count: u8,
+    /// TCP flags of the segment a sent reset answers (`SYN` = 0x02); resets sent only.
+    pub seg_flags: u8,
     /// Explicit padding to a multiple of 8.
-    pub pad: [u8; 5],
+    pub pad: [u8; 4],
 }
 
 impl RawEvent {
@@ -151,7 +153,8 @@ impl RawEvent {
         owner_src: 0,
         flags: 0,
         rto_count: 0,
-        pad: [0; 5],
+        seg_flags: 0,
+        pad: [0; 4],
     };
 }
 
@@ -209,6 +212,9 @@ pub struct Offsets {
     pub rst_reason: u32,
     pub rst_saddr: u32,
     pub rst_daddr: u32,
+    pub rst_skbaddr: u32,
+    /// `sk_buff.data`: at `tcp_send_reset` it points at the offending segment's TCP header.
+    pub skb_data: u32,
     /// Nonzero once userspace has filled the offsets; programs do nothing before.
     pub ready: u32,
 }
@@ -245,6 +251,8 @@ impl Offsets {
         rst_reason: 0,
         rst_saddr: 0,
         rst_daddr: 0,
+        rst_skbaddr: 0,
+        skb_data: 0,
         ready: 0,
     };
 }

@@ -252,6 +252,14 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<(), i64> {
         )
     };
     let mut ev = new_event(kind::RESET_SENT, sk);
+    // SAFETY: offset from the format file.
+    let skb =
+        unsafe { ctx.read_at::<u64>(off.rst_skbaddr as usize) }.map_err(i64::from)? as *const u8;
+    if !skb.is_null() {
+        // The TCP header of the segment being answered; flags are its 14th byte.
+        let th: *const u8 = read(skb, off.skb_data)?;
+        ev.seg_flags = read(th, 13).unwrap_or(0);
+    }
     ev.new_state = state as u8;
     ev.old_state = state as u8;
     ev.reason = reason;

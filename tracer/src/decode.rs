@@ -76,9 +76,13 @@ pub fn parse_raw(mut b: &[u8]) -> Result<RawEvent, DecodeError> {
         owner_src: b.get_u8(),
         flags: b.get_u8(),
         rto_count: b.get_u8(),
-        pad: [0; 5],
+        seg_flags: b.get_u8(),
+        pad: [0; 4],
     })
 }
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 
 fn addr(family: u8, raw: [u8; 16], port: u16) -> SocketAddr {
     let ip = if u16::from(family) == AF_INET6 {
@@ -151,6 +155,7 @@ impl Decoder {
                 reason: Some(self.reason(raw.reason)),
                 idle_ms: 0,
                 recv_idle_ms: 0,
+                syn: raw.seg_flags & TCP_SYN != 0 && raw.seg_flags & TCP_ACK == 0,
             },
             kind::RESET_RECEIVED => EventKind::Reset {
                 direction: Direction::Received,
@@ -158,6 +163,7 @@ impl Decoder {
                 reason: None,
                 idle_ms: idle(new, raw.send_idle_jiffies).min(idle(new, raw.recv_idle_jiffies)),
                 recv_idle_ms: idle(new, raw.recv_idle_jiffies),
+                syn: false,
             },
             kind::RETRANSMIT => EventKind::Retransmit {
                 state: new,
@@ -317,6 +323,7 @@ mod tests {
                 reason: Some("NO_SOCKET".into()),
                 idle_ms: 0,
                 recv_idle_ms: 0,
+                syn: false,
             }
         );
         raw.reason = 99;

@@ -72,6 +72,9 @@ pub enum EventKind {
         /// Time since the connection last received data (received resets).
         #[serde(default)]
         recv_idle_ms: u64,
+        /// The reset answered a SYN: a connection attempt refused (sent resets).
+        #[serde(default)]
+        syn: bool,
     },
     /// A retransmitted segment.
     Retransmit {

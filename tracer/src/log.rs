@@ -369,6 +369,7 @@ mod tests {
                     reason: None,
                     idle_ms: 10,
                     recv_idle_ms: 10,
+                    syn: false,
                 },
                 2,
             ),

@@ -144,6 +144,8 @@ pub fn offsets(btf: &Btf, tracefs: &Path) -> Result<Offsets> {
         )?,
         rst_saddr: rst_off("saddr")?,
         rst_daddr: rst_off("daddr")?,
+        rst_skbaddr: rst_off("skbaddr")?,
+        skb_data: f("sk_buff", "data")?,
         ready: 1,
     })
 }

@@ -1,6 +1,6 @@
 //! `conntrace report FILE`: findings from a recorded log, as text, markdown or JSON.
 
-use std::{io::Write as _, path::Path};
+use std::{fmt::Write as _, io::Write as _, path::Path};
 
 use anyhow::{Context as _, Result};
 
@@ -147,35 +147,38 @@ fn markdown(findings: &[Finding]) -> String {
     }
     s.push_str("| severity | kind | endpoint | summary |\n|---|---|---|---|\n");
     for f in findings {
-        s.push_str(&format!(
-            "| {} | `{}` | `{}` | {} |\n",
+        let _ = writeln!(
+            s,
+            "| {} | `{}` | `{}` | {} |",
             severity_word(f.severity),
             f.kind.as_str(),
             f.endpoint,
             f.summary.replace('|', "\\|")
-        ));
+        );
     }
     for f in findings {
-        s.push_str(&format!(
+        let _ = write!(
+            s,
             "\n## {} `{}` — `{}`\n\n{}\n\n",
             severity_word(f.severity),
             f.kind.as_str(),
             f.endpoint,
             f.summary
-        ));
+        );
         if let Some(p) = &f.process {
-            s.push_str(&format!("- process: {}\n", p.describe()));
+            let _ = writeln!(s, "- process: {}", p.describe());
         }
-        s.push_str(&format!(
+        let _ = write!(
+            s,
             "- seen: {} .. {} ({} times)\n- evidence:\n",
             time(f.first_seen),
             time(f.last_seen),
             f.count
-        ));
+        );
         for (k, v) in &f.evidence {
-            s.push_str(&format!("  - `{k}`: `{v}`\n"));
+            let _ = writeln!(s, "  - `{k}`: `{v}`");
         }
-        s.push_str(&format!("\n**Fix:** {}\n", f.recommendation));
+        let _ = write!(s, "\n**Fix:** {}\n", f.recommendation);
     }
     s
 }

@@ -26,6 +26,10 @@ pub enum Role {
 
 /// One tracked connection.
 #[derive(Debug, Clone)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent facts about one connection"
+)]
 pub struct Conn {
     pub sock: u64,
     pub generation: u64,

@@ -11,8 +11,8 @@
 //! source port.
 //!
 //! `connection-refused` (warning): refused connects by destination, and resets this
-//! node sent for segments to a local port with no socket (reason NO_SOCKET), by that
-//! endpoint. The count is the larger of the two, since on one node they are the two
+//! node sent answering a SYN to a local port with no socket (reason NO_SOCKET), by
+//! that endpoint. The count is the larger of the two, since on one node they are the two
 //! ends of the same attempts.
 
 use std::{

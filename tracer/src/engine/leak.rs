@@ -33,6 +33,9 @@ struct Leak {
     last: SystemTime,
 }
 
+/// Per process: leaked sockets, oldest age (ms), by endpoint, comm, cgroup.
+type Tally<'a> = (usize, u64, BTreeMap<String, usize>, &'a str, u64);
+
 #[derive(Debug, Default)]
 pub struct CloseWaitLeak {
     by_pid: HashMap<u32, Leak>,
@@ -44,8 +47,7 @@ const MINUTE_NS: u64 = 60_000_000_000;
 impl CloseWaitLeak {
     pub fn evaluate(&mut self, conns: &ConnTable, now: u64, wall: SystemTime, cfg: &Config) {
         let age_ns = cfg.close_wait_age_ms * 1_000_000;
-        let mut tally: HashMap<u32, (usize, u64, BTreeMap<String, usize>, &str, u64)> =
-            HashMap::new();
+        let mut tally: HashMap<u32, Tally<'_>> = HashMap::new();
         for c in conns.iter() {
             let Some((since, _)) = c.close_wait_since else {
                 continue;

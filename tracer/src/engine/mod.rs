@@ -167,10 +167,13 @@ impl Engine {
                 direction: Direction::Sent,
                 reason,
                 state,
+                syn,
                 ..
             } => {
                 let endpoint = e.local.to_string();
-                if state.is_none() && reason.as_deref() == Some("NO_SOCKET") {
+                // Only a reset answering a SYN is a refused connection attempt; late
+                // segments of a connection already gone also get NO_SOCKET resets.
+                if *syn && state.is_none() && reason.as_deref() == Some("NO_SOCKET") {
                     self.connect.on_no_socket_reset(&endpoint, e);
                 }
                 self.rst

@@ -11,6 +11,10 @@ pub const T0: u64 = 1_000_000_000_000;
 
 /// A connection's view: socket id, owner and addresses; builds its events.
 #[derive(Clone)]
+#[expect(
+    clippy::struct_field_names,
+    reason = "sock is the kernel's name for it"
+)]
 pub struct Sock {
     pub sock: u64,
     pub pid: u32,
@@ -106,6 +110,7 @@ impl Sock {
                 reason: None,
                 idle_ms: 0,
                 recv_idle_ms,
+                syn: false,
             },
         )
     }
@@ -119,6 +124,7 @@ impl Sock {
                 reason: Some(reason.to_owned()),
                 idle_ms: 0,
                 recv_idle_ms: 0,
+                syn: true,
             },
         )
     }

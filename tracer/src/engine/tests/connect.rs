@@ -100,3 +100,14 @@ fn async_timeout_of_a_connecting_socket_is_a_connect_error() {
     assert_eq!(f[0].severity, Severity::Warning);
     assert_eq!(f[0].evidence["errno"], "ETIMEDOUT");
 }
+
+#[test]
+fn no_socket_reset_for_a_late_segment_is_not_a_refusal() {
+    let rst = Sock::new(0, 0, "", "127.0.0.1:45000", "127.0.0.1:80");
+    let mut late = rst.reset_sent(1, None, "NO_SOCKET");
+    if let crate::event::EventKind::Reset { syn, .. } = &mut late.kind {
+        *syn = false;
+    }
+    let engine = run(&[late]);
+    assert!(of_kind(&engine, Kind::ConnectionRefused).is_empty());
+}

@@ -17,13 +17,13 @@ fn closed_by_server(sock: u64, port: u16, at: u64, idle: u64) -> (Sock, Vec<Even
 #[test]
 fn idle_timeout_is_the_cluster_median_within_a_tick() {
     let mut events = Vec::new();
-    for (i, idle) in [5000, 5004, 4996, 5000].into_iter().enumerate() {
-        let (_, ev) = closed_by_server(i as u64 + 1, 40000 + i as u16, i as u64 * 10_000, idle);
+    for (i, idle) in (0u16..).zip([5000, 5004, 4996, 5000]) {
+        let (_, ev) = closed_by_server(u64::from(i) + 1, 40000 + i, u64::from(i) * 10_000, idle);
         events.extend(ev);
     }
     // Noise: closes at unrelated idle times do not move the estimate.
-    for (i, idle) in [1200, 3400].into_iter().enumerate() {
-        let (_, ev) = closed_by_server(100 + i as u64, 41000 + i as u16, 50_000, idle);
+    for (i, idle) in (0u16..).zip([1200, 3400]) {
+        let (_, ev) = closed_by_server(100 + u64::from(i), 41000 + i, 50_000, idle);
         events.extend(ev);
     }
     let engine = run(&events);
@@ -45,8 +45,8 @@ fn idle_timeout_is_the_cluster_median_within_a_tick() {
 #[test]
 fn two_samples_are_not_enough_and_short_closes_do_not_count() {
     let mut events = Vec::new();
-    for (i, idle) in [5000, 5000, 100, 120, 130].into_iter().enumerate() {
-        events.extend(closed_by_server(i as u64 + 1, 40000 + i as u16, 0, idle).1);
+    for (i, idle) in (0u16..).zip([5000, 5000, 100, 120, 130]) {
+        events.extend(closed_by_server(u64::from(i) + 1, 40000 + i, 0, idle).1);
     }
     assert!(of_kind(&run(&events), Kind::IdleCloseTimeout).is_empty());
 }
