@@ -104,6 +104,18 @@ impl Conn {
         self.owner_known = true;
     }
 
+    /// The server side of the connection: the remote end of a connection this node
+    /// opened, the local end of an accepted one; for connections seen first mid-life,
+    /// the end with the lower port.
+    pub fn server_endpoint(&self) -> SocketAddr {
+        match self.role {
+            Role::Client => self.remote,
+            Role::Server | Role::Listener => self.local,
+            Role::Unknown if self.local.port() < self.remote.port() => self.local,
+            Role::Unknown => self.remote,
+        }
+    }
+
     pub fn is_open(&self) -> bool {
         self.closed_ns.is_none()
     }

@@ -83,7 +83,8 @@ pub struct IdleClose {
 }
 
 impl IdleClose {
-    /// One close by the server side of `endpoint`, for the connection from `client`.
+    /// One close by the server side of `endpoint`, for the connection from `client`;
+    /// `false` when it is not a new sample (too short, or that connection already counted).
     pub fn sample(
         &mut self,
         endpoint: &str,
@@ -91,13 +92,13 @@ impl IdleClose {
         idle_ms: u64,
         time: SystemTime,
         cfg: &Config,
-    ) {
+    ) -> bool {
         if idle_ms < cfg.idle_min_ms {
-            return;
+            return false;
         }
         if !self.endpoints.contains_key(endpoint) && self.endpoints.len() >= MAX_ENDPOINTS {
             self.dropped += 1;
-            return;
+            return false;
         }
         let s = self
             .endpoints
@@ -109,7 +110,7 @@ impl IdleClose {
                 last: time,
             });
         if s.clients.contains(&client) {
-            return;
+            return false;
         }
         if s.clients.len() == DEDUPE {
             s.clients.pop_front();
@@ -120,6 +121,7 @@ impl IdleClose {
         }
         s.values.push_back(idle_ms);
         s.last = time;
+        true
     }
 
     fn cluster_of(&self, endpoint: &str, cfg: &Config) -> Option<Cluster> {

@@ -18,6 +18,7 @@
 
 pub mod conn;
 pub mod connect;
+pub mod endpoints;
 pub mod finding;
 pub mod idle;
 pub mod leak;
@@ -90,6 +91,7 @@ pub struct Engine {
     connect: connect::ConnectFailures,
     stall: stall::Stalls,
     rst: rst::RstStorm,
+    pub endpoints: endpoints::Endpoints,
     pub stats: Stats,
     /// Local port span to a destination, refreshed at most once a second.
     ports_seen: HashMap<std::net::SocketAddr, (u64, Option<(u16, u16)>)>,
@@ -111,6 +113,7 @@ impl Engine {
             connect: connect::ConnectFailures::default(),
             stall: stall::Stalls::default(),
             rst: rst::RstStorm::default(),
+            endpoints: endpoints::Endpoints::default(),
             stats: Stats::default(),
             ports_seen: HashMap::new(),
             reported: HashMap::new(),
@@ -146,6 +149,7 @@ impl Engine {
             } => {
                 let estimate = self.idle.estimate_ms(&e.remote.to_string(), &self.cfg);
                 if let Some(conn) = self.conns.touch(e, now) {
+                    self.endpoints.reset(&conn.server_endpoint().to_string(), false);
                     conn.reset_received = true;
                     self.reuse.on_reset(
                         conn,
@@ -176,6 +180,7 @@ impl Engine {
                 if *syn && state.is_none() && reason.as_deref() == Some("NO_SOCKET") {
                     self.connect.on_no_socket_reset(&endpoint, e);
                 }
+                self.endpoints.reset(&endpoint, true);
                 self.rst
                     .record(&endpoint, e, Direction::Sent, reason.as_deref(), &self.cfg);
             }
@@ -189,6 +194,7 @@ impl Engine {
             EventKind::Error { errno, .. } => self.on_error(e, *errno),
             EventKind::Retransmit { .. } => {
                 if let Some(conn) = self.conns.touch(e, now) {
+                    self.endpoints.retransmit(&conn.server_endpoint().to_string());
                     self.stall.on_retransmit(conn, e, &self.cfg);
                 }
             }
@@ -232,13 +238,17 @@ impl Engine {
                 conn.peer_fin = Some((e.mono_ns, idle_ms));
                 conn.close_wait_since = Some((e.mono_ns, e.time));
                 if conn.role != Role::Server {
-                    self.idle
-                        .sample(&e.remote.to_string(), e.local, idle_ms, e.time, &self.cfg);
+                    let endpoint = e.remote.to_string();
+                    if self.idle.sample(&endpoint, e.local, idle_ms, e.time, &self.cfg) {
+                        self.endpoints.idle_close(&endpoint, idle_ms);
+                    }
                 }
             }
             (TcpState::Established, TcpState::FinWait1) if conn.role == Role::Server => {
-                self.idle
-                    .sample(&e.local.to_string(), e.remote, idle_ms, e.time, &self.cfg);
+                let endpoint = e.local.to_string();
+                if self.idle.sample(&endpoint, e.remote, idle_ms, e.time, &self.cfg) {
+                    self.endpoints.idle_close(&endpoint, idle_ms);
+                }
             }
             _ => {}
         }
@@ -255,6 +265,7 @@ impl Engine {
         let held_by = (e.local.port() != 0)
             .then(|| self.conns.holder_of(e.local, e.remote, e.sock))
             .flatten();
+        self.endpoints.connect_error(&e.remote.to_string());
         let in_use = self.conns.open_to(e.remote);
         // The port span in use is a table scan: at most once a second per destination.
         let ports = if errno.0 == libc::EADDRNOTAVAIL {
