@@ -14,8 +14,11 @@ use crate::filter::{Cidr, Filter};
     propagate_version = true
 )]
 pub struct Cli {
+    /// Without a command: the live terminal UI.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -28,6 +31,22 @@ pub enum Command {
     Report(ReportArgs),
     /// Reproduce an incident locally (loopback and network namespaces).
     Lab(LabArgs),
+    /// The live terminal UI (the default).
+    Tui(TuiArgs),
+    /// The terminal UI on a recorded log, with play/pause, speed and jump to end.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TuiArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// A log written by `conntrace record` (or exported from the UI).
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,7 @@
 //! - [`live`]: probes -> engine -> sink, shared by [`record`] and [`watch`].
 //! - [`report`]: findings from a log; [`lab`]: the incidents reproduced locally.
 //! - [`sockstat`]: node TCP memory samples.
+//! - [`tui`]: the terminal UI, live and on a recording.
 //! - [`cli`]: the command line.
 
 pub mod btf;
@@ -28,4 +29,5 @@ pub mod report;
 pub mod sockstat;
 pub mod time;
 pub mod tracefs;
+pub mod tui;
 pub mod watch;

@@ -20,6 +20,10 @@ pub trait Sink {
     fn event(&mut self, event: &Event) -> Result<()>;
     fn sockstat(&mut self, sample: &Sockstat) -> Result<()>;
     fn finding(&mut self, finding: &Finding) -> Result<()>;
+    /// Called after each look for new findings (5 times a second); `true` stops the run.
+    fn tick(&mut self, _engine: &Engine, _probes: &Probes, _stats: LiveStats) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 /// Counters printed at exit.
@@ -33,7 +37,7 @@ pub struct LiveStats {
 /// How often node samples are taken (also the engine's tick for leak ages).
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// How often new findings are looked for.
-const POLL_EVERY: Duration = Duration::from_millis(250);
+const POLL_EVERY: Duration = Duration::from_millis(200);
 
 fn sample_now(clock: &KernelClock) -> Result<Sockstat> {
     let mono = u64::try_from(monotonic_now().as_nanos()).unwrap_or(u64::MAX);
@@ -125,7 +129,12 @@ pub fn run(
             tokio::select! {
                 r = stream.drain_with(|b| pipe.handle(b, sink)) => { r?; }
                 _ = samples.tick() => pipe.sample(sink)?,
-                _ = polls.tick() => pipe.poll(sink)?,
+                _ = polls.tick() => {
+                    pipe.poll(sink)?;
+                    if sink.tick(&pipe.engine, &probes, pipe.stats)? {
+                        break;
+                    }
+                }
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
                 () = &mut stop => break,

@@ -169,6 +169,8 @@ pub struct LogReader<R: BufRead> {
     pub header: Header,
     line_no: usize,
     buf: String,
+    /// Bytes read so far, header included.
+    pub bytes: u64,
 }
 
 impl LogReader<BufReader<File>> {
@@ -193,11 +195,13 @@ impl<R: BufRead> LogReader<R> {
         }
         let header: Header = serde_json::from_str(buf.trim())
             .context("line 1 is not a conntrace log header ({\"conntrace_log\": N, ...})")?;
+        let bytes = buf.len() as u64;
         Ok(Self {
             input,
             header,
             line_no: 1,
             buf,
+            bytes,
         })
     }
 
@@ -215,7 +219,7 @@ impl<R: BufRead> Iterator for LogReader<R> {
             self.buf.clear();
             match self.input.read_line(&mut self.buf) {
                 Ok(0) => return None,
-                Ok(_) => {}
+                Ok(n) => self.bytes += n as u64,
                 Err(e) => {
                     self.line_no += 1;
                     return Some(Err(LineError {

@@ -8,10 +8,13 @@ use tracer::cli::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Record(args) => tracer::record::run(args),
-        Command::Watch(args) => tracer::watch::run(args),
-        Command::Report(args) => tracer::report::run(&args.file, args.format),
-        Command::Lab(args) => tracer::lab::run(args),
+        None => tracer::tui::run_live(&cli.filter),
+        Some(Command::Tui(args)) => tracer::tui::run_live(&args.filter),
+        Some(Command::Replay(args)) => tracer::tui::run_replay(&args.file),
+        Some(Command::Record(args)) => tracer::record::run(args),
+        Some(Command::Watch(args)) => tracer::watch::run(args),
+        Some(Command::Report(args)) => tracer::report::run(&args.file, args.format),
+        Some(Command::Lab(args)) => tracer::lab::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

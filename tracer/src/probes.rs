@@ -84,6 +84,8 @@ pub struct Probes {
     pub decoder: Decoder,
     /// From the start of loading to the last attach.
     pub attach_time: Duration,
+    /// Keeps the kernel's BPF run-time statistics on while conntrace runs.
+    _stats: Option<std::os::fd::OwnedFd>,
 }
 
 /// Fails with the remedy when this process cannot load BPF programs.
@@ -206,12 +208,14 @@ impl Probes {
                 Err(e) => degraded.push(format!("{name} not attached ({e:#}): no {loses}")),
             }
         }
+        let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
         Ok(Self {
             ebpf,
             attached,
             degraded,
             decoder,
             attach_time: start.elapsed(),
+            _stats: stats,
         })
     }
 
@@ -219,6 +223,15 @@ impl Probes {
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>> {
         let map = self.ebpf.take_map("EVENTS").context("EVENTS map missing")?;
         Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Time the kernel spent running conntrace's programs so far (BPF stats).
+    pub fn bpf_run_time(&self) -> Duration {
+        self.ebpf
+            .programs()
+            .filter_map(|(_, p)| p.info().ok())
+            .map(|i| i.run_time())
+            .sum()
     }
 
     /// Loss counters summed over CPUs, indexed by `LOSS_*`.

@@ -20,7 +20,7 @@ use std::{
     time::SystemTime,
 };
 
-use super::finding::{Finding, Kind, Process, Severity};
+use super::finding::{Finding, Involved, Kind, Process, Severity};
 use crate::event::{Errno, Event};
 
 #[derive(Debug)]
@@ -32,6 +32,7 @@ struct Group {
     max_open_to_destination: u32,
     ports_in_use: Option<(u16, u16)>,
     port_range: Option<[u16; 2]>,
+    socks: Involved,
     first: SystemTime,
     last: SystemTime,
 }
@@ -41,6 +42,7 @@ struct Refused {
     connects: u64,
     resets: u64,
     clients: BTreeMap<(u32, String), u64>,
+    socks: Involved,
     first: Option<SystemTime>,
     last: Option<SystemTime>,
 }
@@ -70,6 +72,7 @@ impl ConnectFailures {
             }
             let r = self.refused.entry(destination).or_default();
             r.connects += 1;
+            r.socks.add(e.sock, e.local);
             *r.clients.entry((e.pid, e.comm.clone())).or_default() += 1;
             r.first.get_or_insert(e.time);
             r.last = Some(e.time);
@@ -87,10 +90,12 @@ impl ConnectFailures {
             max_open_to_destination: 0,
             ports_in_use: None,
             port_range,
+            socks: Involved::default(),
             first: e.time,
             last: e.time,
         });
         g.count += 1;
+        g.socks.add(e.sock, e.local);
         g.last = e.time;
         if held_by.is_some() {
             g.held_by = held_by;
@@ -159,6 +164,7 @@ impl ConnectFailures {
                 last_seen: g.last,
                 evidence,
                 recommendation,
+                socks: g.socks.to_vec(),
             });
         }
         for (endpoint, r) in &self.refused {
@@ -201,6 +207,7 @@ impl ConnectFailures {
                 recommendation: format!(
                     "nothing listens on {endpoint}: check the service is running and bound to that address and port (and the Service/NodePort targets the right port); clients should back off instead of retrying at once"
                 ),
+                socks: r.socks.to_vec(),
             });
         }
     }

@@ -55,7 +55,9 @@ impl Endpoints {
 
     pub fn idle_close(&mut self, endpoint: &str, idle_ms: u64) {
         if let Some(s) = self.get(endpoint) {
-            let i = usize::try_from(idle_ms / BUCKET_MS).unwrap_or(BUCKETS).min(BUCKETS - 1);
+            let i = usize::try_from(idle_ms / BUCKET_MS)
+                .unwrap_or(BUCKETS)
+                .min(BUCKETS - 1);
             s.idle_closes[i] += 1;
         }
     }

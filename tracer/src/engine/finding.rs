@@ -92,6 +92,33 @@ pub struct Finding {
     /// Kind-specific; durations end in `_ms`, errnos are names.
     pub evidence: BTreeMap<String, serde_json::Value>,
     pub recommendation: String,
+    /// Sockets of the connections involved (the last few), for timelines; not part
+    /// of the stable JSON.
+    #[serde(skip)]
+    pub socks: Vec<(u64, std::net::SocketAddr)>,
+}
+
+/// Keeps the last `N` socket ids involved in a finding.
+#[derive(Debug, Clone, Default)]
+pub struct Involved(std::collections::VecDeque<(u64, std::net::SocketAddr)>);
+
+impl Involved {
+    const N: usize = 8;
+
+    /// A connection, by socket and local address (the kernel reuses socket memory).
+    pub fn add(&mut self, sock: u64, local: std::net::SocketAddr) {
+        if sock == 0 || self.0.contains(&(sock, local)) {
+            return;
+        }
+        if self.0.len() == Self::N {
+            self.0.pop_front();
+        }
+        self.0.push_back((sock, local));
+    }
+
+    pub fn to_vec(&self) -> Vec<(u64, std::net::SocketAddr)> {
+        self.0.iter().copied().collect()
+    }
 }
 
 /// Builds the evidence map.

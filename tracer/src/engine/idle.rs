@@ -170,6 +170,7 @@ impl IdleClose {
                     secs(c.estimate_ms),
                     secs(safe)
                 ),
+                socks: Vec::new(),
             });
         }
     }

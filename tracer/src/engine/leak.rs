@@ -26,6 +26,7 @@ struct Leak {
     peak: usize,
     oldest_ms: u64,
     endpoints: BTreeMap<String, usize>,
+    socks: Vec<(u64, std::net::SocketAddr)>,
     history: VecDeque<(u64, usize)>,
     /// The fastest growth seen over any one-minute window, per minute.
     max_growth: f64,
@@ -33,8 +34,15 @@ struct Leak {
     last: SystemTime,
 }
 
-/// Per process: leaked sockets, oldest age (ms), by endpoint, comm, cgroup.
-type Tally<'a> = (usize, u64, BTreeMap<String, usize>, &'a str, u64);
+/// One process's leaked sockets at one evaluation.
+struct Tally<'a> {
+    count: usize,
+    oldest_ms: u64,
+    endpoints: BTreeMap<String, usize>,
+    socks: Vec<(u64, std::net::SocketAddr)>,
+    comm: &'a str,
+    cgroup: u64,
+}
 
 #[derive(Debug, Default)]
 pub struct CloseWaitLeak {
@@ -56,22 +64,39 @@ impl CloseWaitLeak {
             if age < age_ns {
                 continue;
             }
-            let t = tally
-                .entry(c.pid)
-                .or_insert_with(|| (0, 0, BTreeMap::new(), c.comm.as_str(), c.cgroup));
-            t.0 += 1;
-            t.1 = t.1.max(age / 1_000_000);
+            let t = tally.entry(c.pid).or_insert_with(|| Tally {
+                count: 0,
+                oldest_ms: 0,
+                endpoints: BTreeMap::new(),
+                socks: Vec::new(),
+                comm: c.comm.as_str(),
+                cgroup: c.cgroup,
+            });
+            t.count += 1;
+            t.oldest_ms = t.oldest_ms.max(age / 1_000_000);
+            if t.socks.len() < 8 {
+                t.socks.push((c.sock, c.local));
+            }
             let endpoint = if c.role == Role::Client {
                 c.remote
             } else {
                 c.local
             };
-            *t.2.entry(endpoint.to_string()).or_default() += 1;
+            *t.endpoints.entry(endpoint.to_string()).or_default() += 1;
         }
         for leak in self.by_pid.values_mut() {
             leak.count = 0;
         }
-        for (pid, (count, oldest_ms, endpoints, comm, cgroup)) in tally {
+        for (pid, t) in tally {
+            let Tally {
+                count,
+                oldest_ms,
+                endpoints,
+                mut socks,
+                comm,
+                cgroup,
+            } = t;
+            socks.sort_unstable();
             if count < cfg.close_wait_min && !self.by_pid.contains_key(&pid) {
                 continue;
             }
@@ -83,6 +108,7 @@ impl CloseWaitLeak {
                 peak: 0,
                 oldest_ms: 0,
                 endpoints: BTreeMap::new(),
+                socks: Vec::new(),
                 // Below the threshold at the previous sample: growth starts from zero there.
                 history: last_eval.into_iter().map(|t| (t, 0)).collect(),
                 max_growth: 0.0,
@@ -93,6 +119,7 @@ impl CloseWaitLeak {
             leak.peak = leak.peak.max(count);
             leak.oldest_ms = leak.oldest_ms.max(oldest_ms);
             leak.endpoints = endpoints;
+            leak.socks = socks;
             leak.last = wall;
         }
         self.last_eval_ns = Some(now);
@@ -162,6 +189,7 @@ impl CloseWaitLeak {
                     "by_endpoint" => leak.endpoints,
                 },
                 recommendation: "the process never closes sockets its peers closed: find the code path that drops a connection without close() (error paths, abandoned responses) and close it; until fixed, restart the process before it exhausts file descriptors or TCP memory".to_owned(),
+                socks: leak.socks.clone(),
             });
         }
     }

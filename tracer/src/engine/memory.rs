@@ -118,6 +118,7 @@ impl MemoryPressure {
                 "top_holders" => w.holders,
             },
             recommendation: "find the process holding sockets (top_holders; CLOSE_WAIT piles are leaks) and fix or restart it; raise net.ipv4.tcp_mem only once nothing leaks".to_owned(),
+            socks: Vec::new(),
         });
     }
 }

@@ -149,7 +149,8 @@ impl Engine {
             } => {
                 let estimate = self.idle.estimate_ms(&e.remote.to_string(), &self.cfg);
                 if let Some(conn) = self.conns.touch(e, now) {
-                    self.endpoints.reset(&conn.server_endpoint().to_string(), false);
+                    self.endpoints
+                        .reset(&conn.server_endpoint().to_string(), false);
                     conn.reset_received = true;
                     self.reuse.on_reset(
                         conn,
@@ -194,7 +195,8 @@ impl Engine {
             EventKind::Error { errno, .. } => self.on_error(e, *errno),
             EventKind::Retransmit { .. } => {
                 if let Some(conn) = self.conns.touch(e, now) {
-                    self.endpoints.retransmit(&conn.server_endpoint().to_string());
+                    self.endpoints
+                        .retransmit(&conn.server_endpoint().to_string());
                     self.stall.on_retransmit(conn, e, &self.cfg);
                 }
             }
@@ -239,14 +241,20 @@ impl Engine {
                 conn.close_wait_since = Some((e.mono_ns, e.time));
                 if conn.role != Role::Server {
                     let endpoint = e.remote.to_string();
-                    if self.idle.sample(&endpoint, e.local, idle_ms, e.time, &self.cfg) {
+                    if self
+                        .idle
+                        .sample(&endpoint, e.local, idle_ms, e.time, &self.cfg)
+                    {
                         self.endpoints.idle_close(&endpoint, idle_ms);
                     }
                 }
             }
             (TcpState::Established, TcpState::FinWait1) if conn.role == Role::Server => {
                 let endpoint = e.local.to_string();
-                if self.idle.sample(&endpoint, e.remote, idle_ms, e.time, &self.cfg) {
+                if self
+                    .idle
+                    .sample(&endpoint, e.remote, idle_ms, e.time, &self.cfg)
+                {
                     self.endpoints.idle_close(&endpoint, idle_ms);
                 }
             }

@@ -12,7 +12,7 @@ use std::{collections::HashMap, time::SystemTime};
 
 use super::{
     conn::{Conn, Role},
-    finding::{secs, Finding, Kind, Process, Severity},
+    finding::{secs, Finding, Involved, Kind, Process, Severity},
     idle::IdleClose,
     Config,
 };
@@ -28,6 +28,7 @@ struct Failures {
     raced: u64,
     gaps_ms: Vec<u64>,
     fin_idle_ms: Vec<u64>,
+    socks: Involved,
     first: SystemTime,
     last: SystemTime,
 }
@@ -82,10 +83,12 @@ impl ReuseRace {
                 raced: 0,
                 gaps_ms: Vec::new(),
                 fin_idle_ms: Vec::new(),
+                socks: Involved::default(),
                 first: e.time,
                 last: e.time,
             });
         f.count += 1;
+        f.socks.add(conn.sock, conn.local);
         f.raced += u64::from(raced);
         if f.gaps_ms.len() < MAX_GAPS {
             f.gaps_ms.push(gap_ms);
@@ -133,6 +136,7 @@ impl ReuseRace {
                     "outcome" => "reset received",
                 },
                 recommendation,
+                socks: f.socks.to_vec(),
             });
         }
     }

@@ -99,6 +99,7 @@ impl RstStorm {
                     "window_ms" => cfg.rst_window_ms,
                 },
                 recommendation: "resets at this rate mean connections are being torn down rather than closed: see the reasons (NO_SOCKET: nothing listens; TCP_ABORT_ON_DATA: writes after close; TIMEWAIT/INVALID: stale connections) and the related findings".to_owned(),
+                socks: Vec::new(),
             });
         }
     }

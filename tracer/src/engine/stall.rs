@@ -10,7 +10,7 @@ use std::{collections::HashMap, time::SystemTime};
 
 use super::{
     conn::Conn,
-    finding::{secs, Finding, Kind, Process, Severity},
+    finding::{secs, Finding, Involved, Kind, Process, Severity},
     Config,
 };
 use crate::event::{Event, EventKind};
@@ -25,6 +25,7 @@ struct Group {
     keepalive: bool,
     user_timeout_ms: u32,
     timed_out: u64,
+    socks: Involved,
     first: SystemTime,
     last: SystemTime,
 }
@@ -60,10 +61,12 @@ impl Stalls {
                 keepalive: false,
                 user_timeout_ms: 0,
                 timed_out: 0,
+                socks: Involved::default(),
                 first: e.time,
                 last: e.time,
             });
         g.connections += u64::from(first);
+        g.socks.add(conn.sock, conn.local);
         g.retransmits += if first {
             u64::from(conn.retransmits)
         } else {
@@ -115,6 +118,7 @@ impl Stalls {
                     "timed_out" => g.timed_out,
                 },
                 recommendation: "the peer vanished without FIN or RST (node or pod killed, network partition): set TCP_USER_TIMEOUT (e.g. 30 s) and TCP keepalive on these connections, and validate pooled connections (pgbouncer: server_check_query / tcp_user_timeout); the kernel alone waits ~15 minutes".to_owned(),
+                socks: g.socks.to_vec(),
             });
         }
     }

@@ -1,0 +1,329 @@
+//! The engine thread: live kernel events (through [`crate::live`]) or a replayed log
+//! go through the engine and a spool file; snapshots go to the UI, commands come back.
+
+use std::{
+    collections::VecDeque,
+    fs::File,
+    path::{Path, PathBuf},
+    sync::mpsc::{Receiver, SyncSender, TryRecvError},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+
+use super::{
+    app::Command,
+    snapshot::{self, Header, SortKey},
+};
+use crate::{
+    engine::{Config, Engine, Finding},
+    event::{Event, Sockstat},
+    live::{LiveStats, Sink},
+    log::{self, LogReader, LogWriter, Record},
+    probes::Probes,
+    report,
+};
+
+/// Events kept for the Events view and the finding timelines.
+const TAIL: usize = 5000;
+
+/// Everything the engine thread keeps beside the engine.
+pub struct TuiSink {
+    tail: VecDeque<Event>,
+    spool: LogWriter<File>,
+    spool_path: PathBuf,
+    filter: String,
+    sort: SortKey,
+    pub paused: bool,
+    status: Option<String>,
+    snapshots: SyncSender<super::snapshot::Snapshot>,
+    commands: Receiver<Command>,
+    source: String,
+    events: u64,
+    rate: (Instant, u64, f64),
+    bpf: (Instant, Duration),
+    export_dir: PathBuf,
+}
+
+impl TuiSink {
+    pub fn new(
+        source: String,
+        header: &log::Header,
+        snapshots: SyncSender<super::snapshot::Snapshot>,
+        commands: Receiver<Command>,
+        export_dir: PathBuf,
+    ) -> Result<Self> {
+        let spool_path =
+            std::env::temp_dir().join(format!("conntrace-tui-{}.jsonl", std::process::id()));
+        let mut spool = LogWriter::create(&spool_path)?;
+        spool.header(header)?;
+        Ok(Self {
+            tail: VecDeque::with_capacity(TAIL),
+            spool,
+            spool_path,
+            filter: String::new(),
+            sort: SortKey::default(),
+            paused: false,
+            status: None,
+            snapshots,
+            commands,
+            source,
+            events: 0,
+            rate: (Instant::now(), 0, 0.0),
+            bpf: (Instant::now(), Duration::ZERO),
+            export_dir,
+        })
+    }
+
+    /// Applies UI commands; returns those the caller acts on (playback), or `None`
+    /// when the UI has gone.
+    pub fn commands(&mut self, engine: &Engine) -> Option<Vec<Command>> {
+        let mut playback = Vec::new();
+        loop {
+            match self.commands.try_recv() {
+                Ok(Command::Filter(f)) => self.filter = f,
+                Ok(Command::Sort(s)) => self.sort = s,
+                Ok(Command::Export) => {
+                    self.status = Some(match self.export(engine) {
+                        Ok(msg) => msg,
+                        Err(e) => format!("export failed: {e:#}"),
+                    });
+                }
+                Ok(Command::Pause(p)) => {
+                    self.paused = p;
+                    playback.push(Command::Pause(p));
+                }
+                Ok(c) => playback.push(c),
+                Err(TryRecvError::Empty) => return Some(playback),
+                Err(TryRecvError::Disconnected) => return None,
+            }
+        }
+    }
+
+    /// Writes the log of everything seen so far and the findings report beside it.
+    fn export(&mut self, engine: &Engine) -> Result<String> {
+        self.spool.flush()?;
+        let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+            .to_string()
+            .replace([':', '-'], "")
+            .replace('T', "-")
+            .trim_end_matches('Z')
+            .to_owned();
+        let log_path = self.export_dir.join(format!("conntrace-{stamp}.jsonl"));
+        let report_path = self.export_dir.join(format!("conntrace-{stamp}.md"));
+        std::fs::copy(&self.spool_path, &log_path)
+            .with_context(|| format!("writing {}", log_path.display()))?;
+        let findings = engine.findings();
+        {
+            let mut log = LogWriter::new(std::fs::OpenOptions::new().append(true).open(&log_path)?);
+            log.final_findings(&findings)?;
+            log.flush()?;
+        }
+        std::fs::write(
+            &report_path,
+            report::render(&findings, report::Format::Markdown)?,
+        )
+        .with_context(|| format!("writing {}", report_path.display()))?;
+        Ok(format!(
+            "exported {} events to {} and {} findings to {}",
+            self.events,
+            log_path.display(),
+            findings.len(),
+            report_path.display()
+        ))
+    }
+
+    /// Builds and hands a snapshot to the UI (dropped if the UI is behind).
+    pub fn publish(
+        &mut self,
+        engine: &Engine,
+        playback: String,
+        probes: Option<(&Probes, LiveStats)>,
+    ) {
+        let now = Instant::now();
+        let (t0, n0, rate) = self.rate;
+        let dt = now.duration_since(t0).as_secs_f64();
+        if dt >= 1.0 {
+            #[expect(clippy::cast_precision_loss, reason = "a rate for display")]
+            let r = (self.events - n0) as f64 / dt;
+            self.rate = (now, self.events, r);
+        } else if rate == 0.0 && dt > 0.2 {
+            #[expect(clippy::cast_precision_loss, reason = "a rate for display")]
+            let r = (self.events - n0) as f64 / dt;
+            self.rate.2 = r;
+        }
+        let mut header = Header {
+            source: self.source.clone(),
+            playback,
+            events: self.events,
+            events_per_sec: self.rate.2,
+            lost: engine.stats.evicted,
+            programs: 0,
+            bpf_cpu_pct: None,
+        };
+        if let Some((probes, stats)) = probes {
+            header.programs = probes.attached.len();
+            header.lost += probes.losses().map_or(0, |l| l.iter().sum::<u64>()) + stats.undecodable;
+            let run = probes.bpf_run_time();
+            let (t, r) = self.bpf;
+            let wall = now.duration_since(t).as_secs_f64();
+            if wall > 0.0 && r > Duration::ZERO {
+                header.bpf_cpu_pct = Some((run - r.min(run)).as_secs_f64() * 100.0 / wall);
+            }
+            if wall >= 1.0 || r == Duration::ZERO {
+                self.bpf = (now, run);
+            }
+        }
+        let mut snap = snapshot::build(engine, &self.tail, &self.filter, self.sort, header);
+        snap.status.clone_from(&self.status);
+        let _ = self.snapshots.try_send(snap);
+    }
+}
+
+impl Drop for TuiSink {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.spool_path);
+    }
+}
+
+impl Sink for TuiSink {
+    fn event(&mut self, event: &Event) -> Result<()> {
+        self.events += 1;
+        if self.tail.len() == TAIL {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(event.clone());
+        self.spool.event(event)
+    }
+
+    fn sockstat(&mut self, sample: &Sockstat) -> Result<()> {
+        self.spool.sockstat(sample)
+    }
+
+    fn finding(&mut self, finding: &Finding) -> Result<()> {
+        self.spool.finding(finding)
+    }
+
+    fn tick(&mut self, engine: &Engine, probes: &Probes, stats: LiveStats) -> Result<bool> {
+        if self.commands(engine).is_none() {
+            return Ok(true);
+        }
+        self.publish(engine, String::new(), Some((probes, stats)));
+        Ok(false)
+    }
+}
+
+/// Plays a log back through the engine at `speed` times real time.
+pub fn replay(path: &Path, mut sink: TuiSink) -> Result<()> {
+    let mut reader = LogReader::open(path)?;
+    let total = std::fs::metadata(path).map_or(1, |m| m.len().max(1));
+    let mut engine = Engine::new(Config::default());
+    let mut speed = 1.0f64;
+    let mut to_end = false;
+    let mut done = false;
+    let mut first_mono: Option<u64> = None;
+    // Replay clock: the log's monotonic time that maps to `anchor`.
+    let mut anchor = (Instant::now(), 0u64);
+    let mut pending: Option<Record> = None;
+    let mut bad = 0u64;
+    let mut last_publish = Instant::now() - Duration::from_secs(1);
+    loop {
+        let Some(commands) = sink.commands(&engine) else {
+            return Ok(());
+        };
+        for c in commands {
+            match c {
+                Command::Speed(f) => {
+                    let at = log_now(anchor, speed);
+                    speed = (speed * f).clamp(0.125, 1024.0);
+                    anchor = (Instant::now(), at);
+                }
+                Command::JumpToEnd => to_end = true,
+                Command::Pause(false) => anchor = (Instant::now(), anchor.1),
+                _ => {}
+            }
+        }
+        let budget = Instant::now() + Duration::from_millis(50);
+        while !done && !sink.paused && Instant::now() < budget {
+            let record = match pending.take() {
+                Some(r) => r,
+                None => match reader.next() {
+                    None => {
+                        done = true;
+                        break;
+                    }
+                    Some(Err(_)) => {
+                        bad += 1;
+                        continue;
+                    }
+                    Some(Ok(r)) => r,
+                },
+            };
+            let mono = match &record {
+                Record::Event(e) => Some(e.mono_ns),
+                Record::Sockstat(s) => Some(s.mono_ns),
+                Record::Finding(_) | Record::FinalFindings(_) => None,
+            };
+            if let Some(m) = mono {
+                let first = *first_mono.get_or_insert_with(|| {
+                    anchor = (Instant::now(), m);
+                    m
+                });
+                let _ = first;
+                if !to_end && m > log_now(anchor, speed) {
+                    pending = Some(record);
+                    break;
+                }
+            }
+            match record {
+                Record::Event(e) => {
+                    engine.ingest(&e);
+                    sink.event(&e)?;
+                }
+                Record::Sockstat(s) => {
+                    engine.sample(&s);
+                    sink.sockstat(&s)?;
+                }
+                Record::Finding(_) | Record::FinalFindings(_) => {}
+            }
+        }
+        if last_publish.elapsed() >= Duration::from_millis(100) {
+            let pct = if done {
+                100
+            } else {
+                (reader.bytes * 100 / total).min(99)
+            };
+            let state = if done {
+                "■ end".to_owned()
+            } else if sink.paused {
+                "⏸ paused".to_owned()
+            } else if to_end {
+                "⏭ to end".to_owned()
+            } else {
+                format!("▶ {speed}x")
+            };
+            let bad_note = if bad > 0 {
+                format!(" │ {bad} bad lines")
+            } else {
+                String::new()
+            };
+            sink.publish(&engine, format!("{state} {pct}%{bad_note}"), None);
+            last_publish = Instant::now();
+        }
+        if done || sink.paused || pending.is_some() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The log time that corresponds to now at `speed`.
+fn log_now(anchor: (Instant, u64), speed: f64) -> u64 {
+    let elapsed = anchor.0.elapsed().as_secs_f64() * speed * 1e9;
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "nanoseconds, positive"
+    )]
+    let elapsed = elapsed as u64;
+    anchor.1.saturating_add(elapsed)
+}

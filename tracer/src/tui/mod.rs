@@ -1,0 +1,156 @@
+//! The terminal UI: `conntrace` (live) and `conntrace replay FILE`.
+//!
+//! Two threads: the engine thread ([`feed`]) owns the engine, the probes or the
+//! replayed log, and a spool of everything seen (for export); it sends
+//! [`snapshot::Snapshot`]s. The UI thread only draws the latest snapshot ([`view`],
+//! at most 20 frames a second) and turns keys into [`app::Command`]s. Rendering
+//! does no I/O and holds no locks.
+
+pub mod app;
+pub mod feed;
+pub mod snapshot;
+pub mod view;
+
+use std::{
+    path::Path,
+    sync::mpsc::{self, Receiver, Sender, TryRecvError},
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, Context as _, Result};
+use crossterm::event::{self, Event as TermEvent, KeyEventKind};
+
+use self::{
+    app::{App, Command},
+    feed::TuiSink,
+    snapshot::Snapshot,
+};
+use crate::{cli::FilterArgs, live, log, probes};
+
+const FRAME: Duration = Duration::from_millis(50);
+
+/// Restores the terminal when dropped, also on error and (through ratatui's hook)
+/// on panic.
+struct Terminal(ratatui::DefaultTerminal);
+
+impl Terminal {
+    fn new() -> Self {
+        Self(ratatui::init())
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        ratatui::restore();
+    }
+}
+
+fn ui_loop(mut app: App, snapshots: &Receiver<Snapshot>, commands: &Sender<Command>) -> Result<()> {
+    let mut terminal = Terminal::new();
+    let mut dirty = true;
+    let mut last_draw = Instant::now()
+        .checked_sub(FRAME)
+        .unwrap_or_else(Instant::now);
+    while !app.quit {
+        loop {
+            match snapshots.try_recv() {
+                Ok(s) => {
+                    app.on_snapshot(s);
+                    dirty = true;
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return Ok(()),
+            }
+        }
+        if dirty && last_draw.elapsed() >= FRAME {
+            terminal.0.draw(|f| view::draw(f, &app))?;
+            last_draw = Instant::now();
+            dirty = false;
+        }
+        if event::poll(Duration::from_millis(20))? {
+            match event::read()? {
+                TermEvent::Key(k) if k.kind == KeyEventKind::Press => {
+                    for c in app.on_key(k) {
+                        let _ = commands.send(c);
+                    }
+                    dirty = true;
+                }
+                TermEvent::Resize(..) => dirty = true,
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+fn export_dir() -> std::path::PathBuf {
+    std::env::current_dir().unwrap_or_else(|_| std::env::temp_dir())
+}
+
+/// `conntrace` / `conntrace tui`: the UI on live kernel events.
+pub fn run_live(filter: &FilterArgs) -> Result<()> {
+    probes::check_privileges()?;
+    let clock = crate::time::KernelClock::detect()?;
+    let header = log::Header::for_this_host(clock.hz, clock.boot);
+    let (snap_tx, snap_rx) = mpsc::sync_channel(2);
+    let (cmd_tx, cmd_rx) = mpsc::channel();
+    let sink = TuiSink::new(
+        format!("live on {}", header.host),
+        &header,
+        snap_tx,
+        cmd_rx,
+        export_dir(),
+    )?;
+    let filter = filter.to_filter();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let engine = std::thread::Builder::new()
+        .name("engine".into())
+        .spawn(move || {
+            let mut sink = sink;
+            live::run(&filter, None, &mut sink, |_| {
+                let _ = ready_tx.send(());
+            })
+            .map(|_| ())
+        })?;
+    // Load errors (privileges, BTF) are printed plainly, before the screen changes.
+    if ready_rx.recv().is_err() {
+        return engine
+            .join()
+            .map_err(|_| anyhow!("the engine thread panicked"))?
+            .and(Err(anyhow!("the engine stopped before attaching")));
+    }
+    let result = ui_loop(App::new(false), &snap_rx, &cmd_tx);
+    drop(cmd_tx);
+    drop(snap_rx);
+    let engine_result = engine
+        .join()
+        .map_err(|_| anyhow!("the engine thread panicked"))?;
+    result.and(engine_result)
+}
+
+/// `conntrace replay FILE`: the same UI on a recorded log.
+pub fn run_replay(path: &Path) -> Result<()> {
+    // Open once here so a bad file is a plain error before the screen changes.
+    let header = log::LogReader::open(path)?.header;
+    let (snap_tx, snap_rx) = mpsc::sync_channel(2);
+    let (cmd_tx, cmd_rx) = mpsc::channel();
+    let sink = TuiSink::new(
+        format!("replay {}", path.display()),
+        &header,
+        snap_tx,
+        cmd_rx,
+        export_dir(),
+    )?;
+    let owned = path.to_path_buf();
+    let engine = std::thread::Builder::new()
+        .name("engine".into())
+        .spawn(move || feed::replay(&owned, sink))
+        .context("starting the engine thread")?;
+    let result = ui_loop(App::new(true), &snap_rx, &cmd_tx);
+    drop(cmd_tx);
+    drop(snap_rx);
+    let engine_result = engine
+        .join()
+        .map_err(|_| anyhow!("the engine thread panicked"))?;
+    result.and(engine_result)
+}
