@@ -11,6 +11,9 @@ pub mod feed;
 pub mod snapshot;
 pub mod view;
 
+#[cfg(test)]
+mod tests;
+
 use std::{
     path::Path,
     sync::mpsc::{self, Receiver, Sender, TryRecvError},

@@ -72,21 +72,12 @@ pub fn draw(frame: &mut Frame, app: &App) {
 }
 
 fn draw_header(frame: &mut Frame, area: Rect, s: &Snapshot) {
+    // Most important first, so a narrow terminal cuts the least useful end.
     let h = &s.header;
     let mut spans = vec![
         Span::styled("conntrace", Style::default().add_modifier(Modifier::BOLD)),
-        Span::raw(format!(" │ {}", h.source)),
+        Span::raw(format!(" │ {} ev/s │ ", human(h.events_per_sec))),
     ];
-    if !h.playback.is_empty() {
-        spans.push(Span::raw(format!(" │ {}", h.playback)));
-    }
-    #[expect(clippy::cast_precision_loss, reason = "display")]
-    let events = h.events as f64;
-    spans.push(Span::raw(format!(
-        " │ {} ev/s │ {} events │ ",
-        human(h.events_per_sec),
-        human(events)
-    )));
     let lost_style = if h.lost > 0 {
         Style::default().fg(Color::Red).add_modifier(Modifier::BOLD)
     } else {
@@ -94,11 +85,21 @@ fn draw_header(frame: &mut Frame, area: Rect, s: &Snapshot) {
     };
     spans.push(Span::styled(format!("lost {}", h.lost), lost_style));
     if h.programs > 0 {
-        spans.push(Span::raw(format!(" │ {} programs", h.programs)));
+        spans.push(Span::raw(format!(" │ {} progs", h.programs)));
     }
     if let Some(pct) = h.bpf_cpu_pct {
-        spans.push(Span::raw(format!(" │ BPF {pct:.2}% CPU")));
+        spans.push(Span::raw(format!(" │ bpf {pct:.2}% cpu")));
     }
+    if !h.playback.is_empty() {
+        spans.push(Span::raw(format!(" │ {}", h.playback)));
+    }
+    #[expect(clippy::cast_precision_loss, reason = "display")]
+    let events = h.events as f64;
+    spans.push(Span::raw(format!(
+        " │ {} events │ {}",
+        human(events),
+        h.source
+    )));
     frame.render_widget(Paragraph::new(Line::from(spans)), area);
 }
 
@@ -127,16 +128,41 @@ fn selected_style() -> Style {
     Style::default().add_modifier(Modifier::REVERSED)
 }
 
-fn finding_line(f: &Finding) -> Line<'static> {
+/// Splits `text` into lines of at most `width` characters at spaces.
+pub fn wrap(text: &str, width: usize) -> Vec<String> {
+    let width = width.max(8);
+    let mut lines = vec![String::new()];
+    for word in text.split(' ') {
+        let last = lines.last_mut().expect("one line");
+        if !last.is_empty() && last.chars().count() + 1 + word.chars().count() > width {
+            lines.push(word.to_owned());
+        } else {
+            if !last.is_empty() {
+                last.push(' ');
+            }
+            last.push_str(word);
+        }
+    }
+    lines
+}
+
+/// A finding as a list item: severity, kind and endpoint, then the summary wrapped.
+fn finding_item(f: &Finding, width: u16) -> ListItem<'static> {
     let (word, style) = severity_style(f.severity);
-    Line::from(vec![
+    let mut lines = vec![Line::from(vec![
         Span::styled(format!("{word} "), style),
         Span::styled(
-            format!("{:<20} ", f.kind.as_str()),
+            format!("{} ", f.kind.as_str()),
             Style::default().add_modifier(Modifier::BOLD),
         ),
-        Span::raw(f.summary.clone()),
-    ])
+        Span::raw(f.endpoint.clone()),
+    ])];
+    lines.extend(
+        wrap(&f.summary, usize::from(width.saturating_sub(5)))
+            .into_iter()
+            .map(|l| Line::from(format!("     {l}"))),
+    );
+    ListItem::new(lines)
 }
 
 fn draw_findings(frame: &mut Frame, area: Rect, app: &App) {
@@ -144,7 +170,7 @@ fn draw_findings(frame: &mut Frame, area: Rect, app: &App) {
         .snapshot
         .findings
         .iter()
-        .map(|f| ListItem::new(finding_line(f)))
+        .map(|f| finding_item(f, area.width))
         .collect();
     let block = Block::default()
         .borders(Borders::TOP)
