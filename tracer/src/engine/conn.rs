@@ -108,11 +108,15 @@ impl Conn {
     /// opened, the local end of an accepted one; for connections seen first mid-life,
     /// the end with the lower port.
     pub fn server_endpoint(&self) -> SocketAddr {
-        match self.role {
-            Role::Client => self.remote,
-            Role::Server | Role::Listener => self.local,
-            Role::Unknown if self.local.port() < self.remote.port() => self.local,
-            Role::Unknown => self.remote,
+        let local_serves = match self.role {
+            Role::Client => false,
+            Role::Server | Role::Listener => true,
+            Role::Unknown => self.local.port() < self.remote.port(),
+        };
+        if local_serves {
+            self.local
+        } else {
+            self.remote
         }
     }
 

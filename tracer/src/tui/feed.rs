@@ -168,7 +168,7 @@ impl TuiSink {
             let (t, r) = self.bpf;
             let wall = now.duration_since(t).as_secs_f64();
             if wall > 0.0 && r > Duration::ZERO {
-                header.bpf_cpu_pct = Some((run - r.min(run)).as_secs_f64() * 100.0 / wall);
+                header.bpf_cpu_pct = Some(run.saturating_sub(r).as_secs_f64() * 100.0 / wall);
             }
             if wall >= 1.0 || r == Duration::ZERO {
                 self.bpf = (now, run);
@@ -226,7 +226,9 @@ pub fn replay(path: &Path, mut sink: TuiSink) -> Result<()> {
     let mut anchor = (Instant::now(), 0u64);
     let mut pending: Option<Record> = None;
     let mut bad = 0u64;
-    let mut last_publish = Instant::now() - Duration::from_secs(1);
+    let mut last_publish = Instant::now()
+        .checked_sub(Duration::from_secs(1))
+        .unwrap_or_else(Instant::now);
     loop {
         let Some(commands) = sink.commands(&engine) else {
             return Ok(());

@@ -1,10 +1,14 @@
 //! What the UI draws: a self-contained snapshot built on the engine thread, so
 //! rendering needs no engine, no lock and no I/O.
 
-use std::{collections::VecDeque, fmt::Write as _};
+use std::{
+    collections::{HashMap, VecDeque},
+    fmt::Write as _,
+    net::SocketAddr,
+};
 
 use crate::{
-    engine::{endpoints::EndpointStats, Engine, Finding},
+    engine::{endpoints::EndpointStats, Conn, Engine, Finding, Kind, Role},
     event::{Event, EventKind, TcpState},
 };
 
@@ -44,6 +48,7 @@ pub enum SortKey {
 }
 
 impl SortKey {
+    #[must_use]
     pub fn next(self) -> Self {
         match self {
             Self::Age => Self::Idle,
@@ -157,62 +162,47 @@ fn matches_filter(text: &str, filter: &str) -> bool {
     filter.is_empty() || text.to_lowercase().contains(&filter.to_lowercase())
 }
 
-/// Builds a snapshot from the engine and the recent-event tail.
-pub fn build(
-    engine: &Engine,
-    tail: &VecDeque<Event>,
-    filter: &str,
-    sort: SortKey,
-    header: Header,
-) -> Snapshot {
-    let cfg = &engine.cfg;
-    let (now, _) = engine.now();
-    let findings: Vec<Finding> = engine
-        .findings()
-        .into_iter()
-        .filter(|f| {
-            matches_filter(
-                &format!("{} {} {}", f.kind.as_str(), f.endpoint, f.summary),
-                filter,
-            )
-        })
-        .collect();
-    let timelines = findings
+/// Recent events of the connections a finding counted (or, when it names none, of
+/// its process and endpoint).
+fn timelines(findings: &[Finding], tail: &VecDeque<Event>) -> Vec<Vec<String>> {
+    findings
         .iter()
         .take(TIMELINE_FINDINGS)
         .map(|f| {
             let pid = f.process.as_ref().map(|p| p.pid);
+            let endpoint: Option<SocketAddr> = f.endpoint.parse().ok();
+            let involved = |e: &Event| {
+                if f.socks.is_empty() {
+                    endpoint.is_some_and(|ep| e.local == ep || e.remote == ep)
+                        && pid.is_none_or(|p| p == e.pid)
+                } else {
+                    f.socks.iter().any(|(sock, local)| {
+                        *sock == e.sock
+                            && (e.local == *local || e.local.port() == 0 || local.port() == 0)
+                    })
+                }
+            };
             let mut lines: Vec<String> = tail
                 .iter()
                 .rev()
-                .filter(|e| {
-                    // The connections the finding counted when it names them, else any
-                    // connection of that process to that endpoint.
-                    if f.socks.is_empty() {
-                        (e.local.to_string() == f.endpoint || e.remote.to_string() == f.endpoint)
-                            && pid.is_none_or(|p| p == e.pid)
-                    } else {
-                        f.socks.iter().any(|(sock, local)| {
-                            *sock == e.sock
-                                && (e.local == *local || e.local.port() == 0 || local.port() == 0)
-                        })
-                    }
-                })
+                .filter(|e| involved(e))
                 .take(TIMELINE)
                 .map(event_line)
                 .collect();
             lines.reverse();
             lines
         })
-        .collect();
+        .collect()
+}
 
-    let mut open: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+fn endpoint_rows(engine: &Engine, findings: &[Finding], filter: &str) -> Vec<EndpointRow> {
+    let mut open: HashMap<SocketAddr, u32> = HashMap::new();
     for c in engine.conns.iter().filter(|c| c.is_open() && c.established) {
-        *open.entry(c.server_endpoint().to_string()).or_default() += 1;
+        *open.entry(c.server_endpoint()).or_default() += 1;
     }
-    let estimates: std::collections::HashMap<&str, u64> = findings
+    let estimates: HashMap<&str, u64> = findings
         .iter()
-        .filter(|f| f.kind == crate::engine::Kind::IdleCloseTimeout)
+        .filter(|f| f.kind == Kind::IdleCloseTimeout)
         .filter_map(|f| {
             Some((
                 f.endpoint.as_str(),
@@ -220,40 +210,74 @@ pub fn build(
             ))
         })
         .collect();
-    let mut endpoints: Vec<EndpointRow> = engine
+    let mut rows: Vec<EndpointRow> = engine
         .endpoints
         .by_endpoint
         .iter()
         .filter(|(e, _)| matches_filter(e, filter))
         .map(|(e, s)| EndpointRow {
             endpoint: e.clone(),
-            open: open.get(e).copied().unwrap_or(0),
+            open: e
+                .parse::<SocketAddr>()
+                .ok()
+                .and_then(|a| open.get(&a).copied())
+                .unwrap_or(0),
             stats: s.clone(),
             idle_timeout_ms: estimates.get(e.as_str()).copied(),
         })
         .collect();
-    endpoints.sort_by(|a, b| {
-        let weight = |r: &EndpointRow| {
-            r.stats.resets_sent
-                + r.stats.resets_received
-                + r.stats.connect_errors
-                + r.stats.retransmits
-                + r.stats
-                    .idle_closes
-                    .iter()
-                    .map(|n| u64::from(*n))
-                    .sum::<u64>()
-        };
+    let weight = |r: &EndpointRow| {
+        let s = &r.stats;
+        s.resets_sent
+            + s.resets_received
+            + s.connect_errors
+            + s.retransmits
+            + s.idle_closes.iter().map(|n| u64::from(*n)).sum::<u64>()
+    };
+    rows.sort_by(|a, b| {
         weight(b)
             .cmp(&weight(a))
             .then_with(|| a.endpoint.cmp(&b.endpoint))
     });
-    endpoints.truncate(MAX_ROWS);
+    rows.truncate(MAX_ROWS);
+    rows
+}
 
-    let mut connections: Vec<ConnRow> = engine
+/// Open connections matching the filter, sorted, the first [`MAX_ROWS`] as rows;
+/// and how many matched. Only the rows shipped are formatted.
+fn connection_rows(engine: &Engine, filter: &str, sort: SortKey) -> (Vec<ConnRow>, usize) {
+    let (now, _) = engine.now();
+    let mut conns: Vec<&Conn> = engine
         .conns
         .iter()
-        .filter(|c| c.is_open() && c.role != crate::engine::Role::Listener)
+        .filter(|c| c.is_open() && c.role != Role::Listener)
+        .filter(|c| {
+            filter.is_empty()
+                || matches_filter(
+                    &format!("{} {} {} {} {}", c.comm, c.pid, c.local, c.remote, c.state),
+                    filter,
+                )
+        })
+        .collect();
+    let total = conns.len();
+    let order = |a: &&Conn, b: &&Conn| {
+        let by = match sort {
+            SortKey::Age => a.opened_ns.cmp(&b.opened_ns),
+            SortKey::Idle => a.last_ns.cmp(&b.last_ns),
+            SortKey::Retransmits => b.retransmits.cmp(&a.retransmits),
+            SortKey::State => a.state.as_str().cmp(b.state.as_str()),
+            SortKey::Owner => a.comm.cmp(&b.comm).then(a.pid.cmp(&b.pid)),
+        };
+        by.then_with(|| a.local.cmp(&b.local))
+            .then(a.sock.cmp(&b.sock))
+    };
+    if conns.len() > MAX_ROWS {
+        conns.select_nth_unstable_by(MAX_ROWS, order);
+        conns.truncate(MAX_ROWS);
+    }
+    conns.sort_unstable_by(order);
+    let rows = conns
+        .into_iter()
         .map(|c| ConnRow {
             pid: c.pid,
             comm: c.comm.clone(),
@@ -263,58 +287,43 @@ pub fn build(
             age_ms: now.saturating_sub(c.opened_ns) / 1_000_000,
             idle_ms: now.saturating_sub(c.last_ns) / 1_000_000,
             retransmits: c.retransmits,
-            closed_by: match c.peer_fin {
-                Some(_) => "peer",
-                None if matches!(
-                    c.state,
-                    TcpState::FinWait1
-                        | TcpState::FinWait2
-                        | TcpState::Closing
-                        | TcpState::TimeWait
-                ) =>
-                {
-                    "local"
-                }
-                None => "",
+            closed_by: if c.peer_fin.is_some() {
+                "peer"
+            } else if matches!(
+                c.state,
+                TcpState::FinWait1 | TcpState::FinWait2 | TcpState::Closing | TcpState::TimeWait
+            ) {
+                "local"
+            } else {
+                ""
             },
         })
-        .filter(|r| {
-            matches_filter(
-                &format!("{} {} {} {} {}", r.comm, r.pid, r.local, r.remote, r.state),
-                filter,
-            )
+        .collect();
+    (rows, total)
+}
+
+/// Builds a snapshot from the engine and the recent-event tail.
+pub fn build(
+    engine: &Engine,
+    tail: &VecDeque<Event>,
+    filter: &str,
+    sort: SortKey,
+    header: Header,
+) -> Snapshot {
+    let findings: Vec<Finding> = engine
+        .findings()
+        .into_iter()
+        .filter(|f| {
+            filter.is_empty()
+                || matches_filter(
+                    &format!("{} {} {}", f.kind.as_str(), f.endpoint, f.summary),
+                    filter,
+                )
         })
         .collect();
-    let connections_total = connections.len();
-    match sort {
-        SortKey::Age => {
-            connections.sort_by(|a, b| b.age_ms.cmp(&a.age_ms).then_with(|| a.local.cmp(&b.local)))
-        }
-        SortKey::Idle => connections.sort_by(|a, b| {
-            b.idle_ms
-                .cmp(&a.idle_ms)
-                .then_with(|| a.local.cmp(&b.local))
-        }),
-        SortKey::Retransmits => connections.sort_by(|a, b| {
-            b.retransmits
-                .cmp(&a.retransmits)
-                .then_with(|| a.local.cmp(&b.local))
-        }),
-        SortKey::State => connections.sort_by(|a, b| {
-            a.state
-                .as_str()
-                .cmp(b.state.as_str())
-                .then_with(|| a.local.cmp(&b.local))
-        }),
-        SortKey::Owner => connections.sort_by(|a, b| {
-            a.comm
-                .cmp(&b.comm)
-                .then(a.pid.cmp(&b.pid))
-                .then_with(|| a.local.cmp(&b.local))
-        }),
-    }
-    connections.truncate(MAX_ROWS);
-
+    let timelines = timelines(&findings, tail);
+    let endpoints = endpoint_rows(engine, &findings, filter);
+    let (connections, connections_total) = connection_rows(engine, filter, sort);
     let events: Vec<String> = tail
         .iter()
         .rev()
@@ -322,7 +331,6 @@ pub fn build(
         .filter(|l| matches_filter(l, filter))
         .take(MAX_ROWS)
         .collect();
-    let _ = cfg;
     Snapshot {
         header,
         findings,

@@ -1,5 +1,7 @@
 //! Drawing: a pure function of [`App`]; no I/O, no locks.
 
+use std::time::Duration;
+
 use ratatui::{
     layout::{Constraint, Layout, Rect},
     style::{Color, Modifier, Style},
@@ -216,11 +218,14 @@ pub fn histogram(counts: &[u32], width: usize) -> String {
 fn endpoint_row(r: &EndpointRow, hist_width: usize) -> Row<'static> {
     let close = r
         .idle_timeout_ms
-        .map(|ms| format!("{:.2}s", ms as f64 / 1000.0))
+        .map(|ms| format!("{:.2}s", Duration::from_millis(ms).as_secs_f64()))
         .or_else(|| {
-            r.stats
-                .idle_peak()
-                .map(|(ms, _)| format!("~{:.2}s", (ms + BUCKET_MS / 2) as f64 / 1000.0))
+            r.stats.idle_peak().map(|(ms, _)| {
+                format!(
+                    "~{:.2}s",
+                    Duration::from_millis(ms + BUCKET_MS / 2).as_secs_f64()
+                )
+            })
         })
         .unwrap_or_default();
     Row::new(vec![
@@ -281,7 +286,7 @@ fn ms(ms: u64) -> String {
     if ms >= 60_000 {
         format!("{}m{:02}s", ms / 60_000, ms % 60_000 / 1000)
     } else {
-        format!("{:.1}s", ms as f64 / 1000.0)
+        format!("{:.1}s", Duration::from_millis(ms).as_secs_f64())
     }
 }
 
@@ -400,6 +405,16 @@ fn draw_detail(frame: &mut Frame, area: Rect, app: &App) {
             Span::raw(format!("  {}", f.endpoint)),
         ]),
         Line::from(f.summary.clone()),
+        // The fix comes before the evidence: on a small screen it must not be cut.
+        Line::from(vec![
+            Span::styled(
+                "fix: ",
+                Style::default()
+                    .fg(Color::Green)
+                    .add_modifier(Modifier::BOLD),
+            ),
+            Span::raw(f.recommendation.clone()),
+        ]),
         Line::from(""),
     ];
     if let Some(p) = &f.process {
@@ -426,16 +441,6 @@ fn draw_detail(frame: &mut Frame, area: Rect, app: &App) {
         Some(t) if !t.is_empty() => lines.extend(t.iter().map(|l| Line::from(format!("  {l}")))),
         _ => lines.push(Line::from("  (no recent events of these connections)")),
     }
-    lines.push(Line::from(""));
-    lines.push(Line::from(vec![
-        Span::styled(
-            "fix: ",
-            Style::default()
-                .fg(Color::Green)
-                .add_modifier(Modifier::BOLD),
-        ),
-        Span::raw(f.recommendation.clone()),
-    ]));
     let area = popup(area);
     frame.render_widget(Clear, area);
     frame.render_widget(
