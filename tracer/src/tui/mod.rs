@@ -50,6 +50,8 @@ impl Drop for Terminal {
 
 fn ui_loop(mut app: App, snapshots: &Receiver<Snapshot>, commands: &Sender<Command>) -> Result<()> {
     let mut terminal = Terminal::new();
+    let started = Instant::now();
+    let mut frames = 0u64;
     let mut dirty = true;
     let mut last_draw = Instant::now()
         .checked_sub(FRAME)
@@ -62,11 +64,12 @@ fn ui_loop(mut app: App, snapshots: &Receiver<Snapshot>, commands: &Sender<Comma
                     dirty = true;
                 }
                 Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => return Ok(()),
+                Err(TryRecvError::Disconnected) => app.quit = true,
             }
         }
         if dirty && last_draw.elapsed() >= FRAME {
             terminal.0.draw(|f| view::draw(f, &app))?;
+            frames += 1;
             last_draw = Instant::now();
             dirty = false;
         }
@@ -82,6 +85,13 @@ fn ui_loop(mut app: App, snapshots: &Receiver<Snapshot>, commands: &Sender<Comma
                 _ => {}
             }
         }
+    }
+    drop(terminal);
+    if std::env::var_os("CONNTRACE_UI_STATS").is_some() {
+        let secs = started.elapsed().as_secs_f64();
+        #[expect(clippy::cast_precision_loss, reason = "a rate for display")]
+        let fps = frames as f64 / secs;
+        eprintln!("conntrace: ui drew {frames} frames in {secs:.1} s ({fps:.1} fps)");
     }
     Ok(())
 }
