@@ -70,6 +70,9 @@ pub struct ReportArgs {
     pub file: PathBuf,
     #[arg(long, value_enum, default_value = "text")]
     pub format: crate::report::Format,
+    /// Also print to stderr how long reading and the engine took (events/s).
+    #[arg(long)]
+    pub stats: bool,
 }
 
 #[derive(Debug, Args)]

@@ -13,7 +13,7 @@ fn main() -> ExitCode {
         Some(Command::Replay(args)) => tracer::tui::run_replay(&args.file),
         Some(Command::Record(args)) => tracer::record::run(args),
         Some(Command::Watch(args)) => tracer::watch::run(args),
-        Some(Command::Report(args)) => tracer::report::run(&args.file, args.format),
+        Some(Command::Report(args)) => tracer::report::run(&args.file, args.format, args.stats),
         Some(Command::Lab(args)) => tracer::lab::run(args),
     };
     match result {

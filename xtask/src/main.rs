@@ -13,10 +13,16 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
+mod bench;
 mod storm;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
-const APT_PACKAGES: [(&str, &str); 3] = [("ip", "iproute2"), ("tmux", "tmux"), ("zcat", "gzip")];
+const APT_PACKAGES: [(&str, &str); 4] = [
+    ("ip", "iproute2"),
+    ("tmux", "tmux"),
+    ("zcat", "gzip"),
+    ("/usr/bin/time", "time"),
+];
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -25,12 +31,14 @@ fn main() -> ExitCode {
         Some("run") => setup().and_then(|()| run(&args[1..])),
         Some("test") => setup().and_then(|()| test(&args[1..])),
         Some("storm") => storm_cmd(&args[1..]),
+        Some("bench") => setup().and_then(|()| bench::run()),
         _ => {
             eprintln!(
                 "usage: cargo xtask setup            install build and test prerequisites\n       \
                  cargo xtask run -- ARGS      set up, build (release) and run conntrace ARGS as root\n       \
                  cargo xtask test [ARGS]      set up, build and run every test (as root)\n       \
-                 cargo xtask storm [SECS] [CLIENTS]  loopback connection storm (connect, write, close)"
+                 cargo xtask storm [SECS] [CLIENTS]  loopback connection storm (connect, write, close)\n       \
+                 cargo xtask bench            overhead, engine, memory, start-up and loss figures (as root)"
             );
             return ExitCode::from(2);
         }
