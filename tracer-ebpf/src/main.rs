@@ -29,14 +29,21 @@ use tracer_common::{
 };
 
 use crate::sock::{
-    current_owner, fd_to_sock, fill_sock, fill_sock_state, is_tcp, read, read_sockaddr,
+    current_owner, fd_to_sock, fill_idle, fill_sock, fill_sock_state, is_tcp, read,
+    read_sockaddr,
 };
 
+const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
 const TCP_CLOSE: i32 = 7;
 const TCP_LISTEN: i32 = 10;
 const EINPROGRESS: i64 = 115;
+
+/// ESTABLISHED, FIN_WAIT1/2, TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING.
+fn had_data(state: i32) -> bool {
+    state == TCP_ESTABLISHED || (4..=6).contains(&state) || (8..=9).contains(&state) || state == 11
+}
 
 /// Kernel field offsets, filled by userspace at load time.
 #[unsafe(no_mangle)]
@@ -76,8 +83,20 @@ fn count_loss(index: u32) {
     }
 }
 
+/// Unread bytes past which the reader is woken at once; below, it drains on its
+/// own timer. One wakeup per event would cost more than the event itself.
+const WAKEUP_BYTES: u64 = 1 << 20;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
 fn emit(ev: &RawEvent) {
-    if EVENTS.output::<RawEvent>(ev, 0).is_err() {
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if EVENTS.output::<RawEvent>(ev, flags).is_err() {
         count_loss(LOSS_RINGBUF_FULL);
     }
 }
@@ -171,7 +190,10 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
         }
     }
     set_owner(&mut ev, key);
-    fill_sock_state(&mut ev, sk, &off)?;
+    // Idle times mean something only once the connection carried data.
+    if had_data(old) {
+        fill_idle(&mut ev, sk, &off)?;
+    }
     emit(&ev);
 
     // The owner entry outlives ->CLOSE on purpose: the error report and late resets of

@@ -56,18 +56,28 @@ pub fn fill_sock(ev: &mut RawEvent, sk: *const u8, off: &Offsets) -> Result<(), 
     Ok(())
 }
 
-/// Idle times and retransmit state, from the socket's own jiffies timestamps.
+/// Idle times from the socket's own jiffies timestamps, and its retransmit total:
+/// what a state change needs.
 #[inline(always)]
-pub fn fill_sock_state(ev: &mut RawEvent, sk: *const u8, off: &Offsets) -> Result<(), i64> {
+pub fn fill_idle(ev: &mut RawEvent, sk: *const u8, off: &Offsets) -> Result<(), i64> {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_jiffies64() } as u32;
     let lsndtime: u32 = read(sk, off.tp_lsndtime)?;
     let lrcvtime: u32 = read(sk, off.icsk_lrcvtime)?;
-    let rcv_tstamp: u32 = read(sk, off.tp_rcv_tstamp)?;
     ev.send_idle_jiffies = now.wrapping_sub(lsndtime);
     ev.recv_idle_jiffies = now.wrapping_sub(lrcvtime);
-    ev.ack_idle_jiffies = now.wrapping_sub(rcv_tstamp);
     ev.retrans = read(sk, off.tp_total_retrans)?;
+    Ok(())
+}
+
+/// Idle times and the full retransmit state: resets, errors, retransmits.
+#[inline(always)]
+pub fn fill_sock_state(ev: &mut RawEvent, sk: *const u8, off: &Offsets) -> Result<(), i64> {
+    fill_idle(ev, sk, off)?;
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_jiffies64() } as u32;
+    let rcv_tstamp: u32 = read(sk, off.tp_rcv_tstamp)?;
+    ev.ack_idle_jiffies = now.wrapping_sub(rcv_tstamp);
     ev.packets_out = read(sk, off.tp_packets_out)?;
     ev.user_timeout_ms = read(sk, off.icsk_user_timeout)?;
     ev.rto_count = read(sk, off.icsk_retransmits)?;

@@ -143,12 +143,30 @@ pub enum Closer {
     Local,
 }
 
+impl Closer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Peer => "peer",
+            Self::Local => "local",
+        }
+    }
+}
+
 /// Reset direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     Sent,
     Received,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sent => "sent",
+            Self::Received => "received",
+        }
+    }
 }
 
 /// Kernel TCP states (`include/net/tcp_states.h`), named as the kernel names them.

@@ -20,6 +20,7 @@ pub mod decode;
 pub mod engine;
 pub mod event;
 pub mod filter;
+pub mod jsonl;
 pub mod lab;
 pub mod live;
 pub mod log;

@@ -36,6 +36,8 @@ pub struct LiveStats {
 
 /// How often node samples are taken (also the engine's tick for leak ages).
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// How often the ring buffer is drained when the kernel did not wake the reader.
+const DRAIN_EVERY: Duration = Duration::from_millis(50);
 /// How often new findings are looked for.
 const POLL_EVERY: Duration = Duration::from_millis(200);
 
@@ -124,10 +126,14 @@ pub fn run(
         tokio::pin!(stop);
         let mut samples = tokio::time::interval(SAMPLE_EVERY);
         let mut polls = tokio::time::interval(POLL_EVERY);
+        // The kernel side wakes the reader only past 1 MiB unread (see tracer-ebpf's
+        // emit); below that the ring is drained on this timer.
+        let mut drains = tokio::time::interval(DRAIN_EVERY);
         on_attached(&probes);
         loop {
             tokio::select! {
                 r = stream.drain_with(|b| pipe.handle(b, sink)) => { r?; }
+                _ = drains.tick() => { stream.drain_now(|b| pipe.handle(b, sink)); }
                 _ = samples.tick() => pipe.sample(sink)?,
                 _ = polls.tick() => {
                     pipe.poll(sink)?;

@@ -92,6 +92,7 @@ impl std::fmt::Display for LineError {
 pub struct LogWriter<W: Write> {
     out: BufWriter<W>,
     line: Vec<u8>,
+    times: crate::jsonl::TimeCache,
     pub events: u64,
 }
 
@@ -113,6 +114,7 @@ impl<W: Write> LogWriter<W> {
         Self {
             out: BufWriter::with_capacity(256 * 1024, out),
             line: Vec::with_capacity(512),
+            times: crate::jsonl::TimeCache::default(),
             events: 0,
         }
     }
@@ -123,7 +125,10 @@ impl<W: Write> LogWriter<W> {
 
     pub fn event(&mut self, event: &Event) -> Result<()> {
         self.events += 1;
-        self.write_line(event)
+        self.line.clear();
+        crate::jsonl::write_event(&mut self.line, event, &mut self.times);
+        self.line.push(b'\n');
+        self.out.write_all(&self.line).context("writing the log")
     }
 
     pub fn sockstat(&mut self, sample: &Sockstat) -> Result<()> {
