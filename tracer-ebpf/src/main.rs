@@ -29,8 +29,7 @@ use tracer_common::{
 };
 
 use crate::sock::{
-    current_owner, fd_to_sock, fill_idle, fill_sock, fill_sock_state, is_tcp, read,
-    read_sockaddr,
+    current_owner, fd_to_sock, fill_idle, fill_sock, fill_sock_state, is_tcp, read, read_sockaddr,
 };
 
 const TCP_ESTABLISHED: i32 = 1;

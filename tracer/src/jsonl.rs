@@ -170,7 +170,13 @@ mod tests {
 
     #[test]
     fn matches_serde_for_every_kind() {
-        let s = Sock::new(0xffff_8881_0241_1bc0, 42, "we\"ird\\comm", "[::1]:40000", "10.0.0.5:80");
+        let s = Sock::new(
+            0xffff_8881_0241_1bc0,
+            42,
+            "we\"ird\\comm",
+            "[::1]:40000",
+            "10.0.0.5:80",
+        );
         let mut events = s.connect(1234);
         events.push(s.state(5000, TcpState::Established, TcpState::CloseWait, 5000));
         events.push(s.reset_received(5001, TcpState::CloseWait, 4));
@@ -178,7 +184,12 @@ mod tests {
         events.push(s.connect_error(5003, libc::EADDRNOTAVAIL));
         events.push(s.error(5004, 9999));
         events.push(s.retransmit(5005, 300, 2));
-        events.push(s.event(5006, EventKind::Accept { state: TcpState::Established }));
+        events.push(s.event(
+            5006,
+            EventKind::Accept {
+                state: TcpState::Established,
+            },
+        ));
         let mut times = TimeCache::default();
         for e in &events {
             let mut out = Vec::new();

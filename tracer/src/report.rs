@@ -30,7 +30,7 @@ pub struct Replay {
 
 /// Records parsed before they go through the engine together, so the engine's own
 /// time can be measured without a clock read per event.
-const BATCH: usize = 65_536;
+const BATCH: usize = 4096;
 
 /// Feeds every event and sample of the log at `path` through a fresh engine.
 pub fn replay(path: &Path, cfg: Config) -> Result<Replay> {

@@ -3,10 +3,90 @@
 use std::{
     collections::{HashMap, VecDeque},
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    time::SystemTime,
 };
 
 use crate::event::{Event, TcpState};
+
+/// A command name held inline (the kernel's are at most 15 bytes): no allocation
+/// per connection.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Comm {
+    len: u8,
+    bytes: [u8; 16],
+}
+
+impl Comm {
+    pub fn new(s: &str) -> Self {
+        let mut end = s.len().min(16);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut bytes = [0u8; 16];
+        bytes[..end].copy_from_slice(&s.as_bytes()[..end]);
+        Self {
+            len: u8::try_from(end).unwrap_or(16),
+            bytes,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Display for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+/// FxHash (rustc's): socket ids are already well spread kernel addresses, and the
+/// table is on the hot path of every event, where SipHash costs more than it buys.
+#[derive(Default, Clone, Copy)]
+pub struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.write_u64(u64::from_le_bytes([
+                c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7],
+            ]));
+        }
+        for b in chunks.remainder() {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u8(&mut self, v: u8) {
+        self.write_u64(u64::from(v));
+    }
+    fn write_u16(&mut self, v: u16) {
+        self.write_u64(u64::from(v));
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+/// A `HashMap` with [`FxHasher`].
+pub type FxMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FxHasher>>;
+/// A `HashSet` with [`FxHasher`].
+pub type FxSet<K> = std::collections::HashSet<K, std::hash::BuildHasherDefault<FxHasher>>;
 
 /// Closed connections stay this long, so the late events of a dying socket (the
 /// error report after ->CLOSE, the synchronous connect error) still find it.
@@ -35,19 +115,19 @@ pub struct Conn {
     pub generation: u64,
     pub role: Role,
     pub pid: u32,
-    pub comm: String,
+    pub comm: Comm,
     pub cgroup: u64,
     pub owner_known: bool,
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub state: TcpState,
     pub opened_ns: u64,
-    pub opened_wall: SystemTime,
     pub last_ns: u64,
     pub established: bool,
     /// When the peer's FIN arrived (ESTABLISHED -> CLOSE_WAIT), with the idle time then.
     pub peer_fin: Option<(u64, u64)>,
-    pub close_wait_since: Option<(u64, SystemTime)>,
+    /// When it entered CLOSE_WAIT (monotonic ns).
+    pub close_wait_since: Option<u64>,
     pub reset_received: bool,
     pub connect_failed: bool,
     pub reuse_failed: bool,
@@ -68,14 +148,13 @@ impl Conn {
             generation,
             role,
             pid: e.pid,
-            comm: e.comm.clone(),
+            comm: Comm::new(&e.comm),
             cgroup: e.cgroup,
             owner_known: e.owner_known,
             local: e.local,
             remote: e.remote,
             state: TcpState::Close,
             opened_ns: now,
-            opened_wall: e.time,
             last_ns: now,
             established: false,
             peer_fin: None,
@@ -97,9 +176,7 @@ impl Conn {
     /// Takes the owner from an event that knows it.
     pub fn set_owner(&mut self, e: &Event) {
         self.pid = e.pid;
-        if self.comm != e.comm {
-            self.comm.clone_from(&e.comm);
-        }
+        self.comm = Comm::new(&e.comm);
         self.cgroup = e.cgroup;
         self.owner_known = true;
     }
@@ -127,9 +204,9 @@ impl Conn {
 
 /// Connections by socket, at most `cap`; every eviction is counted.
 pub struct ConnTable {
-    map: HashMap<u64, Conn>,
+    map: FxMap<u64, Conn>,
     closed: VecDeque<(u64, u64, u64)>,
-    open_by_remote: HashMap<SocketAddr, u32>,
+    open_by_remote: FxMap<SocketAddr, u32>,
     cap: usize,
     next_generation: u64,
     pub evicted: u64,
@@ -140,9 +217,9 @@ const UNSPECIFIED: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED
 impl ConnTable {
     pub fn new(cap: usize) -> Self {
         Self {
-            map: HashMap::new(),
+            map: FxMap::default(),
             closed: VecDeque::new(),
-            open_by_remote: HashMap::new(),
+            open_by_remote: FxMap::default(),
             cap: cap.max(16),
             next_generation: 0,
             evicted: 0,
@@ -233,22 +310,16 @@ impl ConnTable {
         conn.closed_ns = Some(now);
         conn.close_wait_since = None;
         let generation = conn.generation;
-        let conn = conn.clone();
-        self.uncount(&conn);
-        if let Some(c) = self.map.get_mut(&sock) {
-            c.counted_remote = false;
+        if std::mem::replace(&mut conn.counted_remote, false) {
+            let remote = conn.remote;
+            uncount(&mut self.open_by_remote, remote);
         }
         self.closed.push_back((sock, generation, now));
     }
 
     fn uncount(&mut self, conn: &Conn) {
         if conn.counted_remote {
-            if let Some(n) = self.open_by_remote.get_mut(&conn.remote) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    self.open_by_remote.remove(&conn.remote);
-                }
-            }
+            uncount(&mut self.open_by_remote, conn.remote);
         }
     }
 
@@ -332,5 +403,14 @@ impl ConnTable {
     /// Established connections open to `remote`.
     pub fn open_to(&self, remote: SocketAddr) -> u32 {
         self.open_by_remote.get(&remote).copied().unwrap_or(0)
+    }
+}
+
+fn uncount(open_by_remote: &mut FxMap<SocketAddr, u32>, remote: SocketAddr) {
+    if let Some(n) = open_by_remote.get_mut(&remote) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            open_by_remote.remove(&remote);
+        }
     }
 }

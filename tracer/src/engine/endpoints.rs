@@ -1,7 +1,9 @@
 //! Per server endpoint counters for the UI: idle-close histogram, resets, connect
 //! errors, retransmits. Bounded; endpoints past the cap are counted, not kept.
 
-use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use super::conn::FxMap;
 
 /// Idle-close histogram: 250 ms buckets up to 10 s, then one overflow bucket.
 pub const BUCKET_MS: u64 = 250;
@@ -31,29 +33,29 @@ impl EndpointStats {
 
 #[derive(Debug, Default)]
 pub struct Endpoints {
-    pub by_endpoint: HashMap<String, EndpointStats>,
+    pub by_endpoint: FxMap<SocketAddr, EndpointStats>,
     pub dropped: u64,
 }
 
 impl Endpoints {
-    fn get(&mut self, endpoint: &str) -> Option<&mut EndpointStats> {
-        if !self.by_endpoint.contains_key(endpoint) {
+    fn get(&mut self, endpoint: SocketAddr) -> Option<&mut EndpointStats> {
+        if !self.by_endpoint.contains_key(&endpoint) {
             if self.by_endpoint.len() >= MAX_ENDPOINTS {
                 self.dropped += 1;
                 return None;
             }
             self.by_endpoint.insert(
-                endpoint.to_owned(),
+                endpoint,
                 EndpointStats {
                     idle_closes: vec![0; BUCKETS],
                     ..EndpointStats::default()
                 },
             );
         }
-        self.by_endpoint.get_mut(endpoint)
+        self.by_endpoint.get_mut(&endpoint)
     }
 
-    pub fn idle_close(&mut self, endpoint: &str, idle_ms: u64) {
+    pub fn idle_close(&mut self, endpoint: SocketAddr, idle_ms: u64) {
         if let Some(s) = self.get(endpoint) {
             let i = usize::try_from(idle_ms / BUCKET_MS)
                 .unwrap_or(BUCKETS)
@@ -62,7 +64,7 @@ impl Endpoints {
         }
     }
 
-    pub fn reset(&mut self, endpoint: &str, sent: bool) {
+    pub fn reset(&mut self, endpoint: SocketAddr, sent: bool) {
         if let Some(s) = self.get(endpoint) {
             if sent {
                 s.resets_sent += 1;
@@ -72,13 +74,13 @@ impl Endpoints {
         }
     }
 
-    pub fn connect_error(&mut self, endpoint: &str) {
+    pub fn connect_error(&mut self, endpoint: SocketAddr) {
         if let Some(s) = self.get(endpoint) {
             s.connect_errors += 1;
         }
     }
 
-    pub fn retransmit(&mut self, endpoint: &str) {
+    pub fn retransmit(&mut self, endpoint: SocketAddr) {
         if let Some(s) = self.get(endpoint) {
             s.retransmits += 1;
         }

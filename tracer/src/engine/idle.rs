@@ -10,13 +10,10 @@
 //! samples whose width is within max(12 ms, 2 % of the value) — three clock ticks at
 //! HZ=250 — and it is reported once that cluster has `idle_min_samples` samples.
 
-use std::{
-    collections::{HashMap, VecDeque},
-    net::SocketAddr,
-    time::SystemTime,
-};
+use std::{collections::VecDeque, net::SocketAddr, time::SystemTime};
 
 use super::{
+    conn::{FxMap, FxSet},
     finding::{secs, Finding, Kind, Severity},
     Config,
 };
@@ -28,7 +25,9 @@ const DEDUPE: usize = 256;
 #[derive(Debug)]
 struct Samples {
     values: VecDeque<u64>,
+    /// The last clients seen, oldest first, and the same as a set for lookups.
     clients: VecDeque<SocketAddr>,
+    client_set: FxSet<SocketAddr>,
     first: SystemTime,
     last: SystemTime,
 }
@@ -77,7 +76,7 @@ pub fn cluster(values: &[u64]) -> Option<Cluster> {
 /// Idle-close samples by endpoint.
 #[derive(Debug, Default)]
 pub struct IdleClose {
-    endpoints: HashMap<String, Samples>,
+    endpoints: FxMap<SocketAddr, Samples>,
     /// Samples dropped because the endpoint table was full.
     pub dropped: u64,
 }
@@ -87,7 +86,7 @@ impl IdleClose {
     /// `false` when it is not a new sample (too short, or that connection already counted).
     pub fn sample(
         &mut self,
-        endpoint: &str,
+        endpoint: SocketAddr,
         client: SocketAddr,
         idle_ms: u64,
         time: SystemTime,
@@ -96,24 +95,24 @@ impl IdleClose {
         if idle_ms < cfg.idle_min_ms {
             return false;
         }
-        if !self.endpoints.contains_key(endpoint) && self.endpoints.len() >= MAX_ENDPOINTS {
+        if !self.endpoints.contains_key(&endpoint) && self.endpoints.len() >= MAX_ENDPOINTS {
             self.dropped += 1;
             return false;
         }
-        let s = self
-            .endpoints
-            .entry(endpoint.to_owned())
-            .or_insert_with(|| Samples {
-                values: VecDeque::new(),
-                clients: VecDeque::new(),
-                first: time,
-                last: time,
-            });
-        if s.clients.contains(&client) {
+        let s = self.endpoints.entry(endpoint).or_insert_with(|| Samples {
+            values: VecDeque::new(),
+            clients: VecDeque::new(),
+            client_set: FxSet::default(),
+            first: time,
+            last: time,
+        });
+        if !s.client_set.insert(client) {
             return false;
         }
         if s.clients.len() == DEDUPE {
-            s.clients.pop_front();
+            if let Some(old) = s.clients.pop_front() {
+                s.client_set.remove(&old);
+            }
         }
         s.clients.push_back(client);
         if s.values.len() == MAX_SAMPLES {
@@ -124,7 +123,7 @@ impl IdleClose {
         true
     }
 
-    fn cluster_of(&self, endpoint: &str, cfg: &Config) -> Option<Cluster> {
+    fn cluster_of(&self, endpoint: &SocketAddr, cfg: &Config) -> Option<Cluster> {
         let s = self.endpoints.get(endpoint)?;
         let (a, b) = s.values.as_slices();
         let c = cluster(&[a, b].concat())?;
@@ -132,7 +131,7 @@ impl IdleClose {
     }
 
     /// The endpoint's idle-close timeout, once established.
-    pub fn estimate_ms(&self, endpoint: &str, cfg: &Config) -> Option<u64> {
+    pub fn estimate_ms(&self, endpoint: &SocketAddr, cfg: &Config) -> Option<u64> {
         self.cluster_of(endpoint, cfg).map(|c| c.estimate_ms)
     }
 
@@ -151,7 +150,7 @@ impl IdleClose {
                     c.samples,
                     c.spread_ms
                 ),
-                endpoint: endpoint.clone(),
+                endpoint: endpoint.to_string(),
                 process: None,
                 count: c.samples as u64,
                 first_seen: s.first,

@@ -57,7 +57,7 @@ impl CloseWaitLeak {
         let age_ns = cfg.close_wait_age_ms * 1_000_000;
         let mut tally: HashMap<u32, Tally<'_>> = HashMap::new();
         for c in conns.iter() {
-            let Some((since, _)) = c.close_wait_since else {
+            let Some(since) = c.close_wait_since else {
                 continue;
             };
             let age = now.saturating_sub(since);

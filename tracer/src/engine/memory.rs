@@ -67,7 +67,7 @@ impl MemoryPressure {
         for c in conns.iter().filter(|c| c.is_open()) {
             let e = per_pid
                 .entry(c.pid)
-                .or_insert_with(|| (c.comm.clone(), 0, 0));
+                .or_insert_with(|| (c.comm.to_string(), 0, 0));
             e.1 += 1;
             e.2 += u64::from(c.state == TcpState::CloseWait);
         }

@@ -29,7 +29,7 @@ pub mod stall;
 
 use std::{collections::HashMap, time::SystemTime};
 
-pub use conn::{Conn, ConnTable, Role};
+pub use conn::{Comm, Conn, ConnTable, Role};
 pub use finding::{Finding, Kind, Process, Severity};
 
 use crate::event::{Direction, Errno, Event, EventKind, Sockstat, TcpState};
@@ -147,10 +147,9 @@ impl Engine {
                 recv_idle_ms,
                 ..
             } => {
-                let estimate = self.idle.estimate_ms(&e.remote.to_string(), &self.cfg);
+                let estimate = self.idle.estimate_ms(&e.remote, &self.cfg);
                 if let Some(conn) = self.conns.touch(e, now) {
-                    self.endpoints
-                        .reset(&conn.server_endpoint().to_string(), false);
+                    self.endpoints.reset(conn.server_endpoint(), false);
                     conn.reset_received = true;
                     self.reuse.on_reset(
                         conn,
@@ -160,13 +159,8 @@ impl Engine {
                         estimate,
                     );
                 }
-                self.rst.record(
-                    &e.remote.to_string(),
-                    e,
-                    Direction::Received,
-                    None,
-                    &self.cfg,
-                );
+                self.rst
+                    .record(e.remote, e, Direction::Received, None, &self.cfg);
             }
             EventKind::Reset {
                 direction: Direction::Sent,
@@ -175,15 +169,15 @@ impl Engine {
                 syn,
                 ..
             } => {
-                let endpoint = e.local.to_string();
+                let endpoint = e.local;
                 // Only a reset answering a SYN is a refused connection attempt; late
                 // segments of a connection already gone also get NO_SOCKET resets.
                 if *syn && state.is_none() && reason.as_deref() == Some("NO_SOCKET") {
-                    self.connect.on_no_socket_reset(&endpoint, e);
+                    self.connect.on_no_socket_reset(&endpoint.to_string(), e);
                 }
-                self.endpoints.reset(&endpoint, true);
+                self.endpoints.reset(endpoint, true);
                 self.rst
-                    .record(&endpoint, e, Direction::Sent, reason.as_deref(), &self.cfg);
+                    .record(endpoint, e, Direction::Sent, reason.as_deref(), &self.cfg);
             }
             EventKind::Connect { errno, .. } => {
                 let conn = self.conns.touch(e, now);
@@ -195,8 +189,7 @@ impl Engine {
             EventKind::Error { errno, .. } => self.on_error(e, *errno),
             EventKind::Retransmit { .. } => {
                 if let Some(conn) = self.conns.touch(e, now) {
-                    self.endpoints
-                        .retransmit(&conn.server_endpoint().to_string());
+                    self.endpoints.retransmit(conn.server_endpoint());
                     self.stall.on_retransmit(conn, e, &self.cfg);
                 }
             }
@@ -238,24 +231,24 @@ impl Engine {
         match (old, new) {
             (TcpState::Established, TcpState::CloseWait) => {
                 conn.peer_fin = Some((e.mono_ns, idle_ms));
-                conn.close_wait_since = Some((e.mono_ns, e.time));
+                conn.close_wait_since = Some(e.mono_ns);
                 if conn.role != Role::Server {
-                    let endpoint = e.remote.to_string();
+                    let endpoint = e.remote;
                     if self
                         .idle
-                        .sample(&endpoint, e.local, idle_ms, e.time, &self.cfg)
+                        .sample(endpoint, e.local, idle_ms, e.time, &self.cfg)
                     {
-                        self.endpoints.idle_close(&endpoint, idle_ms);
+                        self.endpoints.idle_close(endpoint, idle_ms);
                     }
                 }
             }
             (TcpState::Established, TcpState::FinWait1) if conn.role == Role::Server => {
-                let endpoint = e.local.to_string();
+                let endpoint = e.local;
                 if self
                     .idle
-                    .sample(&endpoint, e.remote, idle_ms, e.time, &self.cfg)
+                    .sample(endpoint, e.remote, idle_ms, e.time, &self.cfg)
                 {
-                    self.endpoints.idle_close(&endpoint, idle_ms);
+                    self.endpoints.idle_close(endpoint, idle_ms);
                 }
             }
             _ => {}
@@ -273,7 +266,7 @@ impl Engine {
         let held_by = (e.local.port() != 0)
             .then(|| self.conns.holder_of(e.local, e.remote, e.sock))
             .flatten();
-        self.endpoints.connect_error(&e.remote.to_string());
+        self.endpoints.connect_error(e.remote);
         let in_use = self.conns.open_to(e.remote);
         // The port span in use is a table scan: at most once a second per destination.
         let ports = if errno.0 == libc::EADDRNOTAVAIL {

@@ -8,7 +8,7 @@
 //! Each connection counts once. The reuse gap is how long the connection had been
 //! idle when the process reused it.
 
-use std::{collections::HashMap, time::SystemTime};
+use std::{collections::HashMap, net::SocketAddr, time::SystemTime};
 
 use super::{
     conn::{Conn, Role},
@@ -36,7 +36,7 @@ struct Failures {
 /// Failed reuses by (pid, endpoint).
 #[derive(Debug, Default)]
 pub struct ReuseRace {
-    by_key: HashMap<(u32, String), Failures>,
+    by_key: HashMap<(u32, SocketAddr), Failures>,
 }
 
 fn median(v: &[u64]) -> Option<u64> {
@@ -75,9 +75,9 @@ impl ReuseRace {
         conn.reuse_failed = true;
         let f = self
             .by_key
-            .entry((conn.pid, conn.remote.to_string()))
+            .entry((conn.pid, conn.remote))
             .or_insert_with(|| Failures {
-                comm: conn.comm.clone(),
+                comm: conn.comm.to_string(),
                 cgroup: conn.cgroup,
                 count: 0,
                 raced: 0,
@@ -122,7 +122,7 @@ impl ReuseRace {
                 kind: Kind::KeepaliveReuseRace,
                 severity: Severity::Critical,
                 summary,
-                endpoint: endpoint.clone(),
+                endpoint: endpoint.to_string(),
                 process: Some(process),
                 count: f.count,
                 first_seen: f.first,

@@ -7,6 +7,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
+    net::SocketAddr,
     time::SystemTime,
 };
 
@@ -28,7 +29,7 @@ struct Window {
 
 #[derive(Debug, Default)]
 pub struct RstStorm {
-    by_endpoint: HashMap<String, Window>,
+    by_endpoint: HashMap<SocketAddr, Window>,
     pub dropped: u64,
 }
 
@@ -37,17 +38,17 @@ const MAX_ENDPOINTS: usize = 8192;
 impl RstStorm {
     pub fn record(
         &mut self,
-        endpoint: &str,
+        endpoint: SocketAddr,
         e: &Event,
         dir: Direction,
         reason: Option<&str>,
         cfg: &Config,
     ) {
-        if !self.by_endpoint.contains_key(endpoint) && self.by_endpoint.len() >= MAX_ENDPOINTS {
+        if !self.by_endpoint.contains_key(&endpoint) && self.by_endpoint.len() >= MAX_ENDPOINTS {
             self.dropped += 1;
             return;
         }
-        let w = self.by_endpoint.entry(endpoint.to_owned()).or_default();
+        let w = self.by_endpoint.entry(endpoint).or_default();
         match dir {
             Direction::Sent => w.sent += 1,
             Direction::Received => w.received += 1,
@@ -86,7 +87,7 @@ impl RstStorm {
                     w.sent,
                     w.received
                 ),
-                endpoint: endpoint.clone(),
+                endpoint: endpoint.to_string(),
                 process: None,
                 count: w.sent + w.received,
                 first_seen: first,

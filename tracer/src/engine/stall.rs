@@ -53,7 +53,7 @@ impl Stalls {
             .by_key
             .entry((conn.pid, conn.remote.to_string()))
             .or_insert_with(|| Group {
-                comm: conn.comm.clone(),
+                comm: conn.comm.to_string(),
                 cgroup: conn.cgroup,
                 connections: 0,
                 retransmits: 0,

@@ -214,16 +214,13 @@ fn endpoint_rows(engine: &Engine, findings: &[Finding], filter: &str) -> Vec<End
         .endpoints
         .by_endpoint
         .iter()
-        .filter(|(e, _)| matches_filter(e, filter))
-        .map(|(e, s)| EndpointRow {
-            endpoint: e.clone(),
-            open: e
-                .parse::<SocketAddr>()
-                .ok()
-                .and_then(|a| open.get(&a).copied())
-                .unwrap_or(0),
+        .map(|(e, s)| (e, e.to_string(), s))
+        .filter(|(_, name, _)| matches_filter(name, filter))
+        .map(|(e, name, s)| EndpointRow {
+            open: open.get(e).copied().unwrap_or(0),
             stats: s.clone(),
-            idle_timeout_ms: estimates.get(e.as_str()).copied(),
+            idle_timeout_ms: estimates.get(name.as_str()).copied(),
+            endpoint: name,
         })
         .collect();
     let weight = |r: &EndpointRow| {
@@ -280,7 +277,7 @@ fn connection_rows(engine: &Engine, filter: &str, sort: SortKey) -> (Vec<ConnRow
         .into_iter()
         .map(|c| ConnRow {
             pid: c.pid,
-            comm: c.comm.clone(),
+            comm: c.comm.to_string(),
             local: c.local.to_string(),
             remote: c.remote.to_string(),
             state: c.state,
