@@ -19,6 +19,17 @@ pub struct Cli {
     pub command: Option<Command>,
     #[command(flatten)]
     pub filter: FilterArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+}
+
+/// `--metrics-addr`, for the live commands.
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Metrics")]
+pub struct MetricsArgs {
+    /// Serve Prometheus metrics on this address (PORT means 127.0.0.1:PORT; off by default).
+    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -41,6 +52,8 @@ pub enum Command {
 pub struct TuiArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -62,6 +75,8 @@ pub struct WatchArgs {
     pub duration: Option<f64>,
     #[command(flatten)]
     pub filter: FilterArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -95,6 +110,8 @@ pub struct RecordArgs {
     pub duration: Option<f64>,
     #[command(flatten)]
     pub filter: FilterArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 /// Event selection shared by the live commands.
@@ -113,6 +130,12 @@ pub struct FilterArgs {
     /// Only connections with a local or remote address in this network (e.g. 10.0.0.0/8).
     #[arg(long, value_name = "NET")]
     pub cidr: Option<Cidr>,
+    /// Only connections of this pod (UID, or a prefix), from the cgroup path.
+    #[arg(long, value_name = "UID")]
+    pub pod: Option<String>,
+    /// Only connections of this container (id, or a prefix), from the cgroup path.
+    #[arg(long, value_name = "ID")]
+    pub container: Option<String>,
 }
 
 impl FilterArgs {
@@ -122,12 +145,16 @@ impl FilterArgs {
             comm,
             port,
             cidr,
+            pod,
+            container,
         } = self.clone();
         Filter {
             pid,
             comm,
             port,
             cidr,
+            pod,
+            container,
         }
     }
 }

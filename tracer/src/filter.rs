@@ -64,6 +64,10 @@ pub struct Filter {
     pub port: Option<u16>,
     /// Local or remote address.
     pub cidr: Option<Cidr>,
+    /// Pod UID (or a prefix of it).
+    pub pod: Option<String>,
+    /// Container id (or a prefix of it).
+    pub container: Option<String>,
 }
 
 impl Filter {
@@ -77,6 +81,8 @@ impl Filter {
             comm,
             port,
             cidr,
+            pod: _,
+            container: _,
         } = self;
         pid.is_none_or(|p| e.pid == p)
             && comm.as_ref().is_none_or(|c| e.comm == *c)
@@ -84,6 +90,18 @@ impl Filter {
             && cidr
                 .as_ref()
                 .is_none_or(|n| n.contains(e.local.ip()) || n.contains(e.remote.ip()))
+    }
+}
+
+impl Filter {
+    /// `--pod` / `--container` against the container of the event's cgroup.
+    pub fn matches_container(&self, c: Option<&crate::k8s::ContainerRef>) -> bool {
+        let has = |want: &Option<String>, got: Option<&String>| {
+            want.as_ref()
+                .is_none_or(|w| got.is_some_and(|g| g.starts_with(w.as_str())))
+        };
+        has(&self.pod, c.and_then(|c| c.pod_uid.as_ref()))
+            && has(&self.container, c.and_then(|c| c.container_id.as_ref()))
     }
 }
 

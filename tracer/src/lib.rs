@@ -10,7 +10,7 @@
 //! - [`engine`]: the pure diagnosis engine and its detectors.
 //! - [`live`]: probes -> engine -> sink, shared by [`record`] and [`watch`].
 //! - [`report`]: findings from a log; [`lab`]: the incidents reproduced locally.
-//! - [`sockstat`]: node TCP memory samples.
+//! - [`sockstat`]: node TCP memory samples; [`k8s`]: container and pod of a cgroup.
 //! - [`tui`]: the terminal UI, live and on a recording.
 //! - [`cli`]: the command line.
 
@@ -21,9 +21,11 @@ pub mod engine;
 pub mod event;
 pub mod filter;
 pub mod jsonl;
+pub mod k8s;
 pub mod lab;
 pub mod live;
 pub mod log;
+pub mod metrics;
 pub mod probes;
 pub mod record;
 pub mod report;

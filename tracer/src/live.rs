@@ -20,6 +20,10 @@ pub trait Sink {
     fn event(&mut self, event: &Event) -> Result<()>;
     fn sockstat(&mut self, sample: &Sockstat) -> Result<()>;
     fn finding(&mut self, finding: &Finding) -> Result<()>;
+    /// A cgroup seen for the first time, with its container and pod.
+    fn cgroup(&mut self, _info: &crate::k8s::CgroupInfo) -> Result<()> {
+        Ok(())
+    }
     /// Called after each look for new findings (5 times a second); `true` stops the run.
     fn tick(&mut self, _engine: &Engine, _probes: &Probes, _stats: LiveStats) -> Result<bool> {
         Ok(false)
@@ -46,9 +50,44 @@ fn sample_now(clock: &KernelClock) -> Result<Sockstat> {
     sockstat::read(mono, clock.wall(mono))
 }
 
+/// The next metrics connection, or never when metrics are off.
+async fn accept(
+    listener: Option<&tokio::net::TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Answers one scrape: reads the request head, writes the exposition, closes.
+async fn serve_metrics(mut socket: tokio::net::TcpStream, body: String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buf = [0u8; 4096];
+    let mut seen = Vec::new();
+    let read_head = async {
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") && seen.len() < 16 * 1024 {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), read_head).await;
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = socket.write_all(head.as_bytes()).await;
+    let _ = socket.write_all(body.as_bytes()).await;
+    let _ = socket.shutdown().await;
+}
+
 /// Decoded events through the filter into the engine and the sink.
 struct Pipeline<'a> {
     decoder: &'a crate::decode::Decoder,
+    attributor: crate::k8s::Attributor,
+    metrics: Option<crate::metrics::Metrics>,
     filter: &'a Filter,
     engine: Engine,
     stats: LiveStats,
@@ -59,8 +98,24 @@ impl Pipeline<'_> {
     fn handle(&mut self, bytes: &[u8], sink: &mut dyn Sink) {
         match self.decoder.decode(bytes) {
             Ok(event) if self.filter.matches(&event) => {
+                if let Some(info) = self.attributor.first_sight(event.cgroup) {
+                    self.engine.cgroup(&info);
+                    if let Err(e) = sink.cgroup(&info) {
+                        self.failure.get_or_insert(e);
+                    }
+                }
+                if !self
+                    .filter
+                    .matches_container(self.attributor.container(event.cgroup))
+                {
+                    self.stats.filtered += 1;
+                    return;
+                }
                 self.stats.delivered += 1;
                 self.engine.ingest(&event);
+                if let Some(m) = self.metrics.as_mut() {
+                    m.observe(&event);
+                }
                 if let Err(e) = sink.event(&event) {
                     self.failure.get_or_insert(e);
                 }
@@ -74,6 +129,22 @@ impl Pipeline<'_> {
         let s = sample_now(&self.decoder.clock)?;
         self.engine.sample(&s);
         sink.sockstat(&s)
+    }
+
+    fn metrics_text(&self, probes: &Probes) -> String {
+        let Some(m) = &self.metrics else {
+            return String::new();
+        };
+        let losses = probes.losses().unwrap_or_default();
+        let probed = crate::metrics::Probed {
+            programs: probes.attached.len(),
+            ringbuf_full: losses[tracer_common::LOSS_RINGBUF_FULL as usize],
+            owner_map: losses[tracer_common::LOSS_OWNER_MAP as usize],
+            connect_map: losses[tracer_common::LOSS_CONNECT_MAP as usize],
+            kernel_read: losses[tracer_common::LOSS_READ as usize],
+            undecodable: self.stats.undecodable,
+        };
+        m.render(&self.engine, probed)
     }
 
     fn poll(&mut self, sink: &mut dyn Sink) -> Result<()> {
@@ -96,6 +167,7 @@ pub struct LiveRun {
 pub fn run(
     filter: &Filter,
     duration: Option<f64>,
+    metrics_addr: Option<std::net::SocketAddr>,
     sink: &mut dyn Sink,
     on_attached: impl FnOnce(&Probes),
 ) -> Result<LiveRun> {
@@ -108,6 +180,8 @@ pub fn run(
         .context("starting the event loop")?;
     let mut pipe = Pipeline {
         decoder: &decoder,
+        attributor: crate::k8s::Attributor::new(),
+        metrics: metrics_addr.map(|_| crate::metrics::Metrics::default()),
         filter,
         engine: Engine::new(Config::default()),
         stats: LiveStats::default(),
@@ -115,6 +189,14 @@ pub fn run(
     };
     runtime.block_on(async {
         let mut stream = EventStream::new(ring)?;
+        let listener = match metrics_addr {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("serving metrics on {addr}"))?,
+            ),
+            None => None,
+        };
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
         // A year stands in for "no deadline" (tokio's timer cannot take Duration::MAX).
@@ -134,6 +216,12 @@ pub fn run(
             tokio::select! {
                 r = stream.drain_with(|b| pipe.handle(b, sink)) => { r?; }
                 _ = drains.tick() => { stream.drain_now(|b| pipe.handle(b, sink)); }
+                conn = accept(listener.as_ref()) => {
+                    if let Ok((socket, _)) = conn {
+                        let body = pipe.metrics_text(&probes);
+                        tokio::spawn(serve_metrics(socket, body));
+                    }
+                }
                 _ = samples.tick() => pipe.sample(sink)?,
                 _ = polls.tick() => {
                     pipe.poll(sink)?;

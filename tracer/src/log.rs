@@ -68,6 +68,8 @@ pub enum Record {
     Event(Event),
     /// A node TCP memory sample (`{"sockstat": ...}`).
     Sockstat(Sockstat),
+    /// A cgroup seen for the first time, with its container and pod (`{"cgroup": ...}`).
+    Cgroup(crate::k8s::CgroupInfo),
     /// A finding as the engine wrote it (`{"finding": ...}`).
     Finding(serde_json::Value),
     /// Every finding of the live engine when recording stopped (`{"findings": [...]}`),
@@ -129,6 +131,14 @@ impl<W: Write> LogWriter<W> {
         crate::jsonl::write_event(&mut self.line, event, &mut self.times);
         self.line.push(b'\n');
         self.out.write_all(&self.line).context("writing the log")
+    }
+
+    pub fn cgroup(&mut self, info: &crate::k8s::CgroupInfo) -> Result<()> {
+        #[derive(Serialize)]
+        struct Line<'a> {
+            cgroup: &'a crate::k8s::CgroupInfo,
+        }
+        self.write_line(&Line { cgroup: info })
     }
 
     pub fn sockstat(&mut self, sample: &Sockstat) -> Result<()> {
@@ -265,6 +275,15 @@ fn parse_record(line: &str) -> Result<Record, String> {
             .map(|l| Record::FinalFindings(l.findings))
             .map_err(|e| describe(&e));
     }
+    if line.starts_with("{\"cgroup\"") {
+        #[derive(Deserialize)]
+        struct Line {
+            cgroup: crate::k8s::CgroupInfo,
+        }
+        return serde_json::from_str::<Line>(line)
+            .map(|l| Record::Cgroup(l.cgroup))
+            .map_err(|e| describe(&e));
+    }
     if line.starts_with("{\"sockstat\"") {
         #[derive(Deserialize)]
         struct Line {
@@ -317,7 +336,10 @@ impl Log {
     pub fn events(&self) -> impl Iterator<Item = &Event> {
         self.records.iter().filter_map(|r| match r {
             Record::Event(e) => Some(e),
-            Record::Sockstat(_) | Record::Finding(_) | Record::FinalFindings(_) => None,
+            Record::Sockstat(_)
+            | Record::Cgroup(_)
+            | Record::Finding(_)
+            | Record::FinalFindings(_) => None,
         })
     }
 }

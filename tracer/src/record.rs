@@ -28,6 +28,9 @@ impl Sink for LogSink {
     fn finding(&mut self, finding: &Finding) -> Result<()> {
         self.log.finding(finding)
     }
+    fn cgroup(&mut self, info: &crate::k8s::CgroupInfo) -> Result<()> {
+        self.log.cgroup(info)
+    }
 }
 
 pub fn run(args: &RecordArgs) -> Result<()> {
@@ -43,6 +46,7 @@ pub fn run(args: &RecordArgs) -> Result<()> {
     let run = live::run(
         &args.filter.to_filter(),
         args.duration,
+        args.metrics.metrics_addr,
         &mut sink,
         |probes| {
             for warning in &probes.degraded {

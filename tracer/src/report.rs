@@ -49,6 +49,7 @@ pub fn replay(path: &Path, cfg: Config) -> Result<Replay> {
             match record {
                 Record::Event(e) => engine.ingest(&e),
                 Record::Sockstat(s) => engine.sample(&s),
+                Record::Cgroup(c) => engine.cgroup(&c),
                 Record::Finding(_) | Record::FinalFindings(_) => {}
             }
         }

@@ -93,6 +93,8 @@ pub struct Engine {
     rst: rst::RstStorm,
     pub endpoints: endpoints::Endpoints,
     pub stats: Stats,
+    /// Containers and pods by cgroup id, from the `cgroup` records.
+    cgroups: HashMap<u64, crate::k8s::ContainerRef>,
     /// Local port span to a destination, refreshed at most once a second.
     ports_seen: HashMap<std::net::SocketAddr, (u64, Option<(u16, u16)>)>,
     /// Count last reported per finding identity, for [`Engine::poll_new`].
@@ -116,6 +118,7 @@ impl Engine {
             endpoints: endpoints::Endpoints::default(),
             stats: Stats::default(),
             ports_seen: HashMap::new(),
+            cgroups: HashMap::new(),
             reported: HashMap::new(),
         }
     }
@@ -300,6 +303,13 @@ impl Engine {
         }
     }
 
+    /// Learns which container and pod a cgroup is.
+    pub fn cgroup(&mut self, info: &crate::k8s::CgroupInfo) {
+        if !info.container.is_empty() && self.cgroups.len() < 65_536 {
+            self.cgroups.insert(info.id, info.container.clone());
+        }
+    }
+
     /// Feeds one node sample; also the engine's periodic tick (leak ages).
     pub fn sample(&mut self, s: &Sockstat) {
         self.stats.samples += 1;
@@ -319,6 +329,20 @@ impl Engine {
         self.connect.findings(&mut out);
         self.stall.findings(&mut out);
         self.rst.findings(&self.cfg, &mut out);
+        for f in &mut out {
+            let Some(p) = f.process.as_mut() else {
+                continue;
+            };
+            let known = p
+                .cgroup
+                .as_deref()
+                .and_then(|id| id.parse::<u64>().ok())
+                .and_then(|id| self.cgroups.get(&id));
+            if let Some(c) = known {
+                p.container.clone_from(&c.container_id);
+                p.pod.clone_from(&c.pod_uid);
+            }
+        }
         out.sort_by(|a, b| {
             b.severity
                 .cmp(&a.severity)

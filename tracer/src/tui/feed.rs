@@ -204,6 +204,10 @@ impl Sink for TuiSink {
         self.spool.finding(finding)
     }
 
+    fn cgroup(&mut self, info: &crate::k8s::CgroupInfo) -> Result<()> {
+        self.spool.cgroup(info)
+    }
+
     fn tick(&mut self, engine: &Engine, probes: &Probes, stats: LiveStats) -> Result<bool> {
         if self.commands(engine).is_none() {
             return Ok(true);
@@ -264,7 +268,7 @@ pub fn replay(path: &Path, mut sink: TuiSink) -> Result<()> {
             let mono = match &record {
                 Record::Event(e) => Some(e.mono_ns),
                 Record::Sockstat(s) => Some(s.mono_ns),
-                Record::Finding(_) | Record::FinalFindings(_) => None,
+                Record::Cgroup(_) | Record::Finding(_) | Record::FinalFindings(_) => None,
             };
             if let Some(m) = mono {
                 let first = *first_mono.get_or_insert_with(|| {
@@ -285,6 +289,10 @@ pub fn replay(path: &Path, mut sink: TuiSink) -> Result<()> {
                 Record::Sockstat(s) => {
                     engine.sample(&s);
                     sink.sockstat(&s)?;
+                }
+                Record::Cgroup(c) => {
+                    engine.cgroup(&c);
+                    sink.cgroup(&c)?;
                 }
                 Record::Finding(_) | Record::FinalFindings(_) => {}
             }
