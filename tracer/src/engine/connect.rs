@@ -41,7 +41,8 @@ struct Group {
 struct Refused {
     connects: u64,
     resets: u64,
-    clients: BTreeMap<(u32, String), u64>,
+    /// Refused connects by (pid, comm, cgroup).
+    clients: BTreeMap<(u32, String, u64), u64>,
     socks: Involved,
     first: Option<SystemTime>,
     last: Option<SystemTime>,
@@ -73,7 +74,9 @@ impl ConnectFailures {
             let r = self.refused.entry(destination).or_default();
             r.connects += 1;
             r.socks.add(e.sock, e.local);
-            *r.clients.entry((e.pid, e.comm.clone())).or_default() += 1;
+            *r.clients
+                .entry((e.pid, e.comm.clone(), e.cgroup))
+                .or_default() += 1;
             r.first.get_or_insert(e.time);
             r.last = Some(e.time);
             return;
@@ -175,15 +178,15 @@ impl ConnectFailures {
             let top = r
                 .clients
                 .iter()
-                .max_by_key(|((pid, comm), n)| (**n, std::cmp::Reverse((*pid, comm.clone()))))
-                .map(|((pid, comm), _)| Process::new(*pid, comm, 0));
+                .max_by_key(|((pid, comm, _), n)| (**n, std::cmp::Reverse((*pid, comm.clone()))))
+                .map(|((pid, comm, cgroup), _)| Process::new(*pid, comm, *cgroup));
             let who = top.as_ref().map_or_else(String::new, |p| {
                 format!(" ({} among the callers)", p.describe())
             });
             let clients: Vec<_> = r
                 .clients
                 .iter()
-                .map(|((pid, comm), n)| serde_json::json!({"pid": pid, "comm": comm, "refused": n}))
+                .map(|((pid, comm, _), n)| serde_json::json!({"pid": pid, "comm": comm, "refused": n}))
                 .collect();
             out.push(Finding {
                 kind: Kind::ConnectionRefused,

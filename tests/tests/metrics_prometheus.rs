@@ -1,0 +1,138 @@
+//! `--metrics-addr` under a real Prometheus: `promtool check metrics` accepts the
+//! exposition, and Prometheus scrapes it and answers a query with the series.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use tests::{unique, Recorder};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or(out)
+}
+
+struct Prometheus {
+    child: Child,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn prometheus_scrapes_the_exposition_and_promtool_accepts_it() {
+    let metrics_port = free_port();
+    let rec = Recorder::start(&["--metrics-addr", &metrics_port.to_string()]);
+    // Some traffic: refused connects make connect-error and reset series.
+    let refused = free_port();
+    for _ in 0..3 {
+        let _ = TcpStream::connect(("127.0.0.1", refused));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let text = http_get(metrics_port, "/metrics");
+    assert!(text.contains("conntrace_events_total"), "{text}");
+    assert!(
+        text.contains("conntrace_connect_errors_total{errno=\"ECONNREFUSED\"}"),
+        "{text}"
+    );
+
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (apt install prometheus)");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let out = promtool.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let dir = std::env::temp_dir().join(unique("ct-prom-"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: conntrace\n    static_configs:\n      - targets: ['127.0.0.1:{metrics_port}']\n"
+        ),
+    )
+    .expect("config");
+    let web = free_port();
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{web}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus (apt install prometheus)");
+    let prom = Prometheus { child, dir };
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let answer = loop {
+        let body = TcpStream::connect(("127.0.0.1", web))
+            .ok()
+            .map(|_| http_get(web, "/api/v1/query?query=conntrace_connect_errors_total"))
+            .unwrap_or_default();
+        if body.contains("ECONNREFUSED") {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "prometheus never returned the series: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let v: serde_json::Value = serde_json::from_str(&answer).expect("query JSON");
+    assert_eq!(v["status"], "success");
+    let result = &v["data"]["result"][0];
+    assert_eq!(result["metric"]["job"], "conntrace");
+    assert_eq!(result["metric"]["errno"], "ECONNREFUSED");
+    let n: f64 = result["value"][1]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("value");
+    assert!(n >= 3.0, "{answer}");
+    drop(prom);
+    drop(rec.stop());
+}
