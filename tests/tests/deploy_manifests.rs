@@ -1,0 +1,60 @@
+//! The cluster manifests parse, ask for the capabilities and mounts the binary
+//! needs (and no blanket privilege), and run a real subcommand.
+
+use clap::Parser as _;
+use serde_yaml::Value;
+
+fn manifest() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/daemonset.yaml");
+    serde_yaml::from_str(&std::fs::read_to_string(path).expect("read daemonset.yaml")).expect("valid YAML")
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_sequence()
+        .map(|s| s.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn daemonset_has_the_capabilities_and_read_only_mounts_it_needs() {
+    let m = manifest();
+    assert_eq!(m["kind"], "DaemonSet");
+    let pod = &m["spec"]["template"]["spec"];
+    assert_eq!(pod["hostPID"], true, "findings name host pids");
+    let c = &pod["containers"][0];
+    let sc = &c["securityContext"];
+    assert_eq!(sc["privileged"], false);
+    let caps = strings(&sc["capabilities"]["add"]);
+    for needed in ["BPF", "PERFMON"] {
+        assert!(caps.iter().any(|c| c == needed), "capability {needed}: {caps:?}");
+    }
+    assert_eq!(strings(&sc["capabilities"]["drop"]), vec!["ALL"]);
+    let mounts = c["volumeMounts"].as_sequence().expect("mounts");
+    for path in ["/sys/kernel/btf", "/sys/kernel/tracing", "/sys/fs/cgroup"] {
+        let m = mounts.iter().find(|m| m["mountPath"] == path).unwrap_or_else(|| panic!("no mount {path}"));
+        assert_eq!(m["readOnly"], true, "{path} read-only");
+    }
+    let annotations = &m["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    let port = annotations["prometheus.io/port"].as_str().expect("port");
+    assert_eq!(c["ports"][0]["containerPort"].as_u64().map(|p| p.to_string()).as_deref(), Some(port));
+    assert!(c["resources"]["limits"]["memory"].is_string() && c["resources"]["requests"]["cpu"].is_string());
+}
+
+#[test]
+fn container_command_is_a_real_subcommand() {
+    let m = manifest();
+    let c = &m["spec"]["template"]["spec"]["containers"][0];
+    let mut argv = strings(&c["command"]);
+    assert_eq!(argv, vec!["/usr/local/bin/conntrace"]);
+    argv.extend(strings(&c["args"]));
+    let cli = tracer::cli::Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    let Some(tracer::cli::Command::Watch(w)) = cli.command else {
+        panic!("the DaemonSet runs `watch`")
+    };
+    assert!(w.json, "JSON lines for the log pipeline");
+    let port = m["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"].as_str().expect("port");
+    assert_eq!(w.metrics.metrics_addr.map(|a| a.port().to_string()).as_deref(), Some(port));
+    let file = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/Containerfile")).expect("Containerfile");
+    assert!(file.contains("ENTRYPOINT [\"/usr/local/bin/conntrace\"]"), "image entrypoint matches the manifest");
+}
