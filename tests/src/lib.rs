@@ -66,6 +66,11 @@ pub struct Recorder {
 impl Recorder {
     /// Starts recording with extra flags, and waits until every program is attached.
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_env(extra, &[])
+    }
+
+    /// [`Recorder::start`] with extra environment variables.
+    pub fn start_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
         require_root();
         let path = std::env::temp_dir().join(format!("{}.jsonl", unique("conntrace-test-")));
         let mut child = Command::new(conntrace_bin())
@@ -73,6 +78,7 @@ impl Recorder {
             .arg(&path)
             .args(["--duration", "120"])
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

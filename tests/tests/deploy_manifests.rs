@@ -4,14 +4,51 @@
 use clap::Parser as _;
 use serde_yaml::Value;
 
-fn manifest() -> Value {
+/// Every document of the manifest file.
+fn documents() -> Vec<Value> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/daemonset.yaml");
-    serde_yaml::from_str(&std::fs::read_to_string(path).expect("read daemonset.yaml")).expect("valid YAML")
+    let text = std::fs::read_to_string(path).expect("read daemonset.yaml");
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("valid YAML"))
+        .collect()
+}
+
+fn manifest() -> Value {
+    documents()
+        .into_iter()
+        .find(|d| d["kind"] == "DaemonSet")
+        .expect("a DaemonSet")
+}
+
+#[test]
+fn the_service_account_may_read_pods_and_nothing_more() {
+    let docs = documents();
+    let role = docs
+        .iter()
+        .find(|d| d["kind"] == "ClusterRole")
+        .expect("ClusterRole");
+    let rules = role["rules"].as_sequence().expect("rules");
+    assert_eq!(rules.len(), 1);
+    assert_eq!(strings(&rules[0]["resources"]), vec!["pods"]);
+    assert_eq!(strings(&rules[0]["verbs"]), vec!["get", "list", "watch"]);
+    assert_eq!(
+        manifest()["spec"]["template"]["spec"]["serviceAccountName"],
+        "conntrace"
+    );
+    let env = &manifest()["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert_eq!(
+        env[0]["name"], "NODE_NAME",
+        "the API client lists this node's pods"
+    );
 }
 
 fn strings(v: &Value) -> Vec<String> {
     v.as_sequence()
-        .map(|s| s.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+        .map(|s| {
+            s.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -26,19 +63,34 @@ fn daemonset_has_the_capabilities_and_read_only_mounts_it_needs() {
     assert_eq!(sc["privileged"], false);
     let caps = strings(&sc["capabilities"]["add"]);
     for needed in ["BPF", "PERFMON"] {
-        assert!(caps.iter().any(|c| c == needed), "capability {needed}: {caps:?}");
+        assert!(
+            caps.iter().any(|c| c == needed),
+            "capability {needed}: {caps:?}"
+        );
     }
     assert_eq!(strings(&sc["capabilities"]["drop"]), vec!["ALL"]);
     let mounts = c["volumeMounts"].as_sequence().expect("mounts");
     for path in ["/sys/kernel/btf", "/sys/kernel/tracing", "/sys/fs/cgroup"] {
-        let m = mounts.iter().find(|m| m["mountPath"] == path).unwrap_or_else(|| panic!("no mount {path}"));
+        let m = mounts
+            .iter()
+            .find(|m| m["mountPath"] == path)
+            .unwrap_or_else(|| panic!("no mount {path}"));
         assert_eq!(m["readOnly"], true, "{path} read-only");
     }
     let annotations = &m["spec"]["template"]["metadata"]["annotations"];
     assert_eq!(annotations["prometheus.io/scrape"], "true");
     let port = annotations["prometheus.io/port"].as_str().expect("port");
-    assert_eq!(c["ports"][0]["containerPort"].as_u64().map(|p| p.to_string()).as_deref(), Some(port));
-    assert!(c["resources"]["limits"]["memory"].is_string() && c["resources"]["requests"]["cpu"].is_string());
+    assert_eq!(
+        c["ports"][0]["containerPort"]
+            .as_u64()
+            .map(|p| p.to_string())
+            .as_deref(),
+        Some(port)
+    );
+    assert!(
+        c["resources"]["limits"]["memory"].is_string()
+            && c["resources"]["requests"]["cpu"].is_string()
+    );
 }
 
 #[test]
@@ -53,8 +105,23 @@ fn container_command_is_a_real_subcommand() {
         panic!("the DaemonSet runs `watch`")
     };
     assert!(w.json, "JSON lines for the log pipeline");
-    let port = m["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"].as_str().expect("port");
-    assert_eq!(w.metrics.metrics_addr.map(|a| a.port().to_string()).as_deref(), Some(port));
-    let file = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/Containerfile")).expect("Containerfile");
-    assert!(file.contains("ENTRYPOINT [\"/usr/local/bin/conntrace\"]"), "image entrypoint matches the manifest");
+    let port = m["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"]
+        .as_str()
+        .expect("port");
+    assert_eq!(
+        w.metrics
+            .metrics_addr
+            .map(|a| a.port().to_string())
+            .as_deref(),
+        Some(port)
+    );
+    let file = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/Containerfile"
+    ))
+    .expect("Containerfile");
+    assert!(
+        file.contains("ENTRYPOINT [\"/usr/local/bin/conntrace\"]"),
+        "image entrypoint matches the manifest"
+    );
 }

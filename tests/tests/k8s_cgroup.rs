@@ -1,8 +1,13 @@
 //! A process placed in a real cgroup with kubelet-style naming (systemd driver,
 //! containerd) makes connections; the log's cgroup record and the findings carry
-//! its pod UID and container id.
+//! its pod UID and container id, and the pod's name from a Kubernetes API (a local
+//! server answering in the API's format).
 
-use std::path::PathBuf;
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpListener,
+    path::PathBuf,
+};
 
 use tests::{findings_for, Python, Recorder};
 
@@ -75,15 +80,40 @@ for _ in range(3):
 print('done')
 ";
 
+/// Answers every request with a `PodList` holding `uid` as `shop/web-0`.
+fn fake_api(uid: &str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let body = format!(
+        r#"{{"kind":"PodList","apiVersion":"v1","metadata":{{"resourceVersion":"1"}},"items":[{{"metadata":{{"name":"web-0","namespace":"shop","uid":"{uid}"}},"spec":{{"nodeName":"node-1"}},"status":{{"phase":"Running","qosClass":"Burstable"}}}}]}}"#
+    );
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        }
+    });
+    base
+}
+
 #[test]
 fn connections_from_a_kubelet_cgroup_carry_pod_and_container() {
     let cg = KubeCgroup::new();
+    let api = fake_api(&cg.pod_uid);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
         .expect("addr")
         .port();
-    let rec = Recorder::start(&[]);
+    let rec = Recorder::start_env(
+        &[],
+        &[
+            ("NODE_NAME", "node-1"),
+            ("CONNTRACE_KUBE_API", api.as_str()),
+        ],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
     let mut client = Python::spawn(None, CLIENT, &[&port.to_string()]);
     std::fs::write(cg.leaf().join("cgroup.procs"), client.pid().to_string())
         .expect("move the client into the pod cgroup");
@@ -124,6 +154,14 @@ fn connections_from_a_kubelet_cgroup_carry_pod_and_container() {
     let refused = findings_for(&report, "connection-refused", &format!("127.0.0.1:{port}"));
     assert_eq!(refused.len(), 1, "{report:#?}");
     assert_eq!(refused[0]["process"]["pid"], pid);
-    assert_eq!(refused[0]["process"]["pod"], cg.pod_uid.as_str());
+    assert_eq!(
+        refused[0]["process"]["pod"], "shop/web-0",
+        "named by the API"
+    );
+    assert!(recording
+        .log
+        .records
+        .iter()
+        .any(|r| matches!(r, tracer::log::Record::Pod(p) if p.uid == cg.pod_uid)));
     assert_eq!(refused[0]["process"]["container"], cg.container_id.as_str());
 }

@@ -136,6 +136,9 @@ pub struct FilterArgs {
     /// Only connections of this container (id, or a prefix), from the cgroup path.
     #[arg(long, value_name = "ID")]
     pub container: Option<String>,
+    /// Only connections of pods in this namespace (in a cluster: from the Kubernetes API).
+    #[arg(long, value_name = "NS")]
+    pub namespace: Option<String>,
 }
 
 impl FilterArgs {
@@ -147,6 +150,7 @@ impl FilterArgs {
             cidr,
             pod,
             container,
+            namespace,
         } = self.clone();
         Filter {
             pid,
@@ -155,6 +159,7 @@ impl FilterArgs {
             cidr,
             pod,
             container,
+            namespace,
         }
     }
 }

@@ -68,6 +68,8 @@ pub struct Filter {
     pub pod: Option<String>,
     /// Container id (or a prefix of it).
     pub container: Option<String>,
+    /// Pod namespace (needs the Kubernetes API).
+    pub namespace: Option<String>,
 }
 
 impl Filter {
@@ -83,6 +85,7 @@ impl Filter {
             cidr,
             pod: _,
             container: _,
+            namespace: _,
         } = self;
         pid.is_none_or(|p| e.pid == p)
             && comm.as_ref().is_none_or(|c| e.comm == *c)
@@ -94,14 +97,23 @@ impl Filter {
 }
 
 impl Filter {
-    /// `--pod` / `--container` against the container of the event's cgroup.
-    pub fn matches_container(&self, c: Option<&crate::k8s::ContainerRef>) -> bool {
+    /// `--pod` / `--container` / `--namespace` against the container of the event's
+    /// cgroup and its pod's namespace.
+    pub fn matches_container(
+        &self,
+        c: Option<&crate::k8s::ContainerRef>,
+        namespace: Option<&str>,
+    ) -> bool {
         let has = |want: &Option<String>, got: Option<&String>| {
             want.as_ref()
                 .is_none_or(|w| got.is_some_and(|g| g.starts_with(w.as_str())))
         };
         has(&self.pod, c.and_then(|c| c.pod_uid.as_ref()))
             && has(&self.container, c.and_then(|c| c.container_id.as_ref()))
+            && self
+                .namespace
+                .as_ref()
+                .is_none_or(|n| namespace == Some(n.as_str()))
     }
 }
 

@@ -24,6 +24,14 @@ pub trait Sink {
     fn cgroup(&mut self, _info: &crate::k8s::CgroupInfo) -> Result<()> {
         Ok(())
     }
+    /// A pod named by the Kubernetes API.
+    fn pod(&mut self, _info: &crate::k8s::api::PodInfo) -> Result<()> {
+        Ok(())
+    }
+    /// Something degraded (printed once by the headless commands).
+    fn warn(&mut self, message: &str) {
+        eprintln!("conntrace: warning: {message}");
+    }
     /// Called after each look for new findings (5 times a second); `true` stops the run.
     fn tick(&mut self, _engine: &Engine, _probes: &Probes, _stats: LiveStats) -> Result<bool> {
         Ok(false)
@@ -87,6 +95,10 @@ async fn serve_metrics(mut socket: tokio::net::TcpStream, body: String) {
 struct Pipeline<'a> {
     decoder: &'a crate::decode::Decoder,
     attributor: crate::k8s::Attributor,
+    /// Pod names from the API, when in a cluster.
+    pods: Option<std::sync::mpsc::Receiver<Result<Vec<crate::k8s::api::PodInfo>, String>>>,
+    pod_names: std::collections::HashMap<String, crate::k8s::api::PodInfo>,
+    api_warned: bool,
     metrics: Option<crate::metrics::Metrics>,
     filter: &'a Filter,
     engine: Engine,
@@ -104,10 +116,12 @@ impl Pipeline<'_> {
                         self.failure.get_or_insert(e);
                     }
                 }
-                if !self
-                    .filter
-                    .matches_container(self.attributor.container(event.cgroup))
-                {
+                let container = self.attributor.container(event.cgroup);
+                let namespace = container
+                    .and_then(|c| c.pod_uid.as_ref())
+                    .and_then(|uid| self.pod_names.get(uid))
+                    .map(|p| p.namespace.as_str());
+                if !self.filter.matches_container(container, namespace) {
                     self.stats.filtered += 1;
                     return;
                 }
@@ -147,7 +161,35 @@ impl Pipeline<'_> {
         m.render(&self.engine, probed)
     }
 
+    /// Takes what the Kubernetes API watcher found since the last look.
+    fn pods(&mut self, sink: &mut dyn Sink) -> Result<()> {
+        let Some(rx) = &self.pods else {
+            return Ok(());
+        };
+        while let Ok(update) = rx.try_recv() {
+            match update {
+                Ok(pods) => {
+                    for p in pods {
+                        if self.pod_names.get(&p.uid) != Some(&p) {
+                            self.engine.pod(&p);
+                            sink.pod(&p)?;
+                            self.pod_names.insert(p.uid.clone(), p);
+                        }
+                    }
+                }
+                Err(e) if !std::mem::replace(&mut self.api_warned, true) => {
+                    sink.warn(&format!(
+                        "Kubernetes API unavailable ({e}); pods are named by UID"
+                    ));
+                }
+                Err(_) => {}
+            }
+        }
+        Ok(())
+    }
+
     fn poll(&mut self, sink: &mut dyn Sink) -> Result<()> {
+        self.pods(sink)?;
         for f in self.engine.poll_new() {
             sink.finding(&f)?;
         }
@@ -181,6 +223,10 @@ pub fn run(
     let mut pipe = Pipeline {
         decoder: &decoder,
         attributor: crate::k8s::Attributor::new(),
+        pods: crate::k8s::api::ApiConfig::from_env()
+            .map(|cfg| crate::k8s::api::spawn_watcher(cfg, crate::k8s::api::REFRESH)),
+        pod_names: std::collections::HashMap::new(),
+        api_warned: false,
         metrics: metrics_addr.map(|_| crate::metrics::Metrics::default()),
         filter,
         engine: Engine::new(Config::default()),

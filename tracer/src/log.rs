@@ -70,6 +70,8 @@ pub enum Record {
     Sockstat(Sockstat),
     /// A cgroup seen for the first time, with its container and pod (`{"cgroup": ...}`).
     Cgroup(crate::k8s::CgroupInfo),
+    /// A pod's name and namespace from the Kubernetes API (`{"pod": ...}`).
+    Pod(crate::k8s::api::PodInfo),
     /// A finding as the engine wrote it (`{"finding": ...}`).
     Finding(serde_json::Value),
     /// Every finding of the live engine when recording stopped (`{"findings": [...]}`),
@@ -139,6 +141,14 @@ impl<W: Write> LogWriter<W> {
             cgroup: &'a crate::k8s::CgroupInfo,
         }
         self.write_line(&Line { cgroup: info })
+    }
+
+    pub fn pod(&mut self, info: &crate::k8s::api::PodInfo) -> Result<()> {
+        #[derive(Serialize)]
+        struct Line<'a> {
+            pod: &'a crate::k8s::api::PodInfo,
+        }
+        self.write_line(&Line { pod: info })
     }
 
     pub fn sockstat(&mut self, sample: &Sockstat) -> Result<()> {
@@ -275,6 +285,15 @@ fn parse_record(line: &str) -> Result<Record, String> {
             .map(|l| Record::FinalFindings(l.findings))
             .map_err(|e| describe(&e));
     }
+    if line.starts_with("{\"pod\"") {
+        #[derive(Deserialize)]
+        struct Line {
+            pod: crate::k8s::api::PodInfo,
+        }
+        return serde_json::from_str::<Line>(line)
+            .map(|l| Record::Pod(l.pod))
+            .map_err(|e| describe(&e));
+    }
     if line.starts_with("{\"cgroup\"") {
         #[derive(Deserialize)]
         struct Line {
@@ -338,6 +357,7 @@ impl Log {
             Record::Event(e) => Some(e),
             Record::Sockstat(_)
             | Record::Cgroup(_)
+            | Record::Pod(_)
             | Record::Finding(_)
             | Record::FinalFindings(_) => None,
         })

@@ -31,6 +31,9 @@ impl Sink for LogSink {
     fn cgroup(&mut self, info: &crate::k8s::CgroupInfo) -> Result<()> {
         self.log.cgroup(info)
     }
+    fn pod(&mut self, info: &crate::k8s::api::PodInfo) -> Result<()> {
+        self.log.pod(info)
+    }
 }
 
 pub fn run(args: &RecordArgs) -> Result<()> {

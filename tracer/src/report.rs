@@ -50,6 +50,7 @@ pub fn replay(path: &Path, cfg: Config) -> Result<Replay> {
                 Record::Event(e) => engine.ingest(&e),
                 Record::Sockstat(s) => engine.sample(&s),
                 Record::Cgroup(c) => engine.cgroup(&c),
+                Record::Pod(p) => engine.pod(&p),
                 Record::Finding(_) | Record::FinalFindings(_) => {}
             }
         }

@@ -95,6 +95,8 @@ pub struct Engine {
     pub stats: Stats,
     /// Containers and pods by cgroup id, from the `cgroup` records.
     cgroups: HashMap<u64, crate::k8s::ContainerRef>,
+    /// Pod names by UID, from the `pod` records.
+    pods: HashMap<String, crate::k8s::api::PodInfo>,
     /// Local port span to a destination, refreshed at most once a second.
     ports_seen: HashMap<std::net::SocketAddr, (u64, Option<(u16, u16)>)>,
     /// Count last reported per finding identity, for [`Engine::poll_new`].
@@ -119,6 +121,7 @@ impl Engine {
             stats: Stats::default(),
             ports_seen: HashMap::new(),
             cgroups: HashMap::new(),
+            pods: HashMap::new(),
             reported: HashMap::new(),
         }
     }
@@ -310,6 +313,13 @@ impl Engine {
         }
     }
 
+    /// Learns a pod's name and namespace.
+    pub fn pod(&mut self, info: &crate::k8s::api::PodInfo) {
+        if self.pods.len() < 65_536 || self.pods.contains_key(&info.uid) {
+            self.pods.insert(info.uid.clone(), info.clone());
+        }
+    }
+
     /// Feeds one node sample; also the engine's periodic tick (leak ages).
     pub fn sample(&mut self, s: &Sockstat) {
         self.stats.samples += 1;
@@ -340,7 +350,13 @@ impl Engine {
                 .and_then(|id| self.cgroups.get(&id));
             if let Some(c) = known {
                 p.container.clone_from(&c.container_id);
-                p.pod.clone_from(&c.pod_uid);
+                // `namespace/name` once the API named the pod, else its UID.
+                p.pod = c.pod_uid.as_ref().map(|uid| {
+                    self.pods.get(uid).map_or_else(
+                        || uid.clone(),
+                        |pod| format!("{}/{}", pod.namespace, pod.name),
+                    )
+                });
             }
         }
         out.sort_by(|a, b| {

@@ -4,6 +4,7 @@
 //! `{"cgroup": ...}` record to the log; the engine keeps those records and fills
 //! `process.container` / `process.pod` in findings, so a replay attributes alike.
 
+pub mod api;
 pub mod cgroup;
 
 use std::collections::HashMap;

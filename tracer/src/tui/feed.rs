@@ -208,6 +208,14 @@ impl Sink for TuiSink {
         self.spool.cgroup(info)
     }
 
+    fn pod(&mut self, info: &crate::k8s::api::PodInfo) -> Result<()> {
+        self.spool.pod(info)
+    }
+
+    fn warn(&mut self, message: &str) {
+        self.status = Some(format!("warning: {message}"));
+    }
+
     fn tick(&mut self, engine: &Engine, probes: &Probes, stats: LiveStats) -> Result<bool> {
         if self.commands(engine).is_none() {
             return Ok(true);
@@ -268,7 +276,10 @@ pub fn replay(path: &Path, mut sink: TuiSink) -> Result<()> {
             let mono = match &record {
                 Record::Event(e) => Some(e.mono_ns),
                 Record::Sockstat(s) => Some(s.mono_ns),
-                Record::Cgroup(_) | Record::Finding(_) | Record::FinalFindings(_) => None,
+                Record::Cgroup(_)
+                | Record::Pod(_)
+                | Record::Finding(_)
+                | Record::FinalFindings(_) => None,
             };
             if let Some(m) = mono {
                 let first = *first_mono.get_or_insert_with(|| {
@@ -293,6 +304,10 @@ pub fn replay(path: &Path, mut sink: TuiSink) -> Result<()> {
                 Record::Cgroup(c) => {
                     engine.cgroup(&c);
                     sink.cgroup(&c)?;
+                }
+                Record::Pod(p) => {
+                    engine.pod(&p);
+                    sink.pod(&p)?;
                 }
                 Record::Finding(_) | Record::FinalFindings(_) => {}
             }

@@ -111,3 +111,42 @@ fn no_socket_reset_for_a_late_segment_is_not_a_refusal() {
     let engine = run(&[late]);
     assert!(of_kind(&engine, Kind::ConnectionRefused).is_empty());
 }
+
+#[test]
+fn findings_name_the_container_and_pod_of_the_callers_cgroup() {
+    let mut engine = Engine::new(Config::default());
+    let c = Sock::new(3, 11, "curl", "127.0.0.1:40000", "127.0.0.1:9");
+    engine.ingest(&c.connect_error(1, libc::ECONNREFUSED));
+    let container = crate::k8s::ContainerRef {
+        runtime: Some("containerd".into()),
+        container_id: Some("abc123abc123abc1".into()),
+        pod_uid: Some("7a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9".into()),
+        qos: Some("burstable".into()),
+    };
+    engine.cgroup(&crate::k8s::CgroupInfo {
+        id: 1,
+        path: "/kubepods.slice/x".into(),
+        container,
+    });
+    let process = |e: &Engine| {
+        of_kind(e, Kind::ConnectionRefused)[0]
+            .process
+            .clone()
+            .expect("process")
+    };
+    assert_eq!(
+        process(&engine).pod.as_deref(),
+        Some("7a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9"),
+        "UID until the API names it"
+    );
+    assert_eq!(
+        process(&engine).container.as_deref(),
+        Some("abc123abc123abc1")
+    );
+    engine.pod(&crate::k8s::api::PodInfo {
+        uid: "7a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9".into(),
+        namespace: "shop".into(),
+        name: "web-0".into(),
+    });
+    assert_eq!(process(&engine).pod.as_deref(), Some("shop/web-0"));
+}
