@@ -150,7 +150,7 @@ impl Pipeline<'_> {
             return String::new();
         };
         let losses = probes.losses().unwrap_or_default();
-        let probed = crate::metrics::Probed {
+        let kernel = crate::metrics::Probed {
             programs: probes.attached.len(),
             ringbuf_full: losses[tracer_common::LOSS_RINGBUF_FULL as usize],
             owner_map: losses[tracer_common::LOSS_OWNER_MAP as usize],
@@ -158,7 +158,7 @@ impl Pipeline<'_> {
             kernel_read: losses[tracer_common::LOSS_READ as usize],
             undecodable: self.stats.undecodable,
         };
-        m.render(&self.engine, probed)
+        m.render(&self.engine, kernel)
     }
 
     /// Takes what the Kubernetes API watcher found since the last look.

@@ -155,8 +155,17 @@ impl Metrics {
         for (errno, n) in &self.connect_errors {
             let _ = writeln!(s, "conntrace_connect_errors_total{{errno=\"{errno}\"}} {n}");
         }
+        self.render_rest(&mut s, engine, probed);
+        s
+    }
+
+    /// The idle-close histograms and the gauges read at scrape time.
+    fn render_rest(&self, s: &mut String, engine: &Engine, probed: Probed) {
+        let family = |s: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
         family(
-            &mut s,
+            s,
             "conntrace_idle_before_close_seconds",
             "histogram",
             "Idle time at which a server endpoint closed a connection first (peer FIN seen by a client on this node).",
@@ -185,7 +194,7 @@ impl Metrics {
             );
         }
         family(
-            &mut s,
+            s,
             "conntrace_metrics_endpoints_dropped_total",
             "counter",
             "Idle-close observations not kept because the endpoint cap was reached.",
@@ -196,7 +205,7 @@ impl Metrics {
             self.endpoints_dropped
         );
         family(
-            &mut s,
+            s,
             "conntrace_findings_active",
             "gauge",
             "Current findings, by kind and severity.",
@@ -216,7 +225,7 @@ impl Metrics {
             );
         }
         family(
-            &mut s,
+            s,
             "conntrace_events_lost_total",
             "counter",
             "Events lost, by cause.",
@@ -232,20 +241,19 @@ impl Metrics {
             let _ = writeln!(s, "conntrace_events_lost_total{{cause=\"{cause}\"}} {n}");
         }
         family(
-            &mut s,
+            s,
             "conntrace_programs_attached",
             "gauge",
             "Kernel programs attached.",
         );
         let _ = writeln!(s, "conntrace_programs_attached {}", probed.programs);
         family(
-            &mut s,
+            s,
             "conntrace_connections_tracked",
             "gauge",
             "Connections in the engine's table.",
         );
         let _ = writeln!(s, "conntrace_connections_tracked {}", engine.conns.len());
-        s
     }
 }
 

@@ -76,10 +76,11 @@ impl ApiConfig {
         let token = std::fs::read_to_string(Path::new(SA).join("token"))
             .ok()
             .map(|t| t.trim().to_owned());
-        let base = if let Ok(b) = std::env::var("CONNTRACE_KUBE_API") { b } else {
+        let base = if let Ok(b) = std::env::var("CONNTRACE_KUBE_API") {
+            b
+        } else {
             let host = std::env::var("KUBERNETES_SERVICE_HOST").ok()?;
-            let port =
-                std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
+            let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
             let host = if host.contains(':') {
                 format!("[{host}]")
             } else {

@@ -226,6 +226,10 @@ impl Sink for TuiSink {
 }
 
 /// Plays a log back through the engine at `speed` times real time.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one playback loop: commands, pacing, reading, publishing"
+)]
 pub fn replay(path: &Path, mut sink: TuiSink) -> Result<()> {
     let mut reader = LogReader::open(path)?;
     let total = std::fs::metadata(path).map_or(1, |m| m.len().max(1));
