@@ -34,6 +34,10 @@ pub mod owner_src {
     pub const CURRENT_TASK: u8 = 0;
     /// The process that created (connect/listen) or accepted the socket.
     pub const SOCKET: u8 = 1;
+    /// Nobody: the socket's owner is not known (it predates the trace) and the event
+    /// fired outside any process' context (softirq, timer), so pid and comm are zero
+    /// rather than whichever task the interrupt happened to land on.
+    pub const NONE: u8 = 2;
 }
 
 /// Bits of [`RawEvent::flags`].

@@ -35,7 +35,10 @@ use crate::sock::{
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
+const TCP_FIN_WAIT1: i32 = 4;
 const TCP_CLOSE: i32 = 7;
+const TCP_CLOSE_WAIT: i32 = 8;
+const TCP_LAST_ACK: i32 = 9;
 const TCP_LISTEN: i32 = 10;
 const EINPROGRESS: i64 = 115;
 
@@ -106,8 +109,10 @@ fn remember_owner(sk: u64, owner: &Owner) {
     }
 }
 
-/// Owner of `sk` if known, else the current task (flagged as such).
-fn set_owner(ev: &mut RawEvent, sk: u64) {
+/// Owner of `sk` if known; else the current task when the hook is known to run in
+/// the context of a process acting on the socket (`in_task`), flagged as such; else
+/// nobody (pid 0): in softirq the current task is whoever the interrupt landed on.
+fn set_owner(ev: &mut RawEvent, sk: u64, in_task: bool) {
     // SAFETY: the value is copied out at once; LRU entries may be evicted concurrently
     // but the map value memory stays valid for the duration of the program.
     let owner = match unsafe { OWNERS.get(sk) } {
@@ -115,9 +120,13 @@ fn set_owner(ev: &mut RawEvent, sk: u64) {
             ev.owner_src = owner_src::SOCKET;
             *owner
         }
-        None => {
+        None if in_task => {
             ev.owner_src = owner_src::CURRENT_TASK;
             current_owner()
+        }
+        None => {
+            ev.owner_src = owner_src::NONE;
+            return;
         }
     };
     ev.pid = owner.pid;
@@ -143,6 +152,17 @@ fn report(result: Result<(), i64>) -> i32 {
         count_loss(LOSS_READ);
     }
     0
+}
+
+/// Transitions that only ever run in the system call of a process acting on the
+/// socket: connect(), listen(), close()/shutdown(). Everything else (handshake
+/// completion, peer FIN, resets, timers) may run in softirq on any task.
+fn in_task_transition(old: i32, new: i32) -> bool {
+    new == TCP_SYN_SENT
+        || new == TCP_LISTEN
+        || (new == TCP_FIN_WAIT1 && (old == TCP_ESTABLISHED || old == TCP_SYN_RECV))
+        || (old == TCP_CLOSE_WAIT && new == TCP_LAST_ACK)
+        || (old == TCP_LISTEN && new == TCP_CLOSE)
 }
 
 /// `trace_inet_sock_set_state(const struct sock *sk, const int oldstate, const int newstate)`
@@ -188,7 +208,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
             let _ = OWNERS.remove(key);
         }
     }
-    set_owner(&mut ev, key);
+    set_owner(&mut ev, key, in_task_transition(old, new));
     // Idle times mean something only once the connection carried data.
     if had_data(old) {
         fill_idle(&mut ev, sk, &off)?;
@@ -243,7 +263,7 @@ fn try_sock_event(ctx: &BtfTracePointContext, kind: u8) -> Result<(), i64> {
         let err: i32 = read(sk, off.sk_err)?;
         ev.errno = err;
     }
-    set_owner(&mut ev, key);
+    set_owner(&mut ev, key, false);
     fill_sock_state(&mut ev, sk, &off)?;
     emit(&ev);
     Ok(())
@@ -293,7 +313,7 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<(), i64> {
     ev.saddr = local.2;
     ev.dport = remote.1;
     ev.daddr = remote.2;
-    set_owner(&mut ev, sk);
+    set_owner(&mut ev, sk, false);
     if sk == 0 {
         // No socket: the reset answers a segment nobody owns; the current task is noise.
         ev.pid = 0;
@@ -415,7 +435,7 @@ fn try_sys_exit_accept(ctx: &TracePointContext) -> Result<(), i64> {
     fill_sock(&mut ev, sk, &off)?;
     let state: u8 = read(sk, off.skc_state)?;
     ev.new_state = state;
-    set_owner(&mut ev, key);
+    set_owner(&mut ev, key, true);
     emit(&ev);
     Ok(())
 }

@@ -25,8 +25,10 @@ pub struct Event {
     /// cgroup v2 id of the owner.
     #[serde(default)]
     pub cgroup: u64,
-    /// `true` when pid/comm are the socket's owner (connect, listen, accept),
-    /// `false` when they are merely the task that ran when the event fired.
+    /// `true` when pid/comm are the socket's owner (connect, listen, accept);
+    /// `false` when the socket predates the trace: then pid/comm are the process
+    /// acting on it in a system call (close, shutdown), or pid 0 and an empty comm
+    /// for events raised in softirq or timer context.
     #[serde(default)]
     pub owner_known: bool,
     /// Socket identity, stable for the socket's life (kernel `struct sock` address).

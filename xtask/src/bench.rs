@@ -18,7 +18,7 @@ use anyhow::{bail, Context as _, Result};
 use crate::{have, output, status, storm, workspace_root};
 
 const PORT: u16 = 18089;
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 const WRK_SECS: u32 = 5;
 
 /// One reported figure.
@@ -182,6 +182,45 @@ impl Tracer {
         Ok(Self { child, rest: None })
     }
 
+    /// What the tracer has cost so far: its process' CPU time (user + system, from
+    /// `/proc/PID/stat`) and its BPF programs' run time and run count (the
+    /// `run_time_ns`/`run_cnt` of each program fd it holds; kernel BPF statistics are
+    /// on while conntrace runs, and bpftrace's programs are counted while they are).
+    fn cost(&self) -> Cost {
+        let pid = self.child.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the ")" closing comm: state is field 3, utime 14, stime 15.
+        let ticks: f64 = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().skip(11).take(2))
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.parse::<f64>().ok())
+            .sum();
+        let mut cost = Cost {
+            cpu_s: ticks / 100.0, // USER_HZ
+            ..Cost::default()
+        };
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+            return cost;
+        };
+        for fd in fds.flatten() {
+            let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
+            if !info.contains("prog_tag") {
+                continue;
+            }
+            for line in info.lines() {
+                let mut it = line.split_whitespace();
+                match (it.next(), it.next().and_then(|v| v.parse::<f64>().ok())) {
+                    (Some("run_time_ns:"), Some(v)) => cost.bpf_ns += v,
+                    (Some("run_cnt:"), Some(v)) => cost.bpf_runs += v,
+                    _ => {}
+                }
+            }
+        }
+        cost
+    }
+
     /// SIGINT, wait, and return the stderr lines printed after attaching.
     fn stop(mut self) -> Result<Vec<String>> {
         let _ = Command::new("kill")
@@ -195,6 +234,53 @@ impl Tracer {
             None => Ok(Vec::new()),
         }
     }
+}
+
+/// `kernel.bpf_stats_enabled` on for as long as this lives, then as it was.
+struct BpfStats(Option<String>);
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> Self {
+        let before = std::fs::read_to_string(BPF_STATS).ok();
+        if std::fs::write(BPF_STATS, "1").is_err() {
+            eprintln!("xtask bench: cannot enable {BPF_STATS}; program run times will read 0");
+        }
+        Self(before)
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        if let Some(before) = &self.0 {
+            let _ = std::fs::write(BPF_STATS, before.trim());
+        }
+    }
+}
+
+/// A tracer's CPU: its own process, and its programs in the kernel.
+#[derive(Clone, Copy, Default)]
+struct Cost {
+    cpu_s: f64,
+    bpf_ns: f64,
+    bpf_runs: f64,
+}
+
+/// Median microseconds per request of a tracer: (userspace, kernel programs, runs).
+fn per_request(costs: &[(Cost, f64)]) -> (f64, f64, f64) {
+    let user = median(costs.iter().map(|(c, n)| c.cpu_s * 1e6 / n).collect());
+    let kernel = median(costs.iter().map(|(c, n)| c.bpf_ns / 1e3 / n).collect());
+    let runs = median(costs.iter().map(|(c, n)| c.bpf_runs / n).collect());
+    (user, kernel, runs)
+}
+
+/// Medians of one workload, three ways.
+struct Throughput {
+    /// Requests/s: none, conntrace, bpftrace.
+    rps: [f64; 3],
+    /// Per request (µs userspace, µs kernel programs, program runs): conntrace, bpftrace.
+    cost: [(f64, f64, f64); 2],
 }
 
 /// wrk against nginx; requests per second.
@@ -211,9 +297,10 @@ fn wrk(close: bool) -> Result<f64> {
         .with_context(|| format!("no Requests/sec in wrk output: {out}"))
 }
 
-/// Runs the three variants interleaved; returns (none, conntrace, bpftrace) medians.
-fn throughput(bin: &Path, dir: &Path, close: bool, log: &mut String) -> Result<[f64; 3]> {
+/// Runs the three variants interleaved; returns their medians.
+fn throughput(bin: &Path, dir: &Path, close: bool, log: &mut String) -> Result<Throughput> {
     let mut results: [Vec<f64>; 3] = Default::default();
+    let mut costs: [Vec<(Cost, f64)>; 2] = Default::default();
     for round in 0..ROUNDS {
         for (i, variant) in ["none", "conntrace", "bpftrace"].iter().enumerate() {
             let tracer = match i {
@@ -221,8 +308,24 @@ fn throughput(bin: &Path, dir: &Path, close: bool, log: &mut String) -> Result<[
                 2 => Some(Tracer::bpftrace(&dir.join("bpftrace.out"))?),
                 _ => None,
             };
+            let before = tracer.as_ref().map(Tracer::cost).unwrap_or_default();
             let rps = wrk(close)?;
+            let mut cost_note = String::new();
             if let Some(t) = tracer {
+                let after = t.cost();
+                let requests = rps * f64::from(WRK_SECS);
+                let c = Cost {
+                    cpu_s: after.cpu_s - before.cpu_s,
+                    bpf_ns: after.bpf_ns - before.bpf_ns,
+                    bpf_runs: after.bpf_runs - before.bpf_runs,
+                };
+                cost_note = format!(
+                    "  cost/request: {:.2} µs user, {:.2} µs in {:.1} program runs",
+                    c.cpu_s * 1e6 / requests,
+                    c.bpf_ns / 1e3 / requests,
+                    c.bpf_runs / requests
+                );
+                costs[i - 1].push((c, requests));
                 let lines = t.stop()?;
                 if i == 1 {
                     if let Some(l) = lines.iter().find(|l| l.contains("wrote")) {
@@ -230,16 +333,23 @@ fn throughput(bin: &Path, dir: &Path, close: bool, log: &mut String) -> Result<[
                     }
                 }
             }
-            let _ = writeln!(log, "  round {round} {variant:<9} {rps:>10.0} req/s");
+            let _ = writeln!(
+                log,
+                "  round {round} {variant:<9} {rps:>10.0} req/s{cost_note}"
+            );
             eprintln!(
-                "xtask bench: {} round {round} {variant}: {rps:.0} req/s",
+                "xtask bench: {} round {round} {variant}: {rps:.0} req/s{cost_note}",
                 if close { "churn" } else { "keep-alive" }
             );
             results[i].push(rps);
         }
     }
     let [a, b, c] = results;
-    Ok([median(a), median(b), median(c)])
+    let [ct, bt] = costs;
+    Ok(Throughput {
+        rps: [median(a), median(b), median(c)],
+        cost: [per_request(&ct), per_request(&bt)],
+    })
 }
 
 /// A synthetic log: `conns` connections to 50 server endpoints; each opens, sits
@@ -387,13 +497,28 @@ pub fn run() -> Result<()> {
     write_summary(&root, &b.dir, &b.figures, &b.log)
 }
 
-fn pct_note(r: &[f64; 3]) -> String {
+fn pct_note(t: &Throughput) -> String {
+    let r = &t.rps;
+    // The CPU the untraced machine spends on one request: all its cores over its rate.
+    let cores = f64::from(
+        std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1)),
+    );
+    let [(cu, ck, cr), (bu, bk, br)] = t.cost;
     format!(
-        "untraced {:.0} req/s, conntrace {:.0}, bpftrace {:.0} ({:.1}%)",
+        "untraced {:.0} req/s, conntrace {:.0}, bpftrace {:.0} ({:.1}%); \
+         cost per request: conntrace {:.2} µs userspace + {:.2} µs in {:.1} program runs, \
+         bpftrace {:.2} + {:.2} µs in {:.1} runs, against {:.1} µs of CPU per request untraced",
         r[0],
         r[1],
         r[2],
-        r[2] / r[0] * 100.0
+        r[2] / r[0] * 100.0,
+        cu,
+        ck,
+        cr,
+        bu,
+        bk,
+        br,
+        cores * 1e6 / r[0],
     )
 }
 
@@ -422,6 +547,8 @@ impl Bench {
     /// 1, 2. Throughput under churn and keep-alive, three ways, interleaved.
     fn overhead(&mut self) -> Result<()> {
         let nginx = Nginx::start(&self.dir)?;
+        // Program run times for both tracers alike (conntrace turns them on itself).
+        let _stats = BpfStats::enable();
         let _ = writeln!(
             self.log,
             "connection churn (wrk -t2 -c64 -d{WRK_SECS}s, Connection: close):"
@@ -430,7 +557,7 @@ impl Bench {
         let _ = writeln!(self.log, "keep-alive (wrk -t2 -c64 -d{WRK_SECS}s):");
         let keepalive = throughput(&self.bin, &self.dir, false, &mut self.log)?;
         drop(nginx);
-        let (traced, peer) = (churn[1] / churn[0], churn[2] / churn[0]);
+        let (traced, peer) = (churn.rps[1] / churn.rps[0], churn.rps[2] / churn.rps[0]);
         self.figures.push(Figure {
             name: "churn throughput with conntrace",
             value: traced * 100.0,
@@ -439,7 +566,7 @@ impl Bench {
             met: traced >= 0.97 && traced > peer,
             note: pct_note(&churn),
         });
-        let ratio = keepalive[1] / keepalive[0];
+        let ratio = keepalive.rps[1] / keepalive.rps[0];
         self.figures.push(Figure {
             name: "keep-alive throughput with conntrace",
             value: ratio * 100.0,
