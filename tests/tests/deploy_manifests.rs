@@ -109,7 +109,7 @@ fn container_command_is_a_real_subcommand() {
         .as_str()
         .expect("port");
     assert_eq!(
-        w.metrics
+        w.live
             .metrics_addr
             .map(|a| a.port().to_string())
             .as_deref(),

@@ -1,5 +1,6 @@
 //! EADDRNOTAVAIL from connect() when the ephemeral port range is exhausted, in a
-//! network namespace with a three-port `ip_local_port_range`.
+//! network namespace with a three-port `ip_local_port_range`: from the connect()
+//! system-call hooks, and inferred by the state tracker with `--no-syscall-hooks`.
 
 use tests::{Netns, Python, Recorder};
 use tracer::event::EventKind;
@@ -23,9 +24,18 @@ else:
 
 #[test]
 fn exhausted_port_range_gives_eaddrnotavail_with_the_destination() {
+    exhaust(&[]);
+}
+
+#[test]
+fn without_syscall_hooks_eaddrnotavail_is_inferred_once() {
+    exhaust(&["--no-syscall-hooks"]);
+}
+
+fn exhaust(flags: &[&str]) {
     let ns = Netns::new();
     ns.sysctl("net.ipv4.ip_local_port_range", "40000 40002");
-    let rec = Recorder::start(&[]);
+    let rec = Recorder::start(flags);
     let mut client = Python::spawn(Some(&ns.name), CLIENT, &[]);
     let line = client.line();
     let pid = client.pid();

@@ -219,6 +219,10 @@ pub struct Offsets {
     pub rst_skbaddr: u32,
     /// `sk_buff.data`: at `tcp_send_reset` it points at the offending segment's TCP header.
     pub skb_data: u32,
+    /// Nonzero when the connect() system-call hooks are off: a connect whose port
+    /// search failed (SYN_SENT -> CLOSE with no local port, in the caller's context)
+    /// is reported as the EADDRNOTAVAIL that connect() returned.
+    pub infer_port_exhaustion: u32,
     /// Nonzero once userspace has filled the offsets; programs do nothing before.
     pub ready: u32,
 }
@@ -257,6 +261,7 @@ impl Offsets {
         rst_daddr: 0,
         rst_skbaddr: 0,
         skb_data: 0,
+        infer_port_exhaustion: 0,
         ready: 0,
     };
 }

@@ -41,6 +41,7 @@ const TCP_CLOSE_WAIT: i32 = 8;
 const TCP_LAST_ACK: i32 = 9;
 const TCP_LISTEN: i32 = 10;
 const EINPROGRESS: i64 = 115;
+const EADDRNOTAVAIL: i32 = 99;
 
 /// ESTABLISHED, FIN_WAIT1/2, TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING.
 fn had_data(state: i32) -> bool {
@@ -214,6 +215,15 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
         fill_idle(&mut ev, sk, &off)?;
     }
     emit(&ev);
+
+    // Without the connect() hooks: a connect that found no free local port fails
+    // between ->SYN_SENT and port assignment (inet_hash_connect), in the caller's
+    // context, with no port; that is connect()'s EADDRNOTAVAIL.
+    if off.infer_port_exhaustion != 0 && old == TCP_SYN_SENT && new == TCP_CLOSE && ev.sport == 0 {
+        ev.kind = kind::CONNECT_ERROR;
+        ev.errno = EADDRNOTAVAIL;
+        emit(&ev);
+    }
 
     // The owner entry outlives ->CLOSE on purpose: the error report and late resets of
     // a dying socket come after it. The LRU map bounds it; a new socket at this address

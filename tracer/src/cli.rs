@@ -20,16 +20,23 @@ pub struct Cli {
     #[command(flatten)]
     pub filter: FilterArgs,
     #[command(flatten)]
-    pub metrics: MetricsArgs,
+    pub live: LiveArgs,
 }
 
-/// `--metrics-addr`, for the live commands.
-#[derive(Debug, Args, Clone, Default)]
-#[command(next_help_heading = "Metrics")]
-pub struct MetricsArgs {
+/// How the live commands trace and what they serve.
+#[derive(Debug, Args, Clone, Copy, Default)]
+#[command(next_help_heading = "Live tracing")]
+pub struct LiveArgs {
     /// Serve Prometheus metrics on this address (PORT means 127.0.0.1:PORT; off by default).
     #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Attach no system-call tracepoints (connect, accept). While any is attached every
+    /// system call on the node takes the kernel's slower traced path (about 50 ns
+    /// more); without them, accepted connections are attributed to their listener's
+    /// owner, EADDRNOTAVAIL is inferred from the kernel's failed port search, and
+    /// other synchronous connect errors (ENETUNREACH, ...) are not seen.
+    #[arg(long)]
+    pub no_syscall_hooks: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -53,7 +60,7 @@ pub struct TuiArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
     #[command(flatten)]
-    pub metrics: MetricsArgs,
+    pub live: LiveArgs,
 }
 
 #[derive(Debug, Args)]
@@ -76,7 +83,7 @@ pub struct WatchArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
     #[command(flatten)]
-    pub metrics: MetricsArgs,
+    pub live: LiveArgs,
 }
 
 #[derive(Debug, Args)]
@@ -111,7 +118,7 @@ pub struct RecordArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
     #[command(flatten)]
-    pub metrics: MetricsArgs,
+    pub live: LiveArgs,
 }
 
 /// Event selection shared by the live commands.

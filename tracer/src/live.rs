@@ -209,11 +209,12 @@ pub struct LiveRun {
 pub fn run(
     filter: &Filter,
     duration: Option<f64>,
-    metrics_addr: Option<std::net::SocketAddr>,
+    live: crate::cli::LiveArgs,
     sink: &mut dyn Sink,
     on_attached: impl FnOnce(&Probes),
 ) -> Result<LiveRun> {
-    let mut probes = Probes::load()?;
+    let metrics_addr = live.metrics_addr;
+    let mut probes = Probes::load(!live.no_syscall_hooks)?;
     let ring = probes.take_ring()?;
     let decoder = probes.decoder.clone();
     let runtime = tokio::runtime::Builder::new_current_thread()

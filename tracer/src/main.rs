@@ -8,8 +8,8 @@ use tracer::cli::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        None => tracer::tui::run_live(&cli.filter, cli.metrics.metrics_addr),
-        Some(Command::Tui(args)) => tracer::tui::run_live(&args.filter, args.metrics.metrics_addr),
+        None => tracer::tui::run_live(&cli.filter, cli.live),
+        Some(Command::Tui(args)) => tracer::tui::run_live(&args.filter, args.live),
         Some(Command::Replay(args)) => tracer::tui::run_replay(&args.file),
         Some(Command::Record(args)) => tracer::record::run(args),
         Some(Command::Watch(args)) => tracer::watch::run(args),

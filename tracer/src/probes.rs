@@ -148,6 +148,7 @@ pub fn offsets(btf: &Btf, tracefs: &Path) -> Result<Offsets> {
         rst_daddr: rst_off("daddr")?,
         rst_skbaddr: rst_off("skbaddr")?,
         skb_data: f("sk_buff", "data")?,
+        infer_port_exhaustion: 0,
         ready: 1,
     })
 }
@@ -176,13 +177,17 @@ impl Probes {
     /// Checks privileges, computes offsets, loads and attaches every program.
     /// Programs other than the state tracker may fail to attach: they are listed in
     /// [`Probes::degraded`] with what is lost, and the rest keeps running.
-    pub fn load() -> Result<Self> {
+    ///
+    /// Without `syscall_hooks` the `syscalls/*` tracepoints stay detached (see
+    /// `--no-syscall-hooks`) and the state tracker infers EADDRNOTAVAIL instead.
+    pub fn load(syscall_hooks: bool) -> Result<Self> {
         let start = Instant::now();
         check_privileges()?;
         raise_memlock();
         let btf = Btf::vmlinux()?;
         let tracefs = tracefs::ensure_mounted()?;
-        let offsets = offsets(&btf, &tracefs)?;
+        let mut offsets = offsets(&btf, &tracefs)?;
+        offsets.infer_port_exhaustion = u32::from(!syscall_hooks);
         let decoder = Decoder {
             clock: KernelClock::detect()?,
             reset_reasons: reset_reasons(&btf),
@@ -200,6 +205,9 @@ impl Probes {
         let mut attached = Vec::new();
         let mut degraded = Vec::new();
         for (name, hook, loses) in PROGRAMS {
+            if !syscall_hooks && matches!(hook, Hook::Classic("syscalls", _)) {
+                continue;
+            }
             match attach(&mut ebpf, name, hook, &aya_btf) {
                 Ok(()) => attached.push(name),
                 Err(e) if name == "inet_sock_set_state" => {

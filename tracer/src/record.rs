@@ -49,7 +49,7 @@ pub fn run(args: &RecordArgs) -> Result<()> {
     let run = live::run(
         &args.filter.to_filter(),
         args.duration,
-        args.metrics.metrics_addr,
+        args.live,
         &mut sink,
         |probes| {
             for warning in &probes.degraded {

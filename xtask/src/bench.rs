@@ -21,6 +21,9 @@ const PORT: u16 = 18089;
 const ROUNDS: usize = 5;
 const WRK_SECS: u32 = 5;
 
+/// The target of a figure reported for information.
+const NO_TARGET: &str = "(none set)";
+
 /// One reported figure.
 struct Figure {
     name: &'static str,
@@ -125,11 +128,12 @@ tracepoint:sock:inet_sock_set_state /args->protocol == 6/ {
 "#;
 
 impl Tracer {
-    fn conntrace(bin: &Path, out: &Path) -> Result<(Self, Duration)> {
+    fn conntrace(bin: &Path, out: &Path, flags: &[&str]) -> Result<(Self, Duration)> {
         let started = Instant::now();
         let mut child = Command::new(bin)
             .args(["record", "-o"])
             .arg(out)
+            .args(flags)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -275,12 +279,16 @@ fn per_request(costs: &[(Cost, f64)]) -> (f64, f64, f64) {
     (user, kernel, runs)
 }
 
-/// Medians of one workload, three ways.
+/// The variants of a throughput run, in the order they run each round.
+const VARIANTS: [&str; 4] = ["none", "conntrace", "no-syscall", "bpftrace"];
+
+/// Medians of one workload, each variant.
 struct Throughput {
-    /// Requests/s: none, conntrace, bpftrace.
-    rps: [f64; 3],
-    /// Per request (µs userspace, µs kernel programs, program runs): conntrace, bpftrace.
-    cost: [(f64, f64, f64); 2],
+    /// Requests/s, by [`VARIANTS`].
+    rps: [f64; 4],
+    /// Per request (µs userspace, µs kernel programs, program runs), by [`VARIANTS`]
+    /// (zero for `none`).
+    cost: [(f64, f64, f64); 4],
 }
 
 /// wrk against nginx; requests per second.
@@ -297,15 +305,17 @@ fn wrk(close: bool) -> Result<f64> {
         .with_context(|| format!("no Requests/sec in wrk output: {out}"))
 }
 
-/// Runs the three variants interleaved; returns their medians.
+/// Runs the variants interleaved; returns their medians.
 fn throughput(bin: &Path, dir: &Path, close: bool, log: &mut String) -> Result<Throughput> {
-    let mut results: [Vec<f64>; 3] = Default::default();
-    let mut costs: [Vec<(Cost, f64)>; 2] = Default::default();
+    let mut results: [Vec<f64>; 4] = Default::default();
+    let mut costs: [Vec<(Cost, f64)>; 4] = Default::default();
+    let record = dir.join("record.jsonl");
     for round in 0..ROUNDS {
-        for (i, variant) in ["none", "conntrace", "bpftrace"].iter().enumerate() {
-            let tracer = match i {
-                1 => Some(Tracer::conntrace(bin, &dir.join("record.jsonl"))?.0),
-                2 => Some(Tracer::bpftrace(&dir.join("bpftrace.out"))?),
+        for (i, variant) in VARIANTS.iter().enumerate() {
+            let tracer = match *variant {
+                "conntrace" => Some(Tracer::conntrace(bin, &record, &[])?.0),
+                "no-syscall" => Some(Tracer::conntrace(bin, &record, &["--no-syscall-hooks"])?.0),
+                "bpftrace" => Some(Tracer::bpftrace(&dir.join("bpftrace.out"))?),
                 _ => None,
             };
             let before = tracer.as_ref().map(Tracer::cost).unwrap_or_default();
@@ -325,17 +335,15 @@ fn throughput(bin: &Path, dir: &Path, close: bool, log: &mut String) -> Result<T
                     c.bpf_ns / 1e3 / requests,
                     c.bpf_runs / requests
                 );
-                costs[i - 1].push((c, requests));
+                costs[i].push((c, requests));
                 let lines = t.stop()?;
-                if i == 1 {
-                    if let Some(l) = lines.iter().find(|l| l.contains("wrote")) {
-                        let _ = writeln!(log, "    conntrace: {l}");
-                    }
+                if let Some(l) = lines.iter().find(|l| l.contains("wrote")) {
+                    let _ = writeln!(log, "    {variant}: {l}");
                 }
             }
             let _ = writeln!(
                 log,
-                "  round {round} {variant:<9} {rps:>10.0} req/s{cost_note}"
+                "  round {round} {variant:<10} {rps:>10.0} req/s{cost_note}"
             );
             eprintln!(
                 "xtask bench: {} round {round} {variant}: {rps:.0} req/s{cost_note}",
@@ -344,12 +352,17 @@ fn throughput(bin: &Path, dir: &Path, close: bool, log: &mut String) -> Result<T
             results[i].push(rps);
         }
     }
-    let [a, b, c] = results;
-    let [ct, bt] = costs;
-    Ok(Throughput {
-        rps: [median(a), median(b), median(c)],
-        cost: [per_request(&ct), per_request(&bt)],
-    })
+    let mut out = Throughput {
+        rps: [0.0; 4],
+        cost: [(0.0, 0.0, 0.0); 4],
+    };
+    for i in 0..VARIANTS.len() {
+        out.rps[i] = median(std::mem::take(&mut results[i]));
+        if !costs[i].is_empty() {
+            out.cost[i] = per_request(&costs[i]);
+        }
+    }
+    Ok(out)
 }
 
 /// A synthetic log: `conns` connections to 50 server endpoints; each opens, sits
@@ -503,21 +516,23 @@ fn pct_note(t: &Throughput) -> String {
     let cores = f64::from(
         std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1)),
     );
-    let [(cu, ck, cr), (bu, bk, br)] = t.cost;
+    let cost = |i: usize| {
+        let (user, kernel, runs) = t.cost[i];
+        format!("{user:.2} µs userspace + {kernel:.2} µs in {runs:.1} program runs")
+    };
     format!(
-        "untraced {:.0} req/s, conntrace {:.0}, bpftrace {:.0} ({:.1}%); \
-         cost per request: conntrace {:.2} µs userspace + {:.2} µs in {:.1} program runs, \
-         bpftrace {:.2} + {:.2} µs in {:.1} runs, against {:.1} µs of CPU per request untraced",
+        "untraced {:.0} req/s, conntrace {:.0}, conntrace --no-syscall-hooks {:.0} ({:.1}%), \
+         bpftrace {:.0} ({:.1}%); CPU per request: conntrace {}, with --no-syscall-hooks {}, \
+         bpftrace {}; untraced the machine spends {:.1} µs of CPU per request",
         r[0],
         r[1],
         r[2],
         r[2] / r[0] * 100.0,
-        cu,
-        ck,
-        cr,
-        bu,
-        bk,
-        br,
+        r[3],
+        r[3] / r[0] * 100.0,
+        cost(1),
+        cost(2),
+        cost(3),
         cores * 1e6 / r[0],
     )
 }
@@ -527,7 +542,7 @@ impl Bench {
     fn startup(&mut self) -> Result<()> {
         let mut starts = Vec::new();
         for _ in 0..5 {
-            let (t, took) = Tracer::conntrace(&self.bin, &self.dir.join("startup.jsonl"))?;
+            let (t, took) = Tracer::conntrace(&self.bin, &self.dir.join("startup.jsonl"), &[])?;
             t.stop()?;
             starts.push(took.as_secs_f64() * 1000.0);
         }
@@ -557,7 +572,7 @@ impl Bench {
         let _ = writeln!(self.log, "keep-alive (wrk -t2 -c64 -d{WRK_SECS}s):");
         let keepalive = throughput(&self.bin, &self.dir, false, &mut self.log)?;
         drop(nginx);
-        let (traced, peer) = (churn.rps[1] / churn.rps[0], churn.rps[2] / churn.rps[0]);
+        let (traced, peer) = (churn.rps[1] / churn.rps[0], churn.rps[3] / churn.rps[0]);
         self.figures.push(Figure {
             name: "churn throughput with conntrace",
             value: traced * 100.0,
@@ -574,6 +589,77 @@ impl Bench {
             target: ">= 99.5%",
             met: ratio >= 0.995,
             note: pct_note(&keepalive),
+        });
+        for (name, t) in [
+            ("churn, --no-syscall-hooks", &churn),
+            ("keep-alive, --no-syscall-hooks", &keepalive),
+        ] {
+            let ratio = t.rps[2] / t.rps[0];
+            self.figures.push(Figure {
+                name,
+                value: ratio * 100.0,
+                unit: "% of untraced",
+                target: if name.starts_with("churn") {
+                    ">= 97%"
+                } else {
+                    ">= 99.5%"
+                },
+                met: ratio
+                    >= if name.starts_with("churn") {
+                        0.97
+                    } else {
+                        0.995
+                    },
+                note: "the same runs as above, interleaved with them".into(),
+            });
+        }
+        self.syscalls()
+    }
+
+    /// What attaching costs every system call on the node: one thread reading one
+    /// byte from /dev/zero, untraced and with each conntrace variant, interleaved.
+    /// Any attached `syscalls/*` tracepoint sends every system call of every task
+    /// through the kernel's traced entry and exit path.
+    fn syscalls(&mut self) -> Result<()> {
+        const READS: u32 = 2_000_000;
+        fn ns_per_read() -> Result<f64> {
+            use std::io::Read as _;
+            let mut zero = std::fs::File::open("/dev/zero")?;
+            let mut byte = [0u8; 1];
+            let start = Instant::now();
+            for _ in 0..READS {
+                zero.read_exact(&mut byte)?;
+            }
+            Ok(start.elapsed().as_secs_f64() * 1e9 / f64::from(READS))
+        }
+        let record = self.dir.join("syscalls.jsonl");
+        let mut results: [Vec<f64>; 3] = Default::default();
+        for _ in 0..ROUNDS {
+            results[0].push(ns_per_read()?);
+            let (t, _) = Tracer::conntrace(&self.bin, &record, &[])?;
+            results[1].push(ns_per_read()?);
+            t.stop()?;
+            let (t, _) = Tracer::conntrace(&self.bin, &record, &["--no-syscall-hooks"])?;
+            results[2].push(ns_per_read()?);
+            t.stop()?;
+        }
+        let _ = writeln!(
+            self.log,
+            "read(2) of one byte, ns: untraced {:.0?}, conntrace {:.0?}, --no-syscall-hooks {:.0?}",
+            results[0], results[1], results[2]
+        );
+        let [a, b, c] = results.map(median);
+        self.figures.push(Figure {
+            name: "system call cost while attached",
+            value: b - a,
+            unit: "ns more per call",
+            target: NO_TARGET,
+            met: true,
+            note: format!(
+                "a one-byte read(2): {a:.0} ns untraced, {b:.0} ns with conntrace, \
+                 {c:.0} ns with --no-syscall-hooks ({:+.0} ns)",
+                c - a
+            ),
         });
         Ok(())
     }
@@ -633,7 +719,7 @@ impl Bench {
         let mut best = 0.0f64;
         let path = self.dir.join("loss.jsonl");
         for clients in [1usize, 2, 4, 8] {
-            let (t, _) = Tracer::conntrace(&self.bin, &path)?;
+            let (t, _) = Tracer::conntrace(&self.bin, &path, &[])?;
             let started = Instant::now();
             let (conns, _) = storm::run(clients, 4.0)?;
             std::thread::sleep(Duration::from_millis(200));
@@ -721,7 +807,11 @@ fn write_summary(root: &Path, dir: &Path, figures: &[Figure], log: &str) -> Resu
             f.value,
             f.unit,
             f.target,
-            if f.met { "yes" } else { "**no**" },
+            match (f.target == NO_TARGET, f.met) {
+                (true, _) => "—",
+                (false, true) => "yes",
+                (false, false) => "**no**",
+            },
             f.note
         );
     }
@@ -740,7 +830,9 @@ fn serde_json_lite(figures: &[Figure], machine: &str) -> String {
         .map(|f| {
             format!(
                 "    {{\"name\": \"{}\", \"value\": {:.3}, \"unit\": \"{}\", \"target\": \"{}\", \"met\": {}, \"note\": \"{}\"}}",
-                esc(f.name), f.value, esc(f.unit), esc(f.target), f.met, esc(&f.note)
+                esc(f.name), f.value, esc(f.unit), esc(f.target),
+                if f.target == NO_TARGET { "null".to_owned() } else { f.met.to_string() },
+                esc(&f.note)
             )
         })
         .collect();

@@ -101,7 +101,7 @@ fn export_dir() -> std::path::PathBuf {
 }
 
 /// `conntrace` / `conntrace tui`: the UI on live kernel events.
-pub fn run_live(filter: &FilterArgs, metrics: Option<std::net::SocketAddr>) -> Result<()> {
+pub fn run_live(filter: &FilterArgs, live_args: crate::cli::LiveArgs) -> Result<()> {
     probes::check_privileges()?;
     let clock = crate::time::KernelClock::detect()?;
     let header = log::Header::for_this_host(clock.hz, clock.boot);
@@ -120,7 +120,7 @@ pub fn run_live(filter: &FilterArgs, metrics: Option<std::net::SocketAddr>) -> R
         .name("engine".into())
         .spawn(move || {
             let mut sink = sink;
-            live::run(&filter, None, metrics, &mut sink, |_| {
+            live::run(&filter, None, live_args, &mut sink, |_| {
                 let _ = ready_tx.send(());
             })
             .map(|_| ())
