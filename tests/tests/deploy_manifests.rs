@@ -109,10 +109,7 @@ fn container_command_is_a_real_subcommand() {
         .as_str()
         .expect("port");
     assert_eq!(
-        w.live
-            .metrics_addr
-            .map(|a| a.port().to_string())
-            .as_deref(),
+        w.live.metrics_addr.map(|a| a.port().to_string()).as_deref(),
         Some(port)
     );
     let file = std::fs::read_to_string(concat!(

@@ -30,6 +30,7 @@ use tracer_common::{
 
 use crate::sock::{
     current_owner, fd_to_sock, fill_idle, fill_sock, fill_sock_state, is_tcp, read, read_sockaddr,
+    tcp_sock, Direct, Mem as _, Probe,
 };
 
 const TCP_ESTABLISHED: i32 = 1;
@@ -180,14 +181,16 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let sk: *const u8 = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
-    if !is_tcp(sk, &off)? {
+    // Null unless a full TCP socket; typed for plain loads.
+    let tp = tcp_sock(sk);
+    if tp.is_null() {
         return Ok(());
     }
     let key = sk as u64;
     let mut ev = new_event(kind::STATE, key);
     ev.old_state = old as u8;
     ev.new_state = new as u8;
-    fill_sock(&mut ev, sk, &off)?;
+    fill_sock::<Direct>(&mut ev, tp, &off)?;
 
     // connect() and listen() run this transition in the caller's context.
     if new == TCP_SYN_SENT || new == TCP_LISTEN {
@@ -212,7 +215,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
     set_owner(&mut ev, key, in_task_transition(old, new));
     // Idle times mean something only once the connection carried data.
     if had_data(old) {
-        fill_idle(&mut ev, sk, &off)?;
+        fill_idle::<Direct>(&mut ev, tp, &off)?;
     }
     emit(&ev);
 
@@ -260,21 +263,22 @@ fn try_sock_event(ctx: &BtfTracePointContext, kind: u8) -> Result<(), i64> {
         return Ok(());
     }
     let sk: *const u8 = ctx.arg(0);
-    if sk.is_null() || !is_tcp(sk, &off)? {
+    let tp = tcp_sock(sk);
+    if tp.is_null() {
         return Ok(());
     }
     let key = sk as u64;
     let mut ev = new_event(kind, key);
-    fill_sock(&mut ev, sk, &off)?;
-    let state: u8 = read(sk, off.skc_state)?;
+    fill_sock::<Direct>(&mut ev, tp, &off)?;
+    let state: u8 = Direct::get(tp, off.skc_state)?;
     ev.new_state = state;
     ev.old_state = state;
     if kind == kind::SOCK_ERROR {
-        let err: i32 = read(sk, off.sk_err)?;
+        let err: i32 = Direct::get(tp, off.sk_err)?;
         ev.errno = err;
     }
     set_owner(&mut ev, key, false);
-    fill_sock_state(&mut ev, sk, &off)?;
+    fill_sock_state::<Direct>(&mut ev, tp, &off)?;
     emit(&ev);
     Ok(())
 }
@@ -391,7 +395,7 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let mut ev = new_event(kind::CONNECT_ERROR, sk as u64);
-    fill_sock(&mut ev, sk, &off)?;
+    fill_sock::<Probe>(&mut ev, sk, &off)?;
     // The destination as the caller asked for it; the socket may never have had it.
     // SAFETY: user pointer read through the helper.
     let remote = unsafe { read_sockaddr(args.uservaddr as *const u8, true)? };
@@ -442,7 +446,7 @@ fn try_sys_exit_accept(ctx: &TracePointContext) -> Result<(), i64> {
     let owner = current_owner();
     remember_owner(key, &owner);
     let mut ev = new_event(kind::ACCEPT, key);
-    fill_sock(&mut ev, sk, &off)?;
+    fill_sock::<Probe>(&mut ev, sk, &off)?;
     let state: u8 = read(sk, off.skc_state)?;
     ev.new_state = state;
     set_owner(&mut ev, key, true);

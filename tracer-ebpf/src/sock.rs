@@ -17,10 +17,49 @@ pub fn read<T>(base: *const u8, off: u32) -> Result<T, i64> {
     unsafe { bpf_probe_read_kernel(base.add(off as usize).cast::<T>()) }.map_err(i64::from)
 }
 
+/// How a program reaches socket memory.
+pub trait Mem {
+    fn get<T: Copy>(base: *const u8, off: u32) -> Result<T, i64>;
+}
+
+/// Through `bpf_probe_read_kernel`: any pointer (a socket found through a file
+/// descriptor or a classic tracepoint's record).
+pub struct Probe;
+
+impl Mem for Probe {
+    #[inline(always)]
+    fn get<T: Copy>(base: *const u8, off: u32) -> Result<T, i64> {
+        read(base, off)
+    }
+}
+
+/// Plain loads from a BTF-typed `struct tcp_sock *` (from `bpf_skc_to_tcp_sock` on a
+/// tp_btf argument). The verifier checks each access against the type: the offsets
+/// are constants to it, read from the frozen read-only `OFFSETS`. A helper call per
+/// field cost ~80 ns here, two thirds of a state change's run time.
+pub struct Direct;
+
+impl Mem for Direct {
+    #[inline(always)]
+    fn get<T: Copy>(base: *const u8, off: u32) -> Result<T, i64> {
+        // SAFETY: `base` is a verifier-tracked BTF pointer (faulting loads are caught
+        // and read as zero) and `off` a field offset of its type from BTF.
+        Ok(unsafe { core::ptr::read_volatile(base.add(off as usize).cast::<T>()) })
+    }
+}
+
 #[inline(always)]
 pub fn is_tcp(sk: *const u8, off: &Offsets) -> Result<bool, i64> {
     let proto: u16 = read(sk, off.sk_protocol)?;
     Ok(proto == IPPROTO_TCP)
+}
+
+/// The TCP socket behind a tp_btf `struct sock *` argument, as a BTF-typed pointer for
+/// [`Direct`] loads; null when it is not a full TCP socket.
+#[inline(always)]
+pub fn tcp_sock(sk: *const u8) -> *const u8 {
+    // SAFETY: the helper takes any socket pointer the verifier knows as BTF-typed.
+    unsafe { aya_ebpf::helpers::generated::bpf_skc_to_tcp_sock(sk as *mut _) as *const u8 }
 }
 
 pub fn current_owner() -> Owner {
@@ -37,20 +76,26 @@ pub fn current_owner() -> Owner {
 /// Family, addresses and ports of a socket. The local port comes from
 /// `inet_sock.inet_sport`: `skc_num` is already zero when the ->CLOSE event fires.
 #[inline(always)]
-pub fn fill_sock(ev: &mut RawEvent, sk: *const u8, off: &Offsets) -> Result<(), i64> {
-    let family: u16 = read(sk, off.skc_family)?;
+pub fn fill_sock<M: Mem>(ev: &mut RawEvent, sk: *const u8, off: &Offsets) -> Result<(), i64> {
+    let family: u16 = M::get(sk, off.skc_family)?;
     ev.family = family as u8;
     if family == AF_INET {
-        let saddr: [u8; 4] = read(sk, off.skc_rcv_saddr)?;
-        let daddr: [u8; 4] = read(sk, off.skc_daddr)?;
-        ev.saddr[..4].copy_from_slice(&saddr);
-        ev.daddr[..4].copy_from_slice(&daddr);
+        let saddr: u32 = M::get(sk, off.skc_rcv_saddr)?;
+        let daddr: u32 = M::get(sk, off.skc_daddr)?;
+        ev.saddr[..4].copy_from_slice(&saddr.to_ne_bytes());
+        ev.daddr[..4].copy_from_slice(&daddr.to_ne_bytes());
     } else if family == AF_INET6 {
-        ev.saddr = read(sk, off.skc_v6_rcv_saddr)?;
-        ev.daddr = read(sk, off.skc_v6_daddr)?;
+        // Four 32-bit loads: the in6_addr union's `u6_addr32` elements.
+        for i in 0..4u32 {
+            let a: u32 = M::get(sk, off.skc_v6_rcv_saddr + 4 * i)?;
+            let b: u32 = M::get(sk, off.skc_v6_daddr + 4 * i)?;
+            let at = 4 * i as usize;
+            ev.saddr[at..at + 4].copy_from_slice(&a.to_ne_bytes());
+            ev.daddr[at..at + 4].copy_from_slice(&b.to_ne_bytes());
+        }
     }
-    let sport: u16 = read(sk, off.inet_sport)?;
-    let dport: u16 = read(sk, off.skc_dport)?;
+    let sport: u16 = M::get(sk, off.inet_sport)?;
+    let dport: u16 = M::get(sk, off.skc_dport)?;
     ev.sport = u16::from_be(sport);
     ev.dport = u16::from_be(dport);
     Ok(())
@@ -59,29 +104,29 @@ pub fn fill_sock(ev: &mut RawEvent, sk: *const u8, off: &Offsets) -> Result<(), 
 /// Idle times from the socket's own jiffies timestamps, and its retransmit total:
 /// what a state change needs.
 #[inline(always)]
-pub fn fill_idle(ev: &mut RawEvent, sk: *const u8, off: &Offsets) -> Result<(), i64> {
+pub fn fill_idle<M: Mem>(ev: &mut RawEvent, sk: *const u8, off: &Offsets) -> Result<(), i64> {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_jiffies64() } as u32;
-    let lsndtime: u32 = read(sk, off.tp_lsndtime)?;
-    let lrcvtime: u32 = read(sk, off.icsk_lrcvtime)?;
+    let lsndtime: u32 = M::get(sk, off.tp_lsndtime)?;
+    let lrcvtime: u32 = M::get(sk, off.icsk_lrcvtime)?;
     ev.send_idle_jiffies = now.wrapping_sub(lsndtime);
     ev.recv_idle_jiffies = now.wrapping_sub(lrcvtime);
-    ev.retrans = read(sk, off.tp_total_retrans)?;
+    ev.retrans = M::get(sk, off.tp_total_retrans)?;
     Ok(())
 }
 
 /// Idle times and the full retransmit state: resets, errors, retransmits.
 #[inline(always)]
-pub fn fill_sock_state(ev: &mut RawEvent, sk: *const u8, off: &Offsets) -> Result<(), i64> {
-    fill_idle(ev, sk, off)?;
+pub fn fill_sock_state<M: Mem>(ev: &mut RawEvent, sk: *const u8, off: &Offsets) -> Result<(), i64> {
+    fill_idle::<M>(ev, sk, off)?;
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_jiffies64() } as u32;
-    let rcv_tstamp: u32 = read(sk, off.tp_rcv_tstamp)?;
+    let rcv_tstamp: u32 = M::get(sk, off.tp_rcv_tstamp)?;
     ev.ack_idle_jiffies = now.wrapping_sub(rcv_tstamp);
-    ev.packets_out = read(sk, off.tp_packets_out)?;
-    ev.user_timeout_ms = read(sk, off.icsk_user_timeout)?;
-    ev.rto_count = read(sk, off.icsk_retransmits)?;
-    let sk_flags: u64 = read(sk, off.sk_flags)?;
+    ev.packets_out = M::get(sk, off.tp_packets_out)?;
+    ev.user_timeout_ms = M::get(sk, off.icsk_user_timeout)?;
+    ev.rto_count = M::get(sk, off.icsk_retransmits)?;
+    let sk_flags: u64 = M::get(sk, off.sk_flags)?;
     if sk_flags & (1 << SOCK_KEEPOPEN) != 0 {
         ev.flags |= flags::KEEPALIVE;
     }

@@ -289,6 +289,8 @@ struct Throughput {
     /// Per request (µs userspace, µs kernel programs, program runs), by [`VARIANTS`]
     /// (zero for `none`).
     cost: [(f64, f64, f64); 4],
+    /// Slowest and fastest untraced round: the noise a ratio has to be read against.
+    untraced_range: (f64, f64),
 }
 
 /// wrk against nginx; requests per second.
@@ -352,9 +354,13 @@ fn throughput(bin: &Path, dir: &Path, close: bool, log: &mut String) -> Result<T
             results[i].push(rps);
         }
     }
+    let untraced_range = results[0]
+        .iter()
+        .fold((f64::MAX, 0.0_f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
     let mut out = Throughput {
         rps: [0.0; 4],
         cost: [(0.0, 0.0, 0.0); 4],
+        untraced_range,
     };
     for i in 0..VARIANTS.len() {
         out.rps[i] = median(std::mem::take(&mut results[i]));
@@ -523,7 +529,8 @@ fn pct_note(t: &Throughput) -> String {
     format!(
         "untraced {:.0} req/s, conntrace {:.0}, conntrace --no-syscall-hooks {:.0} ({:.1}%), \
          bpftrace {:.0} ({:.1}%); CPU per request: conntrace {}, with --no-syscall-hooks {}, \
-         bpftrace {}; untraced the machine spends {:.1} µs of CPU per request",
+         bpftrace {}; untraced the machine spends {:.1} µs of CPU per request, and its \
+         rounds ranged {:.0}-{:.0} req/s (±{:.1}% around the median)",
         r[0],
         r[1],
         r[2],
@@ -534,6 +541,9 @@ fn pct_note(t: &Throughput) -> String {
         cost(2),
         cost(3),
         cores * 1e6 / r[0],
+        t.untraced_range.0,
+        t.untraced_range.1,
+        (t.untraced_range.1 - t.untraced_range.0) / 2.0 / r[0] * 100.0,
     )
 }
 
