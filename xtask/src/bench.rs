@@ -678,9 +678,18 @@ impl Bench {
     fn engine(&mut self) -> Result<()> {
         let path = self.dir.join("engine.jsonl");
         let n = synthetic_log(&path, 500_000, false)?;
-        let (wall, reading, engine, _, stats) = report_stats(&self.bin, &path)?;
+        // Three replays, medians: one run is under a second of engine time, and a
+        // neighbour on a shared machine can take a few percent of it.
+        let mut runs = Vec::new();
+        for _ in 0..3 {
+            let (wall, reading, engine, _, stats) = report_stats(&self.bin, &path)?;
+            let _ = writeln!(self.log, "engine replay of {n} events: {stats}");
+            runs.push((wall, reading, engine));
+        }
         let _ = std::fs::remove_file(&path);
-        let _ = writeln!(self.log, "engine replay of {n} events: {stats}");
+        let wall = median(runs.iter().map(|r| r.0).collect());
+        let reading = median(runs.iter().map(|r| r.1).collect());
+        let engine = median(runs.iter().map(|r| r.2).collect());
         self.figures.push(Figure {
             name: "engine replay",
             value: engine,
@@ -688,7 +697,8 @@ impl Bench {
             target: ">= 3,000,000",
             met: engine >= 3e6,
             note: format!(
-                "{n} events; report end to end {wall:.2} s, JSON reading {reading:.0} events/s"
+                "{n} events, median of 3 replays; report end to end {wall:.2} s, \
+                 JSON reading {reading:.0} events/s"
             ),
         });
         Ok(())
