@@ -223,6 +223,10 @@ pub struct Offsets {
     /// search failed (SYN_SENT -> CLOSE with no local port, in the caller's context)
     /// is reported as the EADDRNOTAVAIL that connect() returned.
     pub infer_port_exhaustion: u32,
+    /// `sock_common.skc_net.net` (the socket's `struct net *`) and `net.ns.inum`: a
+    /// listener is known by network namespace and port.
+    pub skc_net: u32,
+    pub net_inum: u32,
     /// Nonzero once userspace has filled the offsets; programs do nothing before.
     pub ready: u32,
 }
@@ -262,6 +266,8 @@ impl Offsets {
         rst_skbaddr: 0,
         skb_data: 0,
         infer_port_exhaustion: 0,
+        skc_net: 0,
+        net_inum: 0,
         ready: 0,
     };
 }

@@ -61,10 +61,19 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 #[map]
 static OWNERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(65536, 0);
 
-/// Local port of a listening socket -> its owner, so an accepted child has an owner
-/// from its first event (softirq) until `accept()` names the exact process.
+/// Network namespace and local port of a listening socket ([`listener_key`]) -> its
+/// owner, so an accepted child has an owner from its first event (softirq) until
+/// `accept()` names the exact process. Pods listen on the same ports in their own
+/// namespaces: the port alone would hand one pod's connections to another.
 #[map]
-static LISTENERS: LruHashMap<u32, Owner> = LruHashMap::with_max_entries(4096, 0);
+static LISTENERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(4096, 0);
+
+/// `netns inode << 32 | local port` of a typed TCP socket.
+fn listener_key(tp: *const u8, port: u16, off: &Offsets) -> Result<u64, i64> {
+    let net: *const u8 = Direct::get(tp, off.skc_net)?;
+    let inum: u32 = Direct::get(net, off.net_inum)?;
+    Ok((u64::from(inum) << 32) | u64::from(port))
+}
 
 /// Thread id -> `connect()` arguments, between syscall entry and exit.
 #[map]
@@ -197,14 +206,13 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
         let owner = current_owner();
         remember_owner(key, &owner);
         if new == TCP_LISTEN {
-            let port = u32::from(ev.sport);
-            let _ = LISTENERS.insert(port, owner, 0);
+            let _ = LISTENERS.insert(listener_key(tp, ev.sport, &off)?, owner, 0);
         }
     } else if old == TCP_LISTEN && new == TCP_SYN_RECV {
         // A child cloned from a listener (softirq): inherit the listener's owner.
-        let port = u32::from(ev.sport);
+        let key_l = listener_key(tp, ev.sport, &off)?;
         // SAFETY: copied out at once.
-        if let Some(owner) = unsafe { LISTENERS.get(port) } {
+        if let Some(owner) = unsafe { LISTENERS.get(key_l) } {
             let owner = *owner;
             remember_owner(key, &owner);
         } else {
@@ -232,8 +240,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
     // a dying socket come after it. The LRU map bounds it; a new socket at this address
     // overwrites it at connect/listen/accept.
     if new == TCP_CLOSE && old == TCP_LISTEN {
-        let port = u32::from(ev.sport);
-        let _ = LISTENERS.remove(port);
+        let _ = LISTENERS.remove(listener_key(tp, ev.sport, &off)?);
     }
     Ok(())
 }

@@ -149,6 +149,8 @@ pub fn offsets(btf: &Btf, tracefs: &Path) -> Result<Offsets> {
         rst_skbaddr: rst_off("skbaddr")?,
         skb_data: f("sk_buff", "data")?,
         infer_port_exhaustion: 0,
+        skc_net: f("sock_common", "skc_net.net")?,
+        net_inum: f("net", "ns.inum")?,
         ready: 1,
     })
 }
