@@ -23,6 +23,7 @@ pub mod filter;
 pub mod jsonl;
 pub mod k8s;
 pub mod lab;
+pub mod listeners;
 pub mod live;
 pub mod log;
 pub mod metrics;

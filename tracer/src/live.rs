@@ -215,6 +215,13 @@ pub fn run(
 ) -> Result<LiveRun> {
     let metrics_addr = live.metrics_addr;
     let mut probes = Probes::load(!live.no_syscall_hooks)?;
+    // Servers that were listening before the trace: their connections get an owner
+    // from their first event. Best effort: nothing is lost without it.
+    let listeners = crate::listeners::scan(
+        std::path::Path::new("/proc"),
+        std::path::Path::new("/sys/fs/cgroup"),
+    );
+    let _ = probes.seed_listeners(&listeners);
     let ring = probes.take_ring()?;
     let decoder = probes.decoder.clone();
     let runtime = tokio::runtime::Builder::new_current_thread()

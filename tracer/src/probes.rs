@@ -229,6 +229,37 @@ impl Probes {
         })
     }
 
+    /// Hands the kernel the owners of listening sockets that predate the trace
+    /// ([`crate::listeners`]); a listener the kernel has already seen being created
+    /// keeps its own entry. Returns how many were added.
+    pub fn seed_listeners(&mut self, listeners: &[crate::listeners::Listener]) -> Result<usize> {
+        const BPF_NOEXIST: u64 = 1;
+        let map = self
+            .ebpf
+            .map_mut("LISTENERS")
+            .context("LISTENERS map missing")?;
+        let mut map: aya::maps::HashMap<_, u64, tracer_common::Owner> =
+            aya::maps::HashMap::try_from(map)?;
+        let mut added = 0;
+        for l in listeners {
+            let mut comm = [0u8; 16];
+            let bytes = l.comm.as_bytes();
+            let n = bytes.len().min(15);
+            comm[..n].copy_from_slice(&bytes[..n]);
+            let owner = tracer_common::Owner {
+                cgroup_id: l.cgroup_id,
+                pid: l.pid,
+                tid: l.pid,
+                comm,
+            };
+            let key = (u64::from(l.netns) << 32) | u64::from(l.port);
+            if map.insert(key, owner, BPF_NOEXIST).is_ok() {
+                added += 1;
+            }
+        }
+        Ok(added)
+    }
+
     /// The ring buffer of events (can be taken once).
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>> {
         let map = self.ebpf.take_map("EVENTS").context("EVENTS map missing")?;
