@@ -40,6 +40,12 @@ pub mod owner_src {
     pub const NONE: u8 = 2;
 }
 
+/// Key of the kernel's listener map: network namespace inode and local port. The
+/// kernel programs and userspace (listeners found in `/proc`) both build it here.
+pub const fn listener_key(netns_inum: u32, port: u16) -> u64 {
+    ((netns_inum as u64) << 32) | port as u64
+}
+
 /// Bits of [`RawEvent::flags`].
 pub mod flags {
     /// `SO_KEEPALIVE` is set on the socket.

@@ -68,11 +68,11 @@ static OWNERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(65536, 0);
 #[map]
 static LISTENERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(4096, 0);
 
-/// `netns inode << 32 | local port` of a typed TCP socket.
+/// [`tracer_common::listener_key`] of a typed TCP socket's namespace and `port`.
 fn listener_key(tp: *const u8, port: u16, off: &Offsets) -> Result<u64, i64> {
     let net: *const u8 = Direct::get(tp, off.skc_net)?;
     let inum: u32 = Direct::get(net, off.net_inum)?;
-    Ok((u64::from(inum) << 32) | u64::from(port))
+    Ok(tracer_common::listener_key(inum, port))
 }
 
 /// Thread id -> `connect()` arguments, between syscall entry and exit.

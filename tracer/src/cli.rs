@@ -31,8 +31,8 @@ pub struct LiveArgs {
     #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Attach no system-call tracepoints (connect, accept). While any is attached every
-    /// system call on the node takes the kernel's slower traced path (about 50 ns
-    /// more); without them, accepted connections are attributed to their listener's
+    /// system call on the node takes the kernel's slower traced path (about 120 ns
+    /// more, measured by `cargo xtask bench`); without them, accepted connections are attributed to their listener's
     /// owner, EADDRNOTAVAIL is inferred from the kernel's failed port search, and
     /// other synchronous connect errors (ENETUNREACH, ...) are not seen.
     #[arg(long)]

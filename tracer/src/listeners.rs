@@ -9,7 +9,7 @@
 //! the parent of a pre-forked server).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     os::unix::fs::MetadataExt as _,
     path::Path,
 };
@@ -70,6 +70,7 @@ pub fn scan(proc_root: &Path, cgroup_root: &Path) -> Vec<Listener> {
     }
 
     let mut out = Vec::new();
+    let mut seen = HashSet::new();
     for (&netns, &pid) in &namespaces {
         for table in ["net/tcp", "net/tcp6"] {
             let path = proc_root.join(pid.to_string()).join(table);
@@ -80,10 +81,7 @@ pub fn scan(proc_root: &Path, cgroup_root: &Path) -> Vec<Listener> {
                 let Some(&owner) = holders.get(&ino) else {
                     continue;
                 };
-                if out
-                    .iter()
-                    .any(|l: &Listener| l.netns == netns && l.port == port)
-                {
+                if !seen.insert((netns, port)) {
                     continue; // the same port on IPv4 and IPv6, or on two addresses
                 }
                 out.push(Listener {

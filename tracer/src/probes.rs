@@ -252,7 +252,7 @@ impl Probes {
                 tid: l.pid,
                 comm,
             };
-            let key = (u64::from(l.netns) << 32) | u64::from(l.port);
+            let key = tracer_common::listener_key(l.netns, l.port);
             if map.insert(key, owner, BPF_NOEXIST).is_ok() {
                 added += 1;
             }

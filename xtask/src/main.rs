@@ -3,7 +3,7 @@
 //! `setup` is idempotent and installs what a fresh machine lacks for building and
 //! testing: the nightly toolchain's rust-src, bpf-linker built against that nightly's
 //! own libLLVM (rebuilt when the nightly changes), Debian packages the tests drive
-//! (iproute2, tmux, prometheus, time), and a tracefs mount.
+//! (iproute2, python3, tmux, gzip, time, prometheus), and a tracefs mount.
 
 use std::{
     env,
@@ -17,8 +17,10 @@ mod bench;
 mod storm;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
-const APT_PACKAGES: [(&str, &str); 5] = [
+const APT_PACKAGES: [(&str, &str); 6] = [
     ("ip", "iproute2"),
+    // the tests' peers (standard library only)
+    ("python3", "python3"),
     ("tmux", "tmux"),
     ("zcat", "gzip"),
     ("/usr/bin/time", "time"),
