@@ -52,6 +52,17 @@ pub mod flags {
     pub const KEEPALIVE: u8 = 1;
 }
 
+/// Layouts of the classic `tcp:tcp_send_reset` record.
+pub mod rst_layout {
+    /// Linux 6.10+: its own event with `reason` and the addresses as `sockaddr_in6`-sized
+    /// `saddr`/`daddr`; fires also when there is no socket.
+    pub const SOCKADDR: u32 = 1;
+    /// Before 6.10: the `tcp_event_sk_skb` class (`sport`, `dport`, `saddr[4]`,
+    /// `daddr[4]`, `saddr_v6[16]`, `daddr_v6[16]`, `family` from 5.15 or so); fires only
+    /// for a full socket.
+    pub const SPLIT: u32 = 2;
+}
+
 /// Indexes into the `LOSSES` per-CPU array.
 pub const LOSS_RINGBUF_FULL: u32 = 0;
 /// The socket-owner map could not take an entry.
@@ -219,9 +230,18 @@ pub struct Offsets {
     pub socket_sk: u32,
     pub rst_skaddr: u32,
     pub rst_state: u32,
+    /// Offset of `reason` (Linux 6.10+); meaningful only with `rst_has_reason`.
     pub rst_reason: u32,
+    pub rst_has_reason: u32,
+    /// One of [`rst_layout`]: how the record carries the addresses.
+    pub rst_layout: u32,
+    /// [`rst_layout::SOCKADDR`]: `saddr`/`daddr` (`sockaddr_in`/`sockaddr_in6`).
+    /// [`rst_layout::SPLIT`]: `saddr_v6`/`daddr_v6` (IPv4 v4-mapped).
     pub rst_saddr: u32,
     pub rst_daddr: u32,
+    /// [`rst_layout::SPLIT`]: `sport`/`dport`, host byte order.
+    pub rst_sport: u32,
+    pub rst_dport: u32,
     pub rst_skbaddr: u32,
     /// `sk_buff.data`: at `tcp_send_reset` it points at the offending segment's TCP header.
     pub skb_data: u32,
@@ -229,6 +249,10 @@ pub struct Offsets {
     /// search failed (SYN_SENT -> CLOSE with no local port, in the caller's context)
     /// is reported as the EADDRNOTAVAIL that connect() returned.
     pub infer_port_exhaustion: u32,
+    /// Nonzero when `sock:inet_sk_error_report` is missing (Linux < 5.12): a socket
+    /// going to CLOSE with `sk_err` set is reported as that error, before the state
+    /// change, as the error report would have been.
+    pub infer_sock_errors: u32,
     /// `sock_common.skc_net.net` (the socket's `struct net *`) and `net.ns.inum`: a
     /// listener is known by network namespace and port.
     pub skc_net: u32,
@@ -267,11 +291,16 @@ impl Offsets {
         rst_skaddr: 0,
         rst_state: 0,
         rst_reason: 0,
+        rst_has_reason: 0,
+        rst_layout: 0,
         rst_saddr: 0,
         rst_daddr: 0,
+        rst_sport: 0,
+        rst_dport: 0,
         rst_skbaddr: 0,
         skb_data: 0,
         infer_port_exhaustion: 0,
+        infer_sock_errors: 0,
         skc_net: 0,
         net_inum: 0,
         ready: 0,

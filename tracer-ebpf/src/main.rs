@@ -24,8 +24,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tracer_common::{
-    kind, owner_src, ConnectArgs, Offsets, Owner, RawEvent, LOSS_CONNECT_MAP, LOSS_COUNTERS,
-    LOSS_OWNER_MAP, LOSS_READ, LOSS_RINGBUF_FULL,
+    kind, owner_src, rst_layout, ConnectArgs, Offsets, Owner, RawEvent, AF_INET6, LOSS_CONNECT_MAP,
+    LOSS_COUNTERS, LOSS_OWNER_MAP, LOSS_READ, LOSS_RINGBUF_FULL,
 };
 
 use crate::sock::{
@@ -221,6 +221,21 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
         }
     }
     set_owner(&mut ev, key, in_task_transition(old, new));
+    // Without the error report (Linux < 5.12): tcp_reset(), tcp_write_err() and ICMP
+    // errors of a connecting socket set sk_err before tcp_done() moves it to CLOSE, so
+    // the error is read here and reported first, where the error report would be.
+    if off.infer_sock_errors != 0 && new == TCP_CLOSE {
+        let err: i32 = Direct::get(tp, off.sk_err)?;
+        if err != 0 {
+            ev.kind = kind::SOCK_ERROR;
+            ev.errno = err;
+            ev.new_state = old as u8;
+            emit(&ev);
+            ev.kind = kind::STATE;
+            ev.errno = 0;
+            ev.new_state = new as u8;
+        }
+    }
     // Idle times mean something only once the connection carried data.
     if had_data(old) {
         fill_idle::<Direct>(&mut ev, tp, &off)?;
@@ -290,8 +305,10 @@ fn try_sock_event(ctx: &BtfTracePointContext, kind: u8) -> Result<(), i64> {
     Ok(())
 }
 
-/// Classic `tcp/tcp_send_reset`: skaddr, state, reason, and the addresses as
-/// `sockaddr_in`/`sockaddr_in6` (taken from the segment when there is no socket).
+/// Classic `tcp/tcp_send_reset`: skaddr, state, the addresses, and from Linux 6.10 the
+/// reason. Two record layouts ([`rst_layout`]): 6.10+ carries `sockaddr`s and fires
+/// also with no socket (taken from the segment); before, the `tcp_event_sk_skb` class
+/// carries ports and v4-mapped IPv6 addresses and fires only for full sockets.
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
     report(try_tcp_send_reset(&ctx)) as u32
@@ -303,17 +320,19 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     // SAFETY: offsets come from this tracepoint's own format file.
-    let (sk, state, reason) = unsafe {
+    let (sk, state) = unsafe {
         (
             ctx.read_at::<u64>(off.rst_skaddr as usize)
                 .map_err(i64::from)?,
             ctx.read_at::<i32>(off.rst_state as usize)
                 .map_err(i64::from)?,
-            ctx.read_at::<u32>(off.rst_reason as usize)
-                .map_err(i64::from)?,
         )
     };
     let mut ev = new_event(kind::RESET_SENT, sk);
+    if off.rst_has_reason != 0 {
+        // SAFETY: offset from the format file.
+        ev.reason = unsafe { ctx.read_at::<u32>(off.rst_reason as usize) }.map_err(i64::from)?;
+    }
     // SAFETY: offset from the format file.
     let skb =
         unsafe { ctx.read_at::<u64>(off.rst_skbaddr as usize) }.map_err(i64::from)? as *const u8;
@@ -324,16 +343,35 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<(), i64> {
     }
     ev.new_state = state as u8;
     ev.old_state = state as u8;
-    ev.reason = reason;
-    let record = ctx.as_ptr_u8();
-    // SAFETY: the record lives for the program's run; reads go through the helper.
-    let local = unsafe { read_sockaddr(record.add(off.rst_saddr as usize), false)? };
-    let remote = unsafe { read_sockaddr(record.add(off.rst_daddr as usize), false)? };
-    ev.family = local.0;
-    ev.sport = local.1;
-    ev.saddr = local.2;
-    ev.dport = remote.1;
-    ev.daddr = remote.2;
+    if off.rst_layout == rst_layout::SPLIT {
+        // SAFETY: offsets from the format file.
+        unsafe {
+            ev.sport = ctx
+                .read_at::<u16>(off.rst_sport as usize)
+                .map_err(i64::from)?;
+            ev.dport = ctx
+                .read_at::<u16>(off.rst_dport as usize)
+                .map_err(i64::from)?;
+            ev.saddr = ctx
+                .read_at::<[u8; 16]>(off.rst_saddr as usize)
+                .map_err(i64::from)?;
+            ev.daddr = ctx
+                .read_at::<[u8; 16]>(off.rst_daddr as usize)
+                .map_err(i64::from)?;
+        }
+        // IPv4 is stored v4-mapped; userspace shows it as IPv4.
+        ev.family = AF_INET6 as u8;
+    } else {
+        let record = ctx.as_ptr_u8();
+        // SAFETY: the record lives for the program's run; reads go through the helper.
+        let local = unsafe { read_sockaddr(record.add(off.rst_saddr as usize), false)? };
+        let remote = unsafe { read_sockaddr(record.add(off.rst_daddr as usize), false)? };
+        ev.family = local.0;
+        ev.sport = local.1;
+        ev.saddr = local.2;
+        ev.dport = remote.1;
+        ev.daddr = remote.2;
+    }
     set_owner(&mut ev, sk, false);
     if sk == 0 {
         // No socket: the reset answers a segment nobody owns; the current task is noise.

@@ -57,6 +57,8 @@ pub struct Btf {
     strings_len: usize,
     /// Named structs, unions and enums by name.
     by_name: HashMap<String, u32>,
+    /// Tracepoints with a `btf_trace_<name>` typedef: what tp_btf programs attach to.
+    trace_hooks: std::collections::HashSet<String>,
 }
 
 impl Btf {
@@ -121,6 +123,7 @@ impl Btf {
             strings,
             strings_len,
             by_name: HashMap::new(),
+            trace_hooks: std::collections::HashSet::new(),
         };
         for id in 1..btf.types.len() {
             let t = btf.types[id];
@@ -129,6 +132,10 @@ impl Btf {
                 if !name.is_empty() {
                     let id = u32::try_from(id).context("too many BTF types")?;
                     btf.by_name.entry(name.to_owned()).or_insert(id);
+                }
+            } else if t.kind() == KIND_TYPEDEF {
+                if let Some(tp) = btf.name(t.name_off).strip_prefix("btf_trace_") {
+                    btf.trace_hooks.insert(tp.to_owned());
                 }
             }
         }
@@ -245,6 +252,11 @@ impl Btf {
             _ => bail!("kernel BTF: {name} is not an enum"),
         }
         Ok(out)
+    }
+
+    /// Whether a tp_btf program can attach to this tracepoint (its `btf_trace_` typedef).
+    pub fn has_trace_hook(&self, tracepoint: &str) -> bool {
+        self.trace_hooks.contains(tracepoint)
     }
 
     /// Whether the kernel has a struct, union or enum of this name.

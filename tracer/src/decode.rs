@@ -152,7 +152,8 @@ impl Decoder {
             kind::RESET_SENT => EventKind::Reset {
                 direction: Direction::Sent,
                 state: (raw.new_state != 0).then_some(new),
-                reason: Some(self.reason(raw.reason)),
+                // Kernels before 6.10 give no reason (no `enum sk_rst_reason`).
+                reason: (!self.reset_reasons.is_empty()).then(|| self.reason(raw.reason)),
                 idle_ms: 0,
                 recv_idle_ms: 0,
                 syn: raw.seg_flags & TCP_SYN != 0 && raw.seg_flags & TCP_ACK == 0,

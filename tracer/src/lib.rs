@@ -5,6 +5,7 @@
 //!
 //! - [`btf`]: kernel struct offsets from `/sys/kernel/btf/vmlinux`.
 //! - [`tracefs`]: mounting tracefs, classic tracepoint record formats.
+//! - [`support`]: what the running kernel offers; degraded facts by name.
 //! - [`time`]: monotonic-to-wall clock and HZ.
 //! - [`filter`]: the `--pid`, `--comm`, `--port` and `--cidr` filters.
 //! - [`engine`]: the pure diagnosis engine and its detectors.
@@ -31,6 +32,7 @@ pub mod probes;
 pub mod record;
 pub mod report;
 pub mod sockstat;
+pub mod support;
 pub mod time;
 pub mod tracefs;
 pub mod tui;

@@ -17,6 +17,10 @@ use crate::{
 
 /// Where the live run's output goes.
 pub trait Sink {
+    /// Called once the programs are attached, before any record.
+    fn attached(&mut self, _probes: &Probes) -> Result<()> {
+        Ok(())
+    }
     fn event(&mut self, event: &Event) -> Result<()>;
     fn sockstat(&mut self, sample: &Sockstat) -> Result<()>;
     fn finding(&mut self, finding: &Finding) -> Result<()>;
@@ -265,6 +269,7 @@ pub fn run(
         // The kernel side wakes the reader only past 1 MiB unread (see tracer-ebpf's
         // emit); below that the ring is drained on this timer.
         let mut drains = tokio::time::interval(DRAIN_EVERY);
+        sink.attached(&probes)?;
         on_attached(&probes);
         loop {
             tokio::select! {

@@ -40,9 +40,22 @@ pub struct Header {
     pub started: SystemTime,
     #[serde(default)]
     pub conntrace_version: String,
+    /// Kernel programs attached (live runs; written once they are).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub programs: Vec<String>,
+    /// Facts this recording could not see on its kernel (see [`crate::support`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub degraded: Vec<crate::support::Degraded>,
 }
 
 impl Header {
+    /// What the kernel programs of a live run could and could not attach.
+    pub fn with_probes(mut self, probes: &crate::probes::Probes) -> Self {
+        self.programs = probes.attached.iter().map(|&p| p.to_owned()).collect();
+        self.degraded.clone_from(&probes.degraded);
+        self
+    }
+
     /// A header for this host now.
     pub fn for_this_host(hz: u32, boot_time: SystemTime) -> Self {
         let read = |p: &str| {
@@ -58,6 +71,8 @@ impl Header {
             boot_time,
             started: SystemTime::now(),
             conntrace_version: env!("CARGO_PKG_VERSION").to_owned(),
+            programs: Vec::new(),
+            degraded: Vec::new(),
         }
     }
 }
@@ -383,6 +398,11 @@ mod tests {
             boot_time: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             started: UNIX_EPOCH + Duration::new(1_700_000_100, 0),
             conntrace_version: "0.1.0".into(),
+            programs: vec!["inet_sock_set_state".into()],
+            degraded: vec![crate::support::Degraded::new(
+                crate::support::RESET_REASON,
+                "resets sent carry no reason",
+            )],
         }
     }
 

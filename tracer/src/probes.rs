@@ -2,7 +2,6 @@
 
 use std::{
     os::fd::AsRawFd as _,
-    path::Path,
     time::{Duration, Instant},
 };
 
@@ -14,7 +13,13 @@ use aya::{
 };
 use tracer_common::{Offsets, LOSS_COUNTERS};
 
-use crate::{btf::Btf, decode::Decoder, time::KernelClock, tracefs};
+use crate::{
+    btf::Btf,
+    decode::Decoder,
+    support::{Degraded, KernelSupport, ResetRecord},
+    time::KernelClock,
+    tracefs,
+};
 
 /// How a program is hooked.
 #[derive(Debug, Clone, Copy)]
@@ -79,8 +84,9 @@ pub struct Probes {
     ebpf: Ebpf,
     /// Names of the attached programs.
     pub attached: Vec<&'static str>,
-    /// Programs that could not attach, with the reason and what is degraded.
-    pub degraded: Vec<String>,
+    /// Facts this run cannot see: hooks this kernel lacks, programs that failed to
+    /// attach, hooks turned off by a flag.
+    pub degraded: Vec<Degraded>,
     pub decoder: Decoder,
     /// From the start of loading to the last attach.
     pub attach_time: Duration,
@@ -109,11 +115,21 @@ pub fn check_privileges() -> Result<()> {
     )
 }
 
-/// Field offsets the programs need, from BTF and the tracefs formats.
-pub fn offsets(btf: &Btf, tracefs: &Path) -> Result<Offsets> {
+/// Field offsets the programs need, from BTF and the reset record of this kernel
+/// (zero when `tcp:tcp_send_reset` is missing: its program is not attached then).
+pub fn offsets(btf: &Btf, support: &KernelSupport) -> Result<Offsets> {
     let f = |s: &str, p: &str| btf.member_offset(s, p);
-    let rst = tracefs::tracepoint_fields(tracefs, "tcp", "tcp_send_reset")?;
-    let rst_off = |field| tracefs::offset_of(&rst, "tcp/tcp_send_reset", field);
+    let rst = support.reset.unwrap_or(ResetRecord {
+        layout: 0,
+        skaddr: 0,
+        skbaddr: 0,
+        state: 0,
+        reason: None,
+        saddr: 0,
+        daddr: 0,
+        sport: 0,
+        dport: 0,
+    });
     Ok(Offsets {
         skc_daddr: f("sock_common", "skc_daddr")?,
         skc_rcv_saddr: f("sock_common", "skc_rcv_saddr")?,
@@ -139,16 +155,19 @@ pub fn offsets(btf: &Btf, tracefs: &Path) -> Result<Offsets> {
         fdt_fd: f("fdtable", "fd")?,
         file_private_data: f("file", "private_data")?,
         socket_sk: f("socket", "sk")?,
-        rst_skaddr: rst_off("skaddr")?,
-        rst_state: rst_off("state")?,
-        rst_reason: rst_off("reason").context(
-            "this kernel's tcp_send_reset has no reset reason (kernel < 6.10); conntrace needs 6.10+",
-        )?,
-        rst_saddr: rst_off("saddr")?,
-        rst_daddr: rst_off("daddr")?,
-        rst_skbaddr: rst_off("skbaddr")?,
+        rst_skaddr: rst.skaddr,
+        rst_state: rst.state,
+        rst_reason: rst.reason.unwrap_or(0),
+        rst_has_reason: u32::from(rst.reason.is_some()),
+        rst_layout: rst.layout,
+        rst_saddr: rst.saddr,
+        rst_daddr: rst.daddr,
+        rst_sport: rst.sport,
+        rst_dport: rst.dport,
+        rst_skbaddr: rst.skbaddr,
         skb_data: f("sk_buff", "data")?,
         infer_port_exhaustion: 0,
+        infer_sock_errors: u32::from(!support.error_report),
         skc_net: f("sock_common", "skc_net.net")?,
         net_inum: f("net", "ns.inum")?,
         ready: 1,
@@ -188,11 +207,29 @@ impl Probes {
         raise_memlock();
         let btf = Btf::vmlinux()?;
         let tracefs = tracefs::ensure_mounted()?;
-        let mut offsets = offsets(&btf, &tracefs)?;
+        let btf_hooks: Vec<&'static str> = PROGRAMS
+            .iter()
+            .filter_map(|(_, hook, _)| match hook {
+                Hook::Btf(tp) => Some(*tp),
+                Hook::Classic(..) => None,
+            })
+            .collect();
+        let support = KernelSupport::detect(&btf, &tracefs, &btf_hooks);
+        if !support.btf_hooks.contains(&"inet_sock_set_state") {
+            bail!(
+                "this kernel's BTF has no inet_sock_set_state tracepoint (btf_trace_inet_sock_set_state): \
+                 conntrace needs Linux 5.10 or newer built with CONFIG_DEBUG_INFO_BTF"
+            );
+        }
+        let mut offsets = offsets(&btf, &support)?;
         offsets.infer_port_exhaustion = u32::from(!syscall_hooks);
         let decoder = Decoder {
             clock: KernelClock::detect()?,
-            reset_reasons: reset_reasons(&btf),
+            reset_reasons: if support.reset.is_some_and(|r| r.reason.is_some()) {
+                reset_reasons(&btf)
+            } else {
+                Vec::new()
+            },
         };
         drop(btf);
         let aya_btf = aya::Btf::from_sys_fs().context("reading kernel BTF for tp_btf programs")?;
@@ -205,9 +242,29 @@ impl Probes {
             )))
             .context("loading the kernel programs")?;
         let mut attached = Vec::new();
-        let mut degraded = Vec::new();
+        let mut degraded = support.degraded.clone();
         for (name, hook, loses) in PROGRAMS {
+            let missing = match hook {
+                Hook::Btf(tp) => !support.btf_hooks.contains(&tp),
+                Hook::Classic(category, tp) => {
+                    !tracefs.join("events").join(category).join(tp).is_dir()
+                }
+            };
+            if missing {
+                // The error-report fact is already named with its fallback.
+                if name != "inet_sk_error_report" {
+                    degraded.push(Degraded::new(
+                        name,
+                        format!("hook missing in this kernel: no {loses}"),
+                    ));
+                }
+                continue;
+            }
             if !syscall_hooks && matches!(hook, Hook::Classic("syscalls", _)) {
+                degraded.push(Degraded::new(
+                    name,
+                    format!("off (--no-syscall-hooks): no {loses}"),
+                ));
                 continue;
             }
             match attach(&mut ebpf, name, hook, &aya_btf) {
@@ -215,7 +272,10 @@ impl Probes {
                 Err(e) if name == "inet_sock_set_state" => {
                     return Err(e.context("attaching the TCP state tracker"));
                 }
-                Err(e) => degraded.push(format!("{name} not attached ({e:#}): no {loses}")),
+                Err(e) => degraded.push(Degraded::new(
+                    name,
+                    format!("not attached ({e:#}): no {loses}"),
+                )),
             }
         }
         let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();

@@ -16,9 +16,14 @@ use crate::{
 
 struct LogSink {
     log: LogWriter<File>,
+    header: Header,
 }
 
 impl Sink for LogSink {
+    /// The header names the programs attached and what this kernel could not give.
+    fn attached(&mut self, probes: &probes::Probes) -> Result<()> {
+        self.log.header(&self.header.clone().with_probes(probes))
+    }
     fn event(&mut self, event: &Event) -> Result<()> {
         self.log.event(event)
     }
@@ -39,12 +44,12 @@ impl Sink for LogSink {
 pub fn run(args: &RecordArgs) -> Result<()> {
     probes::check_privileges()?;
     // Open the output before loading anything, so a bad path fails fast.
-    let mut sink = LogSink {
-        log: LogWriter::create(&args.output)?,
-    };
+    let log = LogWriter::create(&args.output)?;
     let clock = crate::time::KernelClock::detect()?;
-    sink.log
-        .header(&Header::for_this_host(clock.hz, clock.boot))?;
+    let mut sink = LogSink {
+        log,
+        header: Header::for_this_host(clock.hz, clock.boot),
+    };
     let output = args.output.display().to_string();
     let run = live::run(
         &args.filter.to_filter(),

@@ -31,6 +31,9 @@ const TAIL: usize = 5000;
 pub struct TuiSink {
     tail: VecDeque<Event>,
     spool: LogWriter<File>,
+    /// Written before the first record: a live run first adds its programs and
+    /// degraded facts ([`Sink::attached`]).
+    unwritten_header: Option<log::Header>,
     spool_path: PathBuf,
     filter: String,
     sort: SortKey,
@@ -55,11 +58,11 @@ impl TuiSink {
     ) -> Result<Self> {
         let spool_path =
             std::env::temp_dir().join(format!("conntrace-tui-{}.jsonl", std::process::id()));
-        let mut spool = LogWriter::create(&spool_path)?;
-        spool.header(header)?;
+        let spool = LogWriter::create(&spool_path)?;
         Ok(Self {
             tail: VecDeque::with_capacity(TAIL),
             spool,
+            unwritten_header: Some(header.clone()),
             spool_path,
             filter: String::new(),
             sort: SortKey::default(),
@@ -102,7 +105,7 @@ impl TuiSink {
 
     /// Writes the log of everything seen so far and the findings report beside it.
     fn export(&mut self, engine: &Engine) -> Result<String> {
-        self.spool.flush()?;
+        self.spool()?.flush()?;
         let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
             .to_string()
             .replace([':', '-'], "")
@@ -186,30 +189,47 @@ impl Drop for TuiSink {
     }
 }
 
+impl TuiSink {
+    /// The spool, its header written first.
+    fn spool(&mut self) -> Result<&mut LogWriter<File>> {
+        if let Some(header) = self.unwritten_header.take() {
+            self.spool.header(&header)?;
+        }
+        Ok(&mut self.spool)
+    }
+}
+
 impl Sink for TuiSink {
+    fn attached(&mut self, probes: &Probes) -> Result<()> {
+        if let Some(header) = self.unwritten_header.take() {
+            self.unwritten_header = Some(header.with_probes(probes));
+        }
+        self.spool().map(|_| ())
+    }
+
     fn event(&mut self, event: &Event) -> Result<()> {
         self.events += 1;
         if self.tail.len() == TAIL {
             self.tail.pop_front();
         }
         self.tail.push_back(event.clone());
-        self.spool.event(event)
+        self.spool()?.event(event)
     }
 
     fn sockstat(&mut self, sample: &Sockstat) -> Result<()> {
-        self.spool.sockstat(sample)
+        self.spool()?.sockstat(sample)
     }
 
     fn finding(&mut self, finding: &Finding) -> Result<()> {
-        self.spool.finding(finding)
+        self.spool()?.finding(finding)
     }
 
     fn cgroup(&mut self, info: &crate::k8s::CgroupInfo) -> Result<()> {
-        self.spool.cgroup(info)
+        self.spool()?.cgroup(info)
     }
 
     fn pod(&mut self, info: &crate::k8s::api::PodInfo) -> Result<()> {
-        self.spool.pod(info)
+        self.spool()?.pod(info)
     }
 
     fn warn(&mut self, message: &str) {

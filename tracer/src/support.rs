@@ -1,0 +1,212 @@
+//! What the running kernel offers conntrace, decided before anything loads: which
+//! hooks exist, which record layouts they use, and which facts are degraded without
+//! them. Every degraded fact has a stable name; it is printed at start, written to the
+//! log header, and shown by `report`.
+//!
+//! | fact | first kernel | without it |
+//! |---|---|---|
+//! | `tcp_send_reset` reason field | 6.10 | resets sent carry no reason |
+//! | `tcp_send_reset` for segments with no socket | 6.10 | refusals are seen only from the connecting side |
+//! | `sock:inet_sk_error_report` | 5.12 | asynchronous connect errors read from `sk_err` at close |
+//! | everything else conntrace hooks | 5.10 or older | — |
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    btf::Btf,
+    tracefs::{self, Field},
+};
+
+/// A fact this kernel cannot give, by stable name, with what it means for findings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Degraded {
+    pub fact: String,
+    pub detail: String,
+}
+
+impl Degraded {
+    pub fn new(fact: &str, detail: impl Into<String>) -> Self {
+        Self {
+            fact: fact.to_owned(),
+            detail: detail.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Degraded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.fact, self.detail)
+    }
+}
+
+/// Resets sent carry no `enum sk_rst_reason` (Linux < 6.10).
+pub const RESET_REASON: &str = "reset-reason";
+/// Resets answering segments for no socket are not traced (Linux < 6.10).
+pub const RESET_NO_SOCKET: &str = "reset-sent-no-socket";
+/// `sock:inet_sk_error_report` is missing (Linux < 5.12).
+pub const ERROR_REPORT: &str = "socket-error-report";
+
+/// How the classic `tcp:tcp_send_reset` record of this kernel is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResetRecord {
+    pub layout: u32,
+    pub skaddr: u32,
+    pub skbaddr: u32,
+    pub state: u32,
+    pub reason: Option<u32>,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u32,
+    pub dport: u32,
+}
+
+impl ResetRecord {
+    /// Reads the layout from the tracepoint's format fields: 6.10+ has `reason` and
+    /// `sockaddr`-sized `saddr`/`daddr`; older kernels the `tcp_event_sk_skb` class.
+    pub fn from_fields(fields: &[Field]) -> anyhow::Result<Self> {
+        const NAME: &str = "tcp/tcp_send_reset";
+        let off = |name| tracefs::offset_of(fields, NAME, name);
+        let size = |name: &str| fields.iter().find(|f| f.name == name).map(|f| f.size);
+        let reason = off("reason").ok();
+        let common = |layout, saddr, daddr, sport, dport| -> anyhow::Result<Self> {
+            Ok(Self {
+                layout,
+                skaddr: off("skaddr")?,
+                skbaddr: off("skbaddr")?,
+                state: off("state")?,
+                reason,
+                saddr,
+                daddr,
+                sport,
+                dport,
+            })
+        };
+        if size("saddr").is_some_and(|s| s >= 16) {
+            common(
+                tracer_common::rst_layout::SOCKADDR,
+                off("saddr")?,
+                off("daddr")?,
+                0,
+                0,
+            )
+        } else {
+            common(
+                tracer_common::rst_layout::SPLIT,
+                off("saddr_v6")?,
+                off("daddr_v6")?,
+                off("sport")?,
+                off("dport")?,
+            )
+        }
+    }
+}
+
+/// What this kernel supports, and what is degraded.
+#[derive(Debug, Clone)]
+pub struct KernelSupport {
+    /// tp_btf hooks (tracepoint names) that exist in this kernel's BTF.
+    pub btf_hooks: Vec<&'static str>,
+    /// The reset record, when `tcp:tcp_send_reset` exists.
+    pub reset: Option<ResetRecord>,
+    /// Whether `sock:inet_sk_error_report` exists.
+    pub error_report: bool,
+    pub degraded: Vec<Degraded>,
+}
+
+impl KernelSupport {
+    /// Looks at BTF (`btf_trace_<tracepoint>` typedefs: what tp_btf can attach to) and
+    /// the tracefs formats.
+    pub fn detect(btf: &Btf, tracefs: &std::path::Path, btf_hooks: &[&'static str]) -> Self {
+        let present: Vec<&'static str> = btf_hooks
+            .iter()
+            .copied()
+            .filter(|tp| btf.has_trace_hook(tp))
+            .collect();
+        let reset = tracefs::tracepoint_fields(tracefs, "tcp", "tcp_send_reset")
+            .and_then(|fields| ResetRecord::from_fields(&fields))
+            .ok();
+        let error_report = present.contains(&"inet_sk_error_report");
+        let mut degraded = Vec::new();
+        if let Some(r) = reset {
+            if r.reason.is_none() {
+                degraded.push(Degraded::new(
+                    RESET_REASON,
+                    "resets sent carry no reason (needs Linux 6.10): rst-storm counts them without why",
+                ));
+            }
+            if r.layout == tracer_common::rst_layout::SPLIT {
+                degraded.push(Degraded::new(
+                    RESET_NO_SOCKET,
+                    "resets answering segments for no socket (SYNs to a closed port, late segments) \
+                     are not traced (needs Linux 6.10): connection-refused comes from the connecting \
+                     side only",
+                ));
+            }
+        }
+        if !error_report {
+            degraded.push(Degraded::new(
+                ERROR_REPORT,
+                "sock:inet_sk_error_report is missing (needs Linux 5.12): asynchronous connect \
+                 errors (ECONNREFUSED, ETIMEDOUT, EHOSTUNREACH) are read from the socket when it \
+                 closes; errors that do not close it are not seen",
+            ));
+        }
+        Self {
+            btf_hooks: present,
+            reset,
+            error_report,
+            degraded,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracefs::parse_format;
+
+    const LINUX_5_10: &str = "\
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:const void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:const void * skaddr;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:int state;\toffset:24;\tsize:4;\tsigned:1;
+\tfield:__u16 sport;\toffset:28;\tsize:2;\tsigned:0;
+\tfield:__u16 dport;\toffset:30;\tsize:2;\tsigned:0;
+\tfield:__u8 saddr[4];\toffset:32;\tsize:4;\tsigned:0;
+\tfield:__u8 daddr[4];\toffset:36;\tsize:4;\tsigned:0;
+\tfield:__u8 saddr_v6[16];\toffset:40;\tsize:16;\tsigned:0;
+\tfield:__u8 daddr_v6[16];\toffset:56;\tsize:16;\tsigned:0;
+";
+
+    const LINUX_6_12: &str = "\
+\tfield:const void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:const void * skaddr;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:int state;\toffset:24;\tsize:4;\tsigned:1;
+\tfield:enum sk_rst_reason reason;\toffset:28;\tsize:4;\tsigned:0;
+\tfield:__u8 saddr[28];\toffset:32;\tsize:28;\tsigned:0;
+\tfield:__u8 daddr[28];\toffset:60;\tsize:28;\tsigned:0;
+";
+
+    #[test]
+    fn reset_record_before_6_10_is_the_split_layout_without_reason() {
+        let r = ResetRecord::from_fields(&parse_format(LINUX_5_10)).unwrap();
+        assert_eq!(r.layout, tracer_common::rst_layout::SPLIT);
+        assert_eq!(r.reason, None);
+        assert_eq!((r.sport, r.dport, r.saddr, r.daddr), (28, 30, 40, 56));
+        assert_eq!((r.skbaddr, r.skaddr, r.state), (8, 16, 24));
+    }
+
+    #[test]
+    fn reset_record_from_6_10_has_sockaddrs_and_reason() {
+        let r = ResetRecord::from_fields(&parse_format(LINUX_6_12)).unwrap();
+        assert_eq!(r.layout, tracer_common::rst_layout::SOCKADDR);
+        assert_eq!(r.reason, Some(28));
+        assert_eq!((r.saddr, r.daddr), (32, 60));
+    }
+
+    #[test]
+    fn a_record_missing_its_addresses_is_an_error() {
+        let fields = parse_format("\tfield:int state;\toffset:24;\tsize:4;\tsigned:1;\n");
+        assert!(ResetRecord::from_fields(&fields).is_err());
+    }
+}
