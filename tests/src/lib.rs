@@ -168,6 +168,12 @@ impl Drop for Recording {
 }
 
 impl Recording {
+    /// Whether the recording's kernel lacked `fact` (the header's degraded facts, see
+    /// `tracer::support`): tests expect what the kernel can give, and say so.
+    pub fn degraded(&self, fact: &str) -> bool {
+        self.log.header.degraded.iter().any(|d| d.fact == fact)
+    }
+
     /// `conntrace report FILE --format json`, parsed: the findings array.
     pub fn report_json(&self) -> Vec<serde_json::Value> {
         let out = Command::new(conntrace_bin())

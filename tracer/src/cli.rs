@@ -53,6 +53,15 @@ pub enum Command {
     Tui(TuiArgs),
     /// The terminal UI on a recorded log, with play/pause, speed and jump to end.
     Replay(ReplayArgs),
+    /// Load and attach the kernel programs, print what works on this kernel and what
+    /// is degraded, and exit (non-zero when conntrace cannot run here).
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub live: LiveArgs,
 }
 
 #[derive(Debug, Args)]

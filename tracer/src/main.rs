@@ -15,6 +15,7 @@ fn main() -> ExitCode {
         Some(Command::Watch(args)) => tracer::watch::run(args),
         Some(Command::Report(args)) => tracer::report::run(&args.file, args.format, args.stats),
         Some(Command::Lab(args)) => tracer::lab::run(args),
+        Some(Command::Check(args)) => tracer::probes::check(args.live),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -115,6 +115,29 @@ pub fn check_privileges() -> Result<()> {
     )
 }
 
+/// `conntrace check`: loads and attaches everything, then says what this kernel gives.
+/// The lines are stable (`kernel`, `attached`, `degraded`, `ok`) so scripts and the
+/// kernel matrix read them.
+pub fn check(live: crate::cli::LiveArgs) -> Result<()> {
+    let probes = Probes::load(!live.no_syscall_hooks)?;
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!("kernel {}", kernel.trim());
+    println!(
+        "attached {} programs in {} ms: {}",
+        probes.attached.len(),
+        probes.attach_time.as_millis(),
+        probes.attached.join(" ")
+    );
+    for d in &probes.degraded {
+        println!("degraded {d}");
+    }
+    println!(
+        "ok conntrace runs on this kernel ({} degraded facts)",
+        probes.degraded.len()
+    );
+    Ok(())
+}
+
 /// Field offsets the programs need, from BTF and the reset record of this kernel
 /// (zero when `tcp:tcp_send_reset` is missing: its program is not attached then).
 pub fn offsets(btf: &Btf, support: &KernelSupport) -> Result<Offsets> {

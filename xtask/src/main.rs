@@ -14,6 +14,8 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 mod bench;
+mod dist;
+mod matrix;
 mod storm;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -36,13 +38,21 @@ fn main() -> ExitCode {
         Some("test") => setup().and_then(|()| test(&args[1..])),
         Some("storm") => storm_cmd(&args[1..]),
         Some("bench") => setup().and_then(|()| bench::run()),
+        Some("dist") => setup()
+            .and_then(|()| dist::build())
+            .and_then(|bin| dist::verify_without_glibc(&bin)),
+        Some("matrix") => setup().and_then(|()| matrix::run(&args[1..])),
         _ => {
             eprintln!(
                 "usage: cargo xtask setup            install build and test prerequisites\n       \
                  cargo xtask run -- ARGS      set up, build (release) and run conntrace ARGS as root\n       \
-                 cargo xtask test [ARGS]      set up, build and run every test (as root)\n       \
+                 cargo xtask test [ARGS]      set up, build and run every test (as root), then the kernel matrix\n       \
+                 \x20                            (--no-matrix: this kernel only)\n       \
                  cargo xtask storm [SECS] [CLIENTS]  loopback connection storm (connect, write, close)\n       \
-                 cargo xtask bench            overhead, engine, memory, start-up and loss figures (as root)"
+                 cargo xtask bench            overhead, engine, memory, start-up and loss figures (as root)\n       \
+                 cargo xtask dist             the static binary (musl) in target/dist, tried in a busybox-only chroot (as root)\n       \
+                 cargo xtask matrix [KERNELS] boot each kernel in qemu and run the root tests there (as root);\n       \
+                 \x20                            KERNELS: comma-separated, of 5.10,6.1,6.12,host (default: all)"
             );
             return ExitCode::from(2);
         }
@@ -196,9 +206,20 @@ fn bpf_linker() -> Result<()> {
 }
 
 fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    apt_install(&APT_PACKAGES)
+}
+
+/// Installs the Debian packages whose program (`(program, package)`) is missing.
+pub(crate) fn apt_install(wanted: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = wanted
         .iter()
-        .filter(|(bin, _)| !have(bin))
+        .filter(|(bin, _)| {
+            if bin.starts_with('/') {
+                !Path::new(bin).exists()
+            } else {
+                !have(bin)
+            }
+        })
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {
@@ -242,7 +263,11 @@ fn run(args: &[String]) -> Result<()> {
     status(Command::new(bin).args(args))
 }
 
+/// Unit and root integration tests on this kernel, then (unless `--no-matrix`) the
+/// static binary and the kernel matrix: the same tests on every pinned kernel.
 fn test(args: &[String]) -> Result<()> {
+    let no_matrix = args.iter().any(|a| a == "--no-matrix");
+    let args: Vec<&String> = args.iter().filter(|a| *a != "--no-matrix").collect();
     let root = workspace_root();
     status(
         Command::new("cargo")
@@ -252,10 +277,16 @@ fn test(args: &[String]) -> Result<()> {
     status(
         Command::new("cargo")
             .args(["test", "--workspace", "--exclude", "tracer-ebpf"])
-            .args(args)
+            .args(&args)
             .env("CONNTRACE_BIN", root.join("target/debug/conntrace"))
             .current_dir(&root),
-    )
+    )?;
+    if no_matrix {
+        return Ok(());
+    }
+    let bin = dist::build()?;
+    dist::verify_without_glibc(&bin)?;
+    matrix::run(&[])
 }
 
 fn storm_cmd(args: &[String]) -> Result<()> {

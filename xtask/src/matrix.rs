@@ -1,0 +1,478 @@
+//! `cargo xtask matrix [KERNELS]`: the kernel matrix. Boots pinned distribution
+//! kernels (Debian's cloud kernel packages, downloaded and extracted, never installed)
+//! in qemu with TCG through virtme-ng, which shares this machine's root filesystem
+//! read-only, and runs inside each the static binary's `conntrace check` and every
+//! root integration test binary. The host kernel runs the same script directly.
+//! Prints a table per kernel: programs attached, degraded facts, tests passed.
+//!
+//! Downloads, the extracted kernels and virtme-ng live in `~/.cache/conntrace/matrix`;
+//! apt runs with a private sources list and state there, so the system's apt
+//! configuration is read (for its mirror) and never changed.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::{apt_install, dist, have, output, status, workspace_root};
+
+/// A pinned kernel package: `(short name, package, version, suite)`.
+struct Kernel {
+    name: &'static str,
+    package: &'static str,
+    version: &'static str,
+    suite: &'static str,
+}
+
+/// Oldest supported (Debian 11, like Amazon Linux 2's 5.10), Debian 12's 6.1 (as on
+/// AL2023 and COS), and 6.12 (the newest LTS before the host's).
+const KERNELS: [Kernel; 3] = [
+    Kernel {
+        name: "5.10",
+        package: "linux-image-5.10.0-32-cloud-amd64-unsigned",
+        version: "5.10.223-1",
+        suite: "bullseye",
+    },
+    Kernel {
+        name: "6.1",
+        package: "linux-image-6.1.0-56-cloud-amd64-unsigned",
+        version: "6.1.192-2",
+        suite: "bookworm-security",
+    },
+    Kernel {
+        name: "6.12",
+        package: "linux-image-6.12.117+deb12-cloud-amd64-unsigned",
+        version: "6.12.117-1~deb12u1",
+        suite: "bookworm-security",
+    },
+];
+
+const VIRTME_NG: &str = "virtme-ng==1.42";
+const VIRTIOFSD: &str = "1.14.0";
+
+/// One row of the table.
+struct Row {
+    kernel: String,
+    seconds: u64,
+    attached: String,
+    degraded: Vec<String>,
+    passed: u64,
+    failed: u64,
+    failures: Vec<String>,
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let wanted: Vec<String> = match args.first() {
+        Some(list) => list.split(',').map(str::to_owned).collect(),
+        None => KERNELS
+            .iter()
+            .map(|k| k.name.to_owned())
+            .chain(["host".to_owned()])
+            .collect(),
+    };
+    for w in &wanted {
+        if w != "host" && !KERNELS.iter().any(|k| k.name == w) {
+            bail!("unknown kernel {w}: choose from 5.10, 6.1, 6.12, host");
+        }
+    }
+    let started = Instant::now();
+    let bin = dist::build()?;
+    let tests = test_binaries()?;
+    let cache = cache_dir()?;
+    let vms: Vec<&Kernel> = KERNELS
+        .iter()
+        .filter(|k| wanted.iter().any(|w| w == k.name))
+        .collect();
+    let vng = if vms.is_empty() {
+        None
+    } else {
+        Some(vm_tools(&cache)?)
+    };
+    let mut rows = Vec::new();
+    for kernel in vms {
+        let vmlinuz = fetch_kernel(&cache, kernel)?;
+        let vng = vng.as_deref().context("virtme-ng")?;
+        rows.push(run_one(kernel.name, Some((vng, &vmlinuz)), &bin, &tests)?);
+    }
+    if wanted.iter().any(|w| w == "host") {
+        rows.push(run_one("host", None, &bin, &tests)?);
+    }
+    let table = render(&rows);
+    println!("{table}");
+    let passed: u64 = rows.iter().map(|r| r.passed).sum();
+    let failed: u64 = rows.iter().map(|r| r.failed).sum();
+    println!(
+        "kernel matrix: {} kernels in {} s",
+        rows.len(),
+        started.elapsed().as_secs()
+    );
+    println!("matrix: {passed} passed, {failed} failed");
+    if failed > 0 || rows.iter().any(|r| r.attached.is_empty()) {
+        bail!("the kernel matrix failed (see the table above)");
+    }
+    Ok(())
+}
+
+fn cache_dir() -> Result<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .context("neither XDG_CACHE_HOME nor HOME is set")?;
+    let dir = base.join("conntrace/matrix");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// qemu, udev (without it no output comes back from the guest), virtiofsd (the cloud
+/// kernels have no 9p) and virtme-ng in a venv of its own. Returns the `vng` path.
+fn vm_tools(cache: &Path) -> Result<PathBuf> {
+    apt_install(&[
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("udevadm", "udev"),
+        ("pkg-config", "pkg-config"),
+        ("/usr/include/seccomp.h", "libseccomp-dev"),
+        ("/usr/include/cap-ng.h", "libcap-ng-dev"),
+    ])?;
+    if !have("virtiofsd") {
+        eprintln!("xtask: building virtiofsd {VIRTIOFSD} (about 2 minutes)");
+        status(Command::new("cargo").args([
+            "install",
+            "virtiofsd",
+            "--version",
+            VIRTIOFSD,
+            "--locked",
+        ]))
+        .context("building virtiofsd failed")?;
+    }
+    let venv = cache.join("virtme-ng");
+    let vng = venv.join("bin/vng");
+    if !vng.exists() {
+        eprintln!("xtask: installing {VIRTME_NG} in {}", venv.display());
+        status(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+            .context("python3 -m venv failed (Debian: apt-get install python3-venv)")?;
+        status(Command::new(venv.join("bin/pip")).args(["install", "-q", VIRTME_NG]))
+            .with_context(|| format!("pip install {VIRTME_NG} failed"))?;
+    }
+    Ok(vng)
+}
+
+/// The system's Debian archive and security archive URIs, read from its apt sources
+/// (this workplace reaches the archive only through its configured mirror).
+fn debian_mirrors() -> Result<(String, String)> {
+    let mut text = std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default();
+    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        for entry in dir.filter_map(Result::ok) {
+            let path = entry.path();
+            if path
+                .extension()
+                .is_some_and(|e| e == "sources" || e == "list")
+            {
+                text.push_str(&std::fs::read_to_string(&path).unwrap_or_default());
+                text.push('\n');
+            }
+        }
+    }
+    let uris: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .flat_map(str::split_whitespace)
+        .filter(|w| w.starts_with("http://") || w.starts_with("https://"))
+        .collect();
+    let find = |suffix: &str| {
+        uris.iter()
+            .find(|u| u.trim_end_matches('/').ends_with(suffix))
+            .map(|u| u.trim_end_matches('/').to_owned())
+    };
+    match (find("/debian"), find("/debian-security")) {
+        (Some(main), Some(security)) => Ok((main, security)),
+        _ => bail!(
+            "no Debian archive (…/debian and …/debian-security) in this machine's apt sources: \
+             the kernel matrix downloads Debian's kernel packages through them"
+        ),
+    }
+}
+
+/// Downloads (once) and extracts a pinned kernel package; returns its vmlinuz.
+fn fetch_kernel(cache: &Path, kernel: &Kernel) -> Result<PathBuf> {
+    let dir = cache.join("kernels").join(kernel.package);
+    if let Some(v) = vmlinuz_in(&dir) {
+        return Ok(v);
+    }
+    let apt = cache.join("apt");
+    for d in ["lists/partial", "cache/archives/partial"] {
+        std::fs::create_dir_all(apt.join(d))?;
+    }
+    let (main, security) = debian_mirrors()?;
+    let key = "[signed-by=/usr/share/keyrings/debian-archive-keyring.gpg]";
+    std::fs::write(
+        apt.join("sources.list"),
+        format!(
+            "deb {key} {main} bullseye main\ndeb {key} {main} bookworm main\ndeb {key} {security} bookworm-security main\n"
+        ),
+    )?;
+    let opts = |cmd: &mut Command| {
+        cmd.arg("-o")
+            .arg(format!(
+                "Dir::Etc::SourceList={}",
+                apt.join("sources.list").display()
+            ))
+            .args(["-o", "Dir::Etc::SourceParts=/nonexistent"])
+            .arg("-o")
+            .arg(format!("Dir::State::Lists={}", apt.join("lists").display()))
+            .arg("-o")
+            .arg(format!("Dir::Cache={}", apt.join("cache").display()))
+            .args(["-o", "Debug::NoLocking=1", "-o", "APT::Sandbox::User=root"]);
+    };
+    let mut update = Command::new("apt-get");
+    opts(&mut update);
+    status(update.args(["update", "-qq"])).context("apt-get update (private sources) failed")?;
+    let debs = cache.join("debs");
+    std::fs::create_dir_all(&debs)?;
+    let mut download = Command::new("apt-get");
+    opts(&mut download);
+    let pinned = format!("{}={}", kernel.package, kernel.version);
+    eprintln!("xtask: downloading {pinned} ({})", kernel.suite);
+    if download
+        .arg("download")
+        .arg(&pinned)
+        .current_dir(&debs)
+        .status()?
+        .success()
+    {
+    } else {
+        // The security suite keeps only its newest build of a package.
+        eprintln!(
+            "xtask: warning: {pinned} is gone from the archive; taking the newest {}",
+            kernel.package
+        );
+        let mut newest = Command::new("apt-get");
+        opts(&mut newest);
+        status(
+            newest
+                .arg("download")
+                .arg(kernel.package)
+                .current_dir(&debs),
+        )?;
+    }
+    let deb = std::fs::read_dir(&debs)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{}_", kernel.package)))
+        })
+        .with_context(|| format!("{} was not downloaded", kernel.package))?;
+    let partial = cache
+        .join("kernels")
+        .join(format!("{}.partial", kernel.package));
+    std::fs::create_dir_all(cache.join("kernels"))?;
+    let _ = std::fs::remove_dir_all(&partial);
+    status(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&partial))?;
+    std::fs::rename(&partial, &dir)?;
+    let _ = std::fs::remove_file(&deb);
+    vmlinuz_in(&dir).with_context(|| format!("no boot/vmlinuz-* in {}", deb.display()))
+}
+
+fn vmlinuz_in(dir: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(dir.join("boot"))
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vmlinuz-"))
+        })
+}
+
+/// The root integration test binaries (`tests/tests/*.rs`), built.
+fn test_binaries() -> Result<Vec<(String, PathBuf)>> {
+    let out = output(
+        Command::new("cargo")
+            .args(["test", "--no-run", "-p", "tests", "--message-format=json"])
+            .current_dir(workspace_root()),
+    )?;
+    let mut bins = Vec::new();
+    for line in out.lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let is_test = msg["target"]["kind"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|v| v == "test"));
+        if msg["reason"] == "compiler-artifact" && is_test {
+            if let (Some(name), Some(exe)) =
+                (msg["target"]["name"].as_str(), msg["executable"].as_str())
+            {
+                bins.push((name.to_owned(), PathBuf::from(exe)));
+            }
+        }
+    }
+    if bins.is_empty() {
+        bail!("no integration test binaries were built");
+    }
+    bins.sort();
+    Ok(bins)
+}
+
+/// The script run as root inside each guest (and on the host): results go to `out`.
+fn guest_script(out: &Path, bin: &Path, tests: &[(String, PathBuf)]) -> String {
+    let root = workspace_root();
+    let mut s = format!(
+        "#!/bin/sh\n\
+         R={out}\n\
+         mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing\n\
+         modprobe veth 2>/dev/null\n\
+         export CONNTRACE_BIN={bin} RUST_BACKTRACE=0\n\
+         cd {tests_dir}\n\
+         {bin} check > $R/check.txt 2>&1; echo $? > $R/check.rc\n\
+         cat $R/check.txt\n",
+        out = out.display(),
+        bin = bin.display(),
+        tests_dir = root.join("tests").display(),
+    );
+    for (name, exe) in tests {
+        let _ = write!(
+            s,
+            "{exe} --test-threads=2 > $R/{name}.txt 2>&1; echo $? > $R/{name}.rc; \
+             echo \"  {name}: $(grep '^test result' $R/{name}.txt)\"\n",
+            exe = exe.display(),
+        );
+    }
+    s
+}
+
+fn run_one(
+    name: &str,
+    vm: Option<(&Path, &Path)>,
+    bin: &Path,
+    tests: &[(String, PathBuf)],
+) -> Result<Row> {
+    let out = workspace_root().join("target/matrix").join(name);
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out)?;
+    let script = out.join("run.sh");
+    std::fs::write(&script, guest_script(&out, bin, tests))?;
+    let started = Instant::now();
+    match vm {
+        Some((vng, vmlinuz)) => {
+            eprintln!("xtask: booting {} (qemu, TCG)", vmlinuz.display());
+            status(
+                Command::new(vng)
+                    .arg("-r")
+                    .arg(vmlinuz)
+                    .args(["--disable-kvm", "-m", "3G", "--cpus", "2"])
+                    .arg(format!("--rwdir={}", out.display()))
+                    .arg("--exec")
+                    .arg(format!("sh {}", script.display()))
+                    .current_dir(workspace_root()),
+            )
+            .with_context(|| format!("the {name} guest did not run"))?;
+        }
+        None => {
+            eprintln!("xtask: running on the host kernel");
+            status(Command::new("sh").arg(&script))?;
+        }
+    }
+    let seconds = started.elapsed().as_secs();
+    let check = std::fs::read_to_string(out.join("check.txt")).unwrap_or_default();
+    let kernel = check
+        .lines()
+        .find_map(|l| l.strip_prefix("kernel "))
+        .map_or_else(|| name.to_owned(), |k| format!("{name} ({k})"));
+    let attached = check
+        .lines()
+        .find_map(|l| l.strip_prefix("attached "))
+        .and_then(|l| l.split(" programs").next())
+        .unwrap_or_default()
+        .to_owned();
+    let degraded = check
+        .lines()
+        .filter_map(|l| l.strip_prefix("degraded "))
+        .filter_map(|l| l.split(':').next())
+        .map(str::to_owned)
+        .collect();
+    let mut row = Row {
+        kernel,
+        seconds,
+        attached,
+        degraded,
+        passed: 0,
+        failed: 0,
+        failures: Vec::new(),
+    };
+    for (test, _) in tests {
+        let text = std::fs::read_to_string(out.join(format!("{test}.txt"))).unwrap_or_default();
+        let rc = std::fs::read_to_string(out.join(format!("{test}.rc"))).unwrap_or_default();
+        let counts = text
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("test result: "));
+        let count = |word: &str| -> u64 {
+            counts
+                .and_then(|c| c.split(';').find(|p| p.trim().ends_with(word)))
+                .and_then(|p| p.split_whitespace().rev().nth(1))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        row.passed += count("passed");
+        row.failed += count("failed");
+        for l in text.lines() {
+            if let Some(t) = l
+                .strip_prefix("test ")
+                .and_then(|t| t.strip_suffix(" ... FAILED"))
+            {
+                row.failures.push(format!("{test}::{t}"));
+            }
+        }
+        if counts.is_none() || rc.trim() != "0" {
+            if row
+                .failures
+                .iter()
+                .all(|f| !f.starts_with(&format!("{test}::")))
+            {
+                row.failures.push(format!(
+                    "{test} (exit {}; see {})",
+                    rc.trim(),
+                    out.display()
+                ));
+                row.failed += 1;
+            }
+        }
+    }
+    Ok(row)
+}
+
+fn render(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "\n| kernel | time | programs attached | degraded facts | tests |\n|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let degraded = if r.degraded.is_empty() {
+            "none".to_owned()
+        } else {
+            r.degraded.join(", ")
+        };
+        let attached = if r.attached.is_empty() {
+            "did not start"
+        } else {
+            &r.attached
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} s | {} | {} | {} passed, {} failed |",
+            r.kernel, r.seconds, attached, degraded, r.passed, r.failed
+        );
+    }
+    for r in rows {
+        for f in &r.failures {
+            let _ = writeln!(s, "FAILED on {}: {f}", r.kernel);
+        }
+    }
+    s
+}
