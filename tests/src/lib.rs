@@ -174,6 +174,33 @@ impl Recording {
         self.log.header.degraded.iter().any(|d| d.fact == fact)
     }
 
+    /// The reset this node sent from local `port` to remote `peer_port`. `None` when
+    /// the recording's kernel does not trace resets sent without a full socket (before
+    /// 6.10) — and then the test asserts that none was invented either.
+    pub fn reset_sent_for_no_full_socket(&self, port: u16, peer_port: u16) -> Option<&Event> {
+        let mut sent = self.by_local_port(port).into_iter().filter(|e| {
+            e.remote.port() == peer_port
+                && matches!(
+                    e.kind,
+                    EventKind::Reset {
+                        direction: tracer::event::Direction::Sent,
+                        ..
+                    }
+                )
+        });
+        if self.degraded(tracer::support::RESET_NO_SOCKET) {
+            assert!(sent.next().is_none(), "this kernel cannot see it");
+            return None;
+        }
+        let found = sent.next();
+        assert!(
+            found.is_some(),
+            "no reset sent:\n{}",
+            self.dump(&self.by_local_port(port))
+        );
+        found
+    }
+
     /// `conntrace report FILE --format json`, parsed: the findings array.
     pub fn report_json(&self) -> Vec<serde_json::Value> {
         let out = Command::new(conntrace_bin())

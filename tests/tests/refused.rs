@@ -6,7 +6,7 @@
 use std::net::TcpListener;
 
 use tests::{Python, Recorder};
-use tracer::event::{Direction, EventKind};
+use tracer::event::EventKind;
 
 const CLIENT: &str = r"
 import socket, sys, errno
@@ -48,26 +48,9 @@ fn refused_connect_is_an_econnrefused_for_the_client_and_a_no_socket_reset() {
     assert_eq!(connect.remote.port(), port);
     assert_eq!(connect.comm, comm);
 
-    let mut resets = recording.by_local_port(port).into_iter().filter(|e| {
-        e.remote.port() == client_port
-            && matches!(
-                e.kind,
-                EventKind::Reset {
-                    direction: Direction::Sent,
-                    ..
-                }
-            )
-    });
-    if recording.degraded(tracer::support::RESET_NO_SOCKET) {
-        assert!(resets.next().is_none(), "this kernel cannot see it");
+    let Some(reset) = recording.reset_sent_for_no_full_socket(port, client_port) else {
         return;
-    }
-    let reset = resets.next().unwrap_or_else(|| {
-        panic!(
-            "no reset sent:\n{}",
-            recording.dump(&recording.by_local_port(port))
-        )
-    });
+    };
     let EventKind::Reset {
         reason, state, syn, ..
     } = &reset.kind

@@ -1,6 +1,7 @@
 //! A peer that vanishes (its veth link goes down in its namespace) while the client
 //! has data in flight: the client's retransmissions are recorded for that
-//! connection, owned by the client process though they fire from a timer.
+//! connection, owned by the client process though they fire from a timer. (6 s: on
+//! 5.10 the first retransmission after the local carrier loss comes later than on 6.x.)
 
 use tests::{Python, Recorder, VethPair};
 use tracer::event::EventKind;
@@ -22,7 +23,7 @@ s.sendall(b'hello')
 print(s.getsockname()[1])
 sys.stdin.readline()
 s.sendall(b'x' * 1000)
-time.sleep(2.5)
+time.sleep(6)
 print('done')
 ";
 
@@ -52,7 +53,7 @@ fn vanished_peer_shows_retransmits_for_the_connection() {
         .collect();
     assert!(
         retransmits.len() >= 2,
-        "expected repeated retransmits in 2.5 s:\n{}",
+        "expected repeated retransmits in 6 s:\n{}",
         recording.dump(&recording.by_local_port(client_port))
     );
     let counts: Vec<u8> = retransmits

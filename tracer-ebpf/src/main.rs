@@ -1,14 +1,18 @@
 //! conntrace kernel programs: TCP connection life cycle from stable tracepoints only.
 //!
-//! | program | hook | what it yields |
-//! |---|---|---|
-//! | `inet_sock_set_state` | tp_btf `inet_sock_set_state(sk, old, new)` | state changes with idle times; socket owners |
-//! | `inet_sk_error_report` | tp_btf `inet_sk_error_report(sk)` | asynchronous socket errors (`sk_err`) |
-//! | `tcp_receive_reset` | tp_btf `tcp_receive_reset(sk)` | resets received, with the state |
-//! | `tcp_retransmit_skb` | tp_btf `tcp_retransmit_skb(sk, skb, ...)` | retransmits, with time since the last ACK |
-//! | `tcp_send_reset` | tracepoint `tcp/tcp_send_reset` | resets sent, with reason (also with no socket) |
-//! | `sys_enter_connect`/`sys_exit_connect` | tracepoints `syscalls/*_connect` | synchronous connect errors |
-//! | `sys_exit_accept`/`sys_exit_accept4` | tracepoints `syscalls/*_accept*` | the accepting process of a socket |
+//! | program | hook | what it yields | first kernel |
+//! |---|---|---|---|
+//! | `inet_sock_set_state` | tp_btf `inet_sock_set_state(sk, old, new)` | state changes with idle times; socket owners; socket errors from `sk_err` where the error report is missing | 5.5 (tp_btf) |
+//! | `inet_sk_error_report` | tp_btf `inet_sk_error_report(sk)` | asynchronous socket errors (`sk_err`) | 5.12 |
+//! | `tcp_receive_reset` | tp_btf `tcp_receive_reset(sk)` | resets received, with the state | 5.5 |
+//! | `tcp_retransmit_skb` | tp_btf `tcp_retransmit_skb(sk, skb, ...)` | retransmits, with time since the last ACK | 5.5 |
+//! | `tcp_send_reset` | tracepoint `tcp/tcp_send_reset` | resets sent; with reason and also with no socket from 6.10 | 4.15 |
+//! | `sys_enter_connect`/`sys_exit_connect` | tracepoints `syscalls/*_connect` | synchronous connect errors | any |
+//! | `sys_exit_accept`/`sys_exit_accept4` | tracepoints `syscalls/*_accept*` | the accepting process of a socket | any |
+//!
+//! Helpers used: `bpf_skc_to_tcp_sock` (5.9), ring buffer and `bpf_ringbuf_query`
+//! (5.8), `bpf_jiffies64` (5.5): every program loads from 5.10 on, checked by the
+//! kernel matrix (`cargo xtask matrix`) on 5.10, 6.1, 6.12 and the host's kernel.
 //!
 //! No program runs per packet on the data path: idle times are read from the socket's
 //! own timestamps at the state change. Struct offsets come from userspace (BTF).

@@ -50,6 +50,7 @@ pub struct Header {
 
 impl Header {
     /// What the kernel programs of a live run could and could not attach.
+    #[must_use]
     pub fn with_probes(mut self, probes: &crate::probes::Probes) -> Self {
         self.programs = probes.attached.iter().map(|&p| p.to_owned()).collect();
         self.degraded.clone_from(&probes.degraded);

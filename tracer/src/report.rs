@@ -20,6 +20,8 @@ pub enum Format {
 /// What a replay of a log produced.
 pub struct Replay {
     pub engine: Engine,
+    /// The log's header: host, kernel, and the facts its kernel could not give.
+    pub header: crate::log::Header,
     /// Bad lines, reported with their numbers; every good line was used.
     pub bad_lines: Vec<crate::log::LineError>,
     pub newer_version: Option<u32>,
@@ -69,6 +71,7 @@ pub fn replay(path: &Path, cfg: Config) -> Result<Replay> {
     }
     run(&mut batch, &mut engine);
     Ok(Replay {
+        header: reader.header.clone(),
         engine,
         bad_lines,
         newer_version,
@@ -111,12 +114,54 @@ pub fn run(path: &Path, format: Format, stats: bool) -> Result<()> {
         );
     }
     let findings = replay.engine.findings();
-    let out = render(&findings, format)?;
+    let out = render_limited(&findings, &replay.header, format)?;
     let mut stdout = std::io::stdout().lock();
     match stdout.write_all(out.as_bytes()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         r => r.context("writing the report"),
     }
+}
+
+/// [`render`], followed by what the recording's kernel could not see (JSON: a
+/// `degraded` array beside `findings`), so a postmortem knows its blind spots.
+pub fn render_limited(
+    findings: &[Finding],
+    header: &crate::log::Header,
+    format: Format,
+) -> Result<String> {
+    let degraded = &header.degraded;
+    if degraded.is_empty() {
+        return render(findings, format);
+    }
+    Ok(match format {
+        Format::Json => {
+            let mut s = serde_json::to_string_pretty(
+                &serde_json::json!({ "findings": findings, "degraded": degraded }),
+            )?;
+            s.push('\n');
+            s
+        }
+        Format::Text => {
+            let mut s = text(findings);
+            let _ = writeln!(s, "not seen by this recording (kernel {}):", header.kernel);
+            for d in degraded {
+                let _ = writeln!(s, "  {d}");
+            }
+            s
+        }
+        Format::Markdown => {
+            let mut s = markdown(findings);
+            let _ = writeln!(
+                s,
+                "\n## Not seen by this recording (kernel `{}`)\n",
+                header.kernel
+            );
+            for d in degraded {
+                let _ = writeln!(s, "- `{}`: {}", d.fact, d.detail);
+            }
+            s
+        }
+    })
 }
 
 pub fn render(findings: &[Finding], format: Format) -> Result<String> {
@@ -229,4 +274,48 @@ fn markdown(findings: &[Finding]) -> String {
         let _ = write!(s, "\n**Fix:** {}\n", f.recommendation);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+    use crate::{log::Header, support::Degraded};
+
+    fn header(degraded: Vec<Degraded>) -> Header {
+        let mut h = Header::for_this_host(250, UNIX_EPOCH + Duration::from_secs(1));
+        h.kernel = "5.10.0-32-cloud-amd64".into();
+        h.degraded = degraded;
+        h
+    }
+
+    #[test]
+    fn a_report_names_what_the_recordings_kernel_could_not_see() {
+        let h = header(vec![Degraded::new(
+            crate::support::RESET_REASON,
+            "resets sent carry no reason",
+        )]);
+        let text = render_limited(&[], &h, Format::Text).unwrap();
+        assert!(text.contains("not seen by this recording (kernel 5.10.0-32-cloud-amd64)"));
+        assert!(text.contains("reset-reason: resets sent carry no reason"));
+        let md = render_limited(&[], &h, Format::Markdown).unwrap();
+        assert!(md.contains("- `reset-reason`: resets sent carry no reason"));
+        let json: serde_json::Value =
+            serde_json::from_str(&render_limited(&[], &h, Format::Json).unwrap()).unwrap();
+        assert_eq!(json["findings"], serde_json::json!([]));
+        assert_eq!(json["degraded"][0]["fact"], "reset-reason");
+    }
+
+    #[test]
+    fn a_complete_recording_has_no_limits_section() {
+        let h = header(Vec::new());
+        assert_eq!(
+            render_limited(&[], &h, Format::Text).unwrap(),
+            "no findings\n"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&render_limited(&[], &h, Format::Json).unwrap()).unwrap();
+        assert!(json.get("degraded").is_none());
+    }
 }

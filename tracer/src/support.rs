@@ -6,7 +6,7 @@
 //! | fact | first kernel | without it |
 //! |---|---|---|
 //! | `tcp_send_reset` reason field | 6.10 | resets sent carry no reason |
-//! | `tcp_send_reset` for segments with no socket | 6.10 | refusals are seen only from the connecting side |
+//! | `tcp_send_reset` for segments with no full socket | 6.10 | refusals and writes after close seen only from the connecting side |
 //! | `sock:inet_sk_error_report` | 5.12 | asynchronous connect errors read from `sk_err` at close |
 //! | everything else conntrace hooks | 5.10 or older | — |
 
@@ -137,9 +137,9 @@ impl KernelSupport {
             if r.layout == tracer_common::rst_layout::SPLIT {
                 degraded.push(Degraded::new(
                     RESET_NO_SOCKET,
-                    "resets answering segments for no socket (SYNs to a closed port, late segments) \
-                     are not traced (needs Linux 6.10): connection-refused comes from the connecting \
-                     side only",
+                    "resets answering segments that reach no full socket (SYNs to a closed port, \
+                     data for a closed connection's time-wait socket) are not traced (needs Linux \
+                     6.10): refusals and writes after close are seen from the connecting side only",
                 ));
             }
         }

@@ -337,10 +337,10 @@ fn guest_script(out: &Path, bin: &Path, tests: &[(String, PathBuf)]) -> String {
         tests_dir = root.join("tests").display(),
     );
     for (name, exe) in tests {
-        let _ = write!(
+        let _ = writeln!(
             s,
             "{exe} --test-threads=2 > $R/{name}.txt 2>&1; echo $? > $R/{name}.rc; \
-             echo \"  {name}: $(grep '^test result' $R/{name}.txt)\"\n",
+             echo \"  {name}: $(grep '^test result' $R/{name}.txt)\"",
             exe = exe.display(),
         );
     }
@@ -359,25 +359,22 @@ fn run_one(
     let script = out.join("run.sh");
     std::fs::write(&script, guest_script(&out, bin, tests))?;
     let started = Instant::now();
-    match vm {
-        Some((vng, vmlinuz)) => {
-            eprintln!("xtask: booting {} (qemu, TCG)", vmlinuz.display());
-            status(
-                Command::new(vng)
-                    .arg("-r")
-                    .arg(vmlinuz)
-                    .args(["--disable-kvm", "-m", "3G", "--cpus", "2"])
-                    .arg(format!("--rwdir={}", out.display()))
-                    .arg("--exec")
-                    .arg(format!("sh {}", script.display()))
-                    .current_dir(workspace_root()),
-            )
-            .with_context(|| format!("the {name} guest did not run"))?;
-        }
-        None => {
-            eprintln!("xtask: running on the host kernel");
-            status(Command::new("sh").arg(&script))?;
-        }
+    if let Some((vng, vmlinuz)) = vm {
+        eprintln!("xtask: booting {} (qemu, TCG)", vmlinuz.display());
+        status(
+            Command::new(vng)
+                .arg("-r")
+                .arg(vmlinuz)
+                .args(["--disable-kvm", "-m", "3G", "--cpus", "2"])
+                .arg(format!("--rwdir={}", out.display()))
+                .arg("--exec")
+                .arg(format!("sh {}", script.display()))
+                .current_dir(workspace_root()),
+        )
+        .with_context(|| format!("the {name} guest did not run"))?;
+    } else {
+        eprintln!("xtask: running on the host kernel");
+        status(Command::new("sh").arg(&script))?;
     }
     let seconds = started.elapsed().as_secs();
     let check = std::fs::read_to_string(out.join("check.txt")).unwrap_or_default();
@@ -430,19 +427,18 @@ fn run_one(
                 row.failures.push(format!("{test}::{t}"));
             }
         }
-        if counts.is_none() || rc.trim() != "0" {
-            if row
+        if (counts.is_none() || rc.trim() != "0")
+            && row
                 .failures
                 .iter()
                 .all(|f| !f.starts_with(&format!("{test}::")))
-            {
-                row.failures.push(format!(
-                    "{test} (exit {}; see {})",
-                    rc.trim(),
-                    out.display()
-                ));
-                row.failed += 1;
-            }
+        {
+            row.failures.push(format!(
+                "{test} (exit {}; see {})",
+                rc.trim(),
+                out.display()
+            ));
+            row.failed += 1;
         }
     }
     Ok(row)
