@@ -16,7 +16,7 @@ use tracer_common::{Offsets, LOSS_COUNTERS};
 use crate::{
     btf::Btf,
     decode::Decoder,
-    support::{Degraded, KernelSupport, ResetRecord},
+    support::{Degraded, KernelSupport},
     time::KernelClock,
     tracefs,
 };
@@ -142,17 +142,7 @@ pub fn check(live: crate::cli::LiveArgs) -> Result<()> {
 /// (zero when `tcp:tcp_send_reset` is missing: its program is not attached then).
 pub fn offsets(btf: &Btf, support: &KernelSupport) -> Result<Offsets> {
     let f = |s: &str, p: &str| btf.member_offset(s, p);
-    let rst = support.reset.unwrap_or(ResetRecord {
-        layout: 0,
-        skaddr: 0,
-        skbaddr: 0,
-        state: 0,
-        reason: None,
-        saddr: 0,
-        daddr: 0,
-        sport: 0,
-        dport: 0,
-    });
+    let rst = support.reset.unwrap_or_default();
     Ok(Offsets {
         skc_daddr: f("sock_common", "skc_daddr")?,
         skc_rcv_saddr: f("sock_common", "skc_rcv_saddr")?,

@@ -47,7 +47,8 @@ pub const RESET_NO_SOCKET: &str = "reset-sent-no-socket";
 pub const ERROR_REPORT: &str = "socket-error-report";
 
 /// How the classic `tcp:tcp_send_reset` record of this kernel is read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// All zero (`Default`) when the tracepoint is missing: its program is not attached then.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ResetRecord {
     pub layout: u32,
     pub skaddr: u32,
