@@ -30,13 +30,18 @@ fn one<'a>(report: &'a [Value], kind: &str, lab: &LabResult) -> &'a Value {
     found[0]
 }
 
-fn within_tick(value: &Value, expected: u64, tick: u64) {
+/// The server's idle timer as the kernel saw it: exact to a tick from below (the
+/// socket's own jiffies stamps), and later by at most the server's wake-up latency
+/// (`poll` returning, the thread running `close`): a few ms on a host, up to 16 ms
+/// measured in a 2-CPU TCG guest running the scenarios in parallel; 50 ms allowed.
+fn idle_timer_is(value: &Value, expected: u64, tick: u64) {
+    const WAKEUP_MS: u64 = 50;
     let v = value
         .as_u64()
         .unwrap_or_else(|| panic!("not a number: {value}"));
     assert!(
-        v.abs_diff(expected) <= tick,
-        "{v} ms is not {expected} +- {tick} ms"
+        v + tick >= expected && v <= expected + tick + WAKEUP_MS,
+        "{v} ms is not {expected} ms (- {tick} ms tick, + {tick} ms tick and {WAKEUP_MS} ms wake-up)"
     );
 }
 
@@ -52,9 +57,9 @@ fn keepalive_race_is_named_with_the_servers_timeout_and_the_clients_failures() {
     );
     assert_eq!(race["process"]["pid"], lab.pid);
     assert_eq!(race["process"]["comm"], "pool-client");
-    within_tick(&race["evidence"]["idle_timeout_ms"], 2000, rec.tick_ms());
+    idle_timer_is(&race["evidence"]["idle_timeout_ms"], 2000, rec.tick_ms());
     let idle = one(&report, "idle-close-timeout", &lab);
-    within_tick(&idle["evidence"]["idle_timeout_ms"], 2000, rec.tick_ms());
+    idle_timer_is(&idle["evidence"]["idle_timeout_ms"], 2000, rec.tick_ms());
     assert!(idle["evidence"]["samples"].as_u64() >= Some(8));
 }
 
@@ -65,7 +70,7 @@ fn healthy_keepalive_client_gets_the_timeout_but_no_race() {
     assert!(findings_for(&report, "keepalive-reuse-race", &lab.endpoint).is_empty());
     let idle = one(&report, "idle-close-timeout", &lab);
     assert_eq!(idle["severity"], "info");
-    within_tick(&idle["evidence"]["idle_timeout_ms"], 2000, rec.tick_ms());
+    idle_timer_is(&idle["evidence"]["idle_timeout_ms"], 2000, rec.tick_ms());
 }
 
 #[test]

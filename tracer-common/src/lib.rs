@@ -50,6 +50,9 @@ pub const fn listener_key(netns_inum: u32, port: u16) -> u64 {
 pub mod flags {
     /// `SO_KEEPALIVE` is set on the socket.
     pub const KEEPALIVE: u8 = 1;
+    /// `SOCK_DEAD`: the application closed the socket (`sock_orphan`); the kernel
+    /// alone still holds it (FIN_WAIT1, CLOSING, LAST_ACK retransmitting the close).
+    pub const ORPHAN: u8 = 2;
 }
 
 /// Layouts of the classic `tcp:tcp_send_reset` record.

@@ -8,6 +8,7 @@ use tracer_common::{flags, Offsets, Owner, RawEvent, AF_INET, AF_INET6};
 
 const IPPROTO_TCP: u16 = 6;
 /// `enum sock_flags`: SOCK_DEAD, SOCK_DONE, SOCK_URGINLINE, SOCK_KEEPOPEN, ...
+const SOCK_DEAD: u64 = 0;
 const SOCK_KEEPOPEN: u64 = 3;
 
 /// Reads a `T` at `base + off` from kernel memory.
@@ -129,6 +130,9 @@ pub fn fill_sock_state<M: Mem>(ev: &mut RawEvent, sk: *const u8, off: &Offsets) 
     let sk_flags: u64 = M::get(sk, off.sk_flags)?;
     if sk_flags & (1 << SOCK_KEEPOPEN) != 0 {
         ev.flags |= flags::KEEPALIVE;
+    }
+    if sk_flags & (1 << SOCK_DEAD) != 0 {
+        ev.flags |= flags::ORPHAN;
     }
     Ok(())
 }

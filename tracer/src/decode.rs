@@ -174,6 +174,7 @@ impl Decoder {
                 packets_out: raw.packets_out,
                 keepalive: raw.flags & flags::KEEPALIVE != 0,
                 user_timeout_ms: raw.user_timeout_ms,
+                orphan: raw.flags & flags::ORPHAN != 0,
             },
             kind::ACCEPT => EventKind::Accept { state: new },
             other => return Err(DecodeError::Kind(other)),

@@ -93,6 +93,10 @@ pub enum EventKind {
         packets_out: u32,
         keepalive: bool,
         user_timeout_ms: u32,
+        /// The application already closed the socket: only the kernel holds it,
+        /// retransmitting (`SOCK_DEAD`). Absent from older logs: read as held.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        orphan: bool,
     },
     /// A connection accepted by a process.
     Accept { state: TcpState },

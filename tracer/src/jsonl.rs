@@ -164,6 +164,7 @@ pub fn write_event(out: &mut Vec<u8>, e: &Event, times: &mut TimeCache) {
             packets_out,
             keepalive,
             user_timeout_ms,
+            orphan,
         } => {
             plain(out, "state", state.as_str());
             num(out, "retrans", *retrans);
@@ -172,6 +173,9 @@ pub fn write_event(out: &mut Vec<u8>, e: &Event, times: &mut TimeCache) {
             num(out, "packets_out", *packets_out);
             boolean(out, "keepalive", *keepalive);
             num(out, "user_timeout_ms", *user_timeout_ms);
+            if *orphan {
+                boolean(out, "orphan", true);
+            }
         }
         EventKind::Accept { state } => plain(out, "state", state.as_str()),
     }

@@ -12,7 +12,7 @@
 use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
     time::Instant,
 };
 
@@ -65,6 +65,29 @@ struct Row {
     failures: Vec<String>,
     /// Test binaries that failed once and passed when run again.
     retried: Vec<String>,
+    /// What each failed attempt printed about its failures (libtest's `failures:`
+    /// section, bounded), so a CI log says why without the guest's files.
+    details: Vec<String>,
+}
+
+/// libtest's report of the failed tests in `text`: from the first `---- name stdout
+/// ----` to the summary list, at most `MAX_DETAIL_LINES` lines.
+fn failure_detail(text: &str) -> Option<String> {
+    const MAX_DETAIL_LINES: usize = 80;
+    let start = text.find("\n---- ")? + 1;
+    let body = &text[start..];
+    let end = body.find("\nfailures:\n").unwrap_or(body.len());
+    let lines: Vec<&str> = body[..end].lines().collect();
+    let mut out = lines
+        .iter()
+        .take(MAX_DETAIL_LINES)
+        .copied()
+        .collect::<Vec<_>>()
+        .join("\n");
+    if lines.len() > MAX_DETAIL_LINES {
+        let _ = write!(out, "\n[{} more lines]", lines.len() - MAX_DETAIL_LINES);
+    }
+    Some(out)
 }
 
 pub fn run(args: &[String]) -> Result<()> {
@@ -367,7 +390,7 @@ fn run_one(
     let started = Instant::now();
     if let Some((vng, vmlinuz)) = vm {
         eprintln!("xtask: booting {} (qemu, TCG)", vmlinuz.display());
-        status(
+        piped(
             Command::new(vng)
                 .arg("-r")
                 .arg(vmlinuz)
@@ -409,10 +432,25 @@ fn run_one(
         failed: 0,
         failures: Vec::new(),
         retried: Vec::new(),
+        details: Vec::new(),
     };
+    tally(&mut row, &out, tests);
+    Ok(row)
+}
+
+/// Reads each test binary's results in `out` into `row`.
+fn tally(row: &mut Row, out: &Path, tests: &[(String, PathBuf)]) {
     for (test, _) in tests {
         let text = std::fs::read_to_string(out.join(format!("{test}.txt"))).unwrap_or_default();
         let rc = std::fs::read_to_string(out.join(format!("{test}.rc"))).unwrap_or_default();
+        let first = std::fs::read_to_string(out.join(format!("{test}.first-attempt.txt")))
+            .unwrap_or_default();
+        for (attempt, t) in [("first attempt", &first), ("last attempt", &text)] {
+            if let Some(d) = failure_detail(t) {
+                row.details
+                    .push(format!("--- {test} on {}, {attempt}:\n{d}", row.kernel));
+            }
+        }
         if out.join(format!("{test}.retried")).exists() && rc.trim() == "0" {
             row.retried.push(format!(
                 "{test} (first attempt: {})",
@@ -454,7 +492,38 @@ fn run_one(
             row.failed += 1;
         }
     }
-    Ok(row)
+}
+
+/// Runs `cmd` with its output passed on through pipes: virtme-ng's console rewrites
+/// a regular file it is given as stdout from the start, losing what came before.
+fn piped(cmd: &mut Command) -> Result<()> {
+    use std::io::{BufRead as _, BufReader};
+    let shown = format!("{cmd:?}");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {shown}"))?;
+    let err = child.stderr.take().map(|e| {
+        std::thread::spawn(move || {
+            for line in BufReader::new(e).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+            }
+        })
+    });
+    if let Some(o) = child.stdout.take() {
+        for line in BufReader::new(o).lines().map_while(Result::ok) {
+            println!("{line}");
+        }
+    }
+    if let Some(t) = err {
+        let _ = t.join();
+    }
+    let st = child.wait()?;
+    if !st.success() {
+        bail!("{shown} failed ({st})");
+    }
+    Ok(())
 }
 
 fn render(rows: &[Row]) -> String {
@@ -484,6 +553,11 @@ fn render(rows: &[Row]) -> String {
         }
         for t in &r.retried {
             let _ = writeln!(s, "failed once, passed on retry, on {}: {t}", r.kernel);
+        }
+    }
+    for r in rows {
+        for d in &r.details {
+            let _ = writeln!(s, "\n{d}");
         }
     }
     s

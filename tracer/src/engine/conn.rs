@@ -134,6 +134,8 @@ pub struct Conn {
     pub retransmits: u32,
     pub max_ack_idle_ms: u64,
     pub stalled: bool,
+    /// Seen retransmitting its close after the application closed it.
+    pub orphan_stalled: bool,
     pub timed_out: bool,
     pub keepalive: bool,
     pub user_timeout_ms: u32,
@@ -165,6 +167,7 @@ impl Conn {
             retransmits: 0,
             max_ack_idle_ms: 0,
             stalled: false,
+            orphan_stalled: false,
             timed_out: false,
             keepalive: false,
             user_timeout_ms: 0,

@@ -24,6 +24,8 @@ struct Worst {
 #[derive(Debug, Default)]
 pub struct MemoryPressure {
     port_range: Option<[u16; 2]>,
+    /// The latest sample's orphaned sockets and `tcp_max_orphans`.
+    orphans: Option<(u64, u64)>,
     worst: Option<Worst>,
     over: u64,
     first: Option<SystemTime>,
@@ -48,7 +50,13 @@ impl MemoryPressure {
         self.port_range
     }
 
+    /// The latest sample's `(orphaned sockets, tcp_max_orphans)`.
+    pub fn orphans(&self) -> Option<(u64, u64)> {
+        self.orphans
+    }
+
     pub fn sample(&mut self, s: &Sockstat, conns: &ConnTable) {
+        self.orphans = Some((s.tcp_orphan, s.max_orphans));
         if s.local_port_range != [0, 0] {
             self.port_range = Some(s.local_port_range);
         }

@@ -337,7 +337,7 @@ impl Engine {
         self.leak.findings(&self.cfg, &mut out);
         self.memory.findings(&mut out);
         self.connect.findings(&mut out);
-        self.stall.findings(&mut out);
+        self.stall.findings(self.memory.orphans(), &mut out);
         self.rst.findings(&self.cfg, &mut out);
         for f in &mut out {
             let Some(p) = f.process.as_mut() else {

@@ -160,6 +160,24 @@ impl Sock {
                 packets_out: 1,
                 keepalive: false,
                 user_timeout_ms: 0,
+                orphan: false,
+            },
+        )
+    }
+
+    /// A retransmit of the socket's close after the application closed it.
+    pub fn orphan_retransmit(&self, at_ms: u64, ack_idle_ms: u64, rto_count: u8) -> Event {
+        self.event(
+            at_ms,
+            EventKind::Retransmit {
+                state: TcpState::FinWait1,
+                retrans: u32::from(rto_count),
+                rto_count,
+                ack_idle_ms,
+                packets_out: 2,
+                keepalive: false,
+                user_timeout_ms: 0,
+                orphan: true,
             },
         )
     }

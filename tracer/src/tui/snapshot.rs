@@ -141,9 +141,13 @@ pub fn event_line(e: &Event) -> String {
         EventKind::Retransmit {
             rto_count,
             ack_idle_ms,
+            orphan,
             ..
         } => {
             let _ = write!(s, "rto#{rto_count} no ack {ack_idle_ms}ms");
+            if *orphan {
+                s.push_str(" orphaned");
+            }
         }
         EventKind::Accept { .. } => {}
     }

@@ -1,6 +1,6 @@
 use super::{of_kind, run};
 use crate::{
-    engine::{testing::Sock, Config, Engine, Kind},
+    engine::{testing::Sock, Config, Engine, Kind, Severity},
     event::TcpState::*,
 };
 
@@ -42,6 +42,110 @@ fn short_stalls_and_closed_peers_are_not_reported() {
     events.extend(finned.connect(0));
     events.push(finned.state(100, Established, CloseWait, 100));
     events.push(finned.retransmit(5000, 4900, 3));
+    assert!(of_kind(&run(&events), Kind::StalledPeer).is_empty());
+}
+
+#[test]
+fn orphans_retransmitting_their_close_are_info_and_workers_still_critical() {
+    // The client gave up after 1 s, closed, exited: its FIN retransmits for minutes.
+    let gone = Sock::new(1, 41, "python3", "10.0.0.1:40000", "10.0.0.7:9000");
+    let mut events = gone.connect(0);
+    events.push(gone.retransmit(600, 400, 0));
+    events.push(gone.state(1000, Established, FinWait1, 1000));
+    for (at, idle, n) in [
+        (1400, 1200, 1),
+        (3000, 2800, 2),
+        (6200, 6000, 3),
+        (13000, 12800, 4),
+    ] {
+        events.push(gone.orphan_retransmit(at, idle, n));
+    }
+    // Left behind by an earlier run: owner unknown, orphaned.
+    let old = Sock::new(2, 0, "", "10.0.0.1:40001", "10.0.0.7:9000");
+    events.push(old.orphan_retransmit(2000, 90_000, 9));
+    // A worker of another process still blocked on the same vanished peer.
+    let worker = Sock::new(3, 42, "worker", "10.0.0.1:40002", "10.0.0.7:9000");
+    events.extend(worker.connect(0));
+    for (at, idle, n) in [(1200, 200, 0), (4000, 3000, 1), (9000, 8000, 2)] {
+        events.push(worker.retransmit(at, idle, n));
+    }
+    let mut engine = run(&events);
+    engine.sample(&crate::engine::testing::sockstat(
+        14_000,
+        10,
+        [100, 200, 300],
+    ));
+    let f = of_kind(&engine, Kind::StalledPeer);
+    assert_eq!(f.len(), 2, "{f:#?}");
+    let critical: Vec<_> = f
+        .iter()
+        .filter(|f| f.severity == Severity::Critical)
+        .collect();
+    assert_eq!(critical.len(), 1, "only the worker is critical: {f:#?}");
+    assert_eq!(critical[0].process.as_ref().map(|p| p.pid), Some(42));
+    assert_eq!(critical[0].count, 1);
+    let orphans = f
+        .iter()
+        .find(|f| f.severity == Severity::Info)
+        .expect("info");
+    assert!(orphans.process.is_none(), "nobody holds an orphan");
+    assert_eq!(orphans.count, 2);
+    assert_eq!(orphans.endpoint, "10.0.0.7:9000");
+    assert_eq!(orphans.evidence["orphaned"], true);
+    assert_eq!(orphans.evidence["no_ack_ms"], 90_000);
+    assert_eq!(orphans.evidence["closed_by"][0], "python3 (pid 41)");
+    assert_eq!(
+        orphans.evidence["closed_by"].as_array().map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(orphans.evidence["max_orphans"], 65536);
+    assert!(
+        orphans
+            .summary
+            .starts_with("2 orphaned sockets still retransmitting their close to 10.0.0.7:9000"),
+        "{}",
+        orphans.summary
+    );
+    assert!(
+        orphans.summary.contains("nobody waits on them"),
+        "{}",
+        orphans.summary
+    );
+}
+
+#[test]
+fn a_stalled_worker_that_later_closes_stays_critical_and_says_so() {
+    let c = Sock::new(1, 30, "worker", "10.0.0.1:40000", "10.0.0.7:6432");
+    let mut events = c.connect(0);
+    events.push(c.retransmit(4000, 3500, 2));
+    events.push(c.state(5000, Established, FinWait1, 4500));
+    events.push(c.orphan_retransmit(9000, 8500, 3));
+    let f = of_kind(&run(&events), Kind::StalledPeer);
+    let critical = f
+        .iter()
+        .find(|f| f.severity == Severity::Critical)
+        .expect("critical");
+    assert_eq!(critical.evidence["closed_since"], 1);
+    assert!(
+        critical
+            .summary
+            .ends_with("; 1 closed by the process since"),
+        "{}",
+        critical.summary
+    );
+    let info = f
+        .iter()
+        .find(|f| f.severity == Severity::Info)
+        .expect("orphan");
+    assert_eq!(info.count, 1);
+}
+
+#[test]
+fn a_short_orphan_retransmit_is_not_reported() {
+    let c = Sock::new(1, 30, "worker", "10.0.0.1:40000", "10.0.0.7:6432");
+    let mut events = c.connect(0);
+    events.push(c.state(100, Established, FinWait1, 100));
+    events.push(c.orphan_retransmit(400, 300, 0));
     assert!(of_kind(&run(&events), Kind::StalledPeer).is_empty());
 }
 
