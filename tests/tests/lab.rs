@@ -7,7 +7,12 @@ use serde_json::Value;
 use tests::{findings_for, run_lab, LabResult, Recorder, Recording};
 
 fn record_lab(name: &str) -> (LabResult, Recording, Vec<Value>) {
-    let rec = Recorder::start(&[]);
+    record_lab_with(name, &[])
+}
+
+/// The scenario recorded with extra `record` arguments (a filter: a vantage).
+fn record_lab_with(name: &str, args: &[&str]) -> (LabResult, Recording, Vec<Value>) {
+    let rec = Recorder::start(args);
     let lab = run_lab(name);
     let recording = rec.stop();
     let report = recording.report_json();
@@ -61,6 +66,50 @@ fn keepalive_race_is_named_with_the_servers_timeout_and_the_clients_failures() {
     let idle = one(&report, "idle-close-timeout", &lab);
     idle_timer_is(&idle["evidence"]["idle_timeout_ms"], 2000, rec.tick_ms());
     assert!(idle["evidence"]["samples"].as_u64() >= Some(8));
+}
+
+/// The server's node: only the server's sockets (`--comm ka-server`), as when the
+/// clients run elsewhere. The time-wait socket's resets take the closed connection's
+/// owner, so the filter keeps them (Linux 6.10+ traces them).
+#[test]
+fn keepalive_race_is_named_from_the_servers_sockets_alone() {
+    let (lab, rec, report) = record_lab_with("keepalive-race", &["--comm", "ka-server"]);
+    assert_eq!(lab.count, 8, "{}", lab.stdout);
+    let idle = one(&report, "idle-close-timeout", &lab);
+    idle_timer_is(&idle["evidence"]["idle_timeout_ms"], 2000, rec.tick_ms());
+    if rec.degraded(tracer::support::RESET_NO_SOCKET) {
+        // Before Linux 6.10 a time-wait socket's reset is not traced: the server's
+        // side shows its own idle timeout and no race.
+        assert!(findings_for(&report, "keepalive-reuse-race", &lab.endpoint).is_empty());
+        return;
+    }
+    let race = one(&report, "keepalive-reuse-race", &lab);
+    assert_eq!(race["evidence"]["vantage"], "server");
+    assert_eq!(race["count"], lab.count, "one per failed request");
+    assert_eq!(race["process"]["comm"], "ka-server");
+    assert_eq!(race["process"]["pid"], lab.pid);
+    assert_eq!(
+        race["evidence"]["clients"],
+        serde_json::json!(["127.0.0.1"])
+    );
+    idle_timer_is(&race["evidence"]["idle_timeout_ms"], 2000, rec.tick_ms());
+    let reasons = race["evidence"]["reset_reasons"]
+        .as_object()
+        .expect("reasons");
+    assert_eq!(
+        reasons.values().filter_map(Value::as_u64).sum::<u64>(),
+        lab.count,
+        "{reasons:?}"
+    );
+}
+
+#[test]
+fn healthy_keepalive_from_the_servers_side_is_no_race() {
+    let (lab, rec, report) = record_lab_with("healthy-keepalive", &["--comm", "ka-server"]);
+    assert_eq!(lab.count, 0);
+    assert!(findings_for(&report, "keepalive-reuse-race", &lab.endpoint).is_empty());
+    let idle = one(&report, "idle-close-timeout", &lab);
+    idle_timer_is(&idle["evidence"]["idle_timeout_ms"], 2000, rec.tick_ms());
 }
 
 #[test]

@@ -86,7 +86,11 @@ fn an_orphan_retransmitting_its_close_is_info_and_a_blocked_worker_critical() {
         .iter()
         .filter(|f| f["severity"] == "critical")
         .collect();
-    assert_eq!(critical.len(), 1, "only the worker is critical:\n{report:#?}");
+    assert_eq!(
+        critical.len(),
+        1,
+        "only the worker is critical:\n{report:#?}"
+    );
     assert_eq!(critical[0]["process"]["pid"], worker_pid);
     assert_eq!(critical[0]["count"], 1);
     let orphans: Vec<_> = found.iter().filter(|f| f["severity"] == "info").collect();

@@ -29,6 +29,7 @@ pub mod live;
 pub mod log;
 pub mod metrics;
 pub mod probes;
+pub mod recent;
 pub mod record;
 pub mod report;
 pub mod sockstat;

@@ -105,6 +105,7 @@ struct Pipeline<'a> {
     api_warned: bool,
     metrics: Option<crate::metrics::Metrics>,
     filter: &'a Filter,
+    recent: crate::recent::RecentOwners,
     engine: Engine,
     stats: LiveStats,
     failure: Option<anyhow::Error>,
@@ -112,7 +113,11 @@ struct Pipeline<'a> {
 
 impl Pipeline<'_> {
     fn handle(&mut self, bytes: &[u8], sink: &mut dyn Sink) {
-        match self.decoder.decode(bytes) {
+        match self.decoder.decode(bytes).map(|mut event| {
+            // Before the filters: a time-wait socket's reset takes its connection's owner.
+            self.recent.observe(&mut event);
+            event
+        }) {
             Ok(event) if self.filter.matches(&event) => {
                 if let Some(info) = self.attributor.first_sight(event.cgroup) {
                     self.engine.cgroup(&info);
@@ -241,6 +246,7 @@ pub fn run(
         api_warned: false,
         metrics: metrics_addr.map(|_| crate::metrics::Metrics::default()),
         filter,
+        recent: crate::recent::RecentOwners::default(),
         engine: Engine::new(Config::default()),
         stats: LiveStats::default(),
         failure: None,

@@ -210,6 +210,9 @@ pub struct ConnTable {
     map: FxMap<u64, Conn>,
     closed: VecDeque<(u64, u64, u64)>,
     open_by_remote: FxMap<SocketAddr, u32>,
+    /// Connections this node opened, by (local, remote): the other end of a
+    /// connection whose server end is traced here too. One entry per table entry.
+    by_tuple: FxMap<(SocketAddr, SocketAddr), u64>,
     cap: usize,
     next_generation: u64,
     pub evicted: u64,
@@ -223,6 +226,7 @@ impl ConnTable {
             map: FxMap::default(),
             closed: VecDeque::new(),
             open_by_remote: FxMap::default(),
+            by_tuple: FxMap::default(),
             cap: cap.max(16),
             next_generation: 0,
             evicted: 0,
@@ -302,6 +306,9 @@ impl ConnTable {
             if !std::mem::replace(&mut conn.counted_remote, true) {
                 *self.open_by_remote.entry(conn.remote).or_default() += 1;
             }
+            if conn.role == Role::Client {
+                self.by_tuple.insert((conn.local, conn.remote), sock);
+            }
         }
     }
 
@@ -320,9 +327,14 @@ impl ConnTable {
         self.closed.push_back((sock, generation, now));
     }
 
+    /// Drops what the indexes hold for a connection leaving the table.
     fn uncount(&mut self, conn: &Conn) {
         if conn.counted_remote {
             uncount(&mut self.open_by_remote, conn.remote);
+        }
+        let key = (conn.local, conn.remote);
+        if self.by_tuple.get(&key) == Some(&conn.sock) {
+            self.by_tuple.remove(&key);
         }
     }
 
@@ -337,7 +349,9 @@ impl ConnTable {
                 .get(&sock)
                 .is_some_and(|c| c.generation == generation && !c.is_open())
             {
-                self.map.remove(&sock);
+                if let Some(old) = self.map.remove(&sock) {
+                    self.uncount(&old);
+                }
             }
         }
     }
@@ -358,7 +372,9 @@ impl ConnTable {
                 .get(&sock)
                 .is_some_and(|c| c.generation == generation)
             {
-                self.map.remove(&sock);
+                if let Some(old) = self.map.remove(&sock) {
+                    self.uncount(&old);
+                }
                 self.evicted += 1;
             }
         }
@@ -389,6 +405,15 @@ impl ConnTable {
                 c.sock, c.comm, c.pid, c.state
             )
         })
+    }
+
+    /// Whether a connection this node opened (`connect`) holds `local -> remote`:
+    /// the client's end of a connection whose server end is also traced here.
+    pub fn client_of(&self, local: SocketAddr, remote: SocketAddr) -> bool {
+        self.by_tuple
+            .get(&(local, remote))
+            .and_then(|sock| self.map.get(sock))
+            .is_some_and(|c| c.role == Role::Client && c.local == local && c.remote == remote)
     }
 
     /// The lowest and highest local port of the open connections to `remote`.

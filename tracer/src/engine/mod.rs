@@ -74,7 +74,8 @@ impl Default for Config {
 pub struct Stats {
     pub events: u64,
     pub samples: u64,
-    /// Connections dropped from the table because it was full.
+    /// Connections dropped from the table because it was full, and stall / reuse
+    /// groups and server closes not kept because theirs was.
     pub evicted: u64,
 }
 
@@ -182,6 +183,9 @@ impl Engine {
                     self.connect.on_no_socket_reset(&endpoint.to_string(), e);
                 }
                 self.endpoints.reset(endpoint, true);
+                let client_here = self.conns.client_of(e.remote, e.local);
+                self.reuse
+                    .on_reset_sent(e, *state, reason.as_deref(), client_here);
                 self.rst
                     .record(endpoint, e, Direction::Sent, reason.as_deref(), &self.cfg);
             }
@@ -206,7 +210,7 @@ impl Engine {
                 }
             }
         }
-        self.stats.evicted = self.conns.evicted;
+        self.stats.evicted = self.conns.evicted + self.stall.dropped + self.reuse.dropped;
     }
 
     fn on_state(&mut self, e: &Event, old: TcpState, new: TcpState, idle_ms: u64) {
@@ -249,6 +253,7 @@ impl Engine {
                 }
             }
             (TcpState::Established, TcpState::FinWait1) if conn.role == Role::Server => {
+                self.reuse.on_server_close(conn, e, idle_ms);
                 let endpoint = e.local;
                 if self
                     .idle

@@ -7,8 +7,21 @@
 //! the endpoint's known idle-close timeout (the request crossed the server's FIN).
 //! Each connection counts once. The reuse gap is how long the connection had been
 //! idle when the process reused it.
+//!
+//! From the server's side (the clients on other nodes): a server that closed an
+//! accepted connection after it sat idle (ESTABLISHED -> FIN_WAIT1) and then sent a
+//! reset on the same 4-tuple — data reached its FIN_WAIT socket (the request crossed
+//! the FIN: `raced_fin`) or its time-wait socket (the client reused the connection
+//! later) — saw a client reuse a connection it had closed. Grouped by (server process,
+//! local endpoint) with the client addresses and reset reasons. When the client's end
+//! of the same connection is traced here too, only the client's side counts it (one
+//! connection, one failure). Resets of time-wait sockets are traced from Linux 6.10.
 
-use std::{collections::HashMap, net::SocketAddr, time::SystemTime};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    net::{IpAddr, SocketAddr},
+    time::SystemTime,
+};
 
 use super::{
     conn::{Conn, Role},
@@ -19,6 +32,40 @@ use super::{
 use crate::event::{Event, TcpState};
 
 const MAX_GAPS: usize = 256;
+/// Server-side closes remembered at most, and for how long (a FIN_WAIT2 or time-wait
+/// socket lives about 60 s).
+const MAX_CLOSES: usize = 65_536;
+const CLOSE_KEEP_NS: u64 = 120_000_000_000;
+/// Groups (process x endpoint) kept at most per side; client addresses per group.
+const MAX_GROUPS: usize = 4096;
+const MAX_CLIENTS: usize = 16;
+
+/// A server's active close of an idle accepted connection.
+#[derive(Debug, Clone)]
+struct ServerClose {
+    pid: u32,
+    comm: String,
+    cgroup: u64,
+    sock: u64,
+    at_ns: u64,
+    idle_ms: u64,
+}
+
+/// Failed reuses seen from the server's side, by (server pid, local endpoint).
+#[derive(Debug)]
+struct ServerSide {
+    comm: String,
+    cgroup: u64,
+    count: u64,
+    raced: u64,
+    idle_ms: Vec<u64>,
+    clients: BTreeSet<IpAddr>,
+    more_clients: bool,
+    reasons: BTreeMap<String, u64>,
+    socks: Involved,
+    first: SystemTime,
+    last: SystemTime,
+}
 
 #[derive(Debug)]
 struct Failures {
@@ -37,6 +84,11 @@ struct Failures {
 #[derive(Debug, Default)]
 pub struct ReuseRace {
     by_key: HashMap<(u32, SocketAddr), Failures>,
+    closes: HashMap<(SocketAddr, SocketAddr), ServerClose>,
+    close_order: VecDeque<((SocketAddr, SocketAddr), u64)>,
+    server_side: HashMap<(u32, SocketAddr), ServerSide>,
+    /// Server closes forgotten early, and groups not kept, because a table was full.
+    pub dropped: u64,
 }
 
 fn median(v: &[u64]) -> Option<u64> {
@@ -55,6 +107,10 @@ impl ReuseRace {
         estimate_ms: Option<u64>,
     ) {
         if conn.role == Role::Server || conn.role == Role::Listener || conn.reuse_failed {
+            return;
+        }
+        if !self.by_key.contains_key(&(conn.pid, conn.remote)) && self.by_key.len() >= MAX_GROUPS {
+            self.dropped += 1;
             return;
         }
         let now = e.mono_ns;
@@ -97,7 +153,152 @@ impl ReuseRace {
         f.last = e.time;
     }
 
+    /// A server closed an accepted connection after `idle_ms` quiet.
+    pub fn on_server_close(&mut self, conn: &Conn, e: &Event, idle_ms: u64) {
+        self.expire(e.mono_ns);
+        let key = (conn.local, conn.remote);
+        if !self.closes.contains_key(&key) && self.closes.len() >= MAX_CLOSES {
+            if let Some((old, at)) = self.close_order.pop_front() {
+                if self.closes.get(&old).is_some_and(|c| c.at_ns == at) {
+                    self.closes.remove(&old);
+                    self.dropped += 1;
+                }
+            }
+        }
+        self.closes.insert(
+            key,
+            ServerClose {
+                pid: conn.pid,
+                comm: conn.comm.to_string(),
+                cgroup: conn.cgroup,
+                sock: conn.sock,
+                at_ns: e.mono_ns,
+                idle_ms,
+            },
+        );
+        self.close_order.push_back((key, e.mono_ns));
+        while self.close_order.len() > 2 * MAX_CLOSES {
+            self.close_order.pop_front();
+        }
+    }
+
+    fn expire(&mut self, now: u64) {
+        while let Some(&(key, at)) = self.close_order.front() {
+            if at.saturating_add(CLOSE_KEEP_NS) > now {
+                break;
+            }
+            self.close_order.pop_front();
+            if self.closes.get(&key).is_some_and(|c| c.at_ns == at) {
+                self.closes.remove(&key);
+            }
+        }
+    }
+
+    /// A reset this node sent on `e.local -> e.remote`. `client_here`: the client's
+    /// end of the same connection is traced on this node (it counts the failure).
+    pub fn on_reset_sent(
+        &mut self,
+        e: &Event,
+        state: Option<TcpState>,
+        reason: Option<&str>,
+        client_here: bool,
+    ) {
+        self.expire(e.mono_ns);
+        let Some(close) = self.closes.get(&(e.local, e.remote)) else {
+            return;
+        };
+        if e.mono_ns < close.at_ns {
+            return;
+        }
+        let close = close.clone();
+        self.closes.remove(&(e.local, e.remote));
+        if client_here {
+            return;
+        }
+        let key = (close.pid, e.local);
+        if !self.server_side.contains_key(&key) && self.server_side.len() >= MAX_GROUPS {
+            self.dropped += 1;
+            return;
+        }
+        let g = self.server_side.entry(key).or_insert_with(|| ServerSide {
+            comm: close.comm.clone(),
+            cgroup: close.cgroup,
+            count: 0,
+            raced: 0,
+            idle_ms: Vec::new(),
+            clients: BTreeSet::new(),
+            more_clients: false,
+            reasons: BTreeMap::new(),
+            socks: Involved::default(),
+            first: e.time,
+            last: e.time,
+        });
+        g.count += 1;
+        g.raced += u64::from(state == Some(TcpState::FinWait1));
+        if g.idle_ms.len() < MAX_GAPS {
+            g.idle_ms.push(close.idle_ms);
+        }
+        if g.clients.len() < MAX_CLIENTS {
+            g.clients.insert(e.remote.ip());
+        } else if !g.clients.contains(&e.remote.ip()) {
+            g.more_clients = true;
+        }
+        let reason = reason.unwrap_or("unknown (kernel < 6.10)");
+        if g.reasons.len() < 32 || g.reasons.contains_key(reason) {
+            *g.reasons.entry(reason.to_owned()).or_default() += 1;
+        }
+        g.socks.add(close.sock, e.local);
+        g.last = e.time;
+    }
+
     pub fn findings(&self, idle: &IdleClose, cfg: &Config, out: &mut Vec<Finding>) {
+        self.client_findings(idle, cfg, out);
+        for ((pid, endpoint), g) in &self.server_side {
+            let timeout = idle
+                .estimate_ms(endpoint, cfg)
+                .or_else(|| median(&g.idle_ms));
+            let process = Process::new(*pid, &g.comm, g.cgroup);
+            let closed_at = timeout.map_or_else(|| "an unknown".to_owned(), secs);
+            let mut clients: Vec<String> = g.clients.iter().map(ToString::to_string).collect();
+            if g.more_clients {
+                clients.push("...".to_owned());
+            }
+            let summary = format!(
+                "clients at {} reused connections {} time{} after this server, {}, closed them at {closed_at} idle; each got a reset",
+                clients.join(", "),
+                g.count,
+                if g.count == 1 { "" } else { "s" },
+                process.describe(),
+            );
+            let recommendation = match timeout {
+                Some(t) => format!(
+                    "on the clients: set the pool's idle timeout (or max lifetime) below {} (e.g. {}) or validate connections on borrow; or on this server: raise the keep-alive timeout above the clients' pool idle time",
+                    secs(t),
+                    secs(t * 4 / 5)
+                ),
+                None => "on the clients: set the pool's idle timeout below this server's keep-alive timeout or validate on borrow; or raise the server's keep-alive timeout".to_owned(),
+            };
+            out.push(race(
+                summary,
+                endpoint,
+                process,
+                (g.count, g.first, g.last),
+                crate::evidence! {
+                    "vantage" => "server",
+                    "idle_timeout_ms" => timeout,
+                    "failed_reuses" => g.count,
+                    "raced_fin" => g.raced,
+                    "clients" => clients,
+                    "reset_reasons" => g.reasons,
+                    "outcome" => "reset sent",
+                },
+                recommendation,
+                &g.socks,
+            ));
+        }
+    }
+
+    fn client_findings(&self, idle: &IdleClose, cfg: &Config, out: &mut Vec<Finding>) {
         for ((pid, endpoint), f) in &self.by_key {
             let timeout = idle
                 .estimate_ms(endpoint, cfg)
@@ -118,26 +319,48 @@ impl ReuseRace {
                 ),
                 None => "set the client pool's idle timeout below the server's keep-alive timeout, or validate connections on borrow".to_owned(),
             };
-            out.push(Finding {
-                kind: Kind::KeepaliveReuseRace,
-                severity: Severity::Critical,
+            out.push(race(
                 summary,
-                endpoint: endpoint.to_string(),
-                process: Some(process),
-                count: f.count,
-                first_seen: f.first,
-                last_seen: f.last,
-                evidence: crate::evidence! {
+                endpoint,
+                process,
+                (f.count, f.first, f.last),
+                crate::evidence! {
                     "idle_timeout_ms" => timeout,
                     "failed_reuses" => f.count,
                     "raced_fin" => f.raced,
                     "reuse_gap_ms" => median(&f.gaps_ms),
                     "max_reuse_gap_ms" => f.gaps_ms.iter().max(),
                     "outcome" => "reset received",
+                    "vantage" => "client",
                 },
                 recommendation,
-                socks: f.socks.to_vec(),
-            });
+                &f.socks,
+            ));
         }
+    }
+}
+
+/// A `keepalive-reuse-race` finding; `seen` is (count, first, last).
+fn race(
+    summary: String,
+    endpoint: &SocketAddr,
+    process: Process,
+    seen: (u64, SystemTime, SystemTime),
+    evidence: BTreeMap<String, serde_json::Value>,
+    recommendation: String,
+    socks: &Involved,
+) -> Finding {
+    Finding {
+        kind: Kind::KeepaliveReuseRace,
+        severity: Severity::Critical,
+        summary,
+        endpoint: endpoint.to_string(),
+        process: Some(process),
+        count: seen.0,
+        first_seen: seen.1,
+        last_seen: seen.2,
+        evidence,
+        recommendation,
+        socks: socks.to_vec(),
     }
 }

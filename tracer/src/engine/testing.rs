@@ -129,6 +129,15 @@ impl Sock {
         )
     }
 
+    /// A reset this node sent answering data (not a SYN), e.g. from a time-wait socket.
+    pub fn reset_sent_for_data(&self, at_ms: u64, state: Option<TcpState>, reason: &str) -> Event {
+        let mut e = self.reset_sent(at_ms, state, reason);
+        if let EventKind::Reset { syn, .. } = &mut e.kind {
+            *syn = false;
+        }
+        e
+    }
+
     pub fn connect_error(&self, at_ms: u64, errno: i32) -> Event {
         self.event(
             at_ms,

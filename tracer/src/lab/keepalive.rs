@@ -53,15 +53,27 @@ fn serve(mut conn: TcpStream) {
     }
 }
 
+/// The server listens from its own thread, so every server socket carries the
+/// `ka-server` name: `record --comm ka-server` sees the race from the server's side
+/// only, as on the server's node.
 fn server() -> Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("binding the lab server")?;
-    let addr = listener.local_addr()?;
+    let (tx, rx) = std::sync::mpsc::channel();
     spawn("ka-server", move || {
+        let listener = match TcpListener::bind("127.0.0.1:0") {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        let _ = tx.send(listener.local_addr());
         for conn in listener.incoming().flatten() {
             let _ = spawn("ka-worker", move || serve(conn));
         }
     })?;
-    Ok(addr)
+    rx.recv()
+        .context("the lab server thread ended")?
+        .context("binding the lab server")
 }
 
 fn request(conn: &mut TcpStream) -> std::io::Result<()> {

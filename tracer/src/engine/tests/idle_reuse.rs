@@ -144,3 +144,97 @@ fn resets_on_accepted_connections_are_not_pool_reuse() {
     events.push(s.reset_received(3500, CloseWait, 3500));
     assert!(of_kind(&run(&events), Kind::KeepaliveReuseRace).is_empty());
 }
+
+/// An accepted connection on `SERVER` from `client`, closed by the server after
+/// `idle` ms quiet; its time-wait socket answers the client's late request with a
+/// reset (the owner handed over by `recent::RecentOwners`).
+fn server_closes(sock: u64, client: &str, at: u64, idle: u64, reuse_after: u64) -> Vec<Event> {
+    let s = Sock::new(sock, 77, "uvicorn", SERVER, client);
+    let mut ev = s.accepted(at);
+    ev.push(s.state(at + idle, Established, FinWait1, idle));
+    ev.push(s.state(at + idle, FinWait1, FinWait2, idle));
+    ev.push(s.state(at + idle, FinWait2, Close, idle));
+    if reuse_after > 0 {
+        let tw = Sock::new(sock + 1000, 77, "uvicorn", SERVER, client);
+        ev.push(tw.reset_sent_for_data(at + reuse_after, Some(TimeWait), "TCP_TIMEWAIT_SOCKET"));
+    }
+    ev
+}
+
+#[test]
+fn server_vantage_names_the_clients_that_reused_what_it_closed() {
+    let mut events = Vec::new();
+    for i in 0..6u16 {
+        let client = format!("10.0.1.{}:{}", 1 + i % 2, 40000 + i);
+        events.extend(server_closes(
+            u64::from(i) + 1,
+            &client,
+            u64::from(i) * 100,
+            5000,
+            6000,
+        ));
+    }
+    // A connection the server closed that no client reused: no reset, no count.
+    events.extend(server_closes(50, "10.0.1.3:41000", 0, 5000, 0));
+    let engine = run(&events);
+    let f = of_kind(&engine, Kind::KeepaliveReuseRace);
+    assert_eq!(f.len(), 1, "{f:#?}");
+    let r = &f[0];
+    assert_eq!(r.severity, Severity::Critical);
+    assert_eq!(r.endpoint, SERVER);
+    assert_eq!(r.count, 6);
+    assert_eq!(r.process.as_ref().map(|p| p.pid), Some(77));
+    assert_eq!(r.evidence["vantage"], "server");
+    assert_eq!(r.evidence["idle_timeout_ms"], 5000);
+    assert_eq!(
+        r.evidence["clients"],
+        serde_json::json!(["10.0.1.1", "10.0.1.2"])
+    );
+    assert_eq!(r.evidence["reset_reasons"]["TCP_TIMEWAIT_SOCKET"], 6);
+    assert_eq!(r.evidence["raced_fin"], 0);
+    assert!(
+        r.summary.starts_with("clients at 10.0.1.1, 10.0.1.2 reused connections 6 times after this server, uvicorn (pid 77), closed them at 5.00 s idle"),
+        "{}",
+        r.summary
+    );
+    assert!(
+        r.recommendation.contains("below 5.00 s"),
+        "{}",
+        r.recommendation
+    );
+    assert!(r.recommendation.contains("raise the keep-alive timeout"));
+}
+
+#[test]
+fn server_vantage_counts_a_request_crossing_the_fin_and_each_connection_once() {
+    let s = Sock::new(1, 77, "uvicorn", SERVER, "10.0.1.1:40000");
+    let mut events = s.accepted(0);
+    events.push(s.state(5000, Established, FinWait1, 5000));
+    // The request was in flight: it reaches the orphaned FIN_WAIT1 socket.
+    events.push(s.reset_sent_for_data(5001, Some(FinWait1), "TCP_ABORT_ON_DATA"));
+    events.push(s.state(5001, FinWait1, Close, 5000));
+    // A second reset on the same tuple (a retransmitted request) is the same failure.
+    events.push(s.reset_sent_for_data(5300, None, "NO_SOCKET"));
+    let f = of_kind(&run(&events), Kind::KeepaliveReuseRace);
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].count, 1);
+    assert_eq!(f[0].evidence["raced_fin"], 1);
+    assert_eq!(f[0].evidence["reset_reasons"]["TCP_ABORT_ON_DATA"], 1);
+}
+
+#[test]
+fn both_ends_on_this_node_count_once_on_the_clients_side() {
+    let (c, mut events) = closed_by_server(1, 40000, 0, 5000);
+    let s = Sock::new(2, 77, "uvicorn", SERVER, "10.0.0.1:40000");
+    events.extend(s.accepted(0));
+    events.push(s.state(5000, Established, FinWait1, 5000));
+    events.push(s.state(5000, FinWait1, FinWait2, 5000));
+    events.push(s.state(5000, FinWait2, Close, 5000));
+    let tw = Sock::new(3, 77, "uvicorn", SERVER, "10.0.0.1:40000");
+    events.push(tw.reset_sent_for_data(6000, Some(TimeWait), "TCP_TIMEWAIT_SOCKET"));
+    events.push(c.reset_received(6000, CloseWait, 6000));
+    let f = of_kind(&run(&events), Kind::KeepaliveReuseRace);
+    assert_eq!(f.len(), 1, "{f:#?}");
+    assert_eq!(f[0].evidence["vantage"], "client");
+    assert_eq!(f[0].count, 1);
+}

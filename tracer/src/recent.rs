@@ -1,0 +1,182 @@
+//! Owners of recently closed connections by 4-tuple, applied to resets before the
+//! filters run.
+//!
+//! When a server closes an idle keep-alive connection, its full socket goes to CLOSE
+//! at once and a time-wait mini-socket (a different kernel object) answers what the
+//! client sends next — with a reset that carries no owner. This table remembers, for
+//! each connection that closed with a known owner, who owned its 4-tuple, and hands
+//! that owner to an ownerless reset on the same 4-tuple. `--comm`, `--pid`, `--pod`
+//! then keep the reset with the connection it belongs to, and the log stores it with
+//! its owner, so a replay sees what the live run saw.
+//!
+//! Bounded: at most [`CAP`] tuples, each kept [`KEEP_NS`] (a time-wait socket lives
+//! 60 s; a FIN_WAIT2 one up to `tcp_fin_timeout`, 60 s by default).
+
+use std::{collections::VecDeque, net::SocketAddr};
+
+use crate::{
+    engine::conn::FxMap,
+    event::{Event, EventKind, TcpState},
+};
+
+/// Tuples remembered at most; the oldest go first.
+pub const CAP: usize = 65_536;
+/// How long a closed connection's owner is remembered.
+pub const KEEP_NS: u64 = 120_000_000_000;
+
+#[derive(Debug, Clone)]
+struct Owner {
+    pid: u32,
+    tid: u32,
+    comm: String,
+    cgroup: u64,
+    at_ns: u64,
+}
+
+/// See the module documentation.
+#[derive(Debug, Default)]
+pub struct RecentOwners {
+    by_tuple: FxMap<(SocketAddr, SocketAddr), Owner>,
+    order: VecDeque<((SocketAddr, SocketAddr), u64)>,
+    /// Tuples forgotten early because the table was full.
+    pub evicted: u64,
+    /// Resets given the owner of their closed connection.
+    pub attributed: u64,
+}
+
+impl RecentOwners {
+    /// Learns from `e` (a connection closing with its owner known) or completes it
+    /// (a reset with no owner on a tuple that closed recently).
+    pub fn observe(&mut self, e: &mut Event) {
+        match e.kind {
+            EventKind::State {
+                new: TcpState::Close,
+                old,
+                ..
+            } if e.owner_known && old != TcpState::Listen && e.remote.port() != 0 => {
+                self.remember(e);
+            }
+            EventKind::Reset { .. } if !e.owner_known && e.pid == 0 => {
+                self.expire(e.mono_ns);
+                if let Some(o) = self.by_tuple.get(&(e.local, e.remote)) {
+                    e.pid = o.pid;
+                    e.tid = o.tid;
+                    e.comm.clone_from(&o.comm);
+                    e.cgroup = o.cgroup;
+                    e.owner_known = true;
+                    self.attributed += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn remember(&mut self, e: &Event) {
+        self.expire(e.mono_ns);
+        let key = (e.local, e.remote);
+        if !self.by_tuple.contains_key(&key) && self.by_tuple.len() >= CAP {
+            if let Some((old, at)) = self.order.pop_front() {
+                if self.by_tuple.get(&old).is_some_and(|o| o.at_ns == at) {
+                    self.by_tuple.remove(&old);
+                    self.evicted += 1;
+                }
+            }
+        }
+        self.by_tuple.insert(
+            key,
+            Owner {
+                pid: e.pid,
+                tid: e.tid,
+                comm: e.comm.clone(),
+                cgroup: e.cgroup,
+                at_ns: e.mono_ns,
+            },
+        );
+        self.order.push_back((key, e.mono_ns));
+        // Stale queue entries of re-used tuples are bounded by the table too.
+        while self.order.len() > 2 * CAP {
+            if let Some((old, at)) = self.order.pop_front() {
+                if self.by_tuple.get(&old).is_some_and(|o| o.at_ns == at) {
+                    self.by_tuple.remove(&old);
+                    self.evicted += 1;
+                }
+            }
+        }
+    }
+
+    fn expire(&mut self, now: u64) {
+        while let Some(&(key, at)) = self.order.front() {
+            if at.saturating_add(KEEP_NS) > now {
+                break;
+            }
+            self.order.pop_front();
+            if self.by_tuple.get(&key).is_some_and(|o| o.at_ns == at) {
+                self.by_tuple.remove(&key);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_tuple.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_tuple.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::testing::Sock;
+    use crate::event::TcpState::*;
+
+    #[test]
+    fn a_reset_from_a_closed_connections_time_wait_socket_gets_its_owner() {
+        let server = Sock::new(1, 77, "uvicorn", "10.0.0.5:8000", "10.0.0.9:41000");
+        let mut table = RecentOwners::default();
+        let mut closing = server.state(5000, Established, FinWait1, 5000);
+        table.observe(&mut closing);
+        let mut close = server.state(5001, FinWait2, Close, 5001);
+        table.observe(&mut close);
+        // The time-wait socket's reset: another object, no owner.
+        let tw = Sock::new(2, 0, "", "10.0.0.5:8000", "10.0.0.9:41000");
+        let mut rst = tw.reset_sent_for_data(6000, Some(TimeWait), "TCP_TIMEWAIT_SOCKET");
+        rst.owner_known = false;
+        table.observe(&mut rst);
+        assert_eq!((rst.pid, rst.comm.as_str()), (77, "uvicorn"));
+        assert!(rst.owner_known);
+        assert_eq!(table.attributed, 1);
+        // Another tuple, or after two minutes: left alone.
+        let other = Sock::new(3, 0, "", "10.0.0.5:8000", "10.0.0.9:41001");
+        let mut rst = other.reset_sent_for_data(6000, Some(TimeWait), "TCP_TIMEWAIT_SOCKET");
+        rst.owner_known = false;
+        table.observe(&mut rst);
+        assert_eq!(rst.pid, 0);
+        let mut late = tw.reset_sent_for_data(130_000, Some(TimeWait), "TCP_TIMEWAIT_SOCKET");
+        late.owner_known = false;
+        table.observe(&mut late);
+        assert_eq!(late.pid, 0);
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn the_table_is_bounded_and_counts_what_it_forgets() {
+        let mut table = RecentOwners::default();
+        for i in 0..(CAP as u64 + 10) {
+            let port = 1024 + (i % 60_000);
+            let host = i / 60_000;
+            let s = Sock::new(
+                i + 1,
+                5,
+                "w",
+                "10.0.0.5:80",
+                &format!("10.0.1.{host}:{port}"),
+            );
+            let mut e = s.state(i / 1000, FinWait2, Close, 0);
+            table.observe(&mut e);
+        }
+        assert_eq!(table.len(), CAP);
+        assert_eq!(table.evicted, 10);
+    }
+}
