@@ -190,3 +190,24 @@ fn silent_peer_is_a_stall_with_keepalive_off() {
     assert!(s["evidence"]["no_ack_ms"].as_u64() >= Some(3000));
     assert_eq!(s["evidence"]["keepalive"], false);
 }
+
+#[test]
+fn hung_peer_workers_are_awaiting_a_reply_together() {
+    let (lab, _rec, report) = record_lab_with("hung-peer", &["--await-after", "3s"]);
+    assert_eq!(lab.count, 3, "{}", lab.stdout);
+    let hung = one(&report, "awaiting-reply", &lab);
+    assert_eq!(hung["severity"], "critical");
+    assert_eq!(hung["count"], lab.count);
+    assert_eq!(hung["process"]["pid"], lab.pid);
+    assert_eq!(hung["process"]["comm"], "lab-worker");
+    assert_eq!(hung["evidence"]["silent_together"], 3);
+    assert!(hung["evidence"]["waiting_ms"].as_u64() >= Some(3000));
+    // Nothing was outstanding while they waited; their closes after giving up
+    // retransmit as orphans (informational), never as a stalled worker.
+    assert!(
+        findings_for(&report, "stalled-peer", &lab.endpoint)
+            .iter()
+            .all(|f| f["severity"] == "info"),
+        "{report:#?}"
+    );
+}

@@ -37,6 +37,27 @@ pub struct LiveArgs {
     /// other synchronous connect errors (ENETUNREACH, ...) are not seen.
     #[arg(long)]
     pub no_syscall_hooks: bool,
+    /// Report connections awaiting a reply this long (our request acknowledged,
+    /// nothing back since): the open sockets are inspected every 2 s through
+    /// sock_diag, as `ss -ti` does. `off` disables the inspection.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_await)]
+    pub await_after: AwaitAfter,
+}
+
+/// `--await-after`: the inspection's threshold, or `None` for off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AwaitAfter(pub Option<std::time::Duration>);
+
+/// `--await-after`: a duration of at least one second, or `off`.
+fn parse_await(s: &str) -> Result<AwaitAfter, String> {
+    if s == "off" {
+        return Ok(AwaitAfter(None));
+    }
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 30s, 2m, off)"))?;
+    if d < std::time::Duration::from_secs(1) {
+        return Err("at least 1s: shorter waits are ordinary request latency".to_owned());
+    }
+    Ok(AwaitAfter(Some(d)))
 }
 
 #[derive(Debug, Subcommand)]

@@ -139,6 +139,38 @@ pub struct Sockstat {
     pub local_port_range: [u16; 2],
 }
 
+/// Connections awaiting a reply at one moment, from the periodic inspection of open
+/// sockets (`sock_diag`): each one's last data was ours, acknowledged, and nothing came
+/// back for at least `after_ms`. Written to the log, so a replay sees what the live
+/// run saw.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Waiting {
+    #[serde(with = "crate::time::rfc3339")]
+    pub time: std::time::SystemTime,
+    pub mono_ns: u64,
+    /// The threshold the inspection used.
+    pub after_ms: u64,
+    pub conns: Vec<WaitingConn>,
+}
+
+/// One connection awaiting a reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WaitingConn {
+    /// The process holding the socket (lowest pid); 0 when none was found.
+    pub pid: u32,
+    pub comm: String,
+    #[serde(default)]
+    pub cgroup: u64,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// Since our last data was sent (and acknowledged): how long we have waited.
+    pub waiting_ms: u64,
+    /// Since the peer last sent data.
+    pub last_recv_ms: u64,
+    /// The socket's keepalive timer is armed: probes will settle it.
+    pub keepalive: bool,
+}
+
 /// Who sent the first FIN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

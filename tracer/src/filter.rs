@@ -78,6 +78,17 @@ impl Filter {
     }
 
     pub fn matches(&self, e: &Event) -> bool {
+        self.matches_conn(e.pid, &e.comm, e.local, e.remote)
+    }
+
+    /// `--pid`, `--comm`, `--port`, `--cidr` against one connection and its owner.
+    pub fn matches_conn(
+        &self,
+        owner_pid: u32,
+        owner_comm: &str,
+        local: std::net::SocketAddr,
+        remote: std::net::SocketAddr,
+    ) -> bool {
         let Self {
             pid,
             comm,
@@ -87,12 +98,12 @@ impl Filter {
             container: _,
             namespace: _,
         } = self;
-        pid.is_none_or(|p| e.pid == p)
-            && comm.as_ref().is_none_or(|c| e.comm == *c)
-            && port.is_none_or(|p| e.local.port() == p || e.remote.port() == p)
+        pid.is_none_or(|p| owner_pid == p)
+            && comm.as_ref().is_none_or(|c| owner_comm == c)
+            && port.is_none_or(|p| local.port() == p || remote.port() == p)
             && cidr
                 .as_ref()
-                .is_none_or(|n| n.contains(e.local.ip()) || n.contains(e.remote.ip()))
+                .is_none_or(|n| n.contains(local.ip()) || n.contains(remote.ip()))
     }
 }
 

@@ -18,6 +18,7 @@
 pub mod btf;
 pub mod cli;
 pub mod decode;
+pub mod diag;
 pub mod engine;
 pub mod event;
 pub mod filter;

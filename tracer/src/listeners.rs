@@ -131,7 +131,7 @@ fn comm(proc_root: &Path, pid: u32) -> String {
 }
 
 /// The cgroup v2 id of `pid`: the inode of its directory under the cgroup root.
-fn cgroup_id(proc_root: &Path, cgroup_root: &Path, pid: u32) -> u64 {
+pub fn cgroup_id(proc_root: &Path, cgroup_root: &Path, pid: u32) -> u64 {
     let Ok(text) = std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")) else {
         return 0;
     };

@@ -23,6 +23,10 @@ pub trait Sink {
     }
     fn event(&mut self, event: &Event) -> Result<()>;
     fn sockstat(&mut self, sample: &Sockstat) -> Result<()>;
+    /// Connections awaiting a reply, from one inspection.
+    fn waiting(&mut self, _snapshot: &crate::event::Waiting) -> Result<()> {
+        Ok(())
+    }
     fn finding(&mut self, finding: &Finding) -> Result<()>;
     /// A cgroup seen for the first time, with its container and pod.
     fn cgroup(&mut self, _info: &crate::k8s::CgroupInfo) -> Result<()> {
@@ -106,6 +110,11 @@ struct Pipeline<'a> {
     metrics: Option<crate::metrics::Metrics>,
     filter: &'a Filter,
     recent: crate::recent::RecentOwners,
+    /// Connections awaiting a reply, from the inspection thread; and its threshold.
+    waiting: Option<std::sync::mpsc::Receiver<(u64, Vec<crate::event::WaitingConn>)>>,
+    await_after_ms: u64,
+    /// The last snapshot delivered had connections in it.
+    waits_shown: bool,
     engine: Engine,
     stats: LiveStats,
     failure: Option<anyhow::Error>,
@@ -197,13 +206,65 @@ impl Pipeline<'_> {
         Ok(())
     }
 
+    /// Takes the inspection's passes: connections the filters keep, into the engine
+    /// and the sink (snapshots with none are not written).
+    fn waiting(&mut self, sink: &mut dyn Sink) -> Result<()> {
+        let Some(rx) = &self.waiting else {
+            return Ok(());
+        };
+        while let Ok((mono_ns, mut conns)) = rx.try_recv() {
+            // The process from the trace where it saw the connection open (it names
+            // the thread); /proc's fd holder otherwise.
+            for c in &mut conns {
+                if let Some(t) = self
+                    .engine
+                    .conns
+                    .client_conn(c.local, c.remote)
+                    .filter(|t| t.owner_known)
+                {
+                    c.pid = t.pid;
+                    c.comm = t.comm.to_string();
+                    c.cgroup = t.cgroup;
+                }
+            }
+            conns.retain(|c| {
+                let container = self.attributor.container(c.cgroup);
+                let namespace = container
+                    .and_then(|k| k.pod_uid.as_ref())
+                    .and_then(|uid| self.pod_names.get(uid))
+                    .map(|p| p.namespace.as_str());
+                self.filter.matches_conn(c.pid, &c.comm, c.local, c.remote)
+                    && self.filter.matches_container(container, namespace)
+            });
+            // An empty pass is written only when it ends waits the last one showed.
+            if conns.is_empty() && !std::mem::take(&mut self.waits_shown) {
+                continue;
+            }
+            self.waits_shown = !conns.is_empty();
+            let w = crate::event::Waiting {
+                time: self.decoder.clock.wall(mono_ns),
+                mono_ns,
+                after_ms: self.await_after_ms,
+                conns,
+            };
+            self.engine.waiting(&w);
+            sink.waiting(&w)?;
+        }
+        Ok(())
+    }
+
     fn poll(&mut self, sink: &mut dyn Sink) -> Result<()> {
         self.pods(sink)?;
+        self.waiting(sink)?;
         for f in self.engine.poll_new() {
             sink.finding(&f)?;
         }
         Ok(())
     }
+}
+
+fn after_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The outcome of a live run.
@@ -247,6 +308,12 @@ pub fn run(
         metrics: metrics_addr.map(|_| crate::metrics::Metrics::default()),
         filter,
         recent: crate::recent::RecentOwners::default(),
+        waiting: live
+            .await_after
+            .0
+            .and_then(|after| crate::diag::spawn(after_ms(after)).ok()),
+        await_after_ms: live.await_after.0.map_or(0, after_ms),
+        waits_shown: false,
         engine: Engine::new(Config::default()),
         stats: LiveStats::default(),
         failure: None,

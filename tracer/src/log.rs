@@ -19,7 +19,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Event, Sockstat};
+use crate::event::{Event, Sockstat, Waiting};
 
 /// The log format version this build writes.
 pub const LOG_VERSION: u32 = 1;
@@ -84,6 +84,8 @@ pub enum Record {
     Event(Event),
     /// A node TCP memory sample (`{"sockstat": ...}`).
     Sockstat(Sockstat),
+    /// Connections awaiting a reply at one inspection (`{"waiting": ...}`).
+    Waiting(Waiting),
     /// A cgroup seen for the first time, with its container and pod (`{"cgroup": ...}`).
     Cgroup(crate::k8s::CgroupInfo),
     /// A pod's name and namespace from the Kubernetes API (`{"pod": ...}`).
@@ -173,6 +175,14 @@ impl<W: Write> LogWriter<W> {
             sockstat: &'a Sockstat,
         }
         self.write_line(&Line { sockstat: sample })
+    }
+
+    pub fn waiting(&mut self, snapshot: &Waiting) -> Result<()> {
+        #[derive(Serialize)]
+        struct Line<'a> {
+            waiting: &'a Waiting,
+        }
+        self.write_line(&Line { waiting: snapshot })
     }
 
     /// The live engine's findings at exit.
@@ -328,6 +338,15 @@ fn parse_record(line: &str) -> Result<Record, String> {
             .map(|l| Record::Sockstat(l.sockstat))
             .map_err(|e| describe(&e));
     }
+    if line.starts_with("{\"waiting\"") {
+        #[derive(Deserialize)]
+        struct Line {
+            waiting: Waiting,
+        }
+        return serde_json::from_str::<Line>(line)
+            .map(|l| Record::Waiting(l.waiting))
+            .map_err(|e| describe(&e));
+    }
     serde_json::from_str::<Event>(line)
         .map(Record::Event)
         .map_err(|e| describe(&e))
@@ -372,6 +391,7 @@ impl Log {
         self.records.iter().filter_map(|r| match r {
             Record::Event(e) => Some(e),
             Record::Sockstat(_)
+            | Record::Waiting(_)
             | Record::Cgroup(_)
             | Record::Pod(_)
             | Record::Finding(_)

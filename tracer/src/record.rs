@@ -30,6 +30,10 @@ impl Sink for LogSink {
     fn sockstat(&mut self, sample: &Sockstat) -> Result<()> {
         self.log.sockstat(sample)
     }
+
+    fn waiting(&mut self, snapshot: &crate::event::Waiting) -> Result<()> {
+        self.log.waiting(snapshot)
+    }
     fn finding(&mut self, finding: &Finding) -> Result<()> {
         self.log.finding(finding)
     }

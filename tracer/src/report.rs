@@ -51,6 +51,7 @@ pub fn replay(path: &Path, cfg: Config) -> Result<Replay> {
             match record {
                 Record::Event(e) => engine.ingest(&e),
                 Record::Sockstat(s) => engine.sample(&s),
+                Record::Waiting(w) => engine.waiting(&w),
                 Record::Cgroup(c) => engine.cgroup(&c),
                 Record::Pod(p) => engine.pod(&p),
                 Record::Finding(_) | Record::FinalFindings(_) => {}

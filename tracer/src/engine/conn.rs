@@ -410,10 +410,15 @@ impl ConnTable {
     /// Whether a connection this node opened (`connect`) holds `local -> remote`:
     /// the client's end of a connection whose server end is also traced here.
     pub fn client_of(&self, local: SocketAddr, remote: SocketAddr) -> bool {
+        self.client_conn(local, remote).is_some()
+    }
+
+    /// The connection this node opened on `local -> remote`, if traced.
+    pub fn client_conn(&self, local: SocketAddr, remote: SocketAddr) -> Option<&Conn> {
         self.by_tuple
             .get(&(local, remote))
             .and_then(|sock| self.map.get(sock))
-            .is_some_and(|c| c.role == Role::Client && c.local == local && c.remote == remote)
+            .filter(|c| c.role == Role::Client && c.local == local && c.remote == remote)
     }
 
     /// The lowest and highest local port of the open connections to `remote`.

@@ -25,6 +25,7 @@ pub enum Kind {
     ConnectErrors,
     ConnectionRefused,
     StalledPeer,
+    AwaitingReply,
     RstStorm,
 }
 
@@ -38,6 +39,7 @@ impl Kind {
             Self::ConnectErrors => "connect-errors",
             Self::ConnectionRefused => "connection-refused",
             Self::StalledPeer => "stalled-peer",
+            Self::AwaitingReply => "awaiting-reply",
             Self::RstStorm => "rst-storm",
         }
     }

@@ -11,11 +11,13 @@
 //! | [`memory`] | `tcp-memory-pressure` |
 //! | [`connect`] | `connect-errors`, `connection-refused` |
 //! | [`stall`] | `stalled-peer` |
+//! | [`awaiting`] | `awaiting-reply` (from [`Waiting`] snapshots) |
 //! | [`rst`] | `rst-storm` |
 //!
 //! Findings are computed from detector state on demand and sorted, so the same
 //! inputs give the same findings in the same order.
 
+pub mod awaiting;
 pub mod conn;
 pub mod connect;
 pub mod endpoints;
@@ -32,7 +34,7 @@ use std::{collections::HashMap, time::SystemTime};
 pub use conn::{Comm, Conn, ConnTable, Role};
 pub use finding::{Finding, Kind, Process, Severity};
 
-use crate::event::{Direction, Errno, Event, EventKind, Sockstat, TcpState};
+use crate::event::{Direction, Errno, Event, EventKind, Sockstat, TcpState, Waiting};
 
 /// Thresholds; each detector documents how it uses them.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,6 +93,7 @@ pub struct Engine {
     memory: memory::MemoryPressure,
     connect: connect::ConnectFailures,
     stall: stall::Stalls,
+    awaiting: awaiting::Awaiting,
     rst: rst::RstStorm,
     pub endpoints: endpoints::Endpoints,
     pub stats: Stats,
@@ -117,6 +120,7 @@ impl Engine {
             memory: memory::MemoryPressure::default(),
             connect: connect::ConnectFailures::default(),
             stall: stall::Stalls::default(),
+            awaiting: awaiting::Awaiting::default(),
             rst: rst::RstStorm::default(),
             endpoints: endpoints::Endpoints::default(),
             stats: Stats::default(),
@@ -210,7 +214,8 @@ impl Engine {
                 }
             }
         }
-        self.stats.evicted = self.conns.evicted + self.stall.dropped + self.reuse.dropped;
+        self.stats.evicted =
+            self.conns.evicted + self.stall.dropped + self.reuse.dropped + self.awaiting.dropped;
     }
 
     fn on_state(&mut self, e: &Event, old: TcpState, new: TcpState, idle_ms: u64) {
@@ -334,6 +339,27 @@ impl Engine {
             .evaluate(&self.conns, self.now_ns, self.now_wall, &self.cfg);
     }
 
+    /// Feeds one snapshot of connections awaiting a reply.
+    pub fn waiting(&mut self, w: &Waiting) {
+        self.stats.samples += 1;
+        self.advance(w.mono_ns, w.time);
+        self.awaiting.snapshot(w);
+        self.stats.evicted =
+            self.conns.evicted + self.stall.dropped + self.reuse.dropped + self.awaiting.dropped;
+    }
+
+    /// How long `local -> remote` has been awaiting a reply, as of the latest
+    /// inspection plus the time since; `None` when it was not waiting then.
+    pub fn waiting_ms(
+        &self,
+        local: std::net::SocketAddr,
+        remote: std::net::SocketAddr,
+    ) -> Option<u64> {
+        self.awaiting
+            .latest(local, remote)
+            .map(|(ms, at)| ms + self.now_ns.saturating_sub(at) / 1_000_000)
+    }
+
     /// Every current finding, most severe first, then by kind, endpoint and pid.
     pub fn findings(&self) -> Vec<Finding> {
         let mut out = Vec::new();
@@ -343,6 +369,7 @@ impl Engine {
         self.memory.findings(&mut out);
         self.connect.findings(&mut out);
         self.stall.findings(self.memory.orphans(), &mut out);
+        self.awaiting.findings(&mut out);
         self.rst.findings(&self.cfg, &mut out);
         for f in &mut out {
             let Some(p) = f.process.as_mut() else {

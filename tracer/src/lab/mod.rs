@@ -15,13 +15,14 @@ use anyhow::{bail, Result};
 use crate::cli::LabArgs;
 
 /// Name, what it reproduces.
-pub const SCENARIOS: [(&str, &str); 6] = [
+pub const SCENARIOS: [(&str, &str); 7] = [
     ("keepalive-race", "an HTTP server closing idle keep-alive connections after 2 s, and a naive pool that reuses them (incident 1)"),
     ("healthy-keepalive", "the same server with a pool that validates connections before reuse: the negative control"),
     ("close-wait-leak", "a server that never closes connections its clients closed (incident 2)"),
     ("refused", "connects to a port nothing listens on (incident 3)"),
     ("port-exhaustion", "a client holding connections until the ephemeral port range runs out: EADDRNOTAVAIL (incident 5, in a network namespace)"),
     ("silent-peer", "a database peer that vanishes without FIN or RST while a worker waits (incident 4, two network namespaces)"),
+    ("hung-peer", "a database that acknowledges three workers' queries and vanishes before answering: nothing retransmits, the workers wait (incident 4, two network namespaces; record with --await-after 3s)"),
 ];
 
 /// What a scenario did, as the client saw it.
@@ -45,6 +46,7 @@ pub fn run(args: &LabArgs) -> Result<()> {
         "refused" => simple::refused()?,
         "port-exhaustion" => netns::port_exhaustion()?,
         "silent-peer" => netns::silent_peer()?,
+        "hung-peer" => netns::hung_peer()?,
         other => bail!(
             "unknown lab scenario '{other}'; `conntrace lab --list` lists them: {}",
             SCENARIOS.map(|(n, _)| n).join(", ")

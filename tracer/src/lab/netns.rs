@@ -134,15 +134,15 @@ pub fn port_exhaustion() -> Result<Outcome> {
 
 const STALL: Duration = Duration::from_secs(5);
 
-/// Incident 4: a worker waiting on a database peer whose host vanished without FIN
-/// or RST (its link goes down), with keepalive and TCP_USER_TIMEOUT off.
-pub fn silent_peer() -> Result<Outcome> {
-    let name = "silent-peer";
+/// Two namespaces joined by a veth pair: the client's (192.0.2.1) and the
+/// database's (192.0.2.2); also the name of the database's end, to take it down.
+/// The links are named `<tag>a<pid>` / `<tag>b<pid>` (gone with their namespaces).
+fn client_and_database(tag: &str) -> Result<(Netns, Netns, String)> {
     let a = Netns::new(1)?;
     let b = Netns::new(2)?;
     let (va, vb) = (
-        format!("ctla{}", std::process::id()),
-        format!("ctlb{}", std::process::id()),
+        format!("{tag}a{}", std::process::id()),
+        format!("{tag}b{}", std::process::id()),
     );
     ip(&[
         "link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb, "netns", &b.name,
@@ -151,6 +151,14 @@ pub fn silent_peer() -> Result<Outcome> {
     b.exec(&["ip", "addr", "add", "192.0.2.2/24", "dev", &vb])?;
     a.exec(&["ip", "link", "set", &va, "up"])?;
     b.exec(&["ip", "link", "set", &vb, "up"])?;
+    Ok((a, b, vb))
+}
+
+/// Incident 4: a worker waiting on a database peer whose host vanished without FIN
+/// or RST (its link goes down), with keepalive and TCP_USER_TIMEOUT off.
+pub fn silent_peer() -> Result<Outcome> {
+    let name = "silent-peer";
+    let (a, b, vb) = client_and_database("ctl")?;
     let (ready_tx, ready_rx) = mpsc::channel();
     let server = b.spawn("lab-db", move || {
         let listener = TcpListener::bind("192.0.2.2:5432")?;
@@ -197,5 +205,74 @@ pub fn silent_peer() -> Result<Outcome> {
     Ok(Outcome {
         endpoint: "192.0.2.2:5432".to_owned(),
         count: u64::from(!answered),
+    })
+}
+
+/// Workers blocked on the hung peer at once, and how long each waits for its answer.
+const HUNG_WORKERS: usize = 3;
+const HUNG_WAIT: Duration = Duration::from_secs(10);
+
+/// Incident 4's silent half: a database (two namespaces) receives three workers'
+/// queries — its kernel acknowledges them — and vanishes (link down) before
+/// answering. Nothing is outstanding, so nothing is retransmitted: the workers wait in
+/// `recv()` with keepalive off; only an inspection of their sockets shows it.
+pub fn hung_peer() -> Result<Outcome> {
+    let name = "hung-peer";
+    let (a, b, vb) = client_and_database("cth")?;
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (got_tx, got_rx) = mpsc::channel();
+    let server = b.spawn("lab-db", move || {
+        let listener = TcpListener::bind("192.0.2.2:5432")?;
+        ready_tx.send(())?;
+        let mut held = Vec::new();
+        for _ in 0..HUNG_WORKERS {
+            let (mut conn, _) = listener.accept()?;
+            let mut buf = [0u8; 64];
+            let _ = conn.read(&mut buf)?;
+            conn.write_all(b"BEGIN")?;
+            let _ = conn.read(&mut buf)?;
+            got_tx.send(())?;
+            held.push(conn);
+        }
+        std::thread::sleep(HUNG_WAIT + Duration::from_secs(1));
+        Ok(())
+    })?;
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .context("lab database did not start")?;
+    let mut workers = Vec::new();
+    for _ in 0..HUNG_WORKERS {
+        workers.push(a.spawn("lab-worker", move || {
+            let mut conn = TcpStream::connect("192.0.2.2:5432")?;
+            let mut buf = [0u8; 64];
+            conn.write_all(b"BEGIN;")?;
+            let _ = conn.read(&mut buf)?;
+            std::thread::sleep(Duration::from_millis(50));
+            conn.write_all(b"SELECT * FROM orders FOR UPDATE;")?;
+            conn.set_read_timeout(Some(HUNG_WAIT))?;
+            Ok(matches!(conn.read(&mut buf), Ok(n) if n > 0))
+        })?);
+    }
+    for _ in 0..HUNG_WORKERS {
+        got_rx
+            .recv_timeout(Duration::from_secs(5))
+            .context("the database did not receive every query")?;
+    }
+    // The queries are delivered and acknowledged; the database's node goes away.
+    std::thread::sleep(Duration::from_millis(200));
+    b.exec(&["ip", "link", "set", &vb, "down"])?;
+    say(name, &format!("the database 192.0.2.2:5432 took {HUNG_WORKERS} queries and vanished (link down, no FIN/RST); the workers wait {} s with keepalive off", HUNG_WAIT.as_secs()));
+    let mut hung = 0;
+    for w in workers {
+        hung += u64::from(!join(w)?);
+    }
+    let _ = join(server);
+    say(
+        name,
+        &format!("{hung} of {HUNG_WORKERS} workers never got an answer"),
+    );
+    Ok(Outcome {
+        endpoint: "192.0.2.2:5432".to_owned(),
+        count: hung,
     })
 }

@@ -220,6 +220,10 @@ impl Sink for TuiSink {
         self.spool()?.sockstat(sample)
     }
 
+    fn waiting(&mut self, snapshot: &crate::event::Waiting) -> Result<()> {
+        self.spool()?.waiting(snapshot)
+    }
+
     fn finding(&mut self, finding: &Finding) -> Result<()> {
         self.spool()?.finding(finding)
     }
@@ -300,6 +304,7 @@ pub fn replay(path: &Path, mut sink: TuiSink) -> Result<()> {
             let mono = match &record {
                 Record::Event(e) => Some(e.mono_ns),
                 Record::Sockstat(s) => Some(s.mono_ns),
+                Record::Waiting(w) => Some(w.mono_ns),
                 Record::Cgroup(_)
                 | Record::Pod(_)
                 | Record::Finding(_)
@@ -324,6 +329,10 @@ pub fn replay(path: &Path, mut sink: TuiSink) -> Result<()> {
                 Record::Sockstat(s) => {
                     engine.sample(&s);
                     sink.sockstat(&s)?;
+                }
+                Record::Waiting(w) => {
+                    engine.waiting(&w);
+                    sink.waiting(&w)?;
                 }
                 Record::Cgroup(c) => {
                     engine.cgroup(&c);

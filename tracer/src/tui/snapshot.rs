@@ -34,6 +34,8 @@ pub struct ConnRow {
     pub idle_ms: u64,
     pub retransmits: u32,
     pub closed_by: &'static str,
+    /// Awaiting a reply this long (we spoke last), from the periodic inspection.
+    pub waiting_ms: Option<u64>,
 }
 
 /// How the connections view is sorted (`s` cycles).
@@ -288,6 +290,7 @@ fn connection_rows(engine: &Engine, filter: &str, sort: SortKey) -> (Vec<ConnRow
             age_ms: now.saturating_sub(c.opened_ns) / 1_000_000,
             idle_ms: now.saturating_sub(c.last_ns) / 1_000_000,
             retransmits: c.retransmits,
+            waiting_ms: engine.waiting_ms(c.local, c.remote),
             closed_by: if c.peer_fin.is_some() {
                 "peer"
             } else if matches!(

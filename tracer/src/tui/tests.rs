@@ -110,7 +110,24 @@ fn endpoints_view_shows_the_idle_close_spike() {
 
 #[test]
 fn connections_view_sorted_by_idle() {
-    let (engine, tail) = incident();
+    let (mut engine, tail) = incident();
+    // The inspection saw the worker awaiting a reply for 31 s.
+    let mono_ns = crate::engine::testing::T0 + 9_000_000_000;
+    engine.waiting(&crate::event::Waiting {
+        time: crate::engine::testing::wall(mono_ns),
+        mono_ns,
+        after_ms: 30_000,
+        conns: vec![crate::event::WaitingConn {
+            pid: 77,
+            comm: "worker".into(),
+            cgroup: 0,
+            local: "10.0.0.1:41000".parse().expect("addr"),
+            remote: "10.0.0.9:5432".parse().expect("addr"),
+            waiting_ms: 31_000,
+            last_recv_ms: 31_200,
+            keepalive: false,
+        }],
+    });
     let mut app = App::new(false);
     app.sort = SortKey::Idle;
     app.on_snapshot(snapshot::build(&engine, &tail, "", SortKey::Idle, header()));

@@ -292,7 +292,7 @@ fn ms(ms: u64) -> String {
 
 fn draw_connections(frame: &mut Frame, area: Rect, app: &App) {
     let header = Row::new(vec![
-        "Owner", "Local", "Remote", "State", "Age", "Idle", "Rtx", "Closed",
+        "Owner", "Local", "Remote", "State", "Age", "Idle", "Rtx", "Closed", "Awaits",
     ])
     .style(Style::default().add_modifier(Modifier::BOLD));
     let rows: Vec<Row> = app
@@ -313,6 +313,7 @@ fn draw_connections(frame: &mut Frame, area: Rect, app: &App) {
                 Cell::from(ms(c.idle_ms)),
                 Cell::from(c.retransmits.to_string()),
                 Cell::from(c.closed_by),
+                Cell::from(c.waiting_ms.map(ms).unwrap_or_default()),
             ])
         })
         .collect();
@@ -325,6 +326,7 @@ fn draw_connections(frame: &mut Frame, area: Rect, app: &App) {
         Constraint::Length(7),
         Constraint::Length(4),
         Constraint::Length(6),
+        Constraint::Length(7),
     ];
     let title = format!(
         " Connections: {} open, sorted by {} (s) ",

@@ -1,5 +1,6 @@
 //! Detector unit tests on synthetic event streams (no root, no kernel).
 
+mod awaiting;
 mod connect;
 mod idle_reuse;
 mod leak_memory;

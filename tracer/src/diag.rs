@@ -1,0 +1,583 @@
+//! Periodic inspection of open connections through `sock_diag` (`NETLINK_SOCK_DIAG`,
+//! `INET_DIAG` with `tcp_info`), the interface `ss -ti` uses: the kernel's own
+//! per-socket timestamps and counters, read in one dump per network namespace, with
+//! no program running per packet or per request.
+//!
+//! A request that was delivered and acknowledged just before its peer vanished
+//! raises no kernel event at all (nothing to retransmit, no reset, no state change):
+//! only a look at the socket shows that we spoke last, long ago, and heard nothing
+//! since. That look is this module; what it means is the engine's `awaiting` detector.
+//!
+//! Network namespaces are found in `/proc/*/ns/net` (refreshed every
+//! [`NETNS_REFRESH`]); one netlink socket is opened inside each (by a short-lived thread
+//! that enters it), so pods' connections are seen from the host.
+
+use std::{
+    collections::{HashMap, HashSet},
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+/// How often the set of network namespaces is looked for again.
+pub const NETNS_REFRESH: Duration = Duration::from_secs(10);
+/// Namespaces inspected at most.
+const MAX_NAMESPACES: usize = 4096;
+
+/// One established TCP connection as `sock_diag` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiagConn {
+    /// Inode number of the connection's network namespace.
+    pub netns: u32,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// Socket inode (0 for a socket no file refers to any more).
+    pub inode: u64,
+    /// A listening socket (its local port is a service port of the namespace).
+    pub listening: bool,
+    /// The socket's keepalive timer is armed (SO_KEEPALIVE on, nothing outstanding).
+    pub keepalive_timer: bool,
+    /// Milliseconds since we last sent data / received data / received an ACK.
+    pub last_data_sent_ms: u32,
+    pub last_data_recv_ms: u32,
+    pub last_ack_recv_ms: u32,
+    /// Segments sent and not acknowledged.
+    pub unacked: u32,
+    /// Smoothed RTT, microseconds.
+    pub rtt_us: u32,
+    /// Bytes of ours the peer acknowledged (+1 for the SYN), bytes received from it.
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+}
+
+impl DiagConn {
+    /// We spoke last, were acknowledged, and have heard nothing since: the peer owes
+    /// us a reply. (An idle pooled connection has the peer's answer as its last data.)
+    /// The times are in clock ticks (1-4 ms): a request sent in the same tick as the
+    /// previous answer arrived reads as answered (never cry wolf), unless the peer
+    /// never sent any data at all.
+    pub fn awaiting_reply(&self) -> bool {
+        self.unacked == 0
+            && self.bytes_acked > 1
+            && (self.last_data_sent_ms < self.last_data_recv_ms
+                || (self.last_data_sent_ms == self.last_data_recv_ms && self.bytes_received == 0))
+    }
+}
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const NLMSG_HDRLEN: usize = 16;
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLM_F_REQUEST: u16 = 0x01;
+const NLM_F_DUMP: u16 = 0x300;
+const NLMSG_DONE: u16 = 3;
+const NLMSG_ERROR: u16 = 2;
+const INET_DIAG_INFO: u16 = 2;
+const TCP_ESTABLISHED: u32 = 1;
+const TCP_LISTEN: u32 = 10;
+/// `idiag_timer` of a socket whose keepalive timer is pending.
+const TIMER_KEEPALIVE: u8 = 2;
+/// `struct inet_diag_msg`: 72 bytes.
+const DIAG_MSG_LEN: usize = 72;
+
+/// `inet_diag_req_v2` for established TCP sockets of `family`, with `tcp_info`.
+fn request(family: u8) -> [u8; NLMSG_HDRLEN + 56] {
+    let mut m = [0u8; NLMSG_HDRLEN + 56];
+    let len = u32::try_from(m.len()).unwrap_or(0);
+    m[0..4].copy_from_slice(&len.to_ne_bytes());
+    m[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    m[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    let r = &mut m[NLMSG_HDRLEN..];
+    r[0] = family;
+    r[1] = 6; // IPPROTO_TCP
+    r[2] = 1 << (INET_DIAG_INFO - 1);
+    r[4..8].copy_from_slice(&((1u32 << TCP_ESTABLISHED) | (1u32 << TCP_LISTEN)).to_ne_bytes());
+    m
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_ne_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn addr(family: u8, raw: &[u8], port_be: [u8; 2]) -> Option<SocketAddr> {
+    let port = u16::from_be_bytes(port_be);
+    let ip = if family == AF_INET {
+        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+    } else {
+        let v6 = Ipv6Addr::from(<[u8; 16]>::try_from(raw.get(..16)?).ok()?);
+        v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Parses one `inet_diag_msg` with its attributes; `None` when malformed.
+pub fn parse_msg(netns: u32, b: &[u8]) -> Option<DiagConn> {
+    if b.len() < DIAG_MSG_LEN {
+        return None;
+    }
+    let family = b[0];
+    let timer = b[2];
+    let id = &b[4..52];
+    let local = addr(family, &id[4..20], [id[0], id[1]])?;
+    let remote = addr(family, &id[20..36], [id[2], id[3]])?;
+    let inode = u64::from(u32_at(b, 68)?);
+    let mut conn = DiagConn {
+        netns,
+        local,
+        remote,
+        inode,
+        listening: u32::from(b[1]) == TCP_LISTEN,
+        keepalive_timer: timer == TIMER_KEEPALIVE,
+        last_data_sent_ms: 0,
+        last_data_recv_ms: 0,
+        last_ack_recv_ms: 0,
+        unacked: 0,
+        rtt_us: 0,
+        bytes_acked: 0,
+        bytes_received: 0,
+    };
+    let mut at = DIAG_MSG_LEN;
+    let mut info = false;
+    while at + 4 <= b.len() {
+        let len = usize::from(u16_at(b, at)?);
+        let kind = u16_at(b, at + 2)?;
+        if len < 4 || at + len > b.len() {
+            break;
+        }
+        if kind == INET_DIAG_INFO {
+            let t = &b[at + 4..at + len];
+            conn.unacked = u32_at(t, 24)?;
+            conn.last_data_sent_ms = u32_at(t, 44)?;
+            conn.last_data_recv_ms = u32_at(t, 52)?;
+            conn.last_ack_recv_ms = u32_at(t, 56)?;
+            conn.rtt_us = u32_at(t, 68)?;
+            conn.bytes_acked = u64_at(t, 120)?;
+            conn.bytes_received = u64_at(t, 128)?;
+            info = true;
+        }
+        at += (len + 3) & !3;
+    }
+    (info || conn.listening).then_some(conn)
+}
+
+/// Reads a whole dump answer from `fd`, calling `each` per message payload.
+fn read_dump(fd: &OwnedFd, mut each: impl FnMut(&[u8])) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: buf is valid for its length.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut at = 0;
+        while at + NLMSG_HDRLEN <= n {
+            let len = u32_at(&buf, at).map_or(0, |l| l as usize);
+            let kind = u16_at(&buf, at + 4).unwrap_or(NLMSG_DONE);
+            if len < NLMSG_HDRLEN || at + len > n {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "short netlink message",
+                ));
+            }
+            match kind {
+                NLMSG_DONE => return Ok(()),
+                NLMSG_ERROR => {
+                    let errno = u32_at(&buf, at + NLMSG_HDRLEN).map_or(0, u32::cast_signed);
+                    return Err(io::Error::from_raw_os_error(-errno));
+                }
+                SOCK_DIAG_BY_FAMILY => each(&buf[at + NLMSG_HDRLEN..at + len]),
+                _ => {}
+            }
+            at += (len + 3) & !3;
+        }
+    }
+}
+
+/// A `NETLINK_SOCK_DIAG` socket in the calling thread's network namespace.
+fn diag_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the fd is owned at once.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a new, valid descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let tv = libc::timeval {
+        tv_sec: 2,
+        tv_usec: 0,
+    };
+    // SAFETY: a valid timeval for SO_RCVTIMEO.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            u32::try_from(std::mem::size_of::<libc::timeval>()).unwrap_or(16),
+        );
+    }
+    Ok(fd)
+}
+
+/// Every established and listening TCP socket of one namespace's netlink socket.
+pub fn dump(fd: &OwnedFd, netns: u32, out: &mut Vec<DiagConn>) -> io::Result<()> {
+    for family in [AF_INET, AF_INET6] {
+        let req = request(family);
+        // SAFETY: req is valid for its length.
+        let sent = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        read_dump(fd, |payload| out.extend(parse_msg(netns, payload)))?;
+    }
+    Ok(())
+}
+
+/// A diag socket inside the network namespace `path` (`/proc/PID/ns/net`), made by a
+/// thread that enters the namespace (setns affects only the calling thread).
+fn socket_in(path: &Path) -> io::Result<OwnedFd> {
+    let ns = std::fs::File::open(path)?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on this thread only, with a namespace fd we hold.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            diag_socket()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("namespace thread panicked")))
+    })
+}
+
+/// The inspector: one diag socket per network namespace, refreshed periodically.
+pub struct Inspector {
+    proc_root: std::path::PathBuf,
+    sockets: HashMap<u32, OwnedFd>,
+    refreshed: Option<Instant>,
+    /// Namespaces of processes at the last walk of /proc.
+    seen_processes: HashSet<u32>,
+    /// Namespaces whose socket could not be made or dumped (counted, not fatal).
+    pub errors: u64,
+}
+
+impl Inspector {
+    pub fn new(proc_root: &Path) -> Self {
+        Self {
+            proc_root: proc_root.to_owned(),
+            sockets: HashMap::new(),
+            refreshed: None,
+            seen_processes: HashSet::new(),
+            errors: 0,
+        }
+    }
+
+    /// Looks for namespaces: processes' every [`NETNS_REFRESH`] (a walk of /proc),
+    /// named ones (`/run/netns`, a handful of entries) on every pass. Namespaces made
+    /// with `ip netns add` may hold no process, only threads that entered them (which
+    /// /proc/PID/ns/net does not show).
+    fn refresh(&mut self) {
+        let walk = self.refreshed.is_none_or(|t| t.elapsed() >= NETNS_REFRESH);
+        let mut paths: Vec<std::path::PathBuf> = Vec::new();
+        if walk {
+            self.refreshed = Some(Instant::now());
+            self.seen_processes.clear();
+            paths.extend(
+                std::fs::read_dir(&self.proc_root)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter(|e| {
+                        e.file_name()
+                            .to_str()
+                            .is_some_and(|n| n.parse::<u32>().is_ok())
+                    })
+                    .map(|e| e.path().join("ns/net")),
+            );
+        }
+        let from_proc = paths.len();
+        paths.extend(
+            std::fs::read_dir("/run/netns")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path()),
+        );
+        let mut present = HashSet::new();
+        for (i, path) in paths.into_iter().enumerate() {
+            let Some(inum) = std::fs::metadata(&path)
+                .ok()
+                .and_then(|m| u32::try_from(std::os::unix::fs::MetadataExt::ino(&m)).ok())
+            else {
+                continue;
+            };
+            if i < from_proc {
+                self.seen_processes.insert(inum);
+            }
+            if !present.insert(inum)
+                || self.sockets.contains_key(&inum)
+                || self.sockets.len() >= MAX_NAMESPACES
+            {
+                continue;
+            }
+            match socket_in(&path) {
+                Ok(fd) => {
+                    self.sockets.insert(inum, fd);
+                }
+                Err(_) => self.errors += 1,
+            }
+        }
+        // A namespace stays while a process or a name holds it.
+        let seen = &self.seen_processes;
+        self.sockets
+            .retain(|inum, _| present.contains(inum) || seen.contains(inum));
+    }
+
+    /// One pass: every established connection of every namespace.
+    pub fn pass(&mut self) -> Vec<DiagConn> {
+        self.refresh();
+        let mut out = Vec::new();
+        let mut failed = Vec::new();
+        for (&netns, fd) in &self.sockets {
+            if dump(fd, netns, &mut out).is_err() {
+                failed.push(netns);
+            }
+        }
+        self.errors += failed.len() as u64;
+        for netns in failed {
+            self.sockets.remove(&netns);
+        }
+        out
+    }
+
+    pub fn namespaces(&self) -> usize {
+        self.sockets.len()
+    }
+}
+
+/// Connections this node opened (their local port is no listening port of their
+/// namespace) that await a reply for at least `after_ms`.
+pub fn awaiting(all: &[DiagConn], after_ms: u64) -> Vec<&DiagConn> {
+    let listening: HashSet<(u32, u16)> = all
+        .iter()
+        .filter(|c| c.listening)
+        .map(|c| (c.netns, c.local.port()))
+        .collect();
+    all.iter()
+        .filter(|c| {
+            !c.listening
+                && c.inode != 0
+                && c.awaiting_reply()
+                && u64::from(c.last_data_sent_ms) >= after_ms
+                && !listening.contains(&(c.netns, c.local.port()))
+        })
+        .collect()
+}
+
+/// How often the inspection runs at most.
+pub const INSPECT_EVERY: Duration = Duration::from_secs(2);
+/// The share of one CPU the inspection may take: a pass that costs more spaces the
+/// next one out (measured: ~2 ms per 1,000 sockets, so 2 s up to ~10k sockets, ~16 s
+/// at 100k).
+const CPU_SHARE: u32 = 100;
+/// Connections kept per snapshot at most (the longest waits).
+const MAX_PER_SNAPSHOT: usize = 256;
+
+/// Runs the inspection on its own thread every [`INSPECT_EVERY`] (or less often:
+/// at most 1 % of a CPU, see [`CPU_SHARE`]), sending each pass's
+/// connections awaiting a reply with the CLOCK_MONOTONIC time of the pass. Owners come
+/// from `/proc/*/fd` (looked up only for sockets not seen before). The thread ends when
+/// the receiver is dropped.
+pub fn spawn(
+    after_ms: u64,
+) -> io::Result<std::sync::mpsc::Receiver<(u64, Vec<crate::event::WaitingConn>)>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(4);
+    std::thread::Builder::new()
+        .name("conntrace-diag".to_owned())
+        .spawn(move || {
+            let proc_root = Path::new("/proc");
+            let mut inspector = Inspector::new(proc_root);
+            let mut owners: HashMap<u64, (u32, String, u64)> = HashMap::new();
+            let mut pause = INSPECT_EVERY;
+            loop {
+                std::thread::sleep(pause);
+                let started = Instant::now();
+                let all = inspector.pass();
+                let mono = u64::try_from(crate::time::monotonic_now().as_nanos()).unwrap_or(0);
+                let mut found = awaiting(&all, after_ms);
+                found.sort_by_key(|c| std::cmp::Reverse(c.last_data_sent_ms));
+                found.truncate(MAX_PER_SNAPSHOT);
+                let unknown: HashSet<u64> = found
+                    .iter()
+                    .map(|c| c.inode)
+                    .filter(|i| !owners.contains_key(i))
+                    .collect();
+                for (ino, pid) in holders(proc_root, &unknown) {
+                    let comm =
+                        std::fs::read_to_string(proc_root.join(pid.to_string()).join("comm"))
+                            .map(|c| c.trim_end().to_owned())
+                            .unwrap_or_default();
+                    let cgroup =
+                        crate::listeners::cgroup_id(proc_root, Path::new("/sys/fs/cgroup"), pid);
+                    owners.insert(ino, (pid, comm, cgroup));
+                }
+                // Forget owners of sockets no longer waiting (bounded by one pass).
+                let live: HashSet<u64> = found.iter().map(|c| c.inode).collect();
+                owners.retain(|ino, _| live.contains(ino));
+                let conns = found
+                    .into_iter()
+                    .map(|c| {
+                        let (pid, comm, cgroup) = owners.get(&c.inode).cloned().unwrap_or_default();
+                        crate::event::WaitingConn {
+                            pid,
+                            comm,
+                            cgroup,
+                            local: c.local,
+                            remote: c.remote,
+                            waiting_ms: u64::from(c.last_data_sent_ms),
+                            last_recv_ms: u64::from(c.last_data_recv_ms),
+                            keepalive: c.keepalive_timer,
+                        }
+                    })
+                    .collect();
+                pause = INSPECT_EVERY.max(started.elapsed() * CPU_SHARE);
+                if tx.send((mono, conns)).is_err() {
+                    return;
+                }
+            }
+        })?;
+    Ok(rx)
+}
+
+/// Socket inode -> the lowest pid holding it, for the inodes asked about; one walk of
+/// `/proc/*/fd`. Bounded by the processes on the node.
+pub fn holders<S: std::hash::BuildHasher>(
+    proc_root: &Path,
+    inodes: &HashSet<u64, S>,
+) -> HashMap<u64, u32> {
+    let mut found = HashMap::new();
+    if inodes.is_empty() {
+        return found;
+    }
+    let Ok(dir) = std::fs::read_dir(proc_root) else {
+        return found;
+    };
+    let mut pids: Vec<u32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    for pid in pids {
+        let Ok(fds) = std::fs::read_dir(proc_root.join(pid.to_string()).join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Some(ino) = std::fs::read_link(fd.path()).ok().and_then(|l| {
+                l.to_str()?
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .parse::<u64>()
+                    .ok()
+            }) else {
+                continue;
+            };
+            if inodes.contains(&ino) {
+                found.entry(ino).or_insert(pid);
+            }
+        }
+        if found.len() == inodes.len() {
+            break;
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A message as the kernel builds it: inet_diag_msg + an INET_DIAG_INFO attribute.
+    fn message(timer: u8, unacked: u32, sent: u32, recv: u32) -> Vec<u8> {
+        let mut b = vec![0u8; DIAG_MSG_LEN];
+        b[0] = AF_INET;
+        b[1] = 1;
+        b[2] = timer;
+        b[4..6].copy_from_slice(&40000u16.to_be_bytes());
+        b[6..8].copy_from_slice(&5432u16.to_be_bytes());
+        b[8..12].copy_from_slice(&[10, 0, 0, 1]);
+        b[24..28].copy_from_slice(&[10, 0, 0, 7]);
+        b[68..72].copy_from_slice(&777u32.to_ne_bytes());
+        let mut info = vec![0u8; 160];
+        info[120..128].copy_from_slice(&100u64.to_ne_bytes());
+        info[24..28].copy_from_slice(&unacked.to_ne_bytes());
+        info[44..48].copy_from_slice(&sent.to_ne_bytes());
+        info[52..56].copy_from_slice(&recv.to_ne_bytes());
+        info[56..60].copy_from_slice(&sent.to_ne_bytes());
+        info[68..72].copy_from_slice(&250u32.to_ne_bytes());
+        let len = u16::try_from(info.len() + 4).unwrap_or(0);
+        b.extend_from_slice(&len.to_ne_bytes());
+        b.extend_from_slice(&INET_DIAG_INFO.to_ne_bytes());
+        b.extend_from_slice(&info);
+        b
+    }
+
+    #[test]
+    fn a_diag_message_gives_addresses_inode_and_times() {
+        let c = parse_msg(9, &message(0, 0, 40_000, 41_000)).expect("parsed");
+        assert_eq!(c.local.to_string(), "10.0.0.1:40000");
+        assert_eq!(c.remote.to_string(), "10.0.0.7:5432");
+        assert_eq!((c.netns, c.inode, c.rtt_us), (9, 777, 250));
+        assert!(!c.keepalive_timer);
+        assert!(c.awaiting_reply(), "we sent last, acknowledged");
+        let pooled = parse_msg(9, &message(2, 0, 41_000, 40_000)).expect("parsed");
+        assert!(pooled.keepalive_timer);
+        assert!(!pooled.awaiting_reply(), "the peer answered last");
+        let in_flight = parse_msg(9, &message(0, 2, 40_000, 41_000)).expect("parsed");
+        assert!(
+            !in_flight.awaiting_reply(),
+            "unacknowledged data: a stall, not a wait"
+        );
+        let mut same_tick = parse_msg(9, &message(0, 0, 40_000, 40_000)).expect("parsed");
+        assert!(same_tick.awaiting_reply(), "sent, and never heard any data");
+        same_tick.bytes_received = 10;
+        assert!(
+            !same_tick.awaiting_reply(),
+            "an answer in the same tick reads as answered"
+        );
+    }
+
+    #[test]
+    fn truncated_or_attributeless_messages_are_skipped() {
+        let m = message(0, 0, 1, 2);
+        for cut in [0, 10, DIAG_MSG_LEN, DIAG_MSG_LEN + 3, DIAG_MSG_LEN + 40] {
+            assert!(parse_msg(1, &m[..cut]).is_none(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn this_hosts_own_connection_is_dumped() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let c = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let mut inspector = Inspector::new(Path::new("/proc"));
+        let all = inspector.pass();
+        let local = c.local_addr().expect("local");
+        assert!(all.iter().any(|d| d.local == local), "{} seen", all.len());
+    }
+}

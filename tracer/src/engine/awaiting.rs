@@ -1,0 +1,175 @@
+//! `awaiting-reply`: connections whose request was delivered and acknowledged, and
+//! whose peer has sent nothing since — a worker blocked in `recv()` on a peer that may
+//! have vanished after acknowledging (no retransmit, no reset, no state change: no
+//! kernel event at all, so this comes from the periodic inspection's [`Waiting`]
+//! snapshots).
+//!
+//! Rule: per (process, peer), the connections of each snapshot (each waited at least
+//! the snapshot's threshold; the inspector leaves out accepted connections, idle pooled
+//! ones where the peer spoke last, and unacknowledged data, which is `stalled-peer`).
+//! - **critical** when two or more of them went silent together: their waits began
+//!   within [`TOGETHER_MS`] of each other — the signature of a vanished node rather
+//!   than one slow query;
+//! - **warning** for a lone wait (a slow query or a long-poll past the threshold is
+//!   indistinguishable from one socket);
+//! - **info** when every one has its keepalive timer armed: the probes will end the wait.
+//!
+//! Kept: the worst moment per group (most connections, then longest wait); groups are
+//! bounded ([`MAX_GROUPS`]).
+
+use std::{collections::HashMap, fmt::Write as _, net::SocketAddr, time::SystemTime};
+
+use super::finding::{secs, Finding, Kind, Process, Severity};
+use crate::event::Waiting;
+
+/// Waits that began within this of each other count as one moment.
+pub const TOGETHER_MS: u64 = 1_000;
+const MAX_GROUPS: usize = 4096;
+
+#[derive(Debug, Clone)]
+struct Group {
+    comm: String,
+    cgroup: u64,
+    connections: u64,
+    together: u64,
+    waiting_ms: u64,
+    keepalive_all: bool,
+    after_ms: u64,
+    locals: Vec<SocketAddr>,
+    first: SystemTime,
+    last: SystemTime,
+}
+
+#[derive(Debug, Default)]
+pub struct Awaiting {
+    by_key: HashMap<(u32, SocketAddr), Group>,
+    /// The latest snapshot: (local, remote) -> waiting ms, and its time.
+    latest: HashMap<(SocketAddr, SocketAddr), u64>,
+    latest_ns: u64,
+    pub dropped: u64,
+}
+
+/// The size of the largest set of start times within `TOGETHER_MS` of each other.
+fn largest_cluster(mut starts: Vec<u64>) -> u64 {
+    starts.sort_unstable();
+    let mut best = 0;
+    let mut lo = 0;
+    for hi in 0..starts.len() {
+        while starts[hi] - starts[lo] > TOGETHER_MS {
+            lo += 1;
+        }
+        best = best.max(hi - lo + 1);
+    }
+    best as u64
+}
+
+impl Awaiting {
+    /// How long `local -> remote` had waited at the latest snapshot, and when that was.
+    pub fn latest(&self, local: SocketAddr, remote: SocketAddr) -> Option<(u64, u64)> {
+        self.latest
+            .get(&(local, remote))
+            .map(|ms| (*ms, self.latest_ns))
+    }
+
+    pub fn snapshot(&mut self, w: &Waiting) {
+        self.latest = w
+            .conns
+            .iter()
+            .map(|c| ((c.local, c.remote), c.waiting_ms))
+            .collect();
+        self.latest_ns = w.mono_ns;
+        let mut groups: HashMap<(u32, SocketAddr), Vec<&crate::event::WaitingConn>> =
+            HashMap::new();
+        for c in &w.conns {
+            groups.entry((c.pid, c.remote)).or_default().push(c);
+        }
+        let now_ms = w.mono_ns / 1_000_000;
+        for (key, conns) in groups {
+            let starts = conns
+                .iter()
+                .map(|c| now_ms.saturating_sub(c.waiting_ms))
+                .collect();
+            let together = largest_cluster(starts);
+            let connections = conns.len() as u64;
+            let waiting_ms = conns.iter().map(|c| c.waiting_ms).max().unwrap_or(0);
+            let keepalive_all = conns.iter().all(|c| c.keepalive);
+            if !self.by_key.contains_key(&key) && self.by_key.len() >= MAX_GROUPS {
+                self.dropped += 1;
+                continue;
+            }
+            let g = self.by_key.entry(key).or_insert_with(|| Group {
+                comm: conns[0].comm.clone(),
+                cgroup: conns[0].cgroup,
+                connections: 0,
+                together: 0,
+                waiting_ms: 0,
+                keepalive_all,
+                after_ms: w.after_ms,
+                locals: Vec::new(),
+                first: w.time,
+                last: w.time,
+            });
+            g.last = w.time;
+            g.waiting_ms = g.waiting_ms.max(waiting_ms);
+            g.keepalive_all &= keepalive_all;
+            if (connections, together) > (g.connections, g.together) {
+                g.connections = connections;
+                g.together = together;
+                g.after_ms = w.after_ms;
+                g.locals = conns.iter().take(8).map(|c| c.local).collect();
+            }
+        }
+    }
+
+    pub fn findings(&self, out: &mut Vec<Finding>) {
+        for ((pid, peer), g) in &self.by_key {
+            let process = Process::new(*pid, &g.comm, g.cgroup);
+            let severity = if g.keepalive_all {
+                Severity::Info
+            } else if g.together >= 2 {
+                Severity::Critical
+            } else {
+                Severity::Warning
+            };
+            let n = g.connections;
+            let mut summary = format!(
+                "{n} connection{} from {} to {peer} awaiting a reply for up to {}: the peer acknowledged the request and has sent nothing since; {}",
+                if n == 1 { "" } else { "s" },
+                process.describe(),
+                secs(g.waiting_ms),
+                if g.keepalive_all {
+                    "keepalive on (its probes will end the wait if the peer is gone)"
+                } else {
+                    "keepalive off: the kernel will wait forever"
+                },
+            );
+            if g.together >= 2 {
+                let _ = write!(
+                    summary,
+                    "; {} went silent within {} of each other — the signature of a vanished peer",
+                    g.together,
+                    secs(TOGETHER_MS)
+                );
+            }
+            out.push(Finding {
+                kind: Kind::AwaitingReply,
+                severity,
+                summary,
+                endpoint: peer.to_string(),
+                process: Some(process),
+                count: n,
+                first_seen: g.first,
+                last_seen: g.last,
+                evidence: crate::evidence! {
+                    "waiting_ms" => g.waiting_ms,
+                    "silent_together" => g.together,
+                    "keepalive" => g.keepalive_all,
+                    "threshold_ms" => g.after_ms,
+                    "local" => g.locals.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                },
+                recommendation: "a peer that vanished after acknowledging a request leaves the client waiting forever: turn on TCP keepalive with short timers (e.g. idle 30 s, interval 5 s, 3 probes: SO_KEEPALIVE + TCP_KEEPIDLE/TCP_KEEPINTVL/TCP_KEEPCNT) together with TCP_USER_TIMEOUT, give the client a read or statement timeout (libpq/pgbouncer: tcp_user_timeout, statement_timeout; asyncpg: command_timeout), and validate pooled connections on borrow".to_owned(),
+                socks: Vec::new(),
+            });
+        }
+    }
+}

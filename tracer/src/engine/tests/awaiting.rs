@@ -1,0 +1,117 @@
+use crate::{
+    engine::{
+        testing::{addr, wall, T0},
+        Config, Engine, Kind, Severity,
+    },
+    event::{Waiting, WaitingConn},
+};
+
+fn conn(pid: u32, local: &str, remote: &str, waiting_ms: u64, keepalive: bool) -> WaitingConn {
+    WaitingConn {
+        pid,
+        comm: "worker".to_owned(),
+        cgroup: 0,
+        local: addr(local),
+        remote: addr(remote),
+        waiting_ms,
+        last_recv_ms: waiting_ms + 50,
+        keepalive,
+    }
+}
+
+fn snapshot(at_ms: u64, conns: Vec<WaitingConn>) -> Waiting {
+    let mono_ns = T0 + at_ms * 1_000_000;
+    Waiting {
+        time: wall(mono_ns),
+        mono_ns,
+        after_ms: 30_000,
+        conns,
+    }
+}
+
+fn awaiting(engine: &Engine) -> Vec<crate::engine::Finding> {
+    engine
+        .findings()
+        .into_iter()
+        .filter(|f| f.kind == Kind::AwaitingReply)
+        .collect()
+}
+
+#[test]
+fn several_connections_silent_together_are_critical() {
+    let mut engine = Engine::new(Config::default());
+    let db = "10.0.0.7:5432";
+    // Three waits that began within 400 ms of each other, seen twice.
+    for at in [100_000, 102_000] {
+        let d = at - 100_000;
+        engine.waiting(&snapshot(
+            at,
+            vec![
+                conn(9, "10.0.0.1:40001", db, 40_000 + d, false),
+                conn(9, "10.0.0.1:40002", db, 40_400 + d, false),
+                conn(9, "10.0.0.1:40003", db, 40_200 + d, false),
+            ],
+        ));
+    }
+    let f = awaiting(&engine);
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].severity, Severity::Critical);
+    assert_eq!(f[0].count, 3);
+    assert_eq!(f[0].endpoint, db);
+    assert_eq!(f[0].evidence["silent_together"], 3);
+    assert_eq!(f[0].evidence["waiting_ms"], 42_400);
+    assert!(
+        f[0].summary.contains("the signature of a vanished peer"),
+        "{}",
+        f[0].summary
+    );
+}
+
+#[test]
+fn a_lone_wait_is_a_warning_and_keepalive_makes_it_info() {
+    let mut engine = Engine::new(Config::default());
+    engine.waiting(&snapshot(
+        50_000,
+        vec![
+            // Two to one peer, but their waits began 20 s apart: two slow queries.
+            conn(9, "10.0.0.1:40001", "10.0.0.7:5432", 45_000, false),
+            conn(9, "10.0.0.1:40002", "10.0.0.7:5432", 25_000, false),
+            conn(9, "10.0.0.1:40003", "10.0.0.8:6379", 31_000, true),
+        ],
+    ));
+    let f = awaiting(&engine);
+    assert_eq!(f.len(), 2);
+    let db = f
+        .iter()
+        .find(|f| f.endpoint == "10.0.0.7:5432")
+        .expect("db");
+    assert_eq!(db.severity, Severity::Warning);
+    assert_eq!(db.evidence["silent_together"], 1);
+    let redis = f
+        .iter()
+        .find(|f| f.endpoint == "10.0.0.8:6379")
+        .expect("redis");
+    assert_eq!(redis.severity, Severity::Info);
+    assert!(redis.summary.contains("keepalive on"), "{}", redis.summary);
+}
+
+#[test]
+fn the_worst_moment_is_kept_after_the_waits_end() {
+    let mut engine = Engine::new(Config::default());
+    let db = "10.0.0.7:5432";
+    engine.waiting(&snapshot(
+        10_000,
+        vec![
+            conn(9, "10.0.0.1:40001", db, 31_000, false),
+            conn(9, "10.0.0.1:40002", db, 31_000, false),
+        ],
+    ));
+    engine.waiting(&snapshot(
+        12_000,
+        vec![conn(9, "10.0.0.1:40001", db, 33_000, false)],
+    ));
+    let f = awaiting(&engine);
+    assert_eq!(f[0].count, 2);
+    assert_eq!(f[0].severity, Severity::Critical);
+    assert_eq!(f[0].evidence["waiting_ms"], 33_000);
+}
