@@ -36,8 +36,9 @@ fn the_service_account_may_read_pods_and_nothing_more() {
         "conntrace"
     );
     let env = &manifest()["spec"]["template"]["spec"]["containers"][0]["env"];
-    assert_eq!(
-        env[0]["name"], "NODE_NAME",
+    assert!(
+        env.as_sequence()
+            .is_some_and(|e| e.iter().any(|v| v["name"] == "NODE_NAME")),
         "the API client lists this node's pods"
     );
 }
@@ -69,6 +70,10 @@ fn daemonset_has_the_capabilities_and_read_only_mounts_it_needs() {
         );
     }
     assert_eq!(strings(&sc["capabilities"]["drop"]), vec!["ALL"]);
+    assert!(
+        !caps.iter().any(|c| c == "NET_ADMIN"),
+        "no hook needs NET_ADMIN: {caps:?}"
+    );
     let mounts = c["volumeMounts"].as_sequence().expect("mounts");
     for path in ["/sys/kernel/btf", "/sys/kernel/tracing", "/sys/fs/cgroup"] {
         let m = mounts
@@ -99,7 +104,19 @@ fn container_command_is_a_real_subcommand() {
     let c = &m["spec"]["template"]["spec"]["containers"][0];
     let mut argv = strings(&c["command"]);
     assert_eq!(argv, vec!["/usr/local/bin/conntrace"]);
-    argv.extend(strings(&c["args"]));
+    // The kubelet expands $(HOST_IP) from the pod's status.hostIP.
+    argv.extend(
+        strings(&c["args"])
+            .into_iter()
+            .map(|a| a.replace("$(HOST_IP)", "10.0.0.5")),
+    );
+    let env = &c["env"];
+    assert!(
+        env.as_sequence()
+            .is_some_and(|e| e.iter().any(|v| v["name"] == "HOST_IP"
+                && v["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP")),
+        "metrics bind the node's address"
+    );
     let cli = tracer::cli::Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
     let Some(tracer::cli::Command::Watch(w)) = cli.command else {
         panic!("the DaemonSet runs `watch`")

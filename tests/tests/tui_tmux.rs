@@ -159,6 +159,20 @@ fn replay_in_tmux_find_open_filter_export_quit() {
     assert!(std::fs::read_to_string(md)
         .expect("md")
         .contains("keepalive-reuse-race"));
+    for f in [log, md] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(f).expect("meta").permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "{}: exports are private", f.display());
+    }
+    // The UI's spool has no name: nothing is left in the temp dir, whatever the exit.
+    let spools: Vec<String> = std::fs::read_dir(std::env::temp_dir())
+        .expect("tmp")
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with("conntrace-tui-"))
+        .collect();
+    assert!(spools.is_empty(), "spool files left: {spools:?}");
 
     // Quit: the shell is back, out of the alternate screen, cursor visible.
     tmux.keys(&["q"]);

@@ -107,8 +107,8 @@ pub struct WatchArgs {
     /// Print every event too.
     #[arg(short, long)]
     pub verbose: bool,
-    /// Stop after this many seconds (default: until Ctrl-C / SIGTERM).
-    #[arg(long, value_name = "SECS")]
+    /// Stop after this many seconds (default: until Ctrl-C, SIGTERM or SIGHUP).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub duration: Option<f64>,
     #[command(flatten)]
     pub filter: FilterArgs,
@@ -142,13 +142,31 @@ pub struct RecordArgs {
     /// Where to write the log (JSON Lines).
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
-    /// Stop after this many seconds (default: until Ctrl-C / SIGTERM).
-    #[arg(long, value_name = "SECS")]
+    /// Overwrite FILE if it exists (never through a symbolic link).
+    #[arg(long)]
+    pub force: bool,
+    /// Stop after this many seconds (default: until Ctrl-C, SIGTERM or SIGHUP).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub duration: Option<f64>,
     #[command(flatten)]
     pub filter: FilterArgs,
     #[command(flatten)]
     pub live: LiveArgs,
+}
+
+/// `--duration`: a finite number of seconds, more than 0 and at most a year.
+pub fn parse_secs(s: &str) -> Result<f64, String> {
+    const YEAR: f64 = 365.0 * 86_400.0;
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds (e.g. 30 or 2.5)"))?;
+    if !v.is_finite() || v <= 0.0 || v > YEAR {
+        return Err(format!(
+            "'{s}' is not a duration: give seconds above 0 and at most a year ({YEAR})"
+        ));
+    }
+    Ok(v)
 }
 
 /// Event selection shared by the live commands.

@@ -391,6 +391,14 @@ pub fn awaiting(all: &[DiagConn], after_ms: u64) -> Vec<&DiagConn> {
         .collect()
 }
 
+/// One inspection's result: its CLOCK_MONOTONIC time, the connections awaiting a
+/// reply, and how many namespaces could not be inspected so far.
+pub struct Pass {
+    pub mono_ns: u64,
+    pub conns: Vec<crate::event::WaitingConn>,
+    pub namespace_errors: u64,
+}
+
 /// How often the inspection runs at most.
 pub const INSPECT_EVERY: Duration = Duration::from_secs(2);
 /// The share of one CPU the inspection may take: a pass that costs more spaces the
@@ -405,9 +413,7 @@ const MAX_PER_SNAPSHOT: usize = 256;
 /// connections awaiting a reply with the CLOCK_MONOTONIC time of the pass. Owners come
 /// from `/proc/*/fd` (looked up only for sockets not seen before). The thread ends when
 /// the receiver is dropped.
-pub fn spawn(
-    after_ms: u64,
-) -> io::Result<std::sync::mpsc::Receiver<(u64, Vec<crate::event::WaitingConn>)>> {
+pub fn spawn(after_ms: u64) -> io::Result<std::sync::mpsc::Receiver<Pass>> {
     let (tx, rx) = std::sync::mpsc::sync_channel(4);
     std::thread::Builder::new()
         .name("conntrace-diag".to_owned())
@@ -458,7 +464,12 @@ pub fn spawn(
                     })
                     .collect();
                 pause = INSPECT_EVERY.max(started.elapsed() * CPU_SHARE);
-                if tx.send((mono, conns)).is_err() {
+                let pass = Pass {
+                    mono_ns: mono,
+                    conns,
+                    namespace_errors: inspector.errors,
+                };
+                if tx.send(pass).is_err() {
                     return;
                 }
             }

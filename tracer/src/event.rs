@@ -171,6 +171,57 @@ pub struct WaitingConn {
     pub keepalive: bool,
 }
 
+/// What a recording lost, cumulative: events that never reached the log and table
+/// entries dropped because a bounded table was full. Written to the log when it
+/// changes (checked once a second) and at the end, so `report` and `replay` know a
+/// lossy recording from a complete one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Losses {
+    /// Events the kernel could not put on the full ring buffer.
+    pub ringbuf_full: u64,
+    /// Sockets whose owner the kernel could not remember (owner map full).
+    pub owner_map: u64,
+    /// connect() calls whose arguments the kernel could not keep.
+    pub connect_map: u64,
+    /// Events dropped because a kernel read failed.
+    pub kernel_read: u64,
+    /// Records that could not be decoded.
+    pub undecodable: u64,
+    /// Engine table entries evicted or not kept (connections, groups).
+    pub engine_evicted: u64,
+}
+
+impl Losses {
+    /// Events that never reached the log.
+    pub fn events(&self) -> u64 {
+        self.ringbuf_full
+            .saturating_add(self.kernel_read)
+            .saturating_add(self.undecodable)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// `lost 12 events (ring buffer full 10, kernel read 2); ...`, or `None`.
+    pub fn describe(&self) -> Option<String> {
+        if self.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "this recording lost {} events (ring buffer full {}, kernel read failures {}, undecodable {}), {} socket owners (owner map full {}, connect map full {}) and {} engine table entries: findings may be incomplete",
+            self.events(),
+            self.ringbuf_full,
+            self.kernel_read,
+            self.undecodable,
+            self.owner_map.saturating_add(self.connect_map),
+            self.owner_map,
+            self.connect_map,
+            self.engine_evicted,
+        ))
+    }
+}
+
 /// Who sent the first FIN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     engine::{Config, Engine, Finding},
@@ -23,6 +22,14 @@ pub trait Sink {
     }
     fn event(&mut self, event: &Event) -> Result<()>;
     fn sockstat(&mut self, sample: &Sockstat) -> Result<()>;
+    /// Whether this sink shows BPF run time (kernel-wide statistics are then on).
+    fn shows_bpf_run_time(&self) -> bool {
+        false
+    }
+    /// What was lost so far (when it changed, and at the end).
+    fn losses(&mut self, _losses: &crate::event::Losses) -> Result<()> {
+        Ok(())
+    }
     /// Connections awaiting a reply, from one inspection.
     fn waiting(&mut self, _snapshot: &crate::event::Waiting) -> Result<()> {
         Ok(())
@@ -38,7 +45,7 @@ pub trait Sink {
     }
     /// Something degraded (printed once by the headless commands).
     fn warn(&mut self, message: &str) {
-        eprintln!("conntrace: warning: {message}");
+        crate::errln!("conntrace: warning: {message}");
     }
     /// Called after each look for new findings (5 times a second); `true` stops the run.
     fn tick(&mut self, _engine: &Engine, _probes: &Probes, _stats: LiveStats) -> Result<bool> {
@@ -52,6 +59,8 @@ pub struct LiveStats {
     pub delivered: u64,
     pub filtered: u64,
     pub undecodable: u64,
+    /// Failed reads of the node's TCP memory (/proc/net/sockstat).
+    pub sample_errors: u64,
 }
 
 /// How often node samples are taken (also the engine's tick for leak ages).
@@ -111,10 +120,12 @@ struct Pipeline<'a> {
     filter: &'a Filter,
     recent: crate::recent::RecentOwners,
     /// Connections awaiting a reply, from the inspection thread; and its threshold.
-    waiting: Option<std::sync::mpsc::Receiver<(u64, Vec<crate::event::WaitingConn>)>>,
+    waiting: Option<std::sync::mpsc::Receiver<crate::diag::Pass>>,
     await_after_ms: u64,
     /// The last snapshot delivered had connections in it.
     waits_shown: bool,
+    namespaces_warned: bool,
+    last_losses: crate::event::Losses,
     engine: Engine,
     stats: LiveStats,
     failure: Option<anyhow::Error>,
@@ -157,10 +168,31 @@ impl Pipeline<'_> {
         }
     }
 
+    /// A node sample. A failed read of /proc is counted and said once, not fatal.
     fn sample(&mut self, sink: &mut dyn Sink) -> Result<()> {
-        let s = sample_now(&self.decoder.clock)?;
-        self.engine.sample(&s);
-        sink.sockstat(&s)
+        match sample_now(&self.decoder.clock) {
+            Ok(s) => {
+                self.engine.sample(&s);
+                sink.sockstat(&s)
+            }
+            Err(e) => {
+                self.stats.sample_errors += 1;
+                if self.stats.sample_errors == 1 {
+                    sink.warn(&format!("reading node TCP memory failed: {e:#}; tcp-memory-pressure pauses until it reads again"));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// What was lost so far, written when it changed.
+    fn losses(&mut self, probes: &Probes, sink: &mut dyn Sink, always: bool) -> Result<()> {
+        let now = losses_of(probes, self.stats, &self.engine);
+        if always || now != self.last_losses {
+            self.last_losses = now;
+            sink.losses(&now)?;
+        }
+        Ok(())
     }
 
     fn metrics_text(&self, probes: &Probes) -> String {
@@ -212,7 +244,15 @@ impl Pipeline<'_> {
         let Some(rx) = &self.waiting else {
             return Ok(());
         };
-        while let Ok((mono_ns, mut conns)) = rx.try_recv() {
+        while let Ok(crate::diag::Pass {
+            mono_ns,
+            mut conns,
+            namespace_errors,
+        }) = rx.try_recv()
+        {
+            if namespace_errors > 0 && !std::mem::replace(&mut self.namespaces_warned, true) {
+                sink.warn("the inspection of open sockets could not enter some network namespaces (it needs CAP_SYS_ADMIN for setns and CAP_SYS_PTRACE for /proc/PID/ns): awaiting-reply covers the namespaces it could enter");
+            }
             // The process from the trace where it saw the connection open (it names
             // the thread); /proc's fd holder otherwise.
             for c in &mut conns {
@@ -267,6 +307,39 @@ fn after_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+impl<'a> Pipeline<'a> {
+    fn new(
+        decoder: &'a crate::decode::Decoder,
+        filter: &'a Filter,
+        live: crate::cli::LiveArgs,
+    ) -> Self {
+        Self {
+            decoder,
+            attributor: crate::k8s::Attributor::new(),
+            pods: crate::k8s::api::ApiConfig::from_env()
+                .map(|cfg| crate::k8s::api::spawn_watcher(cfg, crate::k8s::api::REFRESH)),
+            pod_names: std::collections::HashMap::new(),
+            api_warned: false,
+            metrics: live
+                .metrics_addr
+                .map(|_| crate::metrics::Metrics::default()),
+            filter,
+            recent: crate::recent::RecentOwners::default(),
+            waiting: live
+                .await_after
+                .0
+                .and_then(|after| crate::diag::spawn(after_ms(after)).ok()),
+            await_after_ms: live.await_after.0.map_or(0, after_ms),
+            waits_shown: false,
+            namespaces_warned: false,
+            last_losses: crate::event::Losses::default(),
+            engine: Engine::new(Config::default()),
+            stats: LiveStats::default(),
+            failure: None,
+        }
+    }
+}
+
 /// The outcome of a live run.
 pub struct LiveRun {
     pub engine: Engine,
@@ -274,7 +347,7 @@ pub struct LiveRun {
     pub probes: Probes,
 }
 
-/// Runs until Ctrl-C, SIGTERM or `duration`; `on_attached` is called once every
+/// Runs until SIGINT (Ctrl-C), SIGTERM, SIGHUP, a closed output pipe or `duration`; `on_attached` is called once every
 /// program is attached.
 pub fn run(
     filter: &Filter,
@@ -285,6 +358,9 @@ pub fn run(
 ) -> Result<LiveRun> {
     let metrics_addr = live.metrics_addr;
     let mut probes = Probes::load(!live.no_syscall_hooks)?;
+    if sink.shows_bpf_run_time() {
+        probes.enable_run_time_stats();
+    }
     // Servers that were listening before the trace: their connections get an owner
     // from their first event. Best effort: nothing is lost without it.
     let listeners = crate::listeners::scan(
@@ -298,26 +374,7 @@ pub fn run(
         .enable_all()
         .build()
         .context("starting the event loop")?;
-    let mut pipe = Pipeline {
-        decoder: &decoder,
-        attributor: crate::k8s::Attributor::new(),
-        pods: crate::k8s::api::ApiConfig::from_env()
-            .map(|cfg| crate::k8s::api::spawn_watcher(cfg, crate::k8s::api::REFRESH)),
-        pod_names: std::collections::HashMap::new(),
-        api_warned: false,
-        metrics: metrics_addr.map(|_| crate::metrics::Metrics::default()),
-        filter,
-        recent: crate::recent::RecentOwners::default(),
-        waiting: live
-            .await_after
-            .0
-            .and_then(|after| crate::diag::spawn(after_ms(after)).ok()),
-        await_after_ms: live.await_after.0.map_or(0, after_ms),
-        waits_shown: false,
-        engine: Engine::new(Config::default()),
-        stats: LiveStats::default(),
-        failure: None,
-    };
+    let mut pipe = Pipeline::new(&decoder, filter, live);
     runtime.block_on(async {
         let mut stream = EventStream::new(ring)?;
         let listener = match metrics_addr {
@@ -328,8 +385,6 @@ pub fn run(
             ),
             None => None,
         };
-        let mut sigint = signal(SignalKind::interrupt())?;
-        let mut sigterm = signal(SignalKind::terminate())?;
         // A year stands in for "no deadline" (tokio's timer cannot take Duration::MAX).
         let forever = Duration::from_hours(24 * 365);
         let deadline = duration
@@ -347,22 +402,29 @@ pub fn run(
         loop {
             tokio::select! {
                 r = stream.drain_with(|b| pipe.handle(b, sink)) => { r?; }
-                _ = drains.tick() => { stream.drain_now(|b| pipe.handle(b, sink)); }
+                _ = drains.tick() => {
+                    stream.drain_now(|b| pipe.handle(b, sink));
+                    // SIGINT, SIGTERM, SIGHUP or a closed output pipe (crate::signals).
+                    if crate::signals::requested().is_some() {
+                        break;
+                    }
+                }
                 conn = accept(listener.as_ref()) => {
                     if let Ok((socket, _)) = conn {
                         let body = pipe.metrics_text(&probes);
                         tokio::spawn(serve_metrics(socket, body));
                     }
                 }
-                _ = samples.tick() => pipe.sample(sink)?,
+                _ = samples.tick() => {
+                    pipe.sample(sink)?;
+                    pipe.losses(&probes, sink, false)?;
+                }
                 _ = polls.tick() => {
                     pipe.poll(sink)?;
                     if sink.tick(&pipe.engine, &probes, pipe.stats)? {
                         break;
                     }
                 }
-                _ = sigint.recv() => break,
-                _ = sigterm.recv() => break,
                 () = &mut stop => break,
             }
             if let Some(e) = pipe.failure.take() {
@@ -370,9 +432,11 @@ pub fn run(
             }
         }
         stream.drain_now(|b| pipe.handle(b, sink));
-        // A last sample closes the run, so a replay ends on the same clock.
+        // A last sample closes the run, so a replay ends on the same clock; the
+        // losses line is always written at the end.
         pipe.sample(sink)?;
-        pipe.poll(sink)
+        pipe.poll(sink)?;
+        pipe.losses(&probes, sink, true)
     })?;
     let Pipeline {
         engine,
@@ -388,6 +452,20 @@ pub fn run(
         stats,
         probes,
     })
+}
+
+/// The losses of a run so far: kernel counters, undecodable records, engine evictions.
+pub fn losses_of(probes: &Probes, stats: LiveStats, engine: &Engine) -> crate::event::Losses {
+    let k = probes.losses().unwrap_or_default();
+    let l = |i: u32| k.get(i as usize).copied().unwrap_or(0);
+    crate::event::Losses {
+        ringbuf_full: l(tracer_common::LOSS_RINGBUF_FULL),
+        owner_map: l(tracer_common::LOSS_OWNER_MAP),
+        connect_map: l(tracer_common::LOSS_CONNECT_MAP),
+        kernel_read: l(tracer_common::LOSS_READ),
+        undecodable: stats.undecodable,
+        engine_evicted: engine.stats.evicted,
+    }
 }
 
 /// The exit line about what was delivered and lost.

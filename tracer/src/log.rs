@@ -86,6 +86,8 @@ pub enum Record {
     Sockstat(Sockstat),
     /// Connections awaiting a reply at one inspection (`{"waiting": ...}`).
     Waiting(Waiting),
+    /// What the recording had lost so far (`{"losses": ...}`).
+    Losses(crate::event::Losses),
     /// A cgroup seen for the first time, with its container and pod (`{"cgroup": ...}`).
     Cgroup(crate::k8s::CgroupInfo),
     /// A pod's name and namespace from the Kubernetes API (`{"pod": ...}`).
@@ -116,18 +118,59 @@ pub struct LogWriter<W: Write> {
     line: Vec<u8>,
     times: crate::jsonl::TimeCache,
     pub events: u64,
+    /// Bytes written so far.
+    pub bytes: u64,
+}
+
+/// Creates `path` for conntrace's output: mode 0600 (it names every connection on
+/// the node), never through a symbolic link planted at `path` (`O_NOFOLLOW`), and —
+/// unless `overwrite` — never over an existing file (`O_EXCL`). Errors name the cause
+/// and the remedy.
+pub fn create_private(path: &Path, overwrite: bool) -> Result<File> {
+    open_private(path, overwrite, false)
+}
+
+/// [`create_private`], also readable (a spool read back for export).
+pub fn create_private_rw(path: &Path) -> Result<File> {
+    open_private(path, false, true)
+}
+
+fn open_private(path: &Path, overwrite: bool, read: bool) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(read)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+    if overwrite {
+        opts.create(true).truncate(true);
+    } else {
+        opts.create_new(true);
+    }
+    opts.open(path).map_err(|e| {
+        let shown = path.display();
+        let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+        match e.raw_os_error() {
+            Some(libc::EEXIST | libc::ELOOP) if is_link => anyhow::anyhow!(
+                "{shown} is a symbolic link: conntrace does not write through links (it runs as root); name the file itself"
+            ),
+            Some(libc::EEXIST) => anyhow::anyhow!(
+                "{shown} already exists: choose another name, or pass --force to overwrite it"
+            ),
+            Some(libc::ELOOP) => anyhow::anyhow!(
+                "{shown} is a symbolic link: conntrace does not write through links (it runs as root); name the file itself"
+            ),
+            _ => anyhow::Error::new(e).context(format!(
+                "cannot write {shown}: check the directory exists and is writable"
+            )),
+        }
+    })
 }
 
 impl LogWriter<File> {
-    /// Creates (truncates) `path`.
-    pub fn create(path: &Path) -> Result<Self> {
-        let file = File::create(path).with_context(|| {
-            format!(
-                "cannot write the log to {}: check the directory exists and is writable",
-                path.display()
-            )
-        })?;
-        Ok(Self::new(file))
+    /// Creates `path` (see [`create_private`]).
+    pub fn create(path: &Path, overwrite: bool) -> Result<Self> {
+        Ok(Self::new(create_private(path, overwrite)?))
     }
 }
 
@@ -138,6 +181,7 @@ impl<W: Write> LogWriter<W> {
             line: Vec::with_capacity(512),
             times: crate::jsonl::TimeCache::default(),
             events: 0,
+            bytes: 0,
         }
     }
 
@@ -150,6 +194,7 @@ impl<W: Write> LogWriter<W> {
         self.line.clear();
         crate::jsonl::write_event(&mut self.line, event, &mut self.times);
         self.line.push(b'\n');
+        self.bytes += self.line.len() as u64;
         self.out.write_all(&self.line).context("writing the log")
     }
 
@@ -175,6 +220,14 @@ impl<W: Write> LogWriter<W> {
             sockstat: &'a Sockstat,
         }
         self.write_line(&Line { sockstat: sample })
+    }
+
+    pub fn losses(&mut self, losses: &crate::event::Losses) -> Result<()> {
+        #[derive(Serialize)]
+        struct Line<'a> {
+            losses: &'a crate::event::Losses,
+        }
+        self.write_line(&Line { losses })
     }
 
     pub fn waiting(&mut self, snapshot: &Waiting) -> Result<()> {
@@ -206,6 +259,7 @@ impl<W: Write> LogWriter<W> {
         self.line.clear();
         serde_json::to_writer(&mut self.line, value)?;
         self.line.push(b'\n');
+        self.bytes += self.line.len() as u64;
         self.out.write_all(&self.line).context("writing the log")
     }
 
@@ -214,12 +268,66 @@ impl<W: Write> LogWriter<W> {
     }
 }
 
+impl LogWriter<File> {
+    /// Flushes and fsyncs: the log is on disk when `record` says it was written.
+    pub fn finish(&mut self) -> Result<()> {
+        self.flush()?;
+        self.out
+            .get_ref()
+            .sync_all()
+            .context("syncing the log to disk")
+    }
+}
+
+/// Longest line a log may hold (the last line lists every finding; a finding is a
+/// few hundred bytes and the engine's tables are bounded). Longer lines are an
+/// error, skipped without being kept: memory stays bounded whatever the input.
+pub const MAX_LINE: usize = 16 << 20;
+
+/// Reads one line of at most `max` bytes into `buf` (newline excluded). Returns the
+/// bytes consumed (0 at the end) and whether the line was longer than `max` (its
+/// rest is consumed and dropped, or with `give_up` left unread: a stream with no
+/// newline, such as /dev/zero, must not be read forever).
+fn read_bounded_line<R: BufRead>(
+    input: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+    give_up: bool,
+) -> std::io::Result<(usize, bool)> {
+    let (mut consumed, mut too_long) = (0, false);
+    loop {
+        let chunk = input.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok((consumed, too_long));
+        }
+        let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        let data = &chunk[..if done { take - 1 } else { take }];
+        if buf.len() + data.len() > max {
+            too_long = true;
+            buf.clear();
+            if give_up {
+                return Ok((consumed.max(1), true));
+            }
+        } else if !too_long {
+            buf.extend_from_slice(data);
+        }
+        input.consume(take);
+        consumed += take;
+        if done {
+            return Ok((consumed, too_long));
+        }
+    }
+}
+
 /// Reads a log line by line.
 pub struct LogReader<R: BufRead> {
     input: R,
     pub header: Header,
     line_no: usize,
-    buf: String,
+    buf: Vec<u8>,
     /// Bytes read so far, header included.
     pub bytes: u64,
 }
@@ -237,16 +345,20 @@ impl LogReader<BufReader<File>> {
 impl<R: BufRead> LogReader<R> {
     /// Reads the header; fails when the first line is not one.
     pub fn new(mut input: R) -> Result<Self> {
-        let mut buf = String::new();
-        input
-            .read_line(&mut buf)
+        let mut buf = Vec::new();
+        // A header is a few hundred bytes: a longer first line is not a log.
+        let (bytes, too_long) = read_bounded_line(&mut input, &mut buf, 64 * 1024, true)
             .context("reading the header line")?;
-        if buf.trim().is_empty() {
+        if too_long {
+            bail!("line 1 is longer than 64 KiB: not a conntrace log header");
+        }
+        let text = String::from_utf8_lossy(&buf);
+        if text.trim().is_empty() {
             bail!("the file is empty (no header line)");
         }
-        let header: Header = serde_json::from_str(buf.trim())
+        let header: Header = serde_json::from_str(text.trim())
             .context("line 1 is not a conntrace log header ({\"conntrace_log\": N, ...})")?;
-        let bytes = buf.len() as u64;
+        let bytes = bytes as u64;
         Ok(Self {
             input,
             header,
@@ -268,9 +380,13 @@ impl<R: BufRead> Iterator for LogReader<R> {
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             self.buf.clear();
-            match self.input.read_line(&mut self.buf) {
-                Ok(0) => return None,
-                Ok(n) => self.bytes += n as u64,
+            let too_long = match read_bounded_line(&mut self.input, &mut self.buf, MAX_LINE, false)
+            {
+                Ok((0, _)) => return None,
+                Ok((n, too_long)) => {
+                    self.bytes += n as u64;
+                    too_long
+                }
                 Err(e) => {
                     self.line_no += 1;
                     return Some(Err(LineError {
@@ -278,9 +394,21 @@ impl<R: BufRead> Iterator for LogReader<R> {
                         message: format!("unreadable: {e}"),
                     }));
                 }
-            }
+            };
             self.line_no += 1;
-            let line = self.buf.trim();
+            if too_long {
+                return Some(Err(LineError {
+                    line: self.line_no,
+                    message: format!("longer than {} MiB, not kept", MAX_LINE >> 20),
+                }));
+            }
+            let Ok(line) = std::str::from_utf8(&self.buf) else {
+                return Some(Err(LineError {
+                    line: self.line_no,
+                    message: "not UTF-8 text".to_owned(),
+                }));
+            };
+            let line = line.trim();
             if line.is_empty() {
                 continue;
             }
@@ -338,6 +466,15 @@ fn parse_record(line: &str) -> Result<Record, String> {
             .map(|l| Record::Sockstat(l.sockstat))
             .map_err(|e| describe(&e));
     }
+    if line.starts_with("{\"losses\"") {
+        #[derive(Deserialize)]
+        struct Line {
+            losses: crate::event::Losses,
+        }
+        return serde_json::from_str::<Line>(line)
+            .map(|l| Record::Losses(l.losses))
+            .map_err(|e| describe(&e));
+    }
     if line.starts_with("{\"waiting\"") {
         #[derive(Deserialize)]
         struct Line {
@@ -392,6 +529,7 @@ impl Log {
             Record::Event(e) => Some(e),
             Record::Sockstat(_)
             | Record::Waiting(_)
+            | Record::Losses(_)
             | Record::Cgroup(_)
             | Record::Pod(_)
             | Record::Finding(_)

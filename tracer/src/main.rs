@@ -6,6 +6,8 @@ use clap::Parser as _;
 use tracer::cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    // Before anything else: SIGINT, SIGTERM and SIGHUP stop every command cleanly.
+    tracer::signals::install();
     let cli = Cli::parse();
     let result = match &cli.command {
         None => tracer::tui::run_live(&cli.filter, cli.live),
@@ -20,7 +22,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("conntrace: error: {e:#}");
+            tracer::errln!("conntrace: error: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -90,8 +90,8 @@ pub struct Probes {
     pub decoder: Decoder,
     /// From the start of loading to the last attach.
     pub attach_time: Duration,
-    /// Keeps the kernel's BPF run-time statistics on while conntrace runs.
-    _stats: Option<std::os::fd::OwnedFd>,
+    /// Keeps the kernel's BPF run-time statistics on while set (the UI only).
+    run_time_stats: Option<std::os::fd::OwnedFd>,
 }
 
 /// Fails with the remedy when this process cannot load BPF programs.
@@ -121,17 +121,17 @@ pub fn check_privileges() -> Result<()> {
 pub fn check(live: crate::cli::LiveArgs) -> Result<()> {
     let probes = Probes::load(!live.no_syscall_hooks)?;
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    println!("kernel {}", kernel.trim());
-    println!(
+    crate::outln!("kernel {}", kernel.trim());
+    crate::outln!(
         "attached {} programs in {} ms: {}",
         probes.attached.len(),
         probes.attach_time.as_millis(),
         probes.attached.join(" ")
     );
     for d in &probes.degraded {
-        println!("degraded {d}");
+        crate::outln!("degraded {d}");
     }
-    println!(
+    crate::outln!(
         "ok conntrace runs on this kernel ({} degraded facts)",
         probes.degraded.len()
     );
@@ -291,14 +291,13 @@ impl Probes {
                 )),
             }
         }
-        let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
         Ok(Self {
             ebpf,
             attached,
             degraded,
             decoder,
             attach_time: start.elapsed(),
-            _stats: stats,
+            run_time_stats: None,
         })
     }
 
@@ -340,6 +339,15 @@ impl Probes {
     }
 
     /// Time the kernel spent running conntrace's programs so far (BPF stats).
+    /// Turns the kernel's BPF run-time statistics on (kernel-wide, for as long as
+    /// these probes live): only when something shows them (the UI's header), since
+    /// every BPF program on the node then pays two clock reads per run.
+    pub fn enable_run_time_stats(&mut self) {
+        if self.run_time_stats.is_none() {
+            self.run_time_stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
+        }
+    }
+
     pub fn bpf_run_time(&self) -> Duration {
         self.ebpf
             .programs()

@@ -31,6 +31,10 @@ impl Sink for LogSink {
         self.log.sockstat(sample)
     }
 
+    fn losses(&mut self, losses: &crate::event::Losses) -> Result<()> {
+        self.log.losses(losses)
+    }
+
     fn waiting(&mut self, snapshot: &crate::event::Waiting) -> Result<()> {
         self.log.waiting(snapshot)
     }
@@ -48,7 +52,7 @@ impl Sink for LogSink {
 pub fn run(args: &RecordArgs) -> Result<()> {
     probes::check_privileges()?;
     // Open the output before loading anything, so a bad path fails fast.
-    let log = LogWriter::create(&args.output)?;
+    let log = LogWriter::create(&args.output, args.force)?;
     let clock = crate::time::KernelClock::detect()?;
     let mut sink = LogSink {
         log,
@@ -62,9 +66,9 @@ pub fn run(args: &RecordArgs) -> Result<()> {
         &mut sink,
         |probes| {
             for warning in &probes.degraded {
-                eprintln!("conntrace: warning: {warning}");
+                crate::errln!("conntrace: warning: {warning}");
             }
-            eprintln!(
+            crate::errln!(
                 "conntrace: {} programs attached in {} ms; recording to {output} (Ctrl-C to stop)",
                 probes.attached.len(),
                 probes.attach_time.as_millis(),
@@ -73,16 +77,19 @@ pub fn run(args: &RecordArgs) -> Result<()> {
     )?;
     let findings = run.engine.findings();
     sink.log.final_findings(&findings)?;
-    sink.log.flush()?;
-    eprintln!(
+    sink.log.finish()?;
+    if let Some(sig) = crate::signals::requested() {
+        crate::errln!("conntrace: stopped by {}", crate::signals::name(sig));
+    }
+    crate::errln!(
         "conntrace: wrote {} events to {output}; {}",
         sink.log.events,
         live::loss_line(&run)?
     );
     if findings.is_empty() {
-        eprintln!("conntrace: no findings");
+        crate::errln!("conntrace: no findings");
     } else {
-        eprint!("{}", report::render(&findings, report::Format::Text)?);
+        crate::out::text(true, &report::render(&findings, report::Format::Text)?);
     }
     Ok(())
 }

@@ -18,13 +18,21 @@ pub enum Format {
 }
 
 /// What a replay of a log produced.
+/// Bad lines kept (and printed) at most; the rest are counted.
+pub const KEPT_BAD_LINES: usize = 20;
+
 pub struct Replay {
     pub engine: Engine,
     /// The log's header: host, kernel, and the facts its kernel could not give.
     pub header: crate::log::Header,
-    /// Bad lines, reported with their numbers; every good line was used.
+    /// Bad lines, reported with their numbers (the first [`KEPT_BAD_LINES`]); every
+    /// good line was used.
     pub bad_lines: Vec<crate::log::LineError>,
+    /// Every bad line, also those not kept.
+    pub bad_total: u64,
     pub newer_version: Option<u32>,
+    /// The recording's last `losses` line: what it lost (cumulative).
+    pub losses: Option<crate::event::Losses>,
     /// Time reading and parsing the log, and time in the engine alone.
     pub read_time: std::time::Duration,
     pub engine_time: std::time::Duration,
@@ -43,12 +51,15 @@ pub fn replay(path: &Path, cfg: Config) -> Result<Replay> {
         .then_some(reader.header.conntrace_log);
     let mut engine = Engine::new(cfg);
     let mut bad_lines = Vec::new();
+    let mut bad_total = 0u64;
     let mut engine_time = std::time::Duration::ZERO;
     let mut batch = Vec::with_capacity(BATCH);
+    let mut losses = None;
     let mut run = |batch: &mut Vec<Record>, engine: &mut Engine| {
         let t = std::time::Instant::now();
         for record in batch.drain(..) {
             match record {
+                Record::Losses(l) => losses = Some(l),
                 Record::Event(e) => engine.ingest(&e),
                 Record::Sockstat(s) => engine.sample(&s),
                 Record::Waiting(w) => engine.waiting(&w),
@@ -67,14 +78,21 @@ pub fn replay(path: &Path, cfg: Config) -> Result<Replay> {
                     run(&mut batch, &mut engine);
                 }
             }
-            Err(e) => bad_lines.push(e),
+            Err(e) => {
+                bad_total += 1;
+                if bad_lines.len() < KEPT_BAD_LINES {
+                    bad_lines.push(e);
+                }
+            }
         }
     }
     run(&mut batch, &mut engine);
     Ok(Replay {
+        losses,
         header: reader.header.clone(),
         engine,
         bad_lines,
+        bad_total,
         newer_version,
         read_time: started.elapsed().saturating_sub(engine_time),
         engine_time,
@@ -90,7 +108,7 @@ pub fn run(path: &Path, format: Format, stats: bool) -> Result<()> {
             let r = e.events as f64 / d.as_secs_f64().max(1e-9);
             r
         };
-        eprintln!(
+        crate::errln!(
             "conntrace: {} events, {} samples; reading {:.3} s ({:.0} events/s), engine {:.3} s ({:.0} events/s); {} connections tracked, {} evicted",
             e.events,
             e.samples,
@@ -103,19 +121,27 @@ pub fn run(path: &Path, format: Format, stats: bool) -> Result<()> {
         );
     }
     if let Some(v) = replay.newer_version {
-        eprintln!(
+        crate::errln!(
             "conntrace: warning: {} is log version {v}, newer than this conntrace reads (1); unknown fields were skipped",
             path.display()
         );
     }
     for bad in &replay.bad_lines {
-        eprintln!(
+        crate::errln!(
             "conntrace: warning: {}: {bad}; the line was skipped",
             path.display()
         );
     }
+    if replay.bad_total > replay.bad_lines.len() as u64 {
+        crate::errln!(
+            "conntrace: warning: {}: {} more bad lines were skipped ({} in all)",
+            path.display(),
+            replay.bad_total - replay.bad_lines.len() as u64,
+            replay.bad_total
+        );
+    }
     let findings = replay.engine.findings();
-    let out = render_limited(&findings, &replay.header, format)?;
+    let out = render_limited(&findings, &replay.header, replay.losses.as_ref(), format)?;
     let mut stdout = std::io::stdout().lock();
     match stdout.write_all(out.as_bytes()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
@@ -123,44 +149,62 @@ pub fn run(path: &Path, format: Format, stats: bool) -> Result<()> {
     }
 }
 
-/// [`render`], followed by what the recording's kernel could not see (JSON: a
-/// `degraded` array beside `findings`), so a postmortem knows its blind spots.
+/// [`render`], followed by what the recording's kernel could not see and what the
+/// recording lost (JSON: `degraded` and `losses` beside `findings`), so a
+/// postmortem knows its blind spots.
 pub fn render_limited(
     findings: &[Finding],
     header: &crate::log::Header,
+    losses: Option<&crate::event::Losses>,
     format: Format,
 ) -> Result<String> {
     let degraded = &header.degraded;
-    if degraded.is_empty() {
+    let lost = losses.filter(|l| !l.is_empty());
+    if degraded.is_empty() && lost.is_none() {
         return render(findings, format);
     }
     Ok(match format {
         Format::Json => {
-            let mut s = serde_json::to_string_pretty(
-                &serde_json::json!({ "findings": findings, "degraded": degraded }),
-            )?;
+            let mut doc = serde_json::json!({ "findings": findings });
+            if !degraded.is_empty() {
+                doc["degraded"] = serde_json::json!(degraded);
+            }
+            if let Some(l) = lost {
+                doc["losses"] = serde_json::json!(l);
+            }
+            let mut s = serde_json::to_string_pretty(&doc)?;
             s.push('\n');
             s
         }
         Format::Text => {
             let mut s = text(findings);
-            let _ = writeln!(s, "not seen by this recording (kernel {}):", header.kernel);
-            for d in degraded {
-                let _ = writeln!(s, "  {d}");
+            if !degraded.is_empty() {
+                let _ = writeln!(s, "not seen by this recording (kernel {}):", header.kernel);
+                for d in degraded {
+                    let _ = writeln!(s, "  {d}");
+                }
             }
-            s
+            if let Some(line) = lost.and_then(crate::event::Losses::describe) {
+                let _ = writeln!(s, "{line}");
+            }
+            crate::out::printable_text(&s).into_owned()
         }
         Format::Markdown => {
             let mut s = markdown(findings);
-            let _ = writeln!(
-                s,
-                "\n## Not seen by this recording (kernel `{}`)\n",
-                header.kernel
-            );
-            for d in degraded {
-                let _ = writeln!(s, "- `{}`: {}", d.fact, d.detail);
+            if !degraded.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "\n## Not seen by this recording (kernel `{}`)\n",
+                    header.kernel
+                );
+                for d in degraded {
+                    let _ = writeln!(s, "- `{}`: {}", d.fact, d.detail);
+                }
             }
-            s
+            if let Some(line) = lost.and_then(crate::event::Losses::describe) {
+                let _ = writeln!(s, "\n## Losses\n\n{line}");
+            }
+            crate::out::printable_text(&s).into_owned()
         }
     })
 }
@@ -172,8 +216,10 @@ pub fn render(findings: &[Finding], format: Format) -> Result<String> {
             s.push('\n');
             s
         }
-        Format::Text => text(findings),
-        Format::Markdown => markdown(findings),
+        // Anything from the kernel or a log (names, pods, paths) is shown, not sent:
+        // control characters are escaped before the text reaches a terminal.
+        Format::Text => crate::out::printable_text(&text(findings)).into_owned(),
+        Format::Markdown => crate::out::printable_text(&markdown(findings)).into_owned(),
     })
 }
 
@@ -297,13 +343,13 @@ mod tests {
             crate::support::RESET_REASON,
             "resets sent carry no reason",
         )]);
-        let text = render_limited(&[], &h, Format::Text).unwrap();
+        let text = render_limited(&[], &h, None, Format::Text).unwrap();
         assert!(text.contains("not seen by this recording (kernel 5.10.0-32-cloud-amd64)"));
         assert!(text.contains("reset-reason: resets sent carry no reason"));
-        let md = render_limited(&[], &h, Format::Markdown).unwrap();
+        let md = render_limited(&[], &h, None, Format::Markdown).unwrap();
         assert!(md.contains("- `reset-reason`: resets sent carry no reason"));
         let json: serde_json::Value =
-            serde_json::from_str(&render_limited(&[], &h, Format::Json).unwrap()).unwrap();
+            serde_json::from_str(&render_limited(&[], &h, None, Format::Json).unwrap()).unwrap();
         assert_eq!(json["findings"], serde_json::json!([]));
         assert_eq!(json["degraded"][0]["fact"], "reset-reason");
     }
@@ -312,11 +358,11 @@ mod tests {
     fn a_complete_recording_has_no_limits_section() {
         let h = header(Vec::new());
         assert_eq!(
-            render_limited(&[], &h, Format::Text).unwrap(),
+            render_limited(&[], &h, None, Format::Text).unwrap(),
             "no findings\n"
         );
         let json: serde_json::Value =
-            serde_json::from_str(&render_limited(&[], &h, Format::Json).unwrap()).unwrap();
+            serde_json::from_str(&render_limited(&[], &h, None, Format::Json).unwrap()).unwrap();
         assert!(json.get("degraded").is_none());
     }
 }

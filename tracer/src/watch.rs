@@ -22,8 +22,11 @@ struct StdoutSink {
 impl StdoutSink {
     fn write(&mut self, s: &str) -> Result<()> {
         match self.out.write_all(s.as_bytes()) {
-            // A closed pipe (`| head`) ends the output quietly.
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+            // A closed pipe (`| head`) ends the run cleanly at the next drain.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                crate::signals::request(libc::SIGPIPE);
+                Ok(())
+            }
             r => r.context("writing to stdout"),
         }
     }
@@ -54,7 +57,10 @@ impl Sink for StdoutSink {
                 serde_json::to_string(&serde_json::json!({ "finding": finding }))?
             )
         } else {
-            format!("{}\n", report::text_one(finding))
+            format!(
+                "{}\n",
+                crate::out::printable_text(&report::text_one(finding))
+            )
         };
         self.write(&line)
     }
@@ -73,16 +79,16 @@ pub fn run(args: &WatchArgs) -> Result<()> {
         &mut sink,
         |probes| {
             for warning in &probes.degraded {
-                eprintln!("conntrace: warning: {warning}");
+                crate::errln!("conntrace: warning: {warning}");
             }
-            eprintln!(
+            crate::errln!(
                 "conntrace: {} programs attached in {} ms; watching (Ctrl-C to stop)",
                 probes.attached.len(),
                 probes.attach_time.as_millis()
             );
         },
     )?;
-    eprintln!(
+    crate::errln!(
         "conntrace: {} events; {}",
         run.stats.delivered,
         live::loss_line(&run)?

@@ -131,7 +131,7 @@ impl Tracer {
     fn conntrace(bin: &Path, out: &Path, flags: &[&str]) -> Result<(Self, Duration)> {
         let started = Instant::now();
         let mut child = Command::new(bin)
-            .args(["record", "-o"])
+            .args(["record", "--force", "-o"])
             .arg(out)
             .args(flags)
             .stdout(Stdio::null())

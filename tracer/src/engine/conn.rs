@@ -340,7 +340,7 @@ impl ConnTable {
 
     fn expire(&mut self, now: u64) {
         while let Some(&(sock, generation, at)) = self.closed.front() {
-            if at + CLOSED_GRACE_NS > now {
+            if at.saturating_add(CLOSED_GRACE_NS) > now {
                 break;
             }
             self.closed.pop_front();

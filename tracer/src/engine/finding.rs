@@ -56,10 +56,12 @@ pub struct Process {
 }
 
 impl Process {
+    /// The name is stored printable (control characters escaped, see
+    /// [`crate::out::printable`]): it goes into summaries read on terminals.
     pub fn new(pid: u32, comm: &str, cgroup: u64) -> Self {
         Self {
             pid,
-            comm: comm.to_owned(),
+            comm: crate::out::printable(comm).into_owned(),
             cgroup: (cgroup != 0).then(|| cgroup.to_string()),
             container: None,
             pod: None,

@@ -140,7 +140,7 @@ impl IdleClose {
             let Some(c) = self.cluster_of(endpoint, cfg) else {
                 continue;
             };
-            let safe = c.estimate_ms * 4 / 5;
+            let safe = c.estimate_ms / 5 * 4;
             out.push(Finding {
                 kind: Kind::IdleCloseTimeout,
                 severity: Severity::Info,

@@ -128,7 +128,7 @@ impl CloseWaitLeak {
             while leak
                 .history
                 .front()
-                .is_some_and(|(t, _)| t + MINUTE_NS < now)
+                .is_some_and(|(t, _)| t.saturating_add(MINUTE_NS) < now)
             {
                 leak.history.pop_front();
             }

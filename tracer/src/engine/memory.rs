@@ -34,10 +34,10 @@ pub struct MemoryPressure {
 
 fn severity(s: &Sockstat) -> Option<Severity> {
     let [_, pressure, max] = s.tcp_mem;
-    if max > 0 && s.tcp_mem_pages * 10 >= max * 9 {
+    if max > 0 && s.tcp_mem_pages.saturating_mul(10) >= max.saturating_mul(9) {
         Some(Severity::Critical)
     } else if (pressure > 0 && s.tcp_mem_pages > pressure)
-        || (s.max_orphans > 0 && s.tcp_orphan * 10 >= s.max_orphans * 8)
+        || (s.max_orphans > 0 && s.tcp_orphan.saturating_mul(10) >= s.max_orphans.saturating_mul(8))
     {
         Some(Severity::Warning)
     } else {
@@ -67,7 +67,7 @@ impl MemoryPressure {
         self.first.get_or_insert(s.time);
         self.last = Some(s.time);
         let max = s.tcp_mem[2].max(1);
-        let pct = s.tcp_mem_pages * 100 / max;
+        let pct = s.tcp_mem_pages.saturating_mul(100) / max;
         if self.worst.as_ref().is_some_and(|w| w.pct_of_max >= pct) {
             return;
         }

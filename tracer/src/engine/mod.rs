@@ -289,7 +289,7 @@ impl Engine {
             let fresh = self
                 .ports_seen
                 .get(&e.remote)
-                .is_some_and(|(at, _)| at + 1_000_000_000 > self.now_ns);
+                .is_some_and(|(at, _)| at.saturating_add(1_000_000_000) > self.now_ns);
             if !fresh {
                 let span = self.conns.local_ports_to(e.remote);
                 self.ports_seen.insert(e.remote, (self.now_ns, span));
@@ -357,7 +357,7 @@ impl Engine {
     ) -> Option<u64> {
         self.awaiting
             .latest(local, remote)
-            .map(|(ms, at)| ms + self.now_ns.saturating_sub(at) / 1_000_000)
+            .map(|(ms, at)| ms.saturating_add(self.now_ns.saturating_sub(at) / 1_000_000))
     }
 
     /// Every current finding, most severe first, then by kind, endpoint and pid.

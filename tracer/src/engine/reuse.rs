@@ -116,13 +116,14 @@ impl ReuseRace {
         let now = e.mono_ns;
         let (gap_ms, fin_idle, raced) = match (state, conn.peer_fin) {
             (TcpState::CloseWait, Some((fin_ns, fin_idle))) => (
-                fin_idle + now.saturating_sub(fin_ns) / 1_000_000,
+                fin_idle.saturating_add(now.saturating_sub(fin_ns) / 1_000_000),
                 Some(fin_idle),
                 false,
             ),
             (TcpState::CloseWait, None) => (recv_idle_ms, None, false),
             (TcpState::Established, _)
-                if estimate_ms.is_some_and(|t| recv_idle_ms * 10 >= t * 8) =>
+                if estimate_ms
+                    .is_some_and(|t| recv_idle_ms.saturating_mul(10) >= t.saturating_mul(8)) =>
             {
                 (recv_idle_ms, None, true)
             }
@@ -274,7 +275,7 @@ impl ReuseRace {
                 Some(t) => format!(
                     "on the clients: set the pool's idle timeout (or max lifetime) below {} (e.g. {}) or validate connections on borrow; or on this server: raise the keep-alive timeout above the clients' pool idle time",
                     secs(t),
-                    secs(t * 4 / 5)
+                    secs(t / 5 * 4)
                 ),
                 None => "on the clients: set the pool's idle timeout below this server's keep-alive timeout or validate on borrow; or raise the server's keep-alive timeout".to_owned(),
             };
@@ -315,7 +316,7 @@ impl ReuseRace {
                 Some(t) => format!(
                     "set the client pool's idle timeout (or max lifetime) below {} (e.g. {}) or raise the server's keep-alive timeout; validate connections on borrow",
                     secs(t),
-                    secs(t * 4 / 5)
+                    secs(t / 5 * 4)
                 ),
                 None => "set the client pool's idle timeout below the server's keep-alive timeout, or validate connections on borrow".to_owned(),
             };

@@ -58,7 +58,11 @@ impl RstStorm {
         }
         let window_ns = cfg.rst_window_ms * 1_000_000;
         w.times.push_back(e.mono_ns);
-        while w.times.front().is_some_and(|t| t + window_ns < e.mono_ns) {
+        while w
+            .times
+            .front()
+            .is_some_and(|t| t.saturating_add(window_ns) < e.mono_ns)
+        {
             w.times.pop_front();
         }
         w.peak = w.peak.max(w.times.len());
@@ -89,7 +93,7 @@ impl RstStorm {
                 ),
                 endpoint: endpoint.to_string(),
                 process: None,
-                count: w.sent + w.received,
+                count: w.sent.saturating_add(w.received),
                 first_seen: first,
                 last_seen: last,
                 evidence: crate::evidence! {

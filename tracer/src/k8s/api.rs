@@ -43,7 +43,8 @@ struct Metadata {
     uid: String,
 }
 
-/// Parses a `PodList` (`kind: PodList`, `items[].metadata.{name,namespace,uid}`).
+/// Parses a `PodList` or the `PartialObjectMetadataList` asked for
+/// (`items[].metadata.{name,namespace,uid}` in both).
 pub fn parse_pod_list(json: &str) -> Result<Vec<PodInfo>> {
     let list: PodList = serde_json::from_str(json).context("not a PodList")?;
     let mut pods: Vec<PodInfo> = list
@@ -106,7 +107,11 @@ impl ApiConfig {
             "{}/api/v1/pods?fieldSelector=spec.nodeName%3D{}",
             self.base, self.node
         );
-        let mut req = self.agent.get(&url).set("Accept", "application/json");
+        // Metadata only (names, namespaces, UIDs): never pod specs and their env values.
+        let mut req = self.agent.get(&url).set(
+            "Accept",
+            "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json",
+        );
         if let Some(t) = &self.token {
             req = req.set("Authorization", &format!("Bearer {t}"));
         }
@@ -258,6 +263,10 @@ mod tests {
             "{request}"
         );
         assert!(request.contains("Authorization: Bearer t0ken"), "{request}");
+        assert!(
+            request.contains("as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"),
+            "metadata only: {request}"
+        );
     }
 
     #[test]

@@ -34,11 +34,24 @@ pub struct Outcome {
 pub fn run(args: &LabArgs) -> Result<()> {
     if args.list {
         for (name, what) in SCENARIOS {
-            println!("{name:<18} {what}");
+            crate::outln!("{name:<18} {what}");
         }
         return Ok(());
     }
     let name = args.scenario.as_deref().unwrap_or_default();
+    std::thread::Builder::new()
+        .name("lab-signals".into())
+        .spawn(|| loop {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            if let Some(sig) = crate::signals::requested() {
+                let removed = netns::remove_all();
+                crate::errln!(
+                    "conntrace: lab stopped by {}; removed {removed} network namespaces",
+                    crate::signals::name(sig)
+                );
+                std::process::exit(130);
+            }
+        })?;
     let outcome = match name {
         "keepalive-race" => keepalive::run(false)?,
         "healthy-keepalive" => keepalive::run(true)?,
@@ -52,7 +65,7 @@ pub fn run(args: &LabArgs) -> Result<()> {
             SCENARIOS.map(|(n, _)| n).join(", ")
         ),
     };
-    println!(
+    crate::outln!(
         "lab: result scenario={name} endpoint={} count={} pid={}",
         outcome.endpoint,
         outcome.count,
@@ -63,7 +76,7 @@ pub fn run(args: &LabArgs) -> Result<()> {
 
 /// Prints a progress line (stdout, unbuffered enough for a terminal or a pipe).
 fn say(scenario: &str, line: &str) {
-    println!("lab {scenario}: {line}");
+    crate::outln!("lab {scenario}: {line}");
 }
 
 /// Spawns a named thread (the name is the kernel `comm` conntrace shows).

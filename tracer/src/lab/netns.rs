@@ -29,6 +29,20 @@ fn ip(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Deletes every namespace this process made (on a signal, from another thread:
+/// the scenario's own drops will not run); returns how many.
+pub fn remove_all() -> usize {
+    let prefix = format!("ctlab-{}-", std::process::id());
+    std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&prefix))
+        .filter(|n| ip(&["netns", "del", n]).is_ok())
+        .count()
+}
+
 /// A network namespace with loopback up; deleted on drop.
 struct Netns {
     name: String,
@@ -118,7 +132,7 @@ pub fn port_exhaustion() -> Result<Outcome> {
                     failed += 1;
                 }
             }
-            println!(
+            crate::outln!(
                 "lab port-exhaustion: {} connections to 127.0.0.1:8080 hold the range; {failed} connects failed with EADDRNOTAVAIL",
                 held.len()
             );

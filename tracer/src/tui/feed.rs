@@ -26,6 +26,9 @@ use crate::{
 
 /// Events kept for the Events view and the finding timelines.
 const TAIL: usize = 5000;
+/// The spool holds at most this much; beyond, records are counted, not kept, and the
+/// export says so.
+const SPOOL_MAX: u64 = 1 << 30;
 
 /// Everything the engine thread keeps beside the engine.
 pub struct TuiSink {
@@ -34,7 +37,13 @@ pub struct TuiSink {
     /// Written before the first record: a live run first adds its programs and
     /// degraded facts ([`Sink::attached`]).
     unwritten_header: Option<log::Header>,
-    spool_path: PathBuf,
+    /// The spool file has no name (unlinked at once): it disappears with the process
+    /// on every exit path. Export reads it through this second handle.
+    spool_reader: File,
+    /// Records not spooled because the spool was full.
+    spool_dropped: u64,
+    /// Events a replayed recording says it lost (its `losses` lines).
+    recorded_lost: u64,
     filter: String,
     sort: SortKey,
     pub paused: bool,
@@ -56,14 +65,25 @@ impl TuiSink {
         commands: Receiver<Command>,
         export_dir: PathBuf,
     ) -> Result<Self> {
-        let spool_path =
-            std::env::temp_dir().join(format!("conntrace-tui-{}.jsonl", std::process::id()));
-        let spool = LogWriter::create(&spool_path)?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let spool_path = std::env::temp_dir().join(format!(
+            "conntrace-tui-{}-{nanos:09}.jsonl",
+            std::process::id()
+        ));
+        let file = log::create_private_rw(&spool_path)?;
+        let spool_reader = file.try_clone().context("opening the spool twice")?;
+        std::fs::remove_file(&spool_path)
+            .with_context(|| format!("unlinking the spool {}", spool_path.display()))?;
+        let spool = LogWriter::new(file);
         Ok(Self {
             tail: VecDeque::with_capacity(TAIL),
             spool,
             unwritten_header: Some(header.clone()),
-            spool_path,
+            spool_reader,
+            spool_dropped: 0,
+            recorded_lost: 0,
             filter: String::new(),
             sort: SortKey::default(),
             paused: false,
@@ -105,7 +125,10 @@ impl TuiSink {
 
     /// Writes the log of everything seen so far and the findings report beside it.
     fn export(&mut self, engine: &Engine) -> Result<String> {
-        self.spool()?.flush()?;
+        if let Some(spool) = self.spool()? {
+            spool.flush()?;
+        }
+        self.spool.flush()?;
         let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
             .to_string()
             .replace([':', '-'], "")
@@ -114,25 +137,35 @@ impl TuiSink {
             .to_owned();
         let log_path = self.export_dir.join(format!("conntrace-{stamp}.jsonl"));
         let report_path = self.export_dir.join(format!("conntrace-{stamp}.md"));
-        std::fs::copy(&self.spool_path, &log_path)
+        let mut out = log::create_private(&log_path, false)?;
+        copy_spool(&self.spool_reader, &mut out)
             .with_context(|| format!("writing {}", log_path.display()))?;
         let findings = engine.findings();
         {
-            let mut log = LogWriter::new(std::fs::OpenOptions::new().append(true).open(&log_path)?);
+            let mut log = LogWriter::new(out);
             log.final_findings(&findings)?;
-            log.flush()?;
+            log.finish()?;
         }
-        std::fs::write(
-            &report_path,
-            report::render(&findings, report::Format::Markdown)?,
+        let mut report_file = log::create_private(&report_path, false)?;
+        std::io::Write::write_all(
+            &mut report_file,
+            report::render(&findings, report::Format::Markdown)?.as_bytes(),
         )
         .with_context(|| format!("writing {}", report_path.display()))?;
         Ok(format!(
-            "exported {} events to {} and {} findings to {}",
+            "exported {} events to {} and {} findings to {}{}",
             self.events,
             log_path.display(),
             findings.len(),
-            report_path.display()
+            report_path.display(),
+            if self.spool_dropped > 0 {
+                format!(
+                    " ({} records after the first GiB were not kept)",
+                    self.spool_dropped
+                )
+            } else {
+                String::new()
+            }
         ))
     }
 
@@ -164,6 +197,9 @@ impl TuiSink {
             programs: 0,
             bpf_cpu_pct: None,
         };
+        if probes.is_none() {
+            header.lost += self.recorded_lost;
+        }
         if let Some((probes, stats)) = probes {
             header.programs = probes.attached.len();
             header.lost += probes.losses().map_or(0, |l| l.iter().sum::<u64>()) + stats.undecodable;
@@ -183,23 +219,41 @@ impl TuiSink {
     }
 }
 
-impl Drop for TuiSink {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.spool_path);
+/// Copies the whole spool (read at offsets: the writer's position is untouched).
+fn copy_spool(spool: &File, out: &mut File) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut at = 0u64;
+    loop {
+        let n = spool.read_at(&mut buf, at)?;
+        if n == 0 {
+            return Ok(());
+        }
+        std::io::Write::write_all(out, &buf[..n])?;
+        at += n as u64;
     }
 }
 
 impl TuiSink {
-    /// The spool, its header written first.
-    fn spool(&mut self) -> Result<&mut LogWriter<File>> {
+    /// The spool, its header written first; `None` once it is full.
+    fn spool(&mut self) -> Result<Option<&mut LogWriter<File>>> {
         if let Some(header) = self.unwritten_header.take() {
             self.spool.header(&header)?;
         }
-        Ok(&mut self.spool)
+        if self.spool.bytes >= SPOOL_MAX {
+            self.spool_dropped += 1;
+            return Ok(None);
+        }
+        Ok(Some(&mut self.spool))
     }
 }
 
 impl Sink for TuiSink {
+    /// The header shows the programs' share of a CPU.
+    fn shows_bpf_run_time(&self) -> bool {
+        true
+    }
+
     fn attached(&mut self, probes: &Probes) -> Result<()> {
         if let Some(header) = self.unwritten_header.take() {
             self.unwritten_header = Some(header.with_probes(probes));
@@ -213,27 +267,53 @@ impl Sink for TuiSink {
             self.tail.pop_front();
         }
         self.tail.push_back(event.clone());
-        self.spool()?.event(event)
+        match self.spool()? {
+            Some(spool) => spool.event(event),
+            None => Ok(()),
+        }
     }
 
     fn sockstat(&mut self, sample: &Sockstat) -> Result<()> {
-        self.spool()?.sockstat(sample)
+        match self.spool()? {
+            Some(spool) => spool.sockstat(sample),
+            None => Ok(()),
+        }
+    }
+
+    fn losses(&mut self, losses: &crate::event::Losses) -> Result<()> {
+        self.recorded_lost = losses.events();
+        match self.spool()? {
+            Some(spool) => spool.losses(losses),
+            None => Ok(()),
+        }
     }
 
     fn waiting(&mut self, snapshot: &crate::event::Waiting) -> Result<()> {
-        self.spool()?.waiting(snapshot)
+        match self.spool()? {
+            Some(spool) => spool.waiting(snapshot),
+            None => Ok(()),
+        }
     }
 
     fn finding(&mut self, finding: &Finding) -> Result<()> {
-        self.spool()?.finding(finding)
+        match self.spool()? {
+            Some(spool) => spool.finding(finding),
+            None => Ok(()),
+        }
     }
 
     fn cgroup(&mut self, info: &crate::k8s::CgroupInfo) -> Result<()> {
-        self.spool()?.cgroup(info)
+        match self.spool()? {
+            Some(spool) => spool.cgroup(info),
+            None => Ok(()),
+        }
     }
 
     fn pod(&mut self, info: &crate::k8s::api::PodInfo) -> Result<()> {
-        self.spool()?.pod(info)
+        match self.spool()? {
+            Some(spool) => spool.pod(info),
+            None => Ok(()),
+        }
     }
 
     fn warn(&mut self, message: &str) {
@@ -305,7 +385,8 @@ pub fn replay(path: &Path, mut sink: TuiSink) -> Result<()> {
                 Record::Event(e) => Some(e.mono_ns),
                 Record::Sockstat(s) => Some(s.mono_ns),
                 Record::Waiting(w) => Some(w.mono_ns),
-                Record::Cgroup(_)
+                Record::Losses(_)
+                | Record::Cgroup(_)
                 | Record::Pod(_)
                 | Record::Finding(_)
                 | Record::FinalFindings(_) => None,
@@ -334,6 +415,7 @@ pub fn replay(path: &Path, mut sink: TuiSink) -> Result<()> {
                     engine.waiting(&w);
                     sink.waiting(&w)?;
                 }
+                Record::Losses(l) => sink.losses(&l)?,
                 Record::Cgroup(c) => {
                     engine.cgroup(&c);
                     sink.cgroup(&c)?;

@@ -57,6 +57,10 @@ fn ui_loop(mut app: App, snapshots: &Receiver<Snapshot>, commands: &Sender<Comma
         .checked_sub(FRAME)
         .unwrap_or_else(Instant::now);
     while !app.quit {
+        // SIGTERM or SIGHUP (a closed session); in raw mode Ctrl-C is a key.
+        if crate::signals::requested().is_some() {
+            app.quit = true;
+        }
         loop {
             match snapshots.try_recv() {
                 Ok(s) => {
@@ -91,7 +95,7 @@ fn ui_loop(mut app: App, snapshots: &Receiver<Snapshot>, commands: &Sender<Comma
         let secs = started.elapsed().as_secs_f64();
         #[expect(clippy::cast_precision_loss, reason = "a rate for display")]
         let fps = frames as f64 / secs;
-        eprintln!("conntrace: ui drew {frames} frames in {secs:.1} s ({fps:.1} fps)");
+        crate::errln!("conntrace: ui drew {frames} frames in {secs:.1} s ({fps:.1} fps)");
     }
     Ok(())
 }

@@ -161,7 +161,38 @@ pub fn event_line(e: &Event) -> String {
         e.local,
         e.remote
     );
-    s
+    // Names and reasons come from the kernel or a log: shown, never sent raw.
+    crate::out::printable(&s).into_owned()
+}
+
+/// A finding with every string that may come from the kernel or a log (summary,
+/// fix, evidence values, pod) escaped for the terminal.
+fn printable_finding(mut f: Finding) -> Finding {
+    fn value(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::String(s) => {
+                if let std::borrow::Cow::Owned(p) = crate::out::printable(s) {
+                    *s = p;
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(value),
+            serde_json::Value::Object(o) => o.values_mut().for_each(value),
+            _ => {}
+        }
+    }
+    f.summary = crate::out::printable(&f.summary).into_owned();
+    f.recommendation = crate::out::printable(&f.recommendation).into_owned();
+    f.endpoint = crate::out::printable(&f.endpoint).into_owned();
+    f.evidence.values_mut().for_each(value);
+    if let Some(p) = f.process.as_mut() {
+        for s in [&mut p.pod, &mut p.container, &mut p.cgroup]
+            .into_iter()
+            .flatten()
+        {
+            *s = crate::out::printable(s).into_owned();
+        }
+    }
+    f
 }
 
 fn matches_filter(text: &str, filter: &str) -> bool {
@@ -283,7 +314,7 @@ fn connection_rows(engine: &Engine, filter: &str, sort: SortKey) -> (Vec<ConnRow
         .into_iter()
         .map(|c| ConnRow {
             pid: c.pid,
-            comm: c.comm.to_string(),
+            comm: crate::out::printable(c.comm.as_str()).into_owned(),
             local: c.local.to_string(),
             remote: c.remote.to_string(),
             state: c.state,
@@ -324,6 +355,7 @@ pub fn build(
                     filter,
                 )
         })
+        .map(printable_finding)
         .collect();
     let timelines = timelines(&findings, tail);
     let endpoints = endpoint_rows(engine, &findings, filter);
