@@ -115,6 +115,14 @@ impl Btf {
             };
             types.push(t);
             pos = t.extra + extra_len;
+            // A type's members must lie inside the type section (found by fuzzing:
+            // a cut-off last type made every later member read go out of bounds).
+            if pos > end {
+                bail!(
+                    "BTF truncated (type {} runs past its section)",
+                    types.len() - 1
+                );
+            }
         }
         let mut btf = Self {
             data,
@@ -150,13 +158,12 @@ impl Btf {
         std::str::from_utf8(&bytes[..len]).unwrap_or("")
     }
 
+    /// The u32 at `o`; 0 outside the data (parse checked every type's extent, so this
+    /// only guards against a corrupt member count).
     fn u32_at(&self, o: usize) -> u32 {
-        u32::from_ne_bytes([
-            self.data[o],
-            self.data[o + 1],
-            self.data[o + 2],
-            self.data[o + 3],
-        ])
+        self.data
+            .get(o..o.saturating_add(4))
+            .map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
     }
 
     /// Follows typedefs and qualifiers to the underlying type.
@@ -265,52 +272,68 @@ impl Btf {
     }
 }
 
+/// For tests and fuzzing (a seed).
+#[doc(hidden)]
+/// Builds a tiny BTF blob: `struct outer { int a; union { int b; struct inner c; }; }`
+/// with `struct inner { int x; int y; }`, and `enum color { RED = 1, BLUE = 7 }`.
+pub fn tiny_sample() -> Vec<u8> {
+    let strings = b"\0int\0outer\0a\0b\0c\0inner\0x\0y\0color\0RED\0BLUE\0".to_vec();
+    let off = |s: &str| -> u32 {
+        let needle = format!("\0{s}\0");
+        u32::try_from(
+            strings
+                .windows(needle.len())
+                .position(|w| w == needle.as_bytes())
+                .unwrap()
+                + 1,
+        )
+        .unwrap()
+    };
+    let mut types: Vec<u32> = Vec::new();
+    // 1: int
+    types.extend([off("int"), KIND_INT << 24, 4, 32]);
+    // 2: struct inner { int x @0; int y @32 }
+    types.extend([off("inner"), (KIND_STRUCT << 24) | 2, 8]);
+    types.extend([off("x"), 1, 0, off("y"), 1, 32]);
+    // 3: anonymous union { int b; struct inner c; }
+    types.extend([0, (KIND_UNION << 24) | 2, 8]);
+    types.extend([off("b"), 1, 0, off("c"), 2, 0]);
+    // 4: struct outer { int a @0; union @64 }
+    types.extend([off("outer"), (KIND_STRUCT << 24) | 2, 16]);
+    types.extend([off("a"), 1, 0, 0, 3, 64]);
+    // 5: enum color
+    types.extend([off("color"), (KIND_ENUM << 24) | 2, 4]);
+    types.extend([off("RED"), 1, off("BLUE"), 7]);
+    let type_bytes: Vec<u8> = types.iter().flat_map(|v| v.to_ne_bytes()).collect();
+    let mut out = Vec::new();
+    out.extend(MAGIC.to_ne_bytes());
+    out.extend([1u8, 0]);
+    let type_len = u32::try_from(type_bytes.len()).unwrap();
+    let str_len = u32::try_from(strings.len()).unwrap();
+    for v in [24u32, 0, type_len, type_len, str_len] {
+        out.extend(v.to_ne_bytes());
+    }
+    out.extend(type_bytes);
+    out.extend(strings);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Builds a tiny BTF blob: `struct outer { int a; union { int b; struct inner c; }; }`
-    /// with `struct inner { int x; int y; }`, and `enum color { RED = 1, BLUE = 7 }`.
     fn sample() -> Vec<u8> {
-        let strings = b"\0int\0outer\0a\0b\0c\0inner\0x\0y\0color\0RED\0BLUE\0".to_vec();
-        let off = |s: &str| -> u32 {
-            let needle = format!("\0{s}\0");
-            u32::try_from(
-                strings
-                    .windows(needle.len())
-                    .position(|w| w == needle.as_bytes())
-                    .unwrap()
-                    + 1,
-            )
-            .unwrap()
-        };
-        let mut types: Vec<u32> = Vec::new();
-        // 1: int
-        types.extend([off("int"), KIND_INT << 24, 4, 32]);
-        // 2: struct inner { int x @0; int y @32 }
-        types.extend([off("inner"), (KIND_STRUCT << 24) | 2, 8]);
-        types.extend([off("x"), 1, 0, off("y"), 1, 32]);
-        // 3: anonymous union { int b; struct inner c; }
-        types.extend([0, (KIND_UNION << 24) | 2, 8]);
-        types.extend([off("b"), 1, 0, off("c"), 2, 0]);
-        // 4: struct outer { int a @0; union @64 }
-        types.extend([off("outer"), (KIND_STRUCT << 24) | 2, 16]);
-        types.extend([off("a"), 1, 0, 0, 3, 64]);
-        // 5: enum color
-        types.extend([off("color"), (KIND_ENUM << 24) | 2, 4]);
-        types.extend([off("RED"), 1, off("BLUE"), 7]);
-        let type_bytes: Vec<u8> = types.iter().flat_map(|v| v.to_ne_bytes()).collect();
-        let mut out = Vec::new();
-        out.extend(MAGIC.to_ne_bytes());
-        out.extend([1u8, 0]);
-        let type_len = u32::try_from(type_bytes.len()).unwrap();
-        let str_len = u32::try_from(strings.len()).unwrap();
-        for v in [24u32, 0, type_len, type_len, str_len] {
-            out.extend(v.to_ne_bytes());
-        }
-        out.extend(type_bytes);
-        out.extend(strings);
-        out
+        tiny_sample()
+    }
+
+    /// Found by fuzzing: a type section cut inside the last type's members.
+    #[test]
+    fn a_type_cut_off_by_its_section_is_an_error_not_a_panic() {
+        let mut b = sample();
+        let type_len = u32::from_ne_bytes([b[12], b[13], b[14], b[15]]);
+        b[12..16].copy_from_slice(&(type_len - 4).to_ne_bytes());
+        let err = Btf::parse(b).err().expect("an error");
+        assert!(format!("{err:#}").contains("truncated"), "{err:#}");
     }
 
     #[test]

@@ -276,6 +276,8 @@ pub struct Inspector {
     seen_processes: HashSet<u32>,
     /// Namespaces whose socket could not be made or dumped (counted, not fatal).
     pub errors: u64,
+    /// How long the last pass's dumps took.
+    pub last_dump: Duration,
 }
 
 impl Inspector {
@@ -286,6 +288,7 @@ impl Inspector {
             refreshed: None,
             seen_processes: HashSet::new(),
             errors: 0,
+            last_dump: Duration::ZERO,
         }
     }
 
@@ -353,6 +356,7 @@ impl Inspector {
     /// One pass: every established connection of every namespace.
     pub fn pass(&mut self) -> Vec<DiagConn> {
         self.refresh();
+        let started = Instant::now();
         let mut out = Vec::new();
         let mut failed = Vec::new();
         for (&netns, fd) in &self.sockets {
@@ -360,6 +364,7 @@ impl Inspector {
                 failed.push(netns);
             }
         }
+        self.last_dump = started.elapsed();
         self.errors += failed.len() as u64;
         for netns in failed {
             self.sockets.remove(&netns);
@@ -401,10 +406,14 @@ pub struct Pass {
 
 /// How often the inspection runs at most.
 pub const INSPECT_EVERY: Duration = Duration::from_secs(2);
-/// The share of one CPU the inspection may take: a pass that costs more spaces the
-/// next one out (measured: ~2 ms per 1,000 sockets, so 2 s up to ~10k sockets, ~16 s
-/// at 100k).
+/// The share of one CPU the dumps may take: a dump that costs more spaces the next
+/// pass out (measured: ~2 ms per 1,000 sockets, so 2 s up to ~10k sockets, ~16 s at
+/// 100k), up to [`INSPECT_MAX_PAUSE`]. Only the dumps count: the namespace walk of
+/// /proc (every 10 s) and owner lookups are occasional, and a slow first walk must
+/// not push the next pass out.
 const CPU_SHARE: u32 = 100;
+/// The longest pause between passes, however many sockets.
+const INSPECT_MAX_PAUSE: Duration = Duration::from_secs(30);
 /// Connections kept per snapshot at most (the longest waits).
 const MAX_PER_SNAPSHOT: usize = 256;
 
@@ -424,7 +433,6 @@ pub fn spawn(after_ms: u64) -> io::Result<std::sync::mpsc::Receiver<Pass>> {
             let mut pause = INSPECT_EVERY;
             loop {
                 std::thread::sleep(pause);
-                let started = Instant::now();
                 let all = inspector.pass();
                 let mono = u64::try_from(crate::time::monotonic_now().as_nanos()).unwrap_or(0);
                 let mut found = awaiting(&all, after_ms);
@@ -463,7 +471,7 @@ pub fn spawn(after_ms: u64) -> io::Result<std::sync::mpsc::Receiver<Pass>> {
                         }
                     })
                     .collect();
-                pause = INSPECT_EVERY.max(started.elapsed() * CPU_SHARE);
+                pause = (inspector.last_dump * CPU_SHARE).clamp(INSPECT_EVERY, INSPECT_MAX_PAUSE);
                 let pass = Pass {
                     mono_ns: mono,
                     conns,

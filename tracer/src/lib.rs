@@ -22,6 +22,7 @@ pub mod diag;
 pub mod engine;
 pub mod event;
 pub mod filter;
+pub mod fuzz;
 pub mod jsonl;
 pub mod k8s;
 pub mod lab;
