@@ -56,8 +56,13 @@ fn prometheus_scrapes_the_exposition_and_promtool_accepts_it() {
     for _ in 0..3 {
         let _ = TcpStream::connect(("127.0.0.1", refused));
     }
-    std::thread::sleep(Duration::from_millis(300));
-    let text = http_get(metrics_port, "/metrics");
+    // The page is rendered every 200 ms: wait for the refusals to show.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut text = http_get(metrics_port, "/metrics");
+    while !text.contains("ECONNREFUSED") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        text = http_get(metrics_port, "/metrics");
+    }
     assert!(text.contains("conntrace_events_total"), "{text}");
     assert!(
         text.contains("conntrace_connect_errors_total{errno=\"ECONNREFUSED\"}"),

@@ -30,6 +30,7 @@ pub mod listeners;
 pub mod live;
 pub mod log;
 pub mod metrics;
+pub mod metrics_http;
 pub mod out;
 pub mod probes;
 pub mod recent;

@@ -75,39 +75,6 @@ fn sample_now(clock: &KernelClock) -> Result<Sockstat> {
     sockstat::read(mono, clock.wall(mono))
 }
 
-/// The next metrics connection, or never when metrics are off.
-async fn accept(
-    listener: Option<&tokio::net::TcpListener>,
-) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
-    match listener {
-        Some(l) => l.accept().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Answers one scrape: reads the request head, writes the exposition, closes.
-async fn serve_metrics(mut socket: tokio::net::TcpStream, body: String) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut buf = [0u8; 4096];
-    let mut seen = Vec::new();
-    let read_head = async {
-        while !seen.windows(4).any(|w| w == b"\r\n\r\n") && seen.len() < 16 * 1024 {
-            match socket.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => seen.extend_from_slice(&buf[..n]),
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(5), read_head).await;
-    let head = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = socket.write_all(head.as_bytes()).await;
-    let _ = socket.write_all(body.as_bytes()).await;
-    let _ = socket.shutdown().await;
-}
-
 /// Decoded events through the filter into the engine and the sink.
 struct Pipeline<'a> {
     decoder: &'a crate::decode::Decoder,
@@ -195,10 +162,11 @@ impl Pipeline<'_> {
         Ok(())
     }
 
-    fn metrics_text(&self, probes: &Probes) -> String {
+    fn metrics_text(&self, probes: &Probes, server: &crate::metrics_http::Counters) -> String {
         let Some(m) = &self.metrics else {
             return String::new();
         };
+        let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         let losses = probes.losses().unwrap_or_default();
         let kernel = crate::metrics::Probed {
             programs: probes.attached.len(),
@@ -207,6 +175,9 @@ impl Pipeline<'_> {
             connect_map: losses[tracer_common::LOSS_CONNECT_MAP as usize],
             kernel_read: losses[tracer_common::LOSS_READ as usize],
             undecodable: self.stats.undecodable,
+            scrapes: n(&server.scrapes),
+            scrapes_refused: n(&server.refused),
+            accept_errors: n(&server.accept_errors),
         };
         m.render(&self.engine, kernel)
     }
@@ -377,13 +348,12 @@ pub fn run(
     let mut pipe = Pipeline::new(&decoder, filter, live);
     runtime.block_on(async {
         let mut stream = EventStream::new(ring)?;
-        let listener = match metrics_addr {
-            Some(addr) => Some(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("serving metrics on {addr}"))?,
-            ),
-            None => None,
+        // Served from its own thread, from the page published here 5 times a second.
+        let server = metrics_addr.map(crate::metrics_http::serve).transpose()?;
+        let publish = |pipe: &Pipeline, probes: &Probes| {
+            if let Some(s) = &server {
+                s.publish(pipe.metrics_text(probes, &s.counters));
+            }
         };
         // A year stands in for "no deadline" (tokio's timer cannot take Duration::MAX).
         let forever = Duration::from_hours(24 * 365);
@@ -399,6 +369,7 @@ pub fn run(
         let mut drains = tokio::time::interval(DRAIN_EVERY);
         sink.attached(&probes)?;
         on_attached(&probes);
+        publish(&pipe, &probes);
         loop {
             tokio::select! {
                 r = stream.drain_with(|b| pipe.handle(b, sink)) => { r?; }
@@ -409,18 +380,13 @@ pub fn run(
                         break;
                     }
                 }
-                conn = accept(listener.as_ref()) => {
-                    if let Ok((socket, _)) = conn {
-                        let body = pipe.metrics_text(&probes);
-                        tokio::spawn(serve_metrics(socket, body));
-                    }
-                }
                 _ = samples.tick() => {
                     pipe.sample(sink)?;
                     pipe.losses(&probes, sink, false)?;
                 }
                 _ = polls.tick() => {
                     pipe.poll(sink)?;
+                    publish(&pipe, &probes);
                     if sink.tick(&pipe.engine, &probes, pipe.stats)? {
                         break;
                     }
@@ -431,7 +397,8 @@ pub fn run(
                 return Err(e);
             }
         }
-        stream.drain_now(|b| pipe.handle(b, sink));
+        // Everything still in the ring reaches the log before it closes.
+        while stream.drain_now(|b| pipe.handle(b, sink)) == crate::probes::MAX_PER_DRAIN {}
         // A last sample closes the run, so a replay ends on the same clock; the
         // losses line is always written at the end.
         pipe.sample(sink)?;

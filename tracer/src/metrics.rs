@@ -49,6 +49,10 @@ pub struct Probed {
     pub connect_map: u64,
     pub kernel_read: u64,
     pub undecodable: u64,
+    /// The HTTP server's own counters.
+    pub scrapes: u64,
+    pub scrapes_refused: u64,
+    pub accept_errors: u64,
 }
 
 fn state_name(s: TcpState) -> &'static str {
@@ -247,6 +251,7 @@ impl Metrics {
             "Kernel programs attached.",
         );
         let _ = writeln!(s, "conntrace_programs_attached {}", probed.programs);
+        render_server(s, probed);
         family(
             s,
             "conntrace_connections_tracked",
@@ -255,6 +260,42 @@ impl Metrics {
         );
         let _ = writeln!(s, "conntrace_connections_tracked {}", engine.conns.len());
     }
+}
+
+/// The metrics endpoint's own counters.
+fn render_server(s: &mut String, probed: Probed) {
+    let family = |s: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    family(
+        s,
+        "conntrace_metrics_scrapes_total",
+        "counter",
+        "Scrapes answered by this endpoint.",
+    );
+    let _ = writeln!(s, "conntrace_metrics_scrapes_total {}", probed.scrapes);
+    family(
+        s,
+        "conntrace_metrics_connections_refused_total",
+        "counter",
+        "Metrics connections closed at once: the connection limit was reached.",
+    );
+    let _ = writeln!(
+        s,
+        "conntrace_metrics_connections_refused_total {}",
+        probed.scrapes_refused
+    );
+    family(
+        s,
+        "conntrace_metrics_accept_errors_total",
+        "counter",
+        "Failed accepts of metrics connections (e.g. out of file descriptors).",
+    );
+    let _ = writeln!(
+        s,
+        "conntrace_metrics_accept_errors_total {}",
+        probed.accept_errors
+    );
 }
 
 /// `PORT` alone means `127.0.0.1:PORT`: metrics stay on loopback unless told.

@@ -403,6 +403,9 @@ pub struct EventStream {
     fd: tokio::io::unix::AsyncFd<RingBuf<MapData>>,
 }
 
+/// Records handed on per drain at most (an 8 MiB ring holds ~61,000).
+pub const MAX_PER_DRAIN: usize = 1 << 16;
+
 impl EventStream {
     pub fn new(ring: RingBuf<MapData>) -> Result<Self> {
         debug_assert!(ring.as_raw_fd() >= 0);
@@ -417,7 +420,11 @@ impl EventStream {
     pub async fn drain_with(&mut self, mut f: impl FnMut(&[u8])) -> Result<usize> {
         let mut guard = self.fd.readable_mut().await?;
         let n = Self::drain_ring(guard.get_inner_mut(), &mut f);
-        guard.clear_ready();
+        // Stopped at the bound with records left: stay ready, so the loop comes back
+        // here after its other work (signals, samples) instead of waiting for a wakeup.
+        if n < MAX_PER_DRAIN {
+            guard.clear_ready();
+        }
         Ok(n)
     }
 
@@ -426,9 +433,14 @@ impl EventStream {
         Self::drain_ring(self.fd.get_mut(), &mut f)
     }
 
+    /// At most [`MAX_PER_DRAIN`] records: under a storm faster than the engine, one
+    /// drain must not hold the loop forever (signals and samples wait on it).
     fn drain_ring(ring: &mut RingBuf<MapData>, f: &mut impl FnMut(&[u8])) -> usize {
         let mut n = 0;
-        while let Some(item) = ring.next() {
+        while n < MAX_PER_DRAIN {
+            let Some(item) = ring.next() else {
+                break;
+            };
             f(&item);
             n += 1;
         }

@@ -1,0 +1,125 @@
+//! Issue 12: the metrics endpoint under a flood — 100 connections that never send a
+//! request and four scrapers at 100 scrapes a second each — while 500 connections churn on the
+//! node: every churned connection is recorded, nothing is lost, the idle connections
+//! are cut at the header timeout, connections past the limit are refused and counted,
+//! and the endpoint still answers afterwards.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use tests::{is_transition, Recorder};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+const CHURN: usize = 500;
+
+#[test]
+fn a_flooded_metrics_endpoint_costs_no_event_and_recovers() {
+    let metrics = free_port();
+    let rec = Recorder::start(&["--metrics-addr", &metrics.to_string()]);
+    let idle: Vec<TcpStream> = (0..100)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", metrics)).ok())
+        .collect();
+    let stop = AtomicBool::new(false);
+    let answered = AtomicU64::new(0);
+    let service = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let service_port = service.local_addr().expect("addr").port();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                // 4 x 100 scrapes a second: hundreds of times what Prometheus sends
+                // (each is a traced connection too, so the node's event rate stays
+                // within what the ring buffer drains).
+                while !stop.load(Ordering::Relaxed) {
+                    if get(metrics, "/metrics").is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            });
+        }
+        s.spawn(|| {
+            for _ in 0..CHURN {
+                let (c, _) = service.accept().expect("accept");
+                drop(c);
+            }
+        });
+        for _ in 0..CHURN {
+            let c = TcpStream::connect(("127.0.0.1", service_port)).expect("connect");
+            drop(c);
+        }
+        // The silent connections hold every slot until the header timeout (5 s)
+        // cuts them; the scrapers keep going past it.
+        std::thread::sleep(Duration::from_secs(7));
+        stop.store(true, Ordering::Relaxed);
+    });
+    // The idle connections were cut: they sent no request head in time.
+    let started = Instant::now();
+    let mut first = idle.into_iter().next().expect("an idle connection");
+    first
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    let mut buf = [0u8; 64];
+    let cut = matches!(first.read(&mut buf), Ok(0) | Err(_));
+    assert!(cut, "the server closes a silent connection");
+    assert!(started.elapsed() < Duration::from_secs(2), "already closed");
+    // Past the flood the endpoint answers, and says what it refused.
+    std::thread::sleep(Duration::from_millis(1200));
+    let page = get(metrics, "/metrics").expect("answers after the flood");
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    let refused: u64 = page
+        .lines()
+        .find_map(|l| l.strip_prefix("conntrace_metrics_connections_refused_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("refused counter");
+    assert!(
+        refused > 0,
+        "100 idle connections exceed the limit of 32:\n{page}"
+    );
+    assert!(
+        answered.load(Ordering::Relaxed) > 0,
+        "scrapes are answered again once the silent connections are cut"
+    );
+    let recording = rec.stop();
+
+    let opened = recording
+        .events()
+        .into_iter()
+        .filter(|e| e.remote.port() == service_port && is_transition(e, "CLOSE", "SYN_SENT"))
+        .count();
+    assert_eq!(opened, CHURN, "every churned connection is recorded");
+    let lost = recording
+        .log
+        .records
+        .iter()
+        .rev()
+        .find_map(|r| match r {
+            tracer::log::Record::Losses(l) => Some(*l),
+            _ => None,
+        })
+        .expect("a losses line");
+    assert_eq!(lost.events(), 0, "{lost:?}");
+}
