@@ -55,6 +55,8 @@ pub struct ConnectFailures {
 }
 
 const MAX_GROUPS: usize = 8192;
+/// Callers named per refused destination at most (their connects are all counted).
+const MAX_CLIENTS: usize = 64;
 
 impl ConnectFailures {
     pub fn on_failure(
@@ -74,9 +76,10 @@ impl ConnectFailures {
             let r = self.refused.entry(destination).or_default();
             r.connects += 1;
             r.socks.add(e.sock, e.local);
-            *r.clients
-                .entry((e.pid, e.comm.clone(), e.cgroup))
-                .or_default() += 1;
+            let client = (e.pid, e.comm.clone(), e.cgroup);
+            if r.clients.len() < MAX_CLIENTS || r.clients.contains_key(&client) {
+                *r.clients.entry(client).or_default() += 1;
+            }
             r.first.get_or_insert(e.time);
             r.last = Some(e.time);
             return;

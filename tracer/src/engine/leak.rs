@@ -48,7 +48,12 @@ struct Tally<'a> {
 pub struct CloseWaitLeak {
     by_pid: HashMap<u32, Leak>,
     last_eval_ns: Option<u64>,
+    /// Leaking processes not kept because `MAX_PROCESSES` were.
+    pub dropped: u64,
 }
+
+/// Leaking processes kept at most.
+const MAX_PROCESSES: usize = 4096;
 
 const MINUTE_NS: u64 = 60_000_000_000;
 
@@ -98,6 +103,10 @@ impl CloseWaitLeak {
             } = t;
             socks.sort_unstable();
             if count < cfg.close_wait_min && !self.by_pid.contains_key(&pid) {
+                continue;
+            }
+            if !self.by_pid.contains_key(&pid) && self.by_pid.len() >= MAX_PROCESSES {
+                self.dropped += 1;
                 continue;
             }
             let last_eval = self.last_eval_ns;

@@ -214,8 +214,11 @@ impl Engine {
                 }
             }
         }
-        self.stats.evicted =
-            self.conns.evicted + self.stall.dropped + self.reuse.dropped + self.awaiting.dropped;
+        self.stats.evicted = self.conns.evicted
+            + self.stall.dropped
+            + self.reuse.dropped
+            + self.awaiting.dropped
+            + self.leak.dropped;
     }
 
     fn on_state(&mut self, e: &Event, old: TcpState, new: TcpState, idle_ms: u64) {
@@ -292,6 +295,9 @@ impl Engine {
                 .is_some_and(|(at, _)| at.saturating_add(1_000_000_000) > self.now_ns);
             if !fresh {
                 let span = self.conns.local_ports_to(e.remote);
+                if self.ports_seen.len() >= 4096 {
+                    self.ports_seen.clear();
+                }
                 self.ports_seen.insert(e.remote, (self.now_ns, span));
             }
             self.ports_seen.get(&e.remote).and_then(|(_, span)| *span)
@@ -344,8 +350,11 @@ impl Engine {
         self.stats.samples += 1;
         self.advance(w.mono_ns, w.time);
         self.awaiting.snapshot(w);
-        self.stats.evicted =
-            self.conns.evicted + self.stall.dropped + self.reuse.dropped + self.awaiting.dropped;
+        self.stats.evicted = self.conns.evicted
+            + self.stall.dropped
+            + self.reuse.dropped
+            + self.awaiting.dropped
+            + self.leak.dropped;
     }
 
     /// How long `local -> remote` has been awaiting a reply, as of the latest
@@ -413,6 +422,10 @@ impl Engine {
                 f.endpoint.clone(),
                 f.process.as_ref().map_or(0, |p| p.pid),
             );
+            // Identities are bounded by the detectors' own caps; this bound is a guard.
+            if self.reported.len() >= 262_144 && !self.reported.contains_key(&key) {
+                self.reported.clear();
+            }
             let last = self.reported.insert(key, f.count);
             if last.is_none_or(|n| f.count > n) {
                 fresh.push(f);

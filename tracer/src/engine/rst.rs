@@ -54,7 +54,10 @@ impl RstStorm {
             Direction::Received => w.received += 1,
         }
         if let Some(r) = reason {
-            *w.reasons.entry(r.to_owned()).or_default() += 1;
+            // Kernel reasons are an enum; a log could hold any string: 64 at most.
+            if w.reasons.len() < 64 || w.reasons.contains_key(r) {
+                *w.reasons.entry(r.to_owned()).or_default() += 1;
+            }
         }
         let window_ns = cfg.rst_window_ms * 1_000_000;
         w.times.push_back(e.mono_ns);

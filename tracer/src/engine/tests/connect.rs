@@ -150,3 +150,22 @@ fn findings_name_the_container_and_pod_of_the_callers_cgroup() {
     });
     assert_eq!(process(&engine).pod.as_deref(), Some("shop/web-0"));
 }
+
+#[test]
+fn refused_callers_are_named_up_to_a_bound_and_all_counted() {
+    let mut engine = Engine::new(Config::default());
+    for pid in 0..100u32 {
+        let c = Sock::new(
+            u64::from(pid) + 1,
+            pid + 1,
+            "client",
+            "10.0.0.1:40000",
+            "10.0.0.9:80",
+        );
+        engine.ingest(&c.connect_error(u64::from(pid), libc::ECONNREFUSED));
+    }
+    let f = of_kind(&engine, Kind::ConnectionRefused);
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].count, 100, "every refused connect counts");
+    assert_eq!(f[0].evidence["clients"].as_array().map(Vec::len), Some(64));
+}
