@@ -285,3 +285,39 @@ fn a_lossy_recording_says_so_in_report() {
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(doc["losses"]["ringbuf_full"], 1200);
 }
+
+#[test]
+fn ctrl_c_in_lab_removes_its_namespaces() {
+    require_root();
+    let mut child = Command::new(conntrace_bin())
+        .args(["lab", "hung-peer"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn lab");
+    let pid = child.id();
+    let prefix = format!("ctlab-{pid}-");
+    let ours = || -> Vec<String> {
+        std::fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with(&prefix))
+            .collect()
+    };
+    // Wait until the scenario has made its namespaces, then interrupt it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ours().len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "the lab made no namespaces");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(i32::try_from(pid).expect("pid"), libc::SIGINT) };
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    // The scenario's own drops may race the signal thread for one of them.
+    assert!(stderr(&out).contains("lab stopped by SIGINT; removed"), "{}", stderr(&out));
+    assert!(ours().is_empty(), "left behind: {:?}", ours());
+}
