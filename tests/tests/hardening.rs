@@ -289,7 +289,7 @@ fn a_lossy_recording_says_so_in_report() {
 #[test]
 fn ctrl_c_in_lab_removes_its_namespaces() {
     require_root();
-    let mut child = Command::new(conntrace_bin())
+    let child = Command::new(conntrace_bin())
         .args(["lab", "hung-peer"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
