@@ -310,7 +310,10 @@ fn ctrl_c_in_lab_removes_its_namespaces() {
     // Wait until the scenario has made its namespaces, then interrupt it.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while ours().len() < 2 {
-        assert!(std::time::Instant::now() < deadline, "the lab made no namespaces");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lab made no namespaces"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // SAFETY: signalling our own child.
@@ -318,6 +321,10 @@ fn ctrl_c_in_lab_removes_its_namespaces() {
     let out = child.wait_with_output().expect("wait");
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
     // The scenario's own drops may race the signal thread for one of them.
-    assert!(stderr(&out).contains("lab stopped by SIGINT; removed"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("lab stopped by SIGINT; removed"),
+        "{}",
+        stderr(&out)
+    );
     assert!(ours().is_empty(), "left behind: {:?}", ours());
 }

@@ -24,7 +24,7 @@ mod sock;
 use aya_ebpf::{
     helpers::generated::bpf_jiffies64,
     macros::{btf_tracepoint, map, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tracer_common::{
@@ -60,17 +60,21 @@ static OFFSETS: Offsets = Offsets::ZERO;
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 
-/// Socket -> owner (connect, listen, accept). LRU: a socket whose close we never saw
-/// cannot pin an entry forever.
+/// Socket -> owner (connect, listen, accept), removed at ->CLOSE. A plain hash map,
+/// not LRU: when it is full an insert fails and is counted (`LOSS_OWNER_MAP`), where
+/// an LRU map would evict a live socket's owner without a trace. What comes after
+/// ->CLOSE (the error report, a reset sent by close()) carries the socket's 4-tuple;
+/// userspace hands it the owner of the connection that closed on it.
 #[map]
-static OWNERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(65536, 0);
+static OWNERS: HashMap<u64, Owner> = HashMap::with_max_entries(131_072, 0);
 
 /// Network namespace and local port of a listening socket ([`listener_key`]) -> its
 /// owner, so an accepted child has an owner from its first event (softirq) until
 /// `accept()` names the exact process. Pods listen on the same ports in their own
 /// namespaces: the port alone would hand one pod's connections to another.
+/// Removed when the listener closes; full: the insert fails and is counted.
 #[map]
-static LISTENERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(4096, 0);
+static LISTENERS: HashMap<u64, Owner> = HashMap::with_max_entries(16_384, 0);
 
 /// [`tracer_common::listener_key`] of a typed TCP socket's namespace and `port`.
 fn listener_key(tp: *const u8, port: u16, off: &Offsets) -> Result<u64, i64> {
@@ -210,7 +214,12 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
         let owner = current_owner();
         remember_owner(key, &owner);
         if new == TCP_LISTEN {
-            let _ = LISTENERS.insert(listener_key(tp, ev.sport, &off)?, owner, 0);
+            if LISTENERS
+                .insert(listener_key(tp, ev.sport, &off)?, owner, 0)
+                .is_err()
+            {
+                count_loss(LOSS_OWNER_MAP);
+            }
         }
     } else if old == TCP_LISTEN && new == TCP_SYN_RECV {
         // A child cloned from a listener (softirq): inherit the listener's owner.
@@ -255,9 +264,11 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
         emit(&ev);
     }
 
-    // The owner entry outlives ->CLOSE on purpose: the error report and late resets of
-    // a dying socket come after it. The LRU map bounds it; a new socket at this address
-    // overwrites it at connect/listen/accept.
+    // The socket is done: its owner entry goes (later events of it are matched by
+    // 4-tuple in userspace).
+    if new == TCP_CLOSE {
+        let _ = OWNERS.remove(key);
+    }
     if new == TCP_CLOSE && old == TCP_LISTEN {
         let _ = LISTENERS.remove(listener_key(tp, ev.sport, &off)?);
     }

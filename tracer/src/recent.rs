@@ -1,5 +1,5 @@
-//! Owners of recently closed connections by 4-tuple, applied to resets before the
-//! filters run.
+//! Owners of recently closed connections by 4-tuple, applied to resets and errors
+//! before the filters run.
 //!
 //! When a server closes an idle keep-alive connection, its full socket goes to CLOSE
 //! at once and a time-wait mini-socket (a different kernel object) answers what the
@@ -56,7 +56,10 @@ impl RecentOwners {
             } if e.owner_known && old != TcpState::Listen && e.remote.port() != 0 => {
                 self.remember(e);
             }
-            EventKind::Reset { .. } if !e.owner_known && e.pid == 0 => {
+            // The kernel forgets a socket's owner at ->CLOSE; what follows on its
+            // 4-tuple (a time-wait socket's reset, the error report after tcp_done,
+            // close()'s own reset) takes the owner of the connection that closed.
+            EventKind::Reset { .. } | EventKind::Error { .. } if !e.owner_known && e.pid == 0 => {
                 self.expire(e.mono_ns);
                 if let Some(o) = self.by_tuple.get(&(e.local, e.remote)) {
                     e.pid = o.pid;
