@@ -97,11 +97,15 @@ fn replay_in_tmux_find_open_filter_export_quit() {
     let port = lab.endpoint.rsplit(':').next().expect("port").to_owned();
     let dir: PathBuf = std::env::temp_dir().join(unique("ct-export-"));
     std::fs::create_dir_all(&dir).expect("export dir");
+    // The UI's own temp dir, to see that its spool leaves nothing there.
+    let tmp: PathBuf = std::env::temp_dir().join(unique("ct-uitmp-"));
+    std::fs::create_dir_all(&tmp).expect("ui temp dir");
 
     let tmux = Tmux::new(160, 30);
     tmux.type_text(&format!(
-        "cd {} && {} replay {}; echo EXIT=$?",
+        "cd {} && TMPDIR={} {} replay {}; echo EXIT=$?",
         dir.display(),
+        tmp.display(),
         conntrace_bin().display(),
         recording.path.display()
     ));
@@ -165,14 +169,14 @@ fn replay_in_tmux_find_open_filter_export_quit() {
         );
         assert_eq!(mode & 0o777, 0o600, "{}: exports are private", f.display());
     }
-    // The UI's spool has no name: nothing is left in the temp dir, whatever the exit.
-    let spools: Vec<String> = std::fs::read_dir(std::env::temp_dir())
+    // The UI's spool has no name: nothing is left in its temp dir, whatever the exit.
+    let spools: Vec<String> = std::fs::read_dir(&tmp)
         .expect("tmp")
         .flatten()
         .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| n.starts_with("conntrace-tui-"))
         .collect();
     assert!(spools.is_empty(), "spool files left: {spools:?}");
+    let _ = std::fs::remove_dir(&tmp);
 
     // Quit: the shell is back, out of the alternate screen, cursor visible.
     tmux.keys(&["q"]);
