@@ -65,7 +65,14 @@ fn keepalive_race_is_named_with_the_servers_timeout_and_the_clients_failures() {
     idle_timer_is(&race["evidence"]["idle_timeout_ms"], 2000, rec.tick_ms());
     let idle = one(&report, "idle-close-timeout", &lab);
     idle_timer_is(&idle["evidence"]["idle_timeout_ms"], 2000, rec.tick_ms());
-    assert!(idle["evidence"]["samples"].as_u64() >= Some(8));
+    // Every idle close was seen; the estimate's cluster (within 2 %) may leave out a
+    // close the lab server made late (its wake-up varies by tens of ms in a loaded
+    // TCG guest: 6.1 in CI).
+    assert!(
+        idle["evidence"]["idle_closes_seen"].as_u64() >= Some(8),
+        "{idle:#}"
+    );
+    assert!(idle["evidence"]["samples"].as_u64() >= Some(3), "{idle:#}");
 }
 
 /// The server's node: only the server's sockets (`--comm ka-server`), as when the
