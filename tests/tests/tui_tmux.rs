@@ -191,3 +191,33 @@ fn replay_in_tmux_find_open_filter_export_quit() {
     assert_eq!(modes.trim(), "0 1", "terminal restored");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A closed terminal (a dropped ssh session) ends the UI: it must not stay behind
+/// spinning on a hung-up tty.
+#[test]
+fn the_ui_ends_when_its_terminal_hangs_up() {
+    let rec = Recorder::start(&[]);
+    let recording = rec.stop();
+    let tmux = Tmux::new(100, 30);
+    tmux.type_text(&format!(
+        "{} replay {}; echo EXIT=$?",
+        conntrace_bin().display(),
+        recording.path.display()
+    ));
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("Findings (");
+    let pattern = format!("replay {}", recording.path.display());
+    let running = || {
+        Command::new("pgrep")
+            .args(["-f", &pattern])
+            .output()
+            .is_ok_and(|o| !o.stdout.is_empty())
+    };
+    assert!(running(), "the UI runs");
+    drop(tmux); // kills the server: the terminal hangs up
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while running() {
+        assert!(Instant::now() < deadline, "the UI outlived its terminal");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

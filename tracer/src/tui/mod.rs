@@ -48,6 +48,25 @@ impl Drop for Terminal {
     }
 }
 
+/// Waits up to `ms` for terminal input: `Some(true)` readable, `Some(false)` nothing
+/// (or a signal), `None` when the terminal hung up.
+fn terminal_input(ms: i32) -> Option<bool> {
+    let mut p = libc::pollfd {
+        fd: libc::STDIN_FILENO,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let n = unsafe { libc::poll(&raw mut p, 1, ms) };
+    if n < 0 {
+        return Some(false);
+    }
+    if p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+        return None;
+    }
+    Some(p.revents & libc::POLLIN != 0)
+}
+
 fn ui_loop(mut app: App, snapshots: &Receiver<Snapshot>, commands: &Sender<Command>) -> Result<()> {
     let mut terminal = Terminal::new();
     let started = Instant::now();
@@ -82,16 +101,25 @@ fn ui_loop(mut app: App, snapshots: &Receiver<Snapshot>, commands: &Sender<Comma
             last_draw = Instant::now();
             dirty = false;
         }
-        if event::poll(Duration::from_millis(20))? {
-            match event::read()? {
-                TermEvent::Key(k) if k.kind == KeyEventKind::Press => {
-                    for c in app.on_key(k) {
-                        let _ = commands.send(c);
+        // Wait for input ourselves: on a hung-up terminal crossterm's poll never
+        // returns (its reads come back empty at once and it retries), so the UI would
+        // spin forever; poll(2) reports the hang-up and the UI ends.
+        match terminal_input(20) {
+            None => app.quit = true,
+            Some(false) => {}
+            Some(true) => {
+                while event::poll(Duration::ZERO)? {
+                    match event::read()? {
+                        TermEvent::Key(k) if k.kind == KeyEventKind::Press => {
+                            for c in app.on_key(k) {
+                                let _ = commands.send(c);
+                            }
+                            dirty = true;
+                        }
+                        TermEvent::Resize(..) => dirty = true,
+                        _ => {}
                     }
-                    dirty = true;
                 }
-                TermEvent::Resize(..) => dirty = true,
-                _ => {}
             }
         }
     }
