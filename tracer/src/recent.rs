@@ -12,10 +12,10 @@
 //! Bounded: at most [`CAP`] tuples, each kept [`KEEP_NS`] (a time-wait socket lives
 //! 60 s; a FIN_WAIT2 one up to `tcp_fin_timeout`, 60 s by default).
 
-use std::{collections::VecDeque, net::SocketAddr};
+use std::net::SocketAddr;
 
 use crate::{
-    engine::conn::FxMap,
+    engine::expiring::ExpiringMap,
     event::{Event, EventKind, TcpState},
 };
 
@@ -30,23 +30,27 @@ struct Owner {
     tid: u32,
     comm: String,
     cgroup: u64,
-    at_ns: u64,
 }
 
 /// See the module documentation.
-#[derive(Debug, Default)]
 pub struct RecentOwners {
-    by_tuple: FxMap<(SocketAddr, SocketAddr), Owner>,
-    order: VecDeque<((SocketAddr, SocketAddr), u64)>,
-    /// Tuples forgotten early because the table was full.
-    pub evicted: u64,
-    /// Resets given the owner of their closed connection.
+    by_tuple: ExpiringMap<(SocketAddr, SocketAddr), Owner>,
+    /// Resets and errors given the owner of their closed connection.
     pub attributed: u64,
+}
+
+impl Default for RecentOwners {
+    fn default() -> Self {
+        Self {
+            by_tuple: ExpiringMap::new(CAP, KEEP_NS),
+            attributed: 0,
+        }
+    }
 }
 
 impl RecentOwners {
     /// Learns from `e` (a connection closing with its owner known) or completes it
-    /// (a reset with no owner on a tuple that closed recently).
+    /// (a reset or error with no owner on a tuple that closed recently).
     pub fn observe(&mut self, e: &mut Event) {
         match e.kind {
             EventKind::State {
@@ -54,14 +58,19 @@ impl RecentOwners {
                 old,
                 ..
             } if e.owner_known && old != TcpState::Listen && e.remote.port() != 0 => {
-                self.remember(e);
+                let owner = Owner {
+                    pid: e.pid,
+                    tid: e.tid,
+                    comm: e.comm.clone(),
+                    cgroup: e.cgroup,
+                };
+                self.by_tuple.insert((e.local, e.remote), e.mono_ns, owner);
             }
             // The kernel forgets a socket's owner at ->CLOSE; what follows on its
             // 4-tuple (a time-wait socket's reset, the error report after tcp_done,
             // close()'s own reset) takes the owner of the connection that closed.
             EventKind::Reset { .. } | EventKind::Error { .. } if !e.owner_known && e.pid == 0 => {
-                self.expire(e.mono_ns);
-                if let Some(o) = self.by_tuple.get(&(e.local, e.remote)) {
+                if let Some((_, o)) = self.by_tuple.get(&(e.local, e.remote), e.mono_ns) {
                     e.pid = o.pid;
                     e.tid = o.tid;
                     e.comm.clone_from(&o.comm);
@@ -74,49 +83,9 @@ impl RecentOwners {
         }
     }
 
-    fn remember(&mut self, e: &Event) {
-        self.expire(e.mono_ns);
-        let key = (e.local, e.remote);
-        if !self.by_tuple.contains_key(&key) && self.by_tuple.len() >= CAP {
-            if let Some((old, at)) = self.order.pop_front() {
-                if self.by_tuple.get(&old).is_some_and(|o| o.at_ns == at) {
-                    self.by_tuple.remove(&old);
-                    self.evicted += 1;
-                }
-            }
-        }
-        self.by_tuple.insert(
-            key,
-            Owner {
-                pid: e.pid,
-                tid: e.tid,
-                comm: e.comm.clone(),
-                cgroup: e.cgroup,
-                at_ns: e.mono_ns,
-            },
-        );
-        self.order.push_back((key, e.mono_ns));
-        // Stale queue entries of re-used tuples are bounded by the table too.
-        while self.order.len() > 2 * CAP {
-            if let Some((old, at)) = self.order.pop_front() {
-                if self.by_tuple.get(&old).is_some_and(|o| o.at_ns == at) {
-                    self.by_tuple.remove(&old);
-                    self.evicted += 1;
-                }
-            }
-        }
-    }
-
-    fn expire(&mut self, now: u64) {
-        while let Some(&(key, at)) = self.order.front() {
-            if at.saturating_add(KEEP_NS) > now {
-                break;
-            }
-            self.order.pop_front();
-            if self.by_tuple.get(&key).is_some_and(|o| o.at_ns == at) {
-                self.by_tuple.remove(&key);
-            }
-        }
+    /// Tuples forgotten early because the table was full.
+    pub fn evicted(&self) -> u64 {
+        self.by_tuple.evicted
     }
 
     pub fn len(&self) -> usize {
@@ -180,6 +149,6 @@ mod tests {
             table.observe(&mut e);
         }
         assert_eq!(table.len(), CAP);
-        assert_eq!(table.evicted, 10);
+        assert_eq!(table.evicted(), 10);
     }
 }

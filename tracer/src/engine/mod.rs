@@ -21,6 +21,7 @@ pub mod awaiting;
 pub mod conn;
 pub mod connect;
 pub mod endpoints;
+pub mod expiring;
 pub mod finding;
 pub mod idle;
 pub mod leak;
@@ -216,7 +217,7 @@ impl Engine {
         }
         self.stats.evicted = self.conns.evicted
             + self.stall.dropped
-            + self.reuse.dropped
+            + self.reuse.dropped()
             + self.awaiting.dropped
             + self.leak.dropped;
     }
@@ -352,7 +353,7 @@ impl Engine {
         self.awaiting.snapshot(w);
         self.stats.evicted = self.conns.evicted
             + self.stall.dropped
-            + self.reuse.dropped
+            + self.reuse.dropped()
             + self.awaiting.dropped
             + self.leak.dropped;
     }

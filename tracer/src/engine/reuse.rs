@@ -18,13 +18,14 @@
 //! connection, one failure). Resets of time-wait sockets are traced from Linux 6.10.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::{IpAddr, SocketAddr},
     time::SystemTime,
 };
 
 use super::{
     conn::{Conn, Role},
+    expiring::ExpiringMap,
     finding::{secs, Finding, Involved, Kind, Process, Severity},
     idle::IdleClose,
     Config,
@@ -47,7 +48,6 @@ struct ServerClose {
     comm: String,
     cgroup: u64,
     sock: u64,
-    at_ns: u64,
     idle_ms: u64,
 }
 
@@ -81,14 +81,23 @@ struct Failures {
 }
 
 /// Failed reuses by (pid, endpoint).
-#[derive(Debug, Default)]
 pub struct ReuseRace {
     by_key: HashMap<(u32, SocketAddr), Failures>,
-    closes: HashMap<(SocketAddr, SocketAddr), ServerClose>,
-    close_order: VecDeque<((SocketAddr, SocketAddr), u64)>,
+    closes: ExpiringMap<(SocketAddr, SocketAddr), ServerClose>,
     server_side: HashMap<(u32, SocketAddr), ServerSide>,
-    /// Server closes forgotten early, and groups not kept, because a table was full.
-    pub dropped: u64,
+    /// Groups not kept because their table was full.
+    dropped: u64,
+}
+
+impl Default for ReuseRace {
+    fn default() -> Self {
+        Self {
+            by_key: HashMap::new(),
+            closes: ExpiringMap::new(MAX_CLOSES, CLOSE_KEEP_NS),
+            server_side: HashMap::new(),
+            dropped: 0,
+        }
+    }
 }
 
 fn median(v: &[u64]) -> Option<u64> {
@@ -154,45 +163,22 @@ impl ReuseRace {
         f.last = e.time;
     }
 
-    /// A server closed an accepted connection after `idle_ms` quiet.
-    pub fn on_server_close(&mut self, conn: &Conn, e: &Event, idle_ms: u64) {
-        self.expire(e.mono_ns);
-        let key = (conn.local, conn.remote);
-        if !self.closes.contains_key(&key) && self.closes.len() >= MAX_CLOSES {
-            if let Some((old, at)) = self.close_order.pop_front() {
-                if self.closes.get(&old).is_some_and(|c| c.at_ns == at) {
-                    self.closes.remove(&old);
-                    self.dropped += 1;
-                }
-            }
-        }
-        self.closes.insert(
-            key,
-            ServerClose {
-                pid: conn.pid,
-                comm: conn.comm.to_string(),
-                cgroup: conn.cgroup,
-                sock: conn.sock,
-                at_ns: e.mono_ns,
-                idle_ms,
-            },
-        );
-        self.close_order.push_back((key, e.mono_ns));
-        while self.close_order.len() > 2 * MAX_CLOSES {
-            self.close_order.pop_front();
-        }
+    /// Groups and server closes not kept because a table was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped + self.closes.evicted
     }
 
-    fn expire(&mut self, now: u64) {
-        while let Some(&(key, at)) = self.close_order.front() {
-            if at.saturating_add(CLOSE_KEEP_NS) > now {
-                break;
-            }
-            self.close_order.pop_front();
-            if self.closes.get(&key).is_some_and(|c| c.at_ns == at) {
-                self.closes.remove(&key);
-            }
-        }
+    /// A server closed an accepted connection after `idle_ms` quiet.
+    pub fn on_server_close(&mut self, conn: &Conn, e: &Event, idle_ms: u64) {
+        let close = ServerClose {
+            pid: conn.pid,
+            comm: conn.comm.to_string(),
+            cgroup: conn.cgroup,
+            sock: conn.sock,
+            idle_ms,
+        };
+        self.closes
+            .insert((conn.local, conn.remote), e.mono_ns, close);
     }
 
     /// A reset this node sent on `e.local -> e.remote`. `client_here`: the client's
@@ -204,15 +190,18 @@ impl ReuseRace {
         reason: Option<&str>,
         client_here: bool,
     ) {
-        self.expire(e.mono_ns);
-        let Some(close) = self.closes.get(&(e.local, e.remote)) else {
-            return;
-        };
-        if e.mono_ns < close.at_ns {
+        let tuple = (e.local, e.remote);
+        // Only a reset after the close counts.
+        if self
+            .closes
+            .get(&tuple, e.mono_ns)
+            .is_none_or(|(at, _)| at > e.mono_ns)
+        {
             return;
         }
-        let close = close.clone();
-        self.closes.remove(&(e.local, e.remote));
+        let Some(close) = self.closes.remove(&tuple) else {
+            return;
+        };
         if client_here {
             return;
         }
