@@ -112,12 +112,7 @@ impl Pipeline<'_> {
                         self.failure.get_or_insert(e);
                     }
                 }
-                let container = self.attributor.container(event.cgroup);
-                let namespace = container
-                    .and_then(|c| c.pod_uid.as_ref())
-                    .and_then(|uid| self.pod_names.get(uid))
-                    .map(|p| p.namespace.as_str());
-                if !self.filter.matches_container(container, namespace) {
+                if !self.container_matches(event.cgroup) {
                     self.stats.filtered += 1;
                     return;
                 }
@@ -209,6 +204,16 @@ impl Pipeline<'_> {
         Ok(())
     }
 
+    /// `--pod`, `--container`, `--namespace` against the container of `cgroup`.
+    fn container_matches(&self, cgroup: u64) -> bool {
+        let container = self.attributor.container(cgroup);
+        let namespace = container
+            .and_then(|c| c.pod_uid.as_ref())
+            .and_then(|uid| self.pod_names.get(uid))
+            .map(|p| p.namespace.as_str());
+        self.filter.matches_container(container, namespace)
+    }
+
     /// Takes the inspection's passes: connections the filters keep, into the engine
     /// and the sink (snapshots with none are not written).
     fn waiting(&mut self, sink: &mut dyn Sink) -> Result<()> {
@@ -239,13 +244,8 @@ impl Pipeline<'_> {
                 }
             }
             conns.retain(|c| {
-                let container = self.attributor.container(c.cgroup);
-                let namespace = container
-                    .and_then(|k| k.pod_uid.as_ref())
-                    .and_then(|uid| self.pod_names.get(uid))
-                    .map(|p| p.namespace.as_str());
                 self.filter.matches_conn(c.pid, &c.comm, c.local, c.remote)
-                    && self.filter.matches_container(container, namespace)
+                    && self.container_matches(c.cgroup)
             });
             // An empty pass is written only when it ends waits the last one showed.
             if conns.is_empty() && !std::mem::take(&mut self.waits_shown) {
