@@ -207,11 +207,19 @@ fn the_ui_ends_when_its_terminal_hangs_up() {
     tmux.keys(&["Enter"]);
     tmux.wait_for("Findings (");
     let pattern = format!("replay {}", recording.path.display());
+    // Any process whose command line is this replay (from /proc: no procps needed).
     let running = || {
-        Command::new("pgrep")
-            .args(["-f", &pattern])
-            .output()
-            .is_ok_and(|o| !o.stdout.is_empty())
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|p| {
+                std::fs::read(p.path().join("cmdline")).is_ok_and(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .contains(&pattern)
+                })
+            })
     };
     assert!(running(), "the UI runs");
     drop(tmux); // kills the server: the terminal hangs up

@@ -77,12 +77,8 @@ fn ui_loop(mut app: App, snapshots: &Receiver<Snapshot>, commands: &Sender<Comma
         .unwrap_or_else(Instant::now);
     while !app.quit {
         // SIGTERM or SIGHUP (a closed session); in raw mode Ctrl-C is a key. A
-        // terminal that hung up without a signal reaching us (its reads return at once
-        // with nothing) must not leave the UI spinning: its foreground group is gone.
-        // SAFETY: tcgetpgrp on our own standard input.
-        if crate::signals::requested().is_some()
-            || unsafe { libc::tcgetpgrp(libc::STDIN_FILENO) } < 0
-        {
+        // terminal that hung up is seen by `terminal_input` below.
+        if crate::signals::requested().is_some() {
             app.quit = true;
         }
         loop {
