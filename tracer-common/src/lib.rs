@@ -24,8 +24,13 @@ pub mod kind {
     pub const RESET_RECEIVED: u8 = 5;
     /// A segment retransmitted (`tcp:tcp_retransmit_skb`).
     pub const RETRANSMIT: u8 = 6;
-    /// A connection handed to a process by `accept()`/`accept4()`.
+    /// A connection handed to a process by `accept()`/`accept4()` (only with
+    /// every transition streamed: otherwise the socket's owner is updated in place).
     pub const ACCEPT: u8 = 7;
+    /// A [`ConnRecord`](super::ConnRecord): the state transitions a socket went
+    /// through since its last record, shipped at once at ->CLOSE (the connection
+    /// record) or when something about it must be seen live.
+    pub const CONN: u8 = 8;
 }
 
 /// Where the owner fields of an event came from.
@@ -38,6 +43,10 @@ pub mod owner_src {
     /// fired outside any process' context (softirq, timer), so pid and comm are zero
     /// rather than whichever task the interrupt happened to land on.
     pub const NONE: u8 = 2;
+    /// The owner of the listener an accepted socket was cloned from (softirq), until
+    /// the first transition the socket takes in a process' context (its `close()`)
+    /// names the process that held it; read as known.
+    pub const LISTENER: u8 = 3;
 }
 
 /// Key of the kernel's listener map: network namespace inode and local port. The
@@ -53,6 +62,9 @@ pub mod flags {
     /// `SOCK_DEAD`: the application closed the socket (`sock_orphan`); the kernel
     /// alone still holds it (FIN_WAIT1, CLOSING, LAST_ACK retransmitting the close).
     pub const ORPHAN: u8 = 2;
+    /// On a [`ConnRecord`](super::ConnRecord): the socket reached CLOSE, this is its
+    /// last record (the connection record).
+    pub const FINAL: u8 = 4;
 }
 
 /// Layouts of the classic `tcp:tcp_send_reset` record.
@@ -76,6 +88,63 @@ pub const LOSS_CONNECT_MAP: u32 = 2;
 pub const LOSS_READ: u32 = 3;
 /// Number of loss counters.
 pub const LOSS_COUNTERS: u32 = 4;
+
+/// Transitions a socket's record holds; a ninth ships the record early.
+pub const MAX_STEPS: usize = 8;
+
+/// One state transition kept in the kernel until the socket's record ships.
+/// 24 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// `bpf_ktime_get_ns()` of the transition.
+    pub ts_ns: u64,
+    /// As [`RawEvent::send_idle_jiffies`], when the old state had carried data.
+    pub send_idle_jiffies: u32,
+    pub recv_idle_jiffies: u32,
+    /// `tcp_sock.total_retrans` at the transition.
+    pub retrans: u32,
+    pub old_state: u8,
+    pub new_state: u8,
+    pub pad: [u8; 2],
+}
+
+impl Step {
+    pub const ZERO: Self = Self {
+        ts_ns: 0,
+        send_idle_jiffies: 0,
+        recv_idle_jiffies: 0,
+        retrans: 0,
+        old_state: 0,
+        new_state: 0,
+        pad: [0; 2],
+    };
+}
+
+/// A socket's per-connection state in the kernel (map `SOCKS`, by socket) and, as
+/// is, the record shipped on the ring buffer ([`kind::CONN`]): the owner and the
+/// transitions since the last record. The head is a [`RawEvent`] (owner, 4-tuple,
+/// current state, `flags::FINAL` on the last record), so one decoder reads both.
+/// 384 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnRecord {
+    pub head: RawEvent,
+    /// Valid entries of `steps`. Written after the entry it counts.
+    pub steps_len: u32,
+    /// `tcp_sock.srtt_us` (8 times the smoothed RTT in µs) at the record.
+    pub srtt_us: u32,
+    /// `tcp_sock.bytes_acked` / `bytes_received` at the record.
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+    pub steps: [Step; MAX_STEPS],
+}
+
+impl ConnRecord {
+    pub const SIZE: usize = core::mem::size_of::<Self>();
+}
+
+const _: () = assert!(ConnRecord::SIZE == 352);
 
 /// `AF_INET` as the kernel numbers it.
 pub const AF_INET: u16 = 2;
@@ -260,6 +329,17 @@ pub struct Offsets {
     /// listener is known by network namespace and port.
     pub skc_net: u32,
     pub net_inum: u32,
+    /// `tcp_sock.bytes_acked`, `bytes_received`, `srtt_us`: read once, at the record.
+    pub tp_bytes_acked: u32,
+    pub tp_bytes_received: u32,
+    pub tp_srtt_us: u32,
+    /// Nonzero: every transition is its own event (`--every-transition`), as
+    /// before connection records.
+    pub stream_all: u32,
+    /// A close (ESTABLISHED -> FIN_WAIT1 or CLOSE_WAIT) after this many jiffies
+    /// idle ships the socket's record at once: an idle close is what the keep-alive
+    /// detectors need live.
+    pub live_idle_jiffies: u32,
     /// Nonzero once userspace has filled the offsets; programs do nothing before.
     pub ready: u32,
 }
@@ -306,6 +386,11 @@ impl Offsets {
         infer_sock_errors: 0,
         skc_net: 0,
         net_inum: 0,
+        tp_bytes_acked: 0,
+        tp_bytes_received: 0,
+        tp_srtt_us: 0,
+        stream_all: 0,
+        live_idle_jiffies: 0,
         ready: 0,
     };
 }
@@ -327,4 +412,6 @@ mod user {
     unsafe impl aya::Pod for super::Offsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Owner {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ConnRecord {}
 }

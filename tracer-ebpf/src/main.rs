@@ -28,13 +28,14 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tracer_common::{
-    kind, owner_src, rst_layout, ConnectArgs, Offsets, Owner, RawEvent, AF_INET6, LOSS_CONNECT_MAP,
-    LOSS_COUNTERS, LOSS_OWNER_MAP, LOSS_READ, LOSS_RINGBUF_FULL,
+    flags, kind, owner_src, rst_layout, ConnRecord, ConnectArgs, Offsets, Owner, RawEvent,
+    AF_INET6, LOSS_CONNECT_MAP, LOSS_COUNTERS, LOSS_OWNER_MAP, LOSS_READ, LOSS_RINGBUF_FULL,
+    MAX_STEPS,
 };
 
 use crate::sock::{
-    current_owner, fd_to_sock, fill_idle, fill_sock, fill_sock_state, is_tcp, read, read_sockaddr,
-    tcp_sock, Direct, Mem as _, Probe,
+    current_owner, fd_to_sock, fill_sock, fill_sock_state, is_tcp, read, read_sockaddr, tcp_sock,
+    Direct, Mem, Probe,
 };
 
 const TCP_ESTABLISHED: i32 = 1;
@@ -60,13 +61,22 @@ static OFFSETS: Offsets = Offsets::ZERO;
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 
-/// Socket -> owner (connect, listen, accept), removed at ->CLOSE. A plain hash map,
-/// not LRU: when it is full an insert fails and is counted (`LOSS_OWNER_MAP`), where
-/// an LRU map would evict a live socket's owner without a trace. What comes after
-/// ->CLOSE (the error report, a reset sent by close()) carries the socket's 4-tuple;
-/// userspace hands it the owner of the connection that closed on it.
+/// Socket -> its [`ConnRecord`]: owner (connect, listen, accept, or the listener it
+/// was cloned from) and the transitions not yet shipped; removed at ->CLOSE. A plain
+/// hash map, not LRU: when it is full an insert fails and is counted
+/// (`LOSS_OWNER_MAP`), where an LRU map would evict a live socket's owner without a
+/// trace. Not preallocated (`BPF_F_NO_PREALLOC`): 352 bytes a socket are taken as
+/// sockets come. What comes after ->CLOSE (the error report, a reset sent by
+/// close()) carries the socket's 4-tuple; userspace hands it the owner of the
+/// connection that closed on it.
 #[map]
-static OWNERS: HashMap<u64, Owner> = HashMap::with_max_entries(131_072, 0);
+static SOCKS: HashMap<u64, ConnRecord> = HashMap::with_max_entries(131_072, BPF_F_NO_PREALLOC);
+
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// Scratch space to build a new [`SOCKS`] entry (too big for the stack).
+#[map]
+static SCRATCH: PerCpuArray<ConnRecord> = PerCpuArray::with_max_entries(1, 0);
 
 /// Network namespace and local port of a listening socket ([`listener_key`]) -> its
 /// owner, so an accepted child has an owner from its first event (softirq) until
@@ -122,9 +132,37 @@ fn emit(ev: &RawEvent) {
     }
 }
 
-fn remember_owner(sk: u64, owner: &Owner) {
-    if OWNERS.insert(sk, owner, 0).is_err() {
-        count_loss(LOSS_OWNER_MAP);
+/// Starts (or restarts: the memory may have held an older socket) `sk`'s entry with
+/// `owner`; the entry, or `None` when the map is full (counted).
+fn track(sk: u64, owner: &Owner, src: u8) -> Option<*mut ConnRecord> {
+    let scratch = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch slot, only this program run uses it; the map copies it.
+    unsafe {
+        let head = &mut (*scratch).head;
+        head.pid = owner.pid;
+        head.tid = owner.tid;
+        head.cgroup_id = owner.cgroup_id;
+        head.comm = owner.comm;
+        head.owner_src = src;
+        (*scratch).steps_len = 0;
+        if SOCKS.insert(sk, &*scratch, 0).is_err() {
+            count_loss(LOSS_OWNER_MAP);
+            return None;
+        }
+    }
+    SOCKS.get_ptr_mut(sk)
+}
+
+/// Replaces an entry's owner.
+fn set_entry_owner(rec: *mut ConnRecord, owner: &Owner, src: u8) {
+    // SAFETY: `rec` points at a live map value.
+    unsafe {
+        let head = &mut (*rec).head;
+        head.pid = owner.pid;
+        head.tid = owner.tid;
+        head.cgroup_id = owner.cgroup_id;
+        head.comm = owner.comm;
+        head.owner_src = src;
     }
 }
 
@@ -132,18 +170,27 @@ fn remember_owner(sk: u64, owner: &Owner) {
 /// the context of a process acting on the socket (`in_task`), flagged as such; else
 /// nobody (pid 0): in softirq the current task is whoever the interrupt landed on.
 fn set_owner(ev: &mut RawEvent, sk: u64, in_task: bool) {
-    // SAFETY: the value is copied out at once; LRU entries may be evicted concurrently
-    // but the map value memory stays valid for the duration of the program.
-    let owner = match unsafe { OWNERS.get(sk) } {
-        Some(owner) => {
-            ev.owner_src = owner_src::SOCKET;
-            *owner
+    // SAFETY: the value is copied out at once; the map value memory stays valid for
+    // the duration of the program.
+    let owner = match unsafe { SOCKS.get(sk) } {
+        Some(rec) if rec.head.owner_src != owner_src::NONE => {
+            ev.owner_src = if rec.head.owner_src == owner_src::CURRENT_TASK {
+                owner_src::CURRENT_TASK
+            } else {
+                owner_src::SOCKET
+            };
+            Owner {
+                cgroup_id: rec.head.cgroup_id,
+                pid: rec.head.pid,
+                tid: rec.head.tid,
+                comm: rec.head.comm,
+            }
         }
-        None if in_task => {
+        _ if in_task => {
             ev.owner_src = owner_src::CURRENT_TASK;
             current_owner()
         }
-        None => {
+        _ => {
             ev.owner_src = owner_src::NONE;
             return;
         }
@@ -152,6 +199,67 @@ fn set_owner(ev: &mut RawEvent, sk: u64, in_task: bool) {
     ev.tid = owner.tid;
     ev.cgroup_id = owner.cgroup_id;
     ev.comm = owner.comm;
+}
+
+/// Ships `rec`'s transitions (and, on the `last` record, the connection's totals)
+/// as one ring-buffer record, and empties them.
+#[inline(always)]
+fn ship<M: Mem>(
+    rec: *mut ConnRecord,
+    sk: u64,
+    tp: *const u8,
+    off: &Offsets,
+    last: bool,
+) -> Result<(), i64> {
+    // SAFETY: `rec` points at a live map value; `tp` is read through `M`.
+    unsafe {
+        let head = &mut (*rec).head;
+        head.ts_ns = aya_ebpf::helpers::bpf_ktime_get_ns();
+        head.jiffies = bpf_jiffies64();
+        head.kind = kind::CONN;
+        head.sock = sk;
+        fill_sock::<M>(head, tp, off)?;
+        let state: u8 = M::get(tp, off.skc_state)?;
+        head.new_state = state;
+        head.flags = if last { flags::FINAL } else { 0 };
+        if last {
+            head.retrans = M::get(tp, off.tp_total_retrans)?;
+            head.rto_count = M::get(tp, off.icsk_retransmits)?;
+            (*rec).bytes_acked = M::get(tp, off.tp_bytes_acked)?;
+            (*rec).bytes_received = M::get(tp, off.tp_bytes_received)?;
+            (*rec).srtt_us = M::get(tp, off.tp_srtt_us)?;
+        }
+        emit_record(&*rec);
+        (*rec).steps_len = 0;
+    }
+    Ok(())
+}
+
+/// Ships what `sk`'s entry holds before an event about it, so its transitions reach
+/// userspace in order with the event.
+#[inline(always)]
+fn ship_pending<M: Mem>(sk: u64, tp: *const u8, off: &Offsets) -> Result<(), i64> {
+    if off.stream_all != 0 {
+        return Ok(());
+    }
+    if let Some(rec) = SOCKS.get_ptr_mut(sk) {
+        // SAFETY: live map value.
+        if unsafe { (*rec).steps_len } != 0 {
+            return ship::<M>(rec, sk, tp, off, false);
+        }
+    }
+    Ok(())
+}
+
+fn emit_record(rec: &ConnRecord) {
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if EVENTS.output::<ConnRecord>(rec, flags).is_err() {
+        count_loss(LOSS_RINGBUF_FULL);
+    }
 }
 
 fn new_event(kind: u8, sk: u64) -> RawEvent {
@@ -190,6 +298,21 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     report(try_inet_sock_set_state(&ctx))
 }
 
+/// Whether a transition ships the socket's record at once rather than at ->CLOSE:
+/// listeners (rare, and every accepted socket needs its listener known), the
+/// peer's FIN (a socket may park in CLOSE_WAIT: a leak must be seen while it
+/// lasts, and the keep-alive race starts there), and a close after idling (the
+/// idle-timeout and race detectors).
+#[inline(always)]
+fn ships_now(old: i32, new: i32, send_idle: u32, recv_idle: u32, off: &Offsets) -> bool {
+    new == TCP_LISTEN
+        || old == TCP_LISTEN && new == TCP_CLOSE
+        || new == TCP_CLOSE_WAIT
+        || (old == TCP_ESTABLISHED
+            && new == TCP_FIN_WAIT1
+            && send_idle.min(recv_idle) >= off.live_idle_jiffies)
+}
+
 fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let off = offsets();
     if off.ready == 0 {
@@ -204,76 +327,159 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let key = sk as u64;
-    let mut ev = new_event(kind::STATE, key);
-    ev.old_state = old as u8;
-    ev.new_state = new as u8;
-    fill_sock::<Direct>(&mut ev, tp, &off)?;
+    let in_task = in_task_transition(old, new);
 
-    // connect() and listen() run this transition in the caller's context.
-    if new == TCP_SYN_SENT || new == TCP_LISTEN {
+    // The socket's entry: started by connect() and listen() in the caller's context,
+    // or inherited from the listener by a child cloned in softirq.
+    let rec = if new == TCP_SYN_SENT || new == TCP_LISTEN {
         let owner = current_owner();
-        remember_owner(key, &owner);
         if new == TCP_LISTEN {
+            let sport: u16 = Direct::get(tp, off.inet_sport)?;
             if LISTENERS
-                .insert(listener_key(tp, ev.sport, &off)?, owner, 0)
+                .insert(listener_key(tp, u16::from_be(sport), &off)?, owner, 0)
                 .is_err()
             {
                 count_loss(LOSS_OWNER_MAP);
             }
         }
+        track(key, &owner, owner_src::SOCKET)
     } else if old == TCP_LISTEN && new == TCP_SYN_RECV {
-        // A child cloned from a listener (softirq): inherit the listener's owner.
-        let key_l = listener_key(tp, ev.sport, &off)?;
+        let sport: u16 = Direct::get(tp, off.inet_sport)?;
+        let key_l = listener_key(tp, u16::from_be(sport), &off)?;
         // SAFETY: copied out at once.
-        if let Some(owner) = unsafe { LISTENERS.get(key_l) } {
-            let owner = *owner;
-            remember_owner(key, &owner);
-        } else {
-            // The memory may have held an older socket: forget its owner.
-            let _ = OWNERS.remove(key);
+        match unsafe { LISTENERS.get(key_l) } {
+            Some(owner) => {
+                let owner = *owner;
+                track(key, &owner, owner_src::LISTENER)
+            }
+            None => track(key, &ZERO_OWNER, owner_src::NONE),
+        }
+    } else {
+        match SOCKS.get_ptr_mut(key) {
+            Some(rec) => Some(rec),
+            // A socket older than the trace.
+            None if in_task => track(key, &current_owner(), owner_src::CURRENT_TASK),
+            None => track(key, &ZERO_OWNER, owner_src::NONE),
+        }
+    };
+    // The first transition in a process' context (its close()) names the process
+    // holding a socket known only by its listener, or not at all.
+    if let Some(rec) = rec {
+        // SAFETY: live map value.
+        let src = unsafe { (*rec).head.owner_src };
+        if in_task && src != owner_src::SOCKET {
+            let src = if src == owner_src::LISTENER {
+                owner_src::SOCKET
+            } else {
+                owner_src::CURRENT_TASK
+            };
+            set_entry_owner(rec, &current_owner(), src);
         }
     }
-    set_owner(&mut ev, key, in_task_transition(old, new));
+
     // Without the error report (Linux < 5.12): tcp_reset(), tcp_write_err() and ICMP
     // errors of a connecting socket set sk_err before tcp_done() moves it to CLOSE, so
     // the error is read here and reported first, where the error report would be.
     if off.infer_sock_errors != 0 && new == TCP_CLOSE {
         let err: i32 = Direct::get(tp, off.sk_err)?;
         if err != 0 {
-            ev.kind = kind::SOCK_ERROR;
+            if let Some(rec) = rec {
+                if off.stream_all == 0 && unsafe { (*rec).steps_len } != 0 {
+                    ship::<Direct>(rec, key, tp, &off, false)?;
+                }
+            }
+            let mut ev = new_event(kind::SOCK_ERROR, key);
+            fill_sock::<Direct>(&mut ev, tp, &off)?;
+            set_owner(&mut ev, key, in_task);
             ev.errno = err;
+            ev.old_state = old as u8;
             ev.new_state = old as u8;
             emit(&ev);
-            ev.kind = kind::STATE;
-            ev.errno = 0;
-            ev.new_state = new as u8;
         }
     }
+
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_jiffies64() } as u32;
+    let (mut send_idle, mut recv_idle, mut retrans) = (0u32, 0u32, 0u32);
     // Idle times mean something only once the connection carried data.
     if had_data(old) {
-        fill_idle::<Direct>(&mut ev, tp, &off)?;
+        let lsndtime: u32 = Direct::get(tp, off.tp_lsndtime)?;
+        let lrcvtime: u32 = Direct::get(tp, off.icsk_lrcvtime)?;
+        send_idle = now.wrapping_sub(lsndtime);
+        recv_idle = now.wrapping_sub(lrcvtime);
+        retrans = Direct::get(tp, off.tp_total_retrans)?;
     }
-    emit(&ev);
+
+    match rec {
+        Some(rec) if off.stream_all == 0 => {
+            // SAFETY: live map value; the index is masked into the array.
+            unsafe {
+                if (*rec).steps_len as usize >= MAX_STEPS {
+                    ship::<Direct>(rec, key, tp, &off, false)?;
+                }
+                let i = ((*rec).steps_len as usize) & (MAX_STEPS - 1);
+                let step = &mut (*rec).steps[i];
+                step.ts_ns = aya_ebpf::helpers::bpf_ktime_get_ns();
+                step.send_idle_jiffies = send_idle;
+                step.recv_idle_jiffies = recv_idle;
+                step.retrans = retrans;
+                step.old_state = old as u8;
+                step.new_state = new as u8;
+                (*rec).steps_len = i as u32 + 1;
+            }
+            if new == TCP_CLOSE || ships_now(old, new, send_idle, recv_idle, &off) {
+                ship::<Direct>(rec, key, tp, &off, new == TCP_CLOSE)?;
+            }
+        }
+        _ => {
+            // Every transition its own event: `--every-transition`, or a socket the
+            // full map could not take.
+            let mut ev = new_event(kind::STATE, key);
+            ev.old_state = old as u8;
+            ev.new_state = new as u8;
+            fill_sock::<Direct>(&mut ev, tp, &off)?;
+            set_owner(&mut ev, key, in_task);
+            ev.send_idle_jiffies = send_idle;
+            ev.recv_idle_jiffies = recv_idle;
+            ev.retrans = retrans;
+            emit(&ev);
+        }
+    }
 
     // Without the connect() hooks: a connect that found no free local port fails
     // between ->SYN_SENT and port assignment (inet_hash_connect), in the caller's
     // context, with no port; that is connect()'s EADDRNOTAVAIL.
-    if off.infer_port_exhaustion != 0 && old == TCP_SYN_SENT && new == TCP_CLOSE && ev.sport == 0 {
-        ev.kind = kind::CONNECT_ERROR;
-        ev.errno = EADDRNOTAVAIL;
-        emit(&ev);
+    if off.infer_port_exhaustion != 0 && old == TCP_SYN_SENT && new == TCP_CLOSE {
+        let sport: u16 = Direct::get(tp, off.inet_sport)?;
+        if sport == 0 {
+            let mut ev = new_event(kind::CONNECT_ERROR, key);
+            fill_sock::<Direct>(&mut ev, tp, &off)?;
+            set_owner(&mut ev, key, true);
+            ev.old_state = old as u8;
+            ev.new_state = new as u8;
+            ev.errno = EADDRNOTAVAIL;
+            emit(&ev);
+        }
     }
 
-    // The socket is done: its owner entry goes (later events of it are matched by
-    // 4-tuple in userspace).
+    // The socket is done: its entry goes (later events of it are matched by 4-tuple
+    // in userspace).
     if new == TCP_CLOSE {
-        let _ = OWNERS.remove(key);
-    }
-    if new == TCP_CLOSE && old == TCP_LISTEN {
-        let _ = LISTENERS.remove(listener_key(tp, ev.sport, &off)?);
+        if old == TCP_LISTEN {
+            let sport: u16 = Direct::get(tp, off.inet_sport)?;
+            let _ = LISTENERS.remove(listener_key(tp, u16::from_be(sport), &off)?);
+        }
+        let _ = SOCKS.remove(key);
     }
     Ok(())
 }
+
+const ZERO_OWNER: Owner = Owner {
+    cgroup_id: 0,
+    pid: 0,
+    tid: 0,
+    comm: [0; 16],
+};
 
 /// `trace_inet_sk_error_report(const struct sock *sk)`: `sk_err` is already set.
 #[btf_tracepoint(function = "inet_sk_error_report")]
@@ -305,6 +511,7 @@ fn try_sock_event(ctx: &BtfTracePointContext, kind: u8) -> Result<(), i64> {
         return Ok(());
     }
     let key = sk as u64;
+    ship_pending::<Direct>(key, tp, &off)?;
     let mut ev = new_event(kind, key);
     fill_sock::<Direct>(&mut ev, tp, &off)?;
     let state: u8 = Direct::get(tp, off.skc_state)?;
@@ -343,6 +550,9 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<(), i64> {
                 .map_err(i64::from)?,
         )
     };
+    if sk != 0 {
+        ship_pending::<Probe>(sk, sk as *const u8, &off)?;
+    }
     let mut ev = new_event(kind::RESET_SENT, sk);
     if off.rst_has_reason != 0 {
         // SAFETY: offset from the format file.
@@ -504,7 +714,16 @@ fn try_sys_exit_accept(ctx: &TracePointContext) -> Result<(), i64> {
     }
     let key = sk as u64;
     let owner = current_owner();
-    remember_owner(key, &owner);
+    match SOCKS.get_ptr_mut(key) {
+        Some(rec) => set_entry_owner(rec, &owner, owner_src::SOCKET),
+        None => {
+            let _ = track(key, &owner, owner_src::SOCKET);
+        }
+    }
+    if off.stream_all == 0 {
+        // The owner travels with the socket's record.
+        return Ok(());
+    }
     let mut ev = new_event(kind::ACCEPT, key);
     fill_sock::<Probe>(&mut ev, sk, &off)?;
     let state: u8 = read(sk, off.skc_state)?;

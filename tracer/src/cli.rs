@@ -30,13 +30,26 @@ pub struct LiveArgs {
     /// Serve Prometheus metrics on this address (PORT means 127.0.0.1:PORT; off by default).
     #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]
     pub metrics_addr: Option<std::net::SocketAddr>,
-    /// Attach no system-call tracepoints (connect, accept). While any is attached every
-    /// system call on the node takes the kernel's slower traced path (about 120 ns
-    /// more, measured by `cargo xtask bench`); without them, accepted connections are attributed to their listener's
-    /// owner, EADDRNOTAVAIL is inferred from the kernel's failed port search, and
-    /// other synchronous connect errors (ENETUNREACH, ...) are not seen.
+    /// Also attach the system-call tracepoints of connect() and accept(): they name
+    /// synchronous connect errors other than EADDRNOTAVAIL (ENETUNREACH, EACCES, ...)
+    /// and the accepting thread at once. Off by default: while any system-call
+    /// tracepoint is attached, every system call on the node takes the kernel's
+    /// slower traced path (about 120 ns more, `cargo xtask bench`). Without them an
+    /// accepted connection is its listener's until the process holding it closes it
+    /// (that close names it), and EADDRNOTAVAIL is read from the kernel's failed port
+    /// search.
     #[arg(long)]
+    pub syscall_hooks: bool,
+    /// The default since connection records (kept for old scripts).
+    #[arg(long, hide = true, conflicts_with = "syscall_hooks")]
     pub no_syscall_hooks: bool,
+    /// Ship every TCP state transition as its own event (log version 1's lines), as
+    /// tools like tcpstates do, for deep dives. By default a socket's transitions
+    /// travel together: one record per connection at its close, plus one whenever it
+    /// must be seen live (the peer's FIN, a close after idling, a reset, an error, a
+    /// retransmit); about a fifth of the CPU and log per connection.
+    #[arg(long)]
+    pub every_transition: bool,
     /// Report connections awaiting a reply this long (our request acknowledged,
     /// nothing back since): the open sockets are inspected every 2 s through
     /// sock_diag, as `ss -ti` does. `off` disables the inspection.

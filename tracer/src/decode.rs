@@ -4,12 +4,19 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytes::Buf as _;
-use tracer_common::{flags, kind, owner_src, RawEvent, AF_INET6};
+use tracer_common::{flags, kind, owner_src, ConnRecord, RawEvent, Step, AF_INET6, MAX_STEPS};
 
 use crate::{
-    event::{Closer, Direction, Errno, Event, EventKind, TcpState},
+    event::{Closer, Conn, Direction, Errno, Event, EventKind, TcpState, Totals},
     time::KernelClock,
 };
+
+/// One decoded ring-buffer record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded {
+    Event(Event),
+    Conn(Conn),
+}
 
 /// Why a record could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,13 +25,21 @@ pub enum DecodeError {
     Size(usize),
     /// An event kind this build does not know.
     Kind(u8),
+    /// A connection record with no steps, or more than it can hold.
+    Steps(u32),
 }
 
 impl std::fmt::Display for DecodeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Size(n) => write!(f, "event of {n} bytes, expected {}", RawEvent::SIZE),
+            Self::Size(n) => write!(
+                f,
+                "record of {n} bytes, expected {} (event) or {} (connection)",
+                RawEvent::SIZE,
+                ConnRecord::SIZE
+            ),
             Self::Kind(k) => write!(f, "unknown event kind {k}"),
+            Self::Steps(n) => write!(f, "connection record with {n} steps"),
         }
     }
 }
@@ -99,11 +114,105 @@ fn comm(raw: [u8; 16]) -> String {
     String::from_utf8_lossy(&raw[..len]).into_owned()
 }
 
+/// Parses a [`ConnRecord`] (its head, then the steps).
+pub fn parse_conn(b: &[u8]) -> Result<ConnRecord, DecodeError> {
+    if b.len() != ConnRecord::SIZE {
+        return Err(DecodeError::Size(b.len()));
+    }
+    let head = parse_raw(&b[..RawEvent::SIZE])?;
+    let mut rest = &b[RawEvent::SIZE..];
+    let steps_len = rest.get_u32_le();
+    let srtt_us = rest.get_u32_le();
+    let bytes_acked = rest.get_u64_le();
+    let bytes_received = rest.get_u64_le();
+    let mut steps = [Step::ZERO; MAX_STEPS];
+    for step in &mut steps {
+        step.ts_ns = rest.get_u64_le();
+        step.send_idle_jiffies = rest.get_u32_le();
+        step.recv_idle_jiffies = rest.get_u32_le();
+        step.retrans = rest.get_u32_le();
+        step.old_state = rest.get_u8();
+        step.new_state = rest.get_u8();
+        rest.advance(2);
+    }
+    Ok(ConnRecord {
+        head,
+        steps_len,
+        srtt_us,
+        bytes_acked,
+        bytes_received,
+        steps,
+    })
+}
+
 impl Decoder {
     /// Decodes one ring-buffer record.
-    pub fn decode(&self, bytes: &[u8]) -> Result<Event, DecodeError> {
+    pub fn decode(&self, bytes: &[u8]) -> Result<Decoded, DecodeError> {
+        if bytes.len() == ConnRecord::SIZE {
+            let rec = parse_conn(bytes)?;
+            if rec.head.kind != kind::CONN {
+                return Err(DecodeError::Kind(rec.head.kind));
+            }
+            return self.convert_conn(&rec).map(Decoded::Conn);
+        }
         let raw = parse_raw(bytes)?;
-        self.convert(&raw)
+        self.convert(&raw).map(Decoded::Event)
+    }
+
+    /// Converts a parsed connection record. Times are kept to the microsecond (and
+    /// the first wall time to the millisecond): what the log keeps, so a replay
+    /// feeds the engine exactly what the live run did.
+    pub fn convert_conn(&self, rec: &ConnRecord) -> Result<Conn, DecodeError> {
+        let n = rec.steps_len as usize;
+        if n == 0 || n > MAX_STEPS {
+            return Err(DecodeError::Steps(rec.steps_len));
+        }
+        let raw = &rec.head;
+        let first_ns = rec.steps[0].ts_ns / 1_000 * 1_000;
+        let wall = self.clock.wall(first_ns);
+        let since_epoch = wall
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let time = std::time::UNIX_EPOCH
+            + std::time::Duration::from_millis(
+                u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX),
+            );
+        let ms = |j: u32| self.clock.jiffies_to_ms(j);
+        let steps = rec.steps[..n]
+            .iter()
+            .map(|s| {
+                let old = TcpState::from_kernel(s.old_state);
+                let idle = |j: u32| if old.had_data() { ms(j) } else { 0 };
+                crate::event::Step {
+                    after_us: s.ts_ns.saturating_sub(first_ns) / 1_000,
+                    old,
+                    new: TcpState::from_kernel(s.new_state),
+                    send_idle_ms: idle(s.send_idle_jiffies),
+                    recv_idle_ms: idle(s.recv_idle_jiffies),
+                    retrans: s.retrans,
+                }
+            })
+            .collect();
+        Ok(Conn {
+            time,
+            mono_ns: first_ns,
+            pid: raw.pid,
+            tid: raw.tid,
+            comm: comm(raw.comm),
+            cgroup: raw.cgroup_id,
+            owner_known: raw.owner_src == owner_src::SOCKET || raw.owner_src == owner_src::LISTENER,
+            sock: raw.sock,
+            local: addr(raw.family, raw.saddr, raw.sport),
+            remote: addr(raw.family, raw.daddr, raw.dport),
+            steps,
+            totals: (raw.flags & flags::FINAL != 0).then_some(Totals {
+                retrans: raw.retrans,
+                rto_count: raw.rto_count,
+                bytes_acked: rec.bytes_acked,
+                bytes_received: rec.bytes_received,
+                srtt_us: rec.srtt_us >> 3,
+            }),
+        })
     }
 
     fn reason(&self, reason: u32) -> String {
@@ -187,7 +296,7 @@ impl Decoder {
             tid: raw.tid,
             comm: comm(raw.comm),
             cgroup: raw.cgroup_id,
-            owner_known: raw.owner_src == owner_src::SOCKET,
+            owner_known: raw.owner_src == owner_src::SOCKET || raw.owner_src == owner_src::LISTENER,
             sock: raw.sock,
             local: addr(raw.family, raw.saddr, raw.sport),
             remote: addr(raw.family, raw.daddr, raw.dport),
@@ -216,6 +325,107 @@ mod tests {
             },
             reset_reasons: vec!["NOT_SPECIFIED".into(), "NO_SOCKET".into()],
         }
+    }
+
+    fn decode_event(bytes: &[u8]) -> Result<Event, DecodeError> {
+        match decoder().decode(bytes)? {
+            Decoded::Event(e) => Ok(e),
+            Decoded::Conn(c) => panic!("a connection record: {c:?}"),
+        }
+    }
+
+    fn conn_wire(rec: &ConnRecord) -> Vec<u8> {
+        // SAFETY: ConnRecord is repr(C) plain data with explicit padding.
+        unsafe {
+            std::slice::from_raw_parts(std::ptr::from_ref(rec).cast::<u8>(), ConnRecord::SIZE)
+        }
+        .to_vec()
+    }
+
+    /// A client's whole connection: SYN_SENT, ESTABLISHED 41 µs later, its own
+    /// close after 2 s idle, FIN_WAIT2, CLOSE.
+    fn client_conn() -> ConnRecord {
+        let mut head = close_wait();
+        head.kind = kind::CONN;
+        head.flags = flags::FINAL;
+        head.retrans = 3;
+        let step = |ts_ns: u64, old: u8, new: u8, idle: u32| Step {
+            ts_ns,
+            send_idle_jiffies: idle,
+            recv_idle_jiffies: idle + 1,
+            retrans: 0,
+            old_state: old,
+            new_state: new,
+            pad: [0; 2],
+        };
+        let mut steps = [Step::ZERO; MAX_STEPS];
+        steps[0] = step(5_000_000_123, 7, 2, 900);
+        steps[1] = step(5_000_041_999, 2, 1, 900);
+        steps[2] = step(7_000_041_999, 1, 4, 500);
+        steps[3] = step(7_000_100_000, 4, 5, 0);
+        steps[4] = step(7_000_200_000, 5, 7, 0);
+        ConnRecord {
+            head,
+            steps_len: 5,
+            srtt_us: 8 * 120,
+            bytes_acked: 100,
+            bytes_received: 2000,
+            steps,
+        }
+    }
+
+    #[test]
+    fn connection_record_decodes_to_its_transitions() {
+        let rec = client_conn();
+        assert_eq!(parse_conn(&conn_wire(&rec)).unwrap(), rec);
+        let Decoded::Conn(c) = decoder().decode(&conn_wire(&rec)).unwrap() else {
+            panic!("not a connection");
+        };
+        assert_eq!(c.mono_ns, 5_000_000_000, "to the microsecond");
+        assert_eq!(
+            c.time,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_005),
+            "to the millisecond"
+        );
+        assert_eq!(
+            c.history(),
+            "C>SS E+41 FW1+2000041~2000/2004 FW2+2000100~0/4 C+2000200~0/4"
+        );
+        assert_eq!(Conn::parse_history(&c.history()).unwrap(), c.steps);
+        let totals = c.totals.unwrap();
+        assert_eq!(
+            (totals.srtt_us, totals.retrans, totals.bytes_received),
+            (120, 3, 2000)
+        );
+        let events: Vec<Event> = c.events().collect();
+        assert_eq!(events.len(), 5);
+        assert!(matches!(
+            events[2].kind,
+            EventKind::State {
+                old: TcpState::Established,
+                new: TcpState::FinWait1,
+                idle_ms: 2000,
+                closed_by: Some(Closer::Local),
+                ..
+            }
+        ));
+        assert_eq!(events[2].mono_ns, 7_000_041_000);
+        // Before the connection had data its idle clock means nothing.
+        assert!(matches!(
+            events[0].kind,
+            EventKind::State { idle_ms: 0, .. }
+        ));
+        let mut empty = rec;
+        empty.steps_len = 0;
+        assert_eq!(
+            decoder().decode(&conn_wire(&empty)),
+            Err(DecodeError::Steps(0))
+        );
+        empty.steps_len = 9;
+        assert_eq!(
+            decoder().decode(&conn_wire(&empty)),
+            Err(DecodeError::Steps(9))
+        );
     }
 
     fn close_wait() -> RawEvent {
@@ -248,7 +458,7 @@ mod tests {
 
     #[test]
     fn state_event_decodes_idle_and_closer() {
-        let e = decoder().decode(&wire(&close_wait())).unwrap();
+        let e = decode_event(&wire(&close_wait())).unwrap();
         assert_eq!(e.local.to_string(), "127.0.0.1:40000");
         assert_eq!(e.remote.to_string(), "10.1.2.3:8080");
         assert_eq!(
@@ -284,7 +494,7 @@ mod tests {
         raw.old_state = 2; // SYN_SENT
         raw.new_state = 7; // CLOSE
         raw.send_idle_jiffies = 600_000;
-        let e = decoder().decode(&wire(&raw)).unwrap();
+        let e = decode_event(&wire(&raw)).unwrap();
         assert!(matches!(
             e.kind,
             EventKind::State {
@@ -305,7 +515,7 @@ mod tests {
             .parse::<std::net::Ipv6Addr>()
             .unwrap()
             .octets();
-        let e = decoder().decode(&wire(&raw)).unwrap();
+        let e = decode_event(&wire(&raw)).unwrap();
         assert_eq!(e.local.to_string(), "[::1]:40000");
         assert_eq!(e.remote.to_string(), "10.0.0.7:8080");
     }
@@ -316,7 +526,7 @@ mod tests {
         raw.kind = kind::RESET_SENT;
         raw.new_state = 0;
         raw.reason = 1;
-        let e = decoder().decode(&wire(&raw)).unwrap();
+        let e = decode_event(&wire(&raw)).unwrap();
         assert_eq!(
             e.kind,
             EventKind::Reset {
@@ -329,7 +539,7 @@ mod tests {
             }
         );
         raw.reason = 99;
-        let e = decoder().decode(&wire(&raw)).unwrap();
+        let e = decode_event(&wire(&raw)).unwrap();
         assert!(matches!(e.kind, EventKind::Reset { reason: Some(ref r), .. } if r == "99"));
     }
 
@@ -338,7 +548,7 @@ mod tests {
         let mut raw = close_wait();
         raw.kind = kind::CONNECT_ERROR;
         raw.errno = libc::EADDRNOTAVAIL;
-        let e = decoder().decode(&wire(&raw)).unwrap();
+        let e = decode_event(&wire(&raw)).unwrap();
         let json = serde_json::to_value(&e).unwrap();
         assert_eq!(json["type"], "connect");
         assert_eq!(json["errno"], "EADDRNOTAVAIL");
@@ -346,9 +556,9 @@ mod tests {
 
     #[test]
     fn bad_size_and_kind_are_errors() {
-        assert_eq!(decoder().decode(&[0; 10]), Err(DecodeError::Size(10)));
+        assert_eq!(decode_event(&[0; 10]), Err(DecodeError::Size(10)));
         let mut raw = close_wait();
         raw.kind = 200;
-        assert_eq!(decoder().decode(&wire(&raw)), Err(DecodeError::Kind(200)));
+        assert_eq!(decode_event(&wire(&raw)), Err(DecodeError::Kind(200)));
     }
 }

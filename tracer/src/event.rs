@@ -116,6 +116,180 @@ impl EventKind {
     }
 }
 
+/// A socket's state transitions, shipped together by the kernel (log `{"conn": …}`):
+/// at ->CLOSE the whole connection in one record, with its totals; earlier when
+/// something about it must be seen live (the peer's FIN, a close after idling, a
+/// reset, an error, a retransmit). The engine takes it as the [`EventKind::State`]
+/// events it stands for ([`Conn::events`]), live and replayed alike.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conn {
+    /// Wall-clock time of the first step, to the millisecond.
+    pub time: std::time::SystemTime,
+    /// CLOCK_MONOTONIC of the first step, to the microsecond.
+    pub mono_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub cgroup: u64,
+    pub owner_known: bool,
+    pub sock: u64,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// The transitions, oldest first.
+    pub steps: Vec<Step>,
+    /// On the connection's last record (it reached CLOSE).
+    pub totals: Option<Totals>,
+}
+
+/// One transition of a [`Conn`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// Microseconds after the record's first step.
+    pub after_us: u64,
+    pub old: TcpState,
+    pub new: TcpState,
+    pub send_idle_ms: u64,
+    pub recv_idle_ms: u64,
+    pub retrans: u32,
+}
+
+/// What a connection carried, read once at its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Totals {
+    /// `total_retrans`.
+    pub retrans: u32,
+    /// Retransmission timeouts in a row at the end (`icsk_retransmits`).
+    pub rto_count: u8,
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+    /// Smoothed round-trip time, µs.
+    pub srtt_us: u32,
+}
+
+impl Conn {
+    /// The state events this record stands for, in order.
+    pub fn events(&self) -> impl Iterator<Item = Event> + '_ {
+        self.steps.iter().map(move |s| {
+            let after = std::time::Duration::from_micros(s.after_us);
+            let closed_by = match (s.old, s.new) {
+                (TcpState::Established, TcpState::CloseWait) => Some(Closer::Peer),
+                (TcpState::Established, TcpState::FinWait1) => Some(Closer::Local),
+                _ => None,
+            };
+            Event {
+                time: self.time + after,
+                mono_ns: self
+                    .mono_ns
+                    .saturating_add(s.after_us.saturating_mul(1_000)),
+                kind: EventKind::State {
+                    old: s.old,
+                    new: s.new,
+                    idle_ms: s.send_idle_ms.min(s.recv_idle_ms),
+                    send_idle_ms: s.send_idle_ms,
+                    recv_idle_ms: s.recv_idle_ms,
+                    closed_by,
+                    retrans: s.retrans,
+                },
+                pid: self.pid,
+                tid: self.tid,
+                comm: self.comm.clone(),
+                cgroup: self.cgroup,
+                owner_known: self.owner_known,
+                sock: self.sock,
+                local: self.local,
+                remote: self.remote,
+            }
+        })
+    }
+
+    /// The history in the log's short form: `SS E+41 FW1+1203~0/0 C+1215`: each
+    /// state ([`TcpState::short`]), `+µs` after the first, `~send/recv` idle ms when
+    /// the old state had carried data, `!n` retransmits when any.
+    pub fn history(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::with_capacity(8 * self.steps.len());
+        let mut prev: Option<TcpState> = None;
+        for s in &self.steps {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            // The old state is the previous step's new one, written only when not.
+            if prev != Some(s.old) {
+                let _ = write!(out, "{}>", s.old.short());
+            }
+            out.push_str(s.new.short());
+            if s.after_us != 0 {
+                let _ = write!(out, "+{}", s.after_us);
+            }
+            if s.send_idle_ms != 0 || s.recv_idle_ms != 0 {
+                let _ = write!(out, "~{}/{}", s.send_idle_ms, s.recv_idle_ms);
+            }
+            if s.retrans != 0 {
+                let _ = write!(out, "!{}", s.retrans);
+            }
+            prev = Some(s.new);
+        }
+        out
+    }
+
+    /// Parses [`Conn::history`]; `first_old` is the state before the first step
+    /// when the history does not name it.
+    pub fn parse_history(h: &str) -> Result<Vec<Step>, String> {
+        let mut steps = Vec::new();
+        let mut prev: Option<TcpState> = None;
+        for token in h.split_ascii_whitespace() {
+            if steps.len() >= 1024 {
+                return Err("history longer than 1024 steps".to_owned());
+            }
+            let bad = || format!("bad history step '{token}'");
+            let (states, rest) = token
+                .find(['+', '~', '!'])
+                .map_or((token, ""), |i| token.split_at(i));
+            let (old, new) = match states.split_once('>') {
+                Some((o, n)) => (
+                    TcpState::from_short(o).ok_or_else(bad)?,
+                    TcpState::from_short(n).ok_or_else(bad)?,
+                ),
+                None => (
+                    prev.ok_or_else(bad)?,
+                    TcpState::from_short(states).ok_or_else(bad)?,
+                ),
+            };
+            let mut step = Step {
+                after_us: 0,
+                old,
+                new,
+                send_idle_ms: 0,
+                recv_idle_ms: 0,
+                retrans: 0,
+            };
+            let mut rest = rest;
+            while let Some(c) = rest.chars().next() {
+                let body = &rest[1..];
+                let end = body.find(['+', '~', '!']).unwrap_or(body.len());
+                let (field, tail) = body.split_at(end);
+                match c {
+                    '+' => step.after_us = field.parse().map_err(|_| bad())?,
+                    '~' => {
+                        let (a, b) = field.split_once('/').ok_or_else(bad)?;
+                        step.send_idle_ms = a.parse().map_err(|_| bad())?;
+                        step.recv_idle_ms = b.parse().map_err(|_| bad())?;
+                    }
+                    '!' => step.retrans = field.parse().map_err(|_| bad())?,
+                    _ => return Err(bad()),
+                }
+                rest = tail;
+            }
+            prev = Some(new);
+            steps.push(step);
+        }
+        if steps.is_empty() {
+            return Err("empty history".to_owned());
+        }
+        Ok(steps)
+    }
+}
+
 /// A periodic sample of node-wide TCP memory and socket counts, from
 /// `/proc/net/sockstat` and `/proc/sys/net/ipv4/tcp_mem`. Written to the log, so a
 /// replay sees the same samples the live run saw.
@@ -312,6 +486,47 @@ impl TcpState {
                 | Self::Closing
                 | Self::TimeWait
         )
+    }
+
+    /// The log's short name in a connection history (`CW`).
+    pub fn short(self) -> &'static str {
+        match self {
+            Self::Established => "E",
+            Self::SynSent => "SS",
+            Self::SynRecv => "SR",
+            Self::FinWait1 => "FW1",
+            Self::FinWait2 => "FW2",
+            Self::TimeWait => "TW",
+            Self::Close => "C",
+            Self::CloseWait => "CW",
+            Self::LastAck => "LA",
+            Self::Listen => "L",
+            Self::Closing => "CG",
+            Self::NewSynRecv => "NSR",
+            Self::BoundInactive => "BI",
+            Self::Unknown => "U",
+        }
+    }
+
+    /// From [`TcpState::short`].
+    pub fn from_short(s: &str) -> Option<Self> {
+        Some(match s {
+            "E" => Self::Established,
+            "SS" => Self::SynSent,
+            "SR" => Self::SynRecv,
+            "FW1" => Self::FinWait1,
+            "FW2" => Self::FinWait2,
+            "TW" => Self::TimeWait,
+            "C" => Self::Close,
+            "CW" => Self::CloseWait,
+            "LA" => Self::LastAck,
+            "L" => Self::Listen,
+            "CG" => Self::Closing,
+            "NSR" => Self::NewSynRecv,
+            "BI" => Self::BoundInactive,
+            "U" => Self::Unknown,
+            _ => return None,
+        })
     }
 
     /// The kernel's name, e.g. `CLOSE_WAIT`.

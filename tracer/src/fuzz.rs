@@ -45,6 +45,7 @@ fn log_target(b: &[u8]) {
     for record in reader.flatten() {
         match record {
             crate::log::Record::Event(e) => engine.ingest(&e),
+            crate::log::Record::Conn(c) => engine.ingest_conn(&c),
             crate::log::Record::Sockstat(s) => engine.sample(&s),
             crate::log::Record::Waiting(w) => engine.waiting(&w),
             crate::log::Record::Losses(l) => losses = Some(l),
@@ -71,9 +72,22 @@ fn decoder_target(b: &[u8]) {
         },
         reset_reasons: vec!["NOT_SPECIFIED".into(), "NO_SOCKET".into()],
     };
-    if let Ok(e) = decoder.decode(b) {
-        let mut line = Vec::new();
-        crate::jsonl::write_event(&mut line, &e, &mut crate::jsonl::TimeCache::default());
+    let mut line = Vec::new();
+    let mut times = crate::jsonl::TimeCache::default();
+    match decoder.decode(b) {
+        Ok(crate::decode::Decoded::Event(e)) => {
+            crate::jsonl::write_event(&mut line, &e, &mut times)
+        }
+        Ok(crate::decode::Decoded::Conn(c)) => {
+            // What the log writes must read back as what was decoded.
+            crate::jsonl::write_conn(&mut line, &c, &mut times);
+            let value: serde_json::Value = serde_json::from_slice(&line).expect("valid JSON");
+            let body: crate::jsonl::ConnLine =
+                serde_json::from_value(value["conn"].clone()).expect("a connection line");
+            let back = crate::jsonl::read_conn(body).expect("reads back");
+            assert_eq!(back, c, "{}", String::from_utf8_lossy(&line));
+        }
+        Err(_) => {}
     }
 }
 
@@ -104,7 +118,45 @@ fn raw_events() -> Vec<Vec<u8>> {
             }
             .to_vec()
         })
+        .chain(std::iter::once(conn_record()))
         .collect()
+}
+
+/// A whole connection's record: SYN_SENT, ESTABLISHED, CLOSE_WAIT, LAST_ACK, CLOSE.
+fn conn_record() -> Vec<u8> {
+    let mut rec = tracer_common::ConnRecord {
+        head: tracer_common::RawEvent::ZERO,
+        steps_len: 5,
+        srtt_us: 800,
+        bytes_acked: 100,
+        bytes_received: 2000,
+        steps: [tracer_common::Step::ZERO; tracer_common::MAX_STEPS],
+    };
+    rec.head.kind = tracer_common::kind::CONN;
+    rec.head.family = 2;
+    rec.head.sport = 40000;
+    rec.head.dport = 8080;
+    rec.head.sock = 0xffff_8881_0000_0000;
+    rec.head.comm[..4].copy_from_slice(b"curl");
+    rec.head.flags = tracer_common::flags::FINAL;
+    for (i, (old, new)) in [(7, 2), (2, 1), (1, 8), (8, 9), (9, 7)]
+        .into_iter()
+        .enumerate()
+    {
+        rec.steps[i].ts_ns = 1_000_000_000 + 1_000_000 * i as u64;
+        rec.steps[i].old_state = old;
+        rec.steps[i].new_state = new;
+        rec.steps[i].send_idle_jiffies = 100 * i as u32;
+        rec.steps[i].recv_idle_jiffies = 50 * i as u32;
+    }
+    // SAFETY: ConnRecord is repr(C) plain data with explicit padding.
+    unsafe {
+        std::slice::from_raw_parts(
+            (&raw const rec).cast::<u8>(),
+            tracer_common::ConnRecord::SIZE,
+        )
+    }
+    .to_vec()
 }
 
 fn btf_target(b: &[u8]) {

@@ -4,7 +4,7 @@
 
 use std::{io::Write as _, time::SystemTime};
 
-use crate::event::{Event, EventKind};
+use crate::event::{Conn, Event, EventKind, Totals};
 
 /// The last second formatted, and its `2026-11-23T01:43:07.` prefix.
 #[derive(Default)]
@@ -193,6 +193,113 @@ pub fn write_event(out: &mut Vec<u8>, e: &Event, times: &mut TimeCache) {
     out.push(b'}');
 }
 
+/// Appends `c` as the log's connection line body (no newline):
+/// `{"conn":{"t":…,"ns":…,"sk":…,"pid":…,"comm":…,"l":…,"r":…,"h":…,"end":{…}}}`.
+/// Short keys and no defaults: this is most of a recording. `tid` only when it is
+/// not `pid`, `cg` only when set, `own` only when false, `end` (the totals) only on
+/// the connection's last record, `rtx`/`rto` there only when not zero.
+pub fn write_conn(out: &mut Vec<u8>, c: &Conn, times: &mut TimeCache) {
+    out.extend_from_slice(b"{\"conn\":{\"t\":\"");
+    times.write(out, c.time);
+    out.push(b'"');
+    num(out, "ns", c.mono_ns);
+    out.extend_from_slice(b",\"sk\":\"");
+    hex(out, c.sock);
+    out.push(b'"');
+    num(out, "pid", c.pid);
+    if c.tid != c.pid {
+        num(out, "tid", c.tid);
+    }
+    out.extend_from_slice(b",\"comm\":");
+    let _ = serde_json::to_writer(&mut *out, &c.comm);
+    if c.cgroup != 0 {
+        num(out, "cg", c.cgroup);
+    }
+    if !c.owner_known {
+        boolean(out, "own", false);
+    }
+    addr(out, "l", &c.local);
+    addr(out, "r", &c.remote);
+    plain(out, "h", &c.history());
+    if let Some(t) = &c.totals {
+        out.extend_from_slice(b",\"end\":{\"tx\":");
+        out.extend_from_slice(itoa::Buffer::new().format(t.bytes_acked).as_bytes());
+        num(out, "rx", t.bytes_received);
+        num(out, "rtt_us", t.srtt_us);
+        if t.retrans != 0 {
+            num(out, "rtx", t.retrans);
+        }
+        if t.rto_count != 0 {
+            num(out, "rto", t.rto_count);
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"}}");
+}
+
+/// Reads the body of a `{"conn": …}` line ([`write_conn`]).
+pub fn read_conn(value: ConnLine) -> Result<Conn, String> {
+    let digits = value.sk.strip_prefix("0x").unwrap_or(&value.sk);
+    let sock = u64::from_str_radix(digits, 16).map_err(|e| format!("sk: {e}"))?;
+    Ok(Conn {
+        time: value.t,
+        mono_ns: value.ns,
+        pid: value.pid,
+        tid: value.tid.unwrap_or(value.pid),
+        comm: value.comm,
+        cgroup: value.cg,
+        owner_known: value.own,
+        sock,
+        local: value.l,
+        remote: value.r,
+        steps: Conn::parse_history(&value.h)?,
+        totals: value.end.map(|e| Totals {
+            retrans: e.rtx,
+            rto_count: e.rto,
+            bytes_acked: e.tx,
+            bytes_received: e.rx,
+            srtt_us: e.rtt_us,
+        }),
+    })
+}
+
+/// The JSON shape of a connection line.
+#[derive(serde::Deserialize)]
+pub struct ConnLine {
+    #[serde(with = "crate::time::rfc3339")]
+    t: SystemTime,
+    ns: u64,
+    sk: String,
+    pid: u32,
+    #[serde(default)]
+    tid: Option<u32>,
+    comm: String,
+    #[serde(default)]
+    cg: u64,
+    #[serde(default = "yes")]
+    own: bool,
+    l: std::net::SocketAddr,
+    r: std::net::SocketAddr,
+    h: String,
+    #[serde(default)]
+    end: Option<EndLine>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(serde::Deserialize)]
+struct EndLine {
+    tx: u64,
+    rx: u64,
+    rtt_us: u32,
+    #[serde(default)]
+    rtx: u32,
+    #[serde(default)]
+    rto: u8,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,6 +358,72 @@ mod tests {
             assert_eq!(ours, theirs);
             let back: Event = serde_json::from_slice(&out).expect("reads back");
             assert_eq!(&back, e);
+        }
+    }
+
+    #[test]
+    fn connection_lines_read_back_and_stay_short() {
+        use crate::event::Step;
+        let step = |after_us, old, new, idle| Step {
+            after_us,
+            old,
+            new,
+            send_idle_ms: idle,
+            recv_idle_ms: idle,
+            retrans: 0,
+        };
+        let mut c = Conn {
+            time: SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_795_000_000_123),
+            mono_ns: 123_456_789_012_000,
+            pid: 4242,
+            tid: 4242,
+            comm: "we\"ird".into(),
+            cgroup: 0,
+            owner_known: true,
+            sock: 0xffff_8881_0241_1bc0,
+            local: "127.0.0.1:40000".parse().unwrap(),
+            remote: "127.0.0.1:8080".parse().unwrap(),
+            steps: vec![
+                step(0, TcpState::Close, TcpState::SynSent, 0),
+                step(41, TcpState::SynSent, TcpState::Established, 0),
+                step(1203, TcpState::Established, TcpState::FinWait1, 0),
+                step(1210, TcpState::FinWait1, TcpState::FinWait2, 0),
+                step(1215, TcpState::FinWait2, TcpState::Close, 0),
+            ],
+            totals: Some(Totals {
+                retrans: 0,
+                rto_count: 0,
+                bytes_acked: 78,
+                bytes_received: 160,
+                srtt_us: 31,
+            }),
+        };
+        let mut times = TimeCache::default();
+        for variant in 0..3 {
+            if variant == 1 {
+                c.tid = 4243;
+                c.cgroup = 9;
+                c.owner_known = false;
+                c.steps[2].send_idle_ms = 5000;
+                c.steps[2].retrans = 2;
+                c.totals.as_mut().unwrap().retrans = 2;
+            }
+            if variant == 2 {
+                c.totals = None;
+                c.steps.truncate(3);
+            }
+            let mut out = Vec::new();
+            write_conn(&mut out, &c, &mut times);
+            let text = String::from_utf8(out.clone()).unwrap();
+            if variant == 0 {
+                assert!(text.len() < 240, "{} bytes: {text}", text.len());
+            }
+            #[derive(serde::Deserialize)]
+            struct Line {
+                conn: ConnLine,
+            }
+            let line: Line = serde_json::from_slice(&out).expect(&text);
+            assert_eq!(read_conn(line.conn).unwrap(), c, "{text}");
         }
     }
 }

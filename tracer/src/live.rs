@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 
 use crate::{
+    decode::Decoded,
     engine::{Config, Engine, Finding},
     event::{Event, Sockstat},
     filter::Filter,
@@ -21,6 +22,11 @@ pub trait Sink {
         Ok(())
     }
     fn event(&mut self, event: &Event) -> Result<()>;
+    /// A connection record (already fed to the engine as `events`, the transitions
+    /// it lists); by default the sink takes those events one by one.
+    fn conn(&mut self, _conn: &crate::event::Conn, events: &[Event]) -> Result<()> {
+        events.iter().try_for_each(|e| self.event(e))
+    }
     fn sockstat(&mut self, sample: &Sockstat) -> Result<()>;
     /// Whether this sink shows BPF run time (kernel-wide statistics are then on).
     fn shows_bpf_run_time(&self) -> bool {
@@ -100,34 +106,83 @@ struct Pipeline<'a> {
 
 impl Pipeline<'_> {
     fn handle(&mut self, bytes: &[u8], sink: &mut dyn Sink) {
-        match self.decoder.decode(bytes).map(|mut event| {
-            // Before the filters: a time-wait socket's reset takes its connection's owner.
-            self.recent.observe(&mut event);
-            event
-        }) {
-            Ok(event) if self.filter.matches(&event) => {
-                if let Some(info) = self.attributor.first_sight(event.cgroup) {
-                    self.engine.cgroup(&info);
-                    if let Err(e) = sink.cgroup(&info) {
+        match self.decoder.decode(bytes) {
+            Ok(Decoded::Event(mut event)) => {
+                // Before the filters: a time-wait socket's reset takes its connection's owner.
+                self.recent.observe(&mut event);
+                if self.admit(
+                    event.pid,
+                    &event.comm,
+                    event.local,
+                    event.remote,
+                    event.cgroup,
+                    sink,
+                ) {
+                    self.stats.delivered += 1;
+                    self.engine.ingest(&event);
+                    if let Some(m) = self.metrics.as_mut() {
+                        m.observe(&event);
+                    }
+                    if let Err(e) = sink.event(&event) {
                         self.failure.get_or_insert(e);
                     }
                 }
-                if !self.container_matches(event.cgroup) {
-                    self.stats.filtered += 1;
-                    return;
+            }
+            Ok(Decoded::Conn(conn)) => {
+                let mut events: Vec<Event> = conn.events().collect();
+                for e in &mut events {
+                    self.recent.observe(e);
                 }
-                self.stats.delivered += 1;
-                self.engine.ingest(&event);
-                if let Some(m) = self.metrics.as_mut() {
-                    m.observe(&event);
-                }
-                if let Err(e) = sink.event(&event) {
-                    self.failure.get_or_insert(e);
+                if self.admit(
+                    conn.pid,
+                    &conn.comm,
+                    conn.local,
+                    conn.remote,
+                    conn.cgroup,
+                    sink,
+                ) {
+                    self.stats.delivered += events.len() as u64;
+                    for e in &events {
+                        self.engine.ingest(e);
+                        if let Some(m) = self.metrics.as_mut() {
+                            m.observe(e);
+                        }
+                    }
+                    if let Err(e) = sink.conn(&conn, &events) {
+                        self.failure.get_or_insert(e);
+                    }
                 }
             }
-            Ok(_) => self.stats.filtered += 1,
             Err(_) => self.stats.undecodable += 1,
         }
+    }
+
+    /// The filters, and the container's first sight: whether an event or
+    /// connection of this owner and 4-tuple is kept (else counted as filtered).
+    fn admit(
+        &mut self,
+        pid: u32,
+        comm: &str,
+        local: std::net::SocketAddr,
+        remote: std::net::SocketAddr,
+        cgroup: u64,
+        sink: &mut dyn Sink,
+    ) -> bool {
+        if !self.filter.matches_conn(pid, comm, local, remote) {
+            self.stats.filtered += 1;
+            return false;
+        }
+        if let Some(info) = self.attributor.first_sight(cgroup) {
+            self.engine.cgroup(&info);
+            if let Err(e) = sink.cgroup(&info) {
+                self.failure.get_or_insert(e);
+            }
+        }
+        if !self.container_matches(cgroup) {
+            self.stats.filtered += 1;
+            return false;
+        }
+        true
     }
 
     /// A node sample. A failed read of /proc is counted and said once, not fatal.
@@ -328,7 +383,7 @@ pub fn run(
     on_attached: impl FnOnce(&Probes),
 ) -> Result<LiveRun> {
     let metrics_addr = live.metrics_addr;
-    let mut probes = Probes::load(!live.no_syscall_hooks)?;
+    let mut probes = Probes::load(&live)?;
     if sink.shows_bpf_run_time() {
         probes.enable_run_time_stats();
     }

@@ -22,7 +22,12 @@ use serde::{Deserialize, Serialize};
 use crate::event::{Event, Sockstat, Waiting};
 
 /// The log format version this build writes.
-pub const LOG_VERSION: u32 = 1;
+///
+/// - 1: one line per event (every state transition its own line).
+/// - 2: adds `{"conn": ...}` lines, one per connection (plus one per moment it had
+///   to be seen live), standing for the state transitions they list; the default.
+///   A version 2 log written with `--every-transition` has version 1's lines only.
+pub const LOG_VERSION: u32 = 2;
 
 /// First line of a log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,6 +87,8 @@ impl Header {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
     Event(Event),
+    /// A socket's transitions shipped together (`{"conn": ...}`, version 2).
+    Conn(crate::event::Conn),
     /// A node TCP memory sample (`{"sockstat": ...}`).
     Sockstat(Sockstat),
     /// Connections awaiting a reply at one inspection (`{"waiting": ...}`).
@@ -193,6 +200,16 @@ impl<W: Write> LogWriter<W> {
         self.events += 1;
         self.line.clear();
         crate::jsonl::write_event(&mut self.line, event, &mut self.times);
+        self.line.push(b'\n');
+        self.bytes += self.line.len() as u64;
+        self.out.write_all(&self.line).context("writing the log")
+    }
+
+    /// A connection record: one line for all of its transitions.
+    pub fn conn(&mut self, conn: &crate::event::Conn) -> Result<()> {
+        self.events += conn.steps.len() as u64;
+        self.line.clear();
+        crate::jsonl::write_conn(&mut self.line, conn, &mut self.times);
         self.line.push(b'\n');
         self.bytes += self.line.len() as u64;
         self.out.write_all(&self.line).context("writing the log")
@@ -421,6 +438,18 @@ impl<R: BufRead> Iterator for LogReader<R> {
 }
 
 fn parse_record(line: &str) -> Result<Record, String> {
+    if line.starts_with("{\"conn\"") {
+        #[derive(Deserialize)]
+        struct Line {
+            conn: crate::jsonl::ConnLine,
+        }
+        return serde_json::from_str::<Line>(line)
+            .map_err(|e| describe(&e))
+            .and_then(|l| {
+                crate::jsonl::read_conn(l.conn).map_err(|e| format!("corrupt line ({e})"))
+            })
+            .map(Record::Conn);
+    }
     if line.starts_with("{\"finding\"") {
         #[derive(Deserialize)]
         struct Line {
@@ -523,11 +552,25 @@ impl Log {
         })
     }
 
-    /// The events, in log order.
-    pub fn events(&self) -> impl Iterator<Item = &Event> {
+    /// The events, in log order; a connection record as the transitions it lists.
+    pub fn events(&self) -> impl Iterator<Item = Event> + '_ {
+        self.records
+            .iter()
+            .flat_map(|r| -> Box<dyn Iterator<Item = Event> + '_> {
+                match r {
+                    Record::Event(e) => Box::new(std::iter::once(e.clone())),
+                    Record::Conn(c) => Box::new(c.events()),
+                    _ => Box::new(std::iter::empty()),
+                }
+            })
+    }
+
+    /// The connection records, in log order.
+    pub fn conns(&self) -> impl Iterator<Item = &crate::event::Conn> {
         self.records.iter().filter_map(|r| match r {
-            Record::Event(e) => Some(e),
-            Record::Sockstat(_)
+            Record::Conn(c) => Some(c),
+            Record::Event(_)
+            | Record::Sockstat(_)
             | Record::Waiting(_)
             | Record::Losses(_)
             | Record::Cgroup(_)
@@ -669,14 +712,28 @@ mod tests {
         let text = String::from_utf8(written()).unwrap();
         let text = text
             .replacen(
-                "\"conntrace_log\":1",
-                "\"conntrace_log\":2,\"future\":true",
+                "\"conntrace_log\":2",
+                "\"conntrace_log\":3,\"future\":true",
                 1,
             )
             .replace("\"comm\":\"curl\"", "\"comm\":\"curl\",\"pod\":\"web-1\"");
         let reader = LogReader::new(text.as_bytes()).unwrap();
         assert!(reader.is_newer_version());
         assert!(reader.into_iter().all(|r| r.is_ok()));
+    }
+
+    #[test]
+    fn version_1_logs_still_read() {
+        let text = String::from_utf8(written()).unwrap().replacen(
+            "\"conntrace_log\":2",
+            "\"conntrace_log\":1",
+            1,
+        );
+        let reader = LogReader::new(text.as_bytes()).unwrap();
+        assert!(!reader.is_newer_version());
+        let records: Vec<Record> = reader.map(Result::unwrap).collect();
+        let expected: Vec<Record> = events().into_iter().map(Record::Event).collect();
+        assert_eq!(records[..expected.len()], expected[..]);
     }
 
     #[test]

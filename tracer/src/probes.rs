@@ -119,7 +119,7 @@ pub fn check_privileges() -> Result<()> {
 /// The lines are stable (`kernel`, `attached`, `degraded`, `ok`) so scripts and the
 /// kernel matrix read them.
 pub fn check(live: crate::cli::LiveArgs) -> Result<()> {
-    let probes = Probes::load(!live.no_syscall_hooks)?;
+    let probes = Probes::load(&live)?;
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     crate::outln!("kernel {}", kernel.trim());
     crate::outln!(
@@ -183,6 +183,11 @@ pub fn offsets(btf: &Btf, support: &KernelSupport) -> Result<Offsets> {
         infer_sock_errors: u32::from(!support.error_report),
         skc_net: f("sock_common", "skc_net.net")?,
         net_inum: f("net", "ns.inum")?,
+        tp_bytes_acked: f("tcp_sock", "bytes_acked")?,
+        tp_bytes_received: f("tcp_sock", "bytes_received")?,
+        tp_srtt_us: f("tcp_sock", "srtt_us")?,
+        stream_all: 0,
+        live_idle_jiffies: 0,
         ready: 1,
     })
 }
@@ -212,9 +217,11 @@ impl Probes {
     /// Programs other than the state tracker may fail to attach: they are listed in
     /// [`Probes::degraded`] with what is lost, and the rest keeps running.
     ///
-    /// Without `syscall_hooks` the `syscalls/*` tracepoints stay detached (see
-    /// `--no-syscall-hooks`) and the state tracker infers EADDRNOTAVAIL instead.
-    pub fn load(syscall_hooks: bool) -> Result<Self> {
+    /// Without `--syscall-hooks` the `syscalls/*` tracepoints stay detached and the
+    /// state tracker infers EADDRNOTAVAIL instead; `--every-transition` makes every
+    /// state change its own event instead of connection records.
+    pub fn load(live: &crate::cli::LiveArgs) -> Result<Self> {
+        let syscall_hooks = live.syscall_hooks;
         let start = Instant::now();
         check_privileges()?;
         raise_memlock();
@@ -236,6 +243,7 @@ impl Probes {
         }
         let mut offsets = offsets(&btf, &support)?;
         offsets.infer_port_exhaustion = u32::from(!syscall_hooks);
+        offsets.stream_all = u32::from(live.every_transition);
         let decoder = Decoder {
             clock: KernelClock::detect()?,
             reset_reasons: if support.reset.is_some_and(|r| r.reason.is_some()) {
@@ -244,6 +252,9 @@ impl Probes {
                 Vec::new()
             },
         };
+        // A close after a quarter second idle ships at once: the engine counts closes
+        // idle from half a second (`idle_min_ms`) and the keep-alive race starts there.
+        offsets.live_idle_jiffies = decoder.clock.hz.max(1) / 4;
         drop(btf);
         let aya_btf = aya::Btf::from_sys_fs().context("reading kernel BTF for tp_btf programs")?;
         let mut ebpf = EbpfLoader::new()
@@ -274,10 +285,15 @@ impl Probes {
                 continue;
             }
             if !syscall_hooks && matches!(hook, Hook::Classic("syscalls", _)) {
-                degraded.push(Degraded::new(
-                    name,
-                    format!("off (--no-syscall-hooks): no {loses}"),
-                ));
+                if name == "sys_enter_connect" {
+                    degraded.push(Degraded::new(
+                        crate::support::SYSCALL_HOOKS_OFF,
+                        "off by default (--syscall-hooks attaches them): connect errors other than \
+                         EADDRNOTAVAIL that connect() returns at once (ENETUNREACH, EACCES) are \
+                         not seen; accepted connections are their listener's until closed"
+                            .to_owned(),
+                    ));
+                }
                 continue;
             }
             match attach(&mut ebpf, name, hook, &aya_btf) {
@@ -299,6 +315,14 @@ impl Probes {
             attach_time: start.elapsed(),
             run_time_stats: None,
         })
+    }
+
+    /// The degraded facts worth a warning at start: what this kernel cannot give,
+    /// not what the operator chose (the system-call hooks left off).
+    pub fn warnings(&self) -> impl Iterator<Item = &Degraded> {
+        self.degraded
+            .iter()
+            .filter(|d| d.fact != crate::support::SYSCALL_HOOKS_OFF)
     }
 
     /// Hands the kernel the owners of listening sockets that predate the trace

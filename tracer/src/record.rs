@@ -27,6 +27,9 @@ impl Sink for LogSink {
     fn event(&mut self, event: &Event) -> Result<()> {
         self.log.event(event)
     }
+    fn conn(&mut self, conn: &crate::event::Conn, _events: &[Event]) -> Result<()> {
+        self.log.conn(conn)
+    }
     fn sockstat(&mut self, sample: &Sockstat) -> Result<()> {
         self.log.sockstat(sample)
     }
@@ -65,7 +68,7 @@ pub fn run(args: &RecordArgs) -> Result<()> {
         args.live,
         &mut sink,
         |probes| {
-            for warning in &probes.degraded {
+            for warning in probes.warnings() {
                 crate::errln!("conntrace: warning: {warning}");
             }
             crate::errln!(

@@ -61,6 +61,7 @@ pub fn replay(path: &Path, cfg: Config) -> Result<Replay> {
             match record {
                 Record::Losses(l) => losses = Some(l),
                 Record::Event(e) => engine.ingest(&e),
+                Record::Conn(c) => engine.ingest_conn(&c),
                 Record::Sockstat(s) => engine.sample(&s),
                 Record::Waiting(w) => engine.waiting(&w),
                 Record::Cgroup(c) => engine.cgroup(&c),

@@ -17,6 +17,9 @@ use crate::{
     tracefs::{self, Field},
 };
 
+/// The degraded fact of the system-call hooks left off (the default).
+pub const SYSCALL_HOOKS_OFF: &str = "syscall hooks";
+
 /// A fact this kernel cannot give, by stable name, with what it means for findings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Degraded {

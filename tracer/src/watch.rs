@@ -78,7 +78,7 @@ pub fn run(args: &WatchArgs) -> Result<()> {
         args.live,
         &mut sink,
         |probes| {
-            for warning in &probes.degraded {
+            for warning in probes.warnings() {
                 crate::errln!("conntrace: warning: {warning}");
             }
             crate::errln!(

@@ -355,7 +355,7 @@ fn guest_script(out: &Path, bin: &Path, tests: &[(String, PathBuf)]) -> String {
          modprobe veth 2>/dev/null\n\
          export CONNTRACE_BIN={bin} RUST_BACKTRACE=0\n\
          cd {tests_dir}\n\
-         {bin} check > $R/check.txt 2>&1; echo $? > $R/check.rc\n\
+         {bin} check --syscall-hooks > $R/check.txt 2>&1; echo $? > $R/check.rc\n\
          cat $R/check.txt\n",
         out = out.display(),
         bin = bin.display(),

@@ -273,6 +273,20 @@ impl Sink for TuiSink {
         }
     }
 
+    fn conn(&mut self, conn: &crate::event::Conn, events: &[Event]) -> Result<()> {
+        for event in events {
+            self.events += 1;
+            if self.tail.len() == TAIL {
+                self.tail.pop_front();
+            }
+            self.tail.push_back(event.clone());
+        }
+        match self.spool()? {
+            Some(spool) => spool.conn(conn),
+            None => Ok(()),
+        }
+    }
+
     fn sockstat(&mut self, sample: &Sockstat) -> Result<()> {
         match self.spool()? {
             Some(spool) => spool.sockstat(sample),
@@ -383,6 +397,7 @@ pub fn replay(path: &Path, mut sink: TuiSink) -> Result<()> {
             };
             let mono = match &record {
                 Record::Event(e) => Some(e.mono_ns),
+                Record::Conn(c) => Some(c.mono_ns),
                 Record::Sockstat(s) => Some(s.mono_ns),
                 Record::Waiting(w) => Some(w.mono_ns),
                 Record::Losses(_)
@@ -406,6 +421,13 @@ pub fn replay(path: &Path, mut sink: TuiSink) -> Result<()> {
                 Record::Event(e) => {
                     engine.ingest(&e);
                     sink.event(&e)?;
+                }
+                Record::Conn(c) => {
+                    let events: Vec<Event> = c.events().collect();
+                    for e in &events {
+                        engine.ingest(e);
+                    }
+                    sink.conn(&c, &events)?;
                 }
                 Record::Sockstat(s) => {
                     engine.sample(&s);
