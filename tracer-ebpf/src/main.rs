@@ -363,17 +363,22 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
         }
     };
     // The first transition in a process' context (its close()) names the process
-    // holding a socket known only by its listener, or not at all.
+    // holding a socket known only by its listener (a prefork worker, not the
+    // master that listened; within the listener's own process the listening
+    // thread stays its name), or not at all.
     if let Some(rec) = rec {
         // SAFETY: live map value.
-        let src = unsafe { (*rec).head.owner_src };
+        let (src, pid) = unsafe { ((*rec).head.owner_src, (*rec).head.pid) };
         if in_task && src != owner_src::SOCKET {
-            let src = if src == owner_src::LISTENER {
-                owner_src::SOCKET
+            let current = current_owner();
+            if src != owner_src::LISTENER {
+                set_entry_owner(rec, &current, owner_src::CURRENT_TASK);
+            } else if current.pid != pid {
+                set_entry_owner(rec, &current, owner_src::SOCKET);
             } else {
-                owner_src::CURRENT_TASK
-            };
-            set_entry_owner(rec, &current_owner(), src);
+                // SAFETY: live map value.
+                unsafe { (*rec).head.owner_src = owner_src::SOCKET };
+            }
         }
     }
 
@@ -426,6 +431,9 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
                 step.old_state = old as u8;
                 step.new_state = new as u8;
                 (*rec).steps_len = i as u32 + 1;
+                // The 4-tuple as of now, for userspace's reads of open sockets.
+                (*rec).head.sock = key;
+                fill_sock::<Direct>(&mut (*rec).head, tp, &off)?;
             }
             if new == TCP_CLOSE || ships_now(old, new, send_idle, recv_idle, &off) {
                 ship::<Direct>(rec, key, tp, &off, new == TCP_CLOSE)?;

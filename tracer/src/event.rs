@@ -160,6 +160,8 @@ pub struct Totals {
     pub retrans: u32,
     /// Retransmission timeouts in a row at the end (`icsk_retransmits`).
     pub rto_count: u8,
+    /// `bytes_acked` / `bytes_received` (RFC 4898): sequence space acknowledged by
+    /// the peer / received in order, the data plus one for a FIN.
     pub bytes_acked: u64,
     pub bytes_received: u64,
     /// Smoothed round-trip time, µs.

@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result};
 use crate::{
     decode::Decoded,
     engine::{Config, Engine, Finding},
-    event::{Event, Sockstat},
+    event::{Event, EventKind, Sockstat},
     filter::Filter,
     probes::{EventStream, Probes},
     sockstat,
@@ -75,6 +75,10 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 const DRAIN_EVERY: Duration = Duration::from_millis(50);
 /// How often new findings are looked for.
 const POLL_EVERY: Duration = Duration::from_millis(200);
+/// How often the kernel's per-socket records are read for connections whose
+/// transitions have waited there longer than [`SIGHT_AFTER`].
+const SIGHT_EVERY: Duration = Duration::from_secs(2);
+const SIGHT_AFTER: Duration = Duration::from_secs(1);
 
 fn sample_now(clock: &KernelClock) -> Result<Sockstat> {
     let mono = u64::try_from(monotonic_now().as_nanos()).unwrap_or(u64::MAX);
@@ -99,6 +103,13 @@ struct Pipeline<'a> {
     waits_shown: bool,
     namespaces_warned: bool,
     last_losses: crate::event::Losses,
+    /// Socket -> the last transition already delivered from a read of the kernel's
+    /// records ([`Pipeline::sight`]); the kernel ships those steps again later.
+    sighted: std::collections::HashMap<u64, u64>,
+    sight_buf: Vec<tracer_common::ConnRecord>,
+    socks: Option<crate::probes::Socks>,
+    /// When an EADDRNOTAVAIL last made the pipeline read every open socket.
+    last_full_sight: Option<Duration>,
     engine: Engine,
     stats: LiveStats,
     failure: Option<anyhow::Error>,
@@ -106,8 +117,40 @@ struct Pipeline<'a> {
 
 impl Pipeline<'_> {
     fn handle(&mut self, bytes: &[u8], sink: &mut dyn Sink) {
+        if bytes.len() == tracer_common::ConnRecord::SIZE {
+            match crate::decode::parse_conn(bytes) {
+                Ok(mut rec) => {
+                    if rec.head.flags & tracer_common::flags::FINAL != 0 {
+                        if let Some(upto) = self.sighted.remove(&rec.head.sock) {
+                            trim(&mut rec, upto);
+                        }
+                    } else if let Some(&upto) = self.sighted.get(&rec.head.sock) {
+                        trim(&mut rec, upto);
+                    }
+                    if rec.steps_len > 0 {
+                        self.handle_conn(&rec, sink);
+                    }
+                }
+                Err(_) => self.stats.undecodable += 1,
+            }
+            return;
+        }
         match self.decoder.decode(bytes) {
             Ok(Decoded::Event(mut event)) => {
+                // Out of local ports: every open connection is a holder the finding
+                // names, so all of them are read from the kernel first (once a
+                // second at most), not only those open longer than SIGHT_AFTER.
+                if matches!(event.kind, EventKind::Connect { errno, .. } if errno.0 == libc::EADDRNOTAVAIL)
+                {
+                    let now = monotonic_now();
+                    if self
+                        .last_full_sight
+                        .is_none_or(|t| now.saturating_sub(t) >= Duration::from_secs(1))
+                    {
+                        self.last_full_sight = Some(now);
+                        self.sight(Duration::ZERO, sink);
+                    }
+                }
                 // Before the filters: a time-wait socket's reset takes its connection's owner.
                 self.recent.observe(&mut event);
                 if self.admit(
@@ -128,7 +171,48 @@ impl Pipeline<'_> {
                     }
                 }
             }
-            Ok(Decoded::Conn(conn)) => {
+            Ok(Decoded::Conn(_)) => unreachable!("connection records are parsed above"),
+            Err(_) => self.stats.undecodable += 1,
+        }
+    }
+
+    /// Connections whose transitions have waited in the kernel past [`SIGHT_AFTER`]
+    /// (open connections: a pool's idle sockets, a hung worker's query, a port
+    /// held): delivered now as the kernel would ship them, and remembered so the
+    /// kernel's later record of the same steps is not delivered twice.
+    fn sight(&mut self, after: Duration, sink: &mut dyn Sink) {
+        let Some(socks) = &self.socks else {
+            return;
+        };
+        let now = monotonic_now();
+        let before = u64::try_from(now.saturating_sub(after).as_nanos()).unwrap_or(0);
+        let mut buf = std::mem::take(&mut self.sight_buf);
+        buf.clear();
+        crate::probes::waiting_records(socks, before, &mut buf);
+        if self.sighted.len() > 262_144 {
+            // Sockets whose last record was lost: forget them, not grow.
+            self.sighted.clear();
+        }
+        for rec in &mut buf {
+            if let Some(&upto) = self.sighted.get(&rec.head.sock) {
+                trim(rec, upto);
+            }
+            let n = rec.steps_len as usize;
+            if n == 0 {
+                continue;
+            }
+            rec.head.kind = tracer_common::kind::CONN;
+            rec.head.flags = 0;
+            rec.head.new_state = rec.steps[n - 1].new_state;
+            self.sighted.insert(rec.head.sock, rec.steps[n - 1].ts_ns);
+            self.handle_conn(rec, sink);
+        }
+        self.sight_buf = buf;
+    }
+
+    fn handle_conn(&mut self, rec: &tracer_common::ConnRecord, sink: &mut dyn Sink) {
+        match self.decoder.convert_conn(rec) {
+            Ok(conn) => {
                 let mut events: Vec<Event> = conn.events().collect();
                 for e in &mut events {
                     self.recent.observe(e);
@@ -359,6 +443,10 @@ impl<'a> Pipeline<'a> {
             waits_shown: false,
             namespaces_warned: false,
             last_losses: crate::event::Losses::default(),
+            sighted: std::collections::HashMap::new(),
+            sight_buf: Vec::new(),
+            socks: None,
+            last_full_sight: None,
             engine: Engine::new(Config::default()),
             stats: LiveStats::default(),
             failure: None,
@@ -401,6 +489,7 @@ pub fn run(
         .build()
         .context("starting the event loop")?;
     let mut pipe = Pipeline::new(&decoder, filter, live);
+    pipe.socks = probes.take_socks().ok();
     runtime.block_on(async {
         let mut stream = EventStream::new(ring)?;
         // Served from its own thread, from the page published here 5 times a second.
@@ -422,6 +511,7 @@ pub fn run(
         // The kernel side wakes the reader only past 1 MiB unread (see tracer-ebpf's
         // emit); below that the ring is drained on this timer.
         let mut drains = tokio::time::interval(DRAIN_EVERY);
+        let mut sights = tokio::time::interval(SIGHT_EVERY);
         sink.attached(&probes)?;
         on_attached(&probes);
         publish(&pipe, &probes);
@@ -434,6 +524,11 @@ pub fn run(
                     if crate::signals::requested().is_some() {
                         break;
                     }
+                }
+                _ = sights.tick() => {
+                    // What the ring holds first: the kernel's records are older.
+                    stream.drain_now(|b| pipe.handle(b, sink));
+                    pipe.sight(SIGHT_AFTER, sink);
                 }
                 _ = samples.tick() => {
                     pipe.sample(sink)?;
@@ -474,6 +569,17 @@ pub fn run(
         stats,
         probes,
     })
+}
+
+/// Drops the steps of `rec` at or before `upto` (already delivered).
+fn trim(rec: &mut tracer_common::ConnRecord, upto: u64) {
+    let n = (rec.steps_len as usize).min(tracer_common::MAX_STEPS);
+    let keep = rec.steps[..n]
+        .iter()
+        .position(|s| s.ts_ns > upto)
+        .unwrap_or(n);
+    rec.steps.copy_within(keep..n, 0);
+    rec.steps_len = u32::try_from(n - keep).unwrap_or(0);
 }
 
 /// The losses of a run so far: kernel counters, undecodable records, engine evictions.

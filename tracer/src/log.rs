@@ -531,6 +531,8 @@ pub struct Log {
     pub header: Header,
     pub records: Vec<Record>,
     pub errors: Vec<LineError>,
+    /// Every event, connection records expanded.
+    events: Vec<Event>,
 }
 
 impl Log {
@@ -545,16 +547,7 @@ impl Log {
                 Err(e) => errors.push(e),
             }
         }
-        Ok(Self {
-            header: reader.header,
-            records,
-            errors,
-        })
-    }
-
-    /// The events, in log order; a connection record as the transitions it lists.
-    pub fn events(&self) -> impl Iterator<Item = Event> + '_ {
-        self.records
+        let events = records
             .iter()
             .flat_map(|r| -> Box<dyn Iterator<Item = Event> + '_> {
                 match r {
@@ -563,6 +556,18 @@ impl Log {
                     _ => Box::new(std::iter::empty()),
                 }
             })
+            .collect();
+        Ok(Self {
+            header: reader.header,
+            records,
+            errors,
+            events,
+        })
+    }
+
+    /// The events, in log order; a connection record as the transitions it lists.
+    pub fn events(&self) -> impl Iterator<Item = &Event> {
+        self.events.iter()
     }
 
     /// The connection records, in log order.

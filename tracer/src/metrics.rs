@@ -38,6 +38,8 @@ pub struct Metrics {
     connect_errors: BTreeMap<String, u64>,
     idle: HashMap<SocketAddr, Histogram>,
     endpoints_dropped: u64,
+    /// Sockets that went SYN_SENT -> CLOSE lately, whose error is a connect error.
+    unconnected: std::collections::VecDeque<u64>,
 }
 
 /// Loss counters and programs, from the probes at scrape time.
@@ -66,6 +68,14 @@ impl Metrics {
             EventKind::State {
                 old, new, idle_ms, ..
             } => {
+                // A connect that never got through: its error (reported after
+                // ->CLOSE without the system-call hooks) is a connect error.
+                if *old == TcpState::SynSent && *new == TcpState::Close {
+                    if self.unconnected.len() >= 4096 {
+                        self.unconnected.pop_front();
+                    }
+                    self.unconnected.push_back(e.sock);
+                }
                 *self
                     .transitions
                     .entry((state_name(*old), state_name(*new)))
@@ -92,7 +102,13 @@ impl Metrics {
             EventKind::Connect { errno, .. } => {
                 *self.connect_errors.entry(errno.name()).or_default() += 1;
             }
-            EventKind::Error { .. } | EventKind::Retransmit { .. } | EventKind::Accept { .. } => {}
+            EventKind::Error { errno, .. } => {
+                if let Some(i) = self.unconnected.iter().rposition(|s| *s == e.sock) {
+                    self.unconnected.remove(i);
+                    *self.connect_errors.entry(errno.name()).or_default() += 1;
+                }
+            }
+            EventKind::Retransmit { .. } | EventKind::Accept { .. } => {}
         }
     }
 

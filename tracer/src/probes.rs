@@ -380,6 +380,13 @@ impl Probes {
             .sum()
     }
 
+    /// The kernel's per-socket records (can be taken once), for
+    /// [`waiting_records`].
+    pub fn take_socks(&mut self) -> Result<Socks> {
+        let map = self.ebpf.take_map("SOCKS").context("SOCKS map missing")?;
+        Ok(aya::maps::HashMap::try_from(map)?)
+    }
+
     /// Loss counters summed over CPUs, indexed by `LOSS_*`.
     pub fn losses(&self) -> Result<[u64; LOSS_COUNTERS as usize]> {
         let map = self.ebpf.map("LOSSES").context("LOSSES map missing")?;
@@ -390,6 +397,32 @@ impl Probes {
             *slot = values.iter().sum();
         }
         Ok(out)
+    }
+}
+
+/// The kernel's map of per-socket records.
+pub type Socks = aya::maps::HashMap<MapData, u64, tracer_common::ConnRecord>;
+
+/// The kernel's per-socket records whose transitions have waited there since
+/// before `older_than_ns` (CLOCK_MONOTONIC): connections still open, shown without
+/// waiting for their close. One lookup per socket in the map, so this runs on a
+/// slow timer (and before a port-exhaustion error), not per event.
+pub fn waiting_records(
+    socks: &Socks,
+    older_than_ns: u64,
+    out: &mut Vec<tracer_common::ConnRecord>,
+) {
+    for entry in socks.iter() {
+        // A socket closed between two lookups is simply gone.
+        let Ok((sock, mut rec)) = entry else {
+            continue;
+        };
+        let n = rec.steps_len as usize;
+        if n == 0 || n > tracer_common::MAX_STEPS || rec.steps[0].ts_ns >= older_than_ns {
+            continue;
+        }
+        rec.head.sock = sock;
+        out.push(rec);
     }
 }
 

@@ -17,9 +17,18 @@ const HOLD: Duration = Duration::from_secs(7);
 /// Incident 2: a worker that never closes connections its clients closed.
 pub fn close_wait_leak() -> Result<Outcome> {
     let name = "close-wait-leak";
-    let listener = TcpListener::bind("127.0.0.1:0").context("binding the lab server")?;
-    let addr = listener.local_addr()?;
+    // The server listens from its own thread: without the system-call hooks an
+    // accepted socket carries its listener's thread until the process closes it.
+    let (tx, rx) = std::sync::mpsc::channel();
     let server = spawn("leaky-server", move || {
+        let listener = match TcpListener::bind("127.0.0.1:0") {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return 0;
+            }
+        };
+        let _ = tx.send(listener.local_addr());
         let mut held = Vec::new();
         for conn in listener.incoming().take(LEAKED).flatten() {
             held.push(conn); // never read, never closed: the leak
@@ -27,6 +36,10 @@ pub fn close_wait_leak() -> Result<Outcome> {
         std::thread::sleep(HOLD);
         held.len()
     })?;
+    let addr = rx
+        .recv()
+        .context("the lab server thread ended")?
+        .context("binding the lab server")?;
     say(
         name,
         &format!("server {addr} will hold every connection its clients close"),
