@@ -105,15 +105,14 @@ fn accepted_connection_is_one_record_owned_by_the_worker_that_closed_it() {
         .iter()
         .flat_map(|c| c.steps.iter().map(|s| (s.old, s.new)))
         .collect();
-    use TcpState::{Close, Established, FinWait1, FinWait2, Listen, SynRecv};
     assert_eq!(
         steps,
         [
-            (Listen, SynRecv),
-            (SynRecv, Established),
-            (Established, FinWait1),
-            (FinWait1, FinWait2),
-            (FinWait2, Close)
+            (TcpState::Listen, TcpState::SynRecv),
+            (TcpState::SynRecv, TcpState::Established),
+            (TcpState::Established, TcpState::FinWait1),
+            (TcpState::FinWait1, TcpState::FinWait2),
+            (TcpState::FinWait2, TcpState::Close)
         ],
         "{records:#?}"
     );

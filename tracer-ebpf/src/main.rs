@@ -16,6 +16,12 @@
 //!
 //! No program runs per packet on the data path: idle times are read from the socket's
 //! own timestamps at the state change. Struct offsets come from userspace (BTF).
+//!
+//! A socket's transitions are kept in its [`SOCKS`] entry and shipped together as one
+//! [`ConnRecord`]: at ->CLOSE (the connection record, with its totals), and earlier
+//! only when they must be seen live ([`ships_now`], and before any other event of the
+//! socket so that order holds). `--every-transition` (`Offsets::stream_all`) ships
+//! each transition as its own event instead.
 #![no_std]
 #![no_main]
 

@@ -76,7 +76,7 @@ fn decoder_target(b: &[u8]) {
     let mut times = crate::jsonl::TimeCache::default();
     match decoder.decode(b) {
         Ok(crate::decode::Decoded::Event(e)) => {
-            crate::jsonl::write_event(&mut line, &e, &mut times)
+            crate::jsonl::write_event(&mut line, &e, &mut times);
         }
         Ok(crate::decode::Decoded::Conn(c)) => {
             // What the log writes must read back as what was decoded.
@@ -139,15 +139,17 @@ fn conn_record() -> Vec<u8> {
     rec.head.sock = 0xffff_8881_0000_0000;
     rec.head.comm[..4].copy_from_slice(b"curl");
     rec.head.flags = tracer_common::flags::FINAL;
-    for (i, (old, new)) in [(7, 2), (2, 1), (1, 8), (8, 9), (9, 7)]
-        .into_iter()
-        .enumerate()
+    for ((step, i), (old, new)) in
+        rec.steps
+            .iter_mut()
+            .zip(0u32..)
+            .zip([(7, 2), (2, 1), (1, 8), (8, 9), (9, 7)])
     {
-        rec.steps[i].ts_ns = 1_000_000_000 + 1_000_000 * i as u64;
-        rec.steps[i].old_state = old;
-        rec.steps[i].new_state = new;
-        rec.steps[i].send_idle_jiffies = 100 * i as u32;
-        rec.steps[i].recv_idle_jiffies = 50 * i as u32;
+        step.ts_ns = 1_000_000_000 + 1_000_000 * u64::from(i);
+        step.old_state = old;
+        step.new_state = new;
+        step.send_idle_jiffies = 100 * i;
+        step.recv_idle_jiffies = 50 * i;
     }
     // SAFETY: ConnRecord is repr(C) plain data with explicit padding.
     unsafe {

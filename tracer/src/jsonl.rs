@@ -361,6 +361,11 @@ mod tests {
         }
     }
 
+    #[derive(serde::Deserialize)]
+    struct ConnLineWrapper {
+        conn: ConnLine,
+    }
+
     #[test]
     fn connection_lines_read_back_and_stay_short() {
         use crate::event::Step;
@@ -418,11 +423,7 @@ mod tests {
             if variant == 0 {
                 assert!(text.len() < 240, "{} bytes: {text}", text.len());
             }
-            #[derive(serde::Deserialize)]
-            struct Line {
-                conn: ConnLine,
-            }
-            let line: Line = serde_json::from_slice(&out).expect(&text);
+            let line: ConnLineWrapper = serde_json::from_slice(&out).expect(&text);
             assert_eq!(read_conn(line.conn).unwrap(), c, "{text}");
         }
     }

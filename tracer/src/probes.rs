@@ -412,7 +412,7 @@ pub fn waiting_records(
     older_than_ns: u64,
     out: &mut Vec<tracer_common::ConnRecord>,
 ) {
-    for entry in socks.iter() {
+    for entry in socks {
         // A socket closed between two lookups is simply gone.
         let Ok((sock, mut rec)) = entry else {
             continue;
