@@ -857,7 +857,7 @@ fn write_summary(root: &Path, dir: &Path, figures: &[Figure], log: &str) -> Resu
     let json = serde_json_lite(figures, &machine);
     std::fs::write(dir.join("summary.json"), json)?;
     let mut md = format!(
-        "# conntrace benchmarks\n\nMachine: {machine}. Produced by `sudo cargo xtask bench` (about 3 minutes); \
+        "# conntrace benchmarks\n\nMachine: {machine}. Produced by `sudo cargo xtask bench` (about 8 minutes); \
          the variants run interleaved, {ROUNDS} rounds each, medians reported.\n\n\
          | figure | value | target | met | notes |\n|---|---|---|---|---|\n"
     );
