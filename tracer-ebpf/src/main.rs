@@ -305,17 +305,17 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
 }
 
 /// Whether a transition ships the socket's record at once rather than at ->CLOSE:
-/// listeners (rare, and every accepted socket needs its listener known), the
-/// peer's FIN (a socket may park in CLOSE_WAIT: a leak must be seen while it
-/// lasts, and the keep-alive race starts there), and a close after idling (the
-/// idle-timeout and race detectors).
+/// listeners (rare, and every accepted socket needs its listener known), and a
+/// close by either side after idling (the idle-timeout and keep-alive race
+/// detectors). A socket parked in CLOSE_WAIT after a prompt close (a leak) is read
+/// from the map by userspace within seconds; a reset or error on it ships what it
+/// holds first, so the engine's order holds.
 #[inline(always)]
 fn ships_now(old: i32, new: i32, send_idle: u32, recv_idle: u32, off: &Offsets) -> bool {
     new == TCP_LISTEN
         || old == TCP_LISTEN && new == TCP_CLOSE
-        || new == TCP_CLOSE_WAIT
         || (old == TCP_ESTABLISHED
-            && new == TCP_FIN_WAIT1
+            && (new == TCP_FIN_WAIT1 || new == TCP_CLOSE_WAIT)
             && send_idle.min(recv_idle) >= off.live_idle_jiffies)
 }
 

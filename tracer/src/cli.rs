@@ -46,8 +46,9 @@ pub struct LiveArgs {
     /// Ship every TCP state transition as its own event (log version 1's lines), as
     /// tools like tcpstates do, for deep dives. By default a socket's transitions
     /// travel together: one record per connection at its close, plus one whenever it
-    /// must be seen live (the peer's FIN, a close after idling, a reset, an error, a
-    /// retransmit); about a fifth of the CPU and log per connection.
+    /// must be seen live (a close after idling, a reset, an error, a retransmit, and
+    /// a read of the kernel's map for connections open over a second); about half
+    /// the CPU and a fifth of the log per connection.
     #[arg(long)]
     pub every_transition: bool,
     /// Report connections awaiting a reply this long (our request acknowledged,

@@ -118,8 +118,8 @@ impl EventKind {
 
 /// A socket's state transitions, shipped together by the kernel (log `{"conn": …}`):
 /// at ->CLOSE the whole connection in one record, with its totals; earlier when
-/// something about it must be seen live (the peer's FIN, a close after idling, a
-/// reset, an error, a retransmit). The engine takes it as the [`EventKind::State`]
+/// something about it must be seen live (a close after idling, a reset, an error, a
+/// retransmit) or when userspace reads the kernel's map for open connections. The engine takes it as the [`EventKind::State`]
 /// events it stands for ([`Conn::events`]), live and replayed alike.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Conn {
