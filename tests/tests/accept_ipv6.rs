@@ -99,7 +99,13 @@ fn accepted_connection_is_one_record_owned_by_the_worker_that_closed_it() {
     // A short connection is one record from the listener to CLOSE with its totals;
     // should it outlast a read of the kernel's open sockets (a slow machine), the
     // steps already shown are not shipped twice: together they are the connection.
-    let records: Vec<_> = r.recording.log.conns().filter(|c| c.sock == sock).collect();
+    // The same socket memory may serve a parallel test's connection: by 4-tuple too.
+    let records: Vec<_> = r
+        .recording
+        .log
+        .conns()
+        .filter(|c| c.sock == sock && c.local.port() == r.port && c.remote.port() == r.client_port)
+        .collect();
     assert!((1..=2).contains(&records.len()), "{records:#?}");
     let steps: Vec<(TcpState, TcpState)> = records
         .iter()
