@@ -127,13 +127,14 @@ const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
 
-fn emit(ev: &RawEvent) {
+/// Puts an event or a connection record on the ring buffer; a full ring is counted.
+fn emit<T>(record: &T) {
     let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     };
-    if EVENTS.output::<RawEvent>(ev, flags).is_err() {
+    if EVENTS.output::<T>(record, flags).is_err() {
         count_loss(LOSS_RINGBUF_FULL);
     }
 }
@@ -142,14 +143,9 @@ fn emit(ev: &RawEvent) {
 /// `owner`; the entry, or `None` when the map is full (counted).
 fn track(sk: u64, owner: &Owner, src: u8) -> Option<*mut ConnRecord> {
     let scratch = SCRATCH.get_ptr_mut(0)?;
+    set_entry_owner(scratch, owner, src);
     // SAFETY: per-CPU scratch slot, only this program run uses it; the map copies it.
     unsafe {
-        let head = &mut (*scratch).head;
-        head.pid = owner.pid;
-        head.tid = owner.tid;
-        head.cgroup_id = owner.cgroup_id;
-        head.comm = owner.comm;
-        head.owner_src = src;
         (*scratch).steps_len = 0;
         if SOCKS.insert(sk, &*scratch, 0).is_err() {
             count_loss(LOSS_OWNER_MAP);
@@ -159,7 +155,7 @@ fn track(sk: u64, owner: &Owner, src: u8) -> Option<*mut ConnRecord> {
     SOCKS.get_ptr_mut(sk)
 }
 
-/// Replaces an entry's owner.
+/// Replaces an entry's (or the scratch entry's) owner.
 fn set_entry_owner(rec: *mut ConnRecord, owner: &Owner, src: u8) {
     // SAFETY: `rec` points at a live map value.
     unsafe {
@@ -235,7 +231,7 @@ fn ship<M: Mem>(
             (*rec).bytes_received = M::get(tp, off.tp_bytes_received)?;
             (*rec).srtt_us = M::get(tp, off.tp_srtt_us)?;
         }
-        emit_record(&*rec);
+        emit(&*rec);
         (*rec).steps_len = 0;
     }
     Ok(())
@@ -255,17 +251,6 @@ fn ship_pending<M: Mem>(sk: u64, tp: *const u8, off: &Offsets) -> Result<(), i64
         }
     }
     Ok(())
-}
-
-fn emit_record(rec: &ConnRecord) {
-    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
-    if EVENTS.output::<ConnRecord>(rec, flags).is_err() {
-        count_loss(LOSS_RINGBUF_FULL);
-    }
 }
 
 fn new_event(kind: u8, sk: u64) -> RawEvent {
@@ -437,9 +422,12 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
                 step.old_state = old as u8;
                 step.new_state = new as u8;
                 (*rec).steps_len = i as u32 + 1;
-                // The 4-tuple as of now, for userspace's reads of open sockets.
-                (*rec).head.sock = key;
-                fill_sock::<Direct>(&mut (*rec).head, tp, &off)?;
+                // The 4-tuple, for userspace's reads of open sockets: set while the
+                // connection opens (a shipped record refills it; it does not change).
+                if !had_data(old) {
+                    (*rec).head.sock = key;
+                    fill_sock::<Direct>(&mut (*rec).head, tp, &off)?;
+                }
             }
             if new == TCP_CLOSE || ships_now(old, new, send_idle, recv_idle, &off) {
                 ship::<Direct>(rec, key, tp, &off, new == TCP_CLOSE)?;

@@ -109,6 +109,12 @@ fn addr(family: u8, raw: [u8; 16], port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
 
+/// The owner is the socket's (connect, listen, accept, or its listener's), not
+/// whichever task ran.
+fn owner_known(src: u8) -> bool {
+    src == owner_src::SOCKET || src == owner_src::LISTENER
+}
+
 fn comm(raw: [u8; 16]) -> String {
     let len = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
     String::from_utf8_lossy(&raw[..len]).into_owned()
@@ -200,7 +206,7 @@ impl Decoder {
             tid: raw.tid,
             comm: comm(raw.comm),
             cgroup: raw.cgroup_id,
-            owner_known: raw.owner_src == owner_src::SOCKET || raw.owner_src == owner_src::LISTENER,
+            owner_known: owner_known(raw.owner_src),
             sock: raw.sock,
             local: addr(raw.family, raw.saddr, raw.sport),
             remote: addr(raw.family, raw.daddr, raw.dport),
@@ -296,7 +302,7 @@ impl Decoder {
             tid: raw.tid,
             comm: comm(raw.comm),
             cgroup: raw.cgroup_id,
-            owner_known: raw.owner_src == owner_src::SOCKET || raw.owner_src == owner_src::LISTENER,
+            owner_known: owner_known(raw.owner_src),
             sock: raw.sock,
             local: addr(raw.family, raw.saddr, raw.sport),
             remote: addr(raw.family, raw.daddr, raw.dport),

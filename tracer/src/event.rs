@@ -234,8 +234,7 @@ impl Conn {
         out
     }
 
-    /// Parses [`Conn::history`]; `first_old` is the state before the first step
-    /// when the history does not name it.
+    /// Parses [`Conn::history`]; the first step must name its old state.
     pub fn parse_history(h: &str) -> Result<Vec<Step>, String> {
         let mut steps = Vec::new();
         let mut prev: Option<TcpState> = None;

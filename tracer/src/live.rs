@@ -120,11 +120,13 @@ impl Pipeline<'_> {
         if bytes.len() == tracer_common::ConnRecord::SIZE {
             match crate::decode::parse_conn(bytes) {
                 Ok(mut rec) => {
-                    if rec.head.flags & tracer_common::flags::FINAL != 0 {
-                        if let Some(upto) = self.sighted.remove(&rec.head.sock) {
-                            trim(&mut rec, upto);
-                        }
-                    } else if let Some(&upto) = self.sighted.get(&rec.head.sock) {
+                    // The socket's last record also ends what is remembered of it.
+                    let upto = if rec.head.flags & tracer_common::flags::FINAL != 0 {
+                        self.sighted.remove(&rec.head.sock)
+                    } else {
+                        self.sighted.get(&rec.head.sock).copied()
+                    };
+                    if let Some(upto) = upto {
                         trim(&mut rec, upto);
                     }
                     if rec.steps_len > 0 {
