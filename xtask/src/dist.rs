@@ -101,7 +101,7 @@ fn run_in_chroot(dir: &Path, bin: &Path) -> Result<()> {
 /bin/busybox nc 127.0.0.1 9 || true
 wait
 /conntrace report /tmp/r.jsonl
-/bin/busybox grep -c '\"type\":\"connect\"' /tmp/r.jsonl";
+/bin/busybox grep -c ECONNREFUSED /tmp/r.jsonl";
     let out = Command::new("chroot")
         .arg(dir)
         .args(["/bin/busybox", "sh", "-c", script])
