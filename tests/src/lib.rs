@@ -14,7 +14,7 @@ use std::{
 
 use tracer::{
     event::{Event, EventKind},
-    log::Log,
+    eventlog::Log,
 };
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -169,7 +169,7 @@ impl Drop for Recording {
 
 impl Recording {
     /// Whether the recording's kernel lacked `fact` (the header's degraded facts, see
-    /// `tracer::support`): tests expect what the kernel can give, and say so.
+    /// `tracer::kernel::support`): tests expect what the kernel can give, and say so.
     pub fn degraded(&self, fact: &str) -> bool {
         self.log.header.degraded.iter().any(|d| d.fact == fact)
     }
@@ -188,7 +188,7 @@ impl Recording {
                     }
                 )
         });
-        if self.degraded(tracer::support::RESET_NO_SOCKET) {
+        if self.degraded(tracer::kernel::support::RESET_NO_SOCKET) {
             assert!(sent.next().is_none(), "this kernel cannot see it");
             return None;
         }
@@ -224,7 +224,7 @@ impl Recording {
             .iter()
             .rev()
             .find_map(|r| match r {
-                tracer::log::Record::FinalFindings(f) => Some(f.clone()),
+                tracer::eventlog::Record::FinalFindings(f) => Some(f.clone()),
                 _ => None,
             })
             .expect("the log ends with the live findings")

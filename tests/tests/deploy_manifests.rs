@@ -117,8 +117,9 @@ fn container_command_is_a_real_subcommand() {
                 && v["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP")),
         "metrics bind the node's address"
     );
-    let cli = tracer::cli::Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
-    let Some(tracer::cli::Command::Watch(w)) = cli.command else {
+    let cli = tracer::commands::cli::Cli::try_parse_from(&argv)
+        .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    let Some(tracer::commands::cli::Command::Watch(w)) = cli.command else {
         panic!("the DaemonSet runs `watch`")
     };
     assert!(w.json, "JSON lines for the log pipeline");

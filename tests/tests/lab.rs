@@ -84,7 +84,7 @@ fn keepalive_race_is_named_from_the_servers_sockets_alone() {
     assert_eq!(lab.count, 8, "{}", lab.stdout);
     let idle = one(&report, "idle-close-timeout", &lab);
     idle_timer_is(&idle["evidence"]["idle_timeout_ms"], 2000, rec.tick_ms());
-    if rec.degraded(tracer::support::RESET_NO_SOCKET) {
+    if rec.degraded(tracer::kernel::support::RESET_NO_SOCKET) {
         // Before Linux 6.10 a time-wait socket's reset is not traced: the server's
         // side shows its own idle timeout and no race.
         assert!(findings_for(&report, "keepalive-reuse-race", &lab.endpoint).is_empty());
@@ -148,7 +148,7 @@ fn refused_connects_and_the_resets_sent_for_them() {
     assert_eq!(refused["count"], 5);
     assert_eq!(refused["evidence"]["refused_connects"], 5);
     assert_eq!(refused["process"]["pid"], lab.pid);
-    if rec.degraded(tracer::support::RESET_NO_SOCKET) {
+    if rec.degraded(tracer::kernel::support::RESET_NO_SOCKET) {
         // Before Linux 6.10: named from the connecting side alone.
         assert_eq!(refused["evidence"]["resets_sent_no_socket"], 0);
         assert!(refused["evidence"]["reset_reason"].is_null());

@@ -117,7 +117,7 @@ fn a_flooded_metrics_endpoint_costs_no_event_and_recovers() {
         .iter()
         .rev()
         .find_map(|r| match r {
-            tracer::log::Record::Losses(l) => Some(*l),
+            tracer::eventlog::Record::Losses(l) => Some(*l),
             _ => None,
         })
         .expect("a losses line");

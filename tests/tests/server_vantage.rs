@@ -89,7 +89,7 @@ fn a_real_http_servers_idle_close_and_the_clients_reuses_from_its_side_alone() {
     assert_eq!(idle.len(), 1, "{report:#?}");
     within_a_tick_and_wakeup(&idle[0]["evidence"]["idle_timeout_ms"], 2000, tick);
     let race = findings_for(&report, "keepalive-reuse-race", &endpoint);
-    if recording.degraded(tracer::support::RESET_NO_SOCKET) {
+    if recording.degraded(tracer::kernel::support::RESET_NO_SOCKET) {
         assert!(race.is_empty(), "no race invented before 6.10: {race:#?}");
         return;
     }

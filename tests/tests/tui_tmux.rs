@@ -155,7 +155,7 @@ fn replay_in_tmux_find_open_filter_export_quit() {
         .iter()
         .find(|p| p.extension().is_some_and(|e| e == "md"))
         .expect("report");
-    let exported = tracer::log::Log::read(log).expect("exported log reads back");
+    let exported = tracer::eventlog::Log::read(log).expect("exported log reads back");
     assert!(
         exported.events().count() >= recording.log.events().count(),
         "every event seen is exported"

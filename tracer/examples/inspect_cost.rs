@@ -96,7 +96,7 @@ fn main() {
     };
     for sockets in sizes {
         let mut holders = hold(sockets);
-        let mut inspector = tracer::diag::Inspector::new(Path::new("/proc"));
+        let mut inspector = tracer::kernel::diag::Inspector::new(Path::new("/proc"));
         let _ = inspector.pass(); // namespaces found, sockets made
         let passes = 5;
         let (cpu0, wall0) = (cpu_time(), Instant::now());
@@ -105,7 +105,7 @@ fn main() {
         for _ in 0..passes {
             let all = inspector.pass();
             seen = all.len();
-            waiting = tracer::diag::awaiting(&all, 30_000).len();
+            waiting = tracer::kernel::diag::awaiting(&all, 30_000).len();
         }
         let cpu = cpu_time().saturating_sub(cpu0) / passes;
         let wall = wall0.elapsed() / passes;

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// Wall-clock time, RFC 3339 with milliseconds.
-    #[serde(with = "crate::time::rfc3339")]
+    #[serde(with = "crate::kernel::time::rfc3339")]
     pub time: std::time::SystemTime,
     /// CLOCK_MONOTONIC nanoseconds (the kernel's timestamp): ordering and durations.
     pub mono_ns: u64,
@@ -296,7 +296,7 @@ impl Conn {
 /// replay sees the same samples the live run saw.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sockstat {
-    #[serde(with = "crate::time::rfc3339")]
+    #[serde(with = "crate::kernel::time::rfc3339")]
     pub time: std::time::SystemTime,
     pub mono_ns: u64,
     pub tcp_inuse: u64,
@@ -320,7 +320,7 @@ pub struct Sockstat {
 /// run saw.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Waiting {
-    #[serde(with = "crate::time::rfc3339")]
+    #[serde(with = "crate::kernel::time::rfc3339")]
     pub time: std::time::SystemTime,
     pub mono_ns: u64,
     /// The threshold the inspection used.

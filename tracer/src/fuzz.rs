@@ -36,7 +36,7 @@ fn lossy(b: &[u8]) -> String {
 }
 
 fn log_target(b: &[u8]) {
-    let Ok(reader) = crate::log::LogReader::new(Cursor::new(b)) else {
+    let Ok(reader) = crate::eventlog::LogReader::new(Cursor::new(b)) else {
         return;
     };
     let header = reader.header.clone();
@@ -44,47 +44,48 @@ fn log_target(b: &[u8]) {
     let mut losses = None;
     for record in reader.flatten() {
         match record {
-            crate::log::Record::Event(e) => engine.ingest(&e),
-            crate::log::Record::Conn(c) => engine.ingest_conn(&c),
-            crate::log::Record::Sockstat(s) => engine.sample(&s),
-            crate::log::Record::Waiting(w) => engine.waiting(&w),
-            crate::log::Record::Losses(l) => losses = Some(l),
-            crate::log::Record::Cgroup(c) => engine.cgroup(&c),
-            crate::log::Record::Pod(p) => engine.pod(&p),
-            crate::log::Record::Finding(_) | crate::log::Record::FinalFindings(_) => {}
+            crate::eventlog::Record::Event(e) => engine.ingest(&e),
+            crate::eventlog::Record::Conn(c) => engine.ingest_conn(&c),
+            crate::eventlog::Record::Sockstat(s) => engine.sample(&s),
+            crate::eventlog::Record::Waiting(w) => engine.waiting(&w),
+            crate::eventlog::Record::Losses(l) => losses = Some(l),
+            crate::eventlog::Record::Cgroup(c) => engine.cgroup(&c),
+            crate::eventlog::Record::Pod(p) => engine.pod(&p),
+            crate::eventlog::Record::Finding(_) | crate::eventlog::Record::FinalFindings(_) => {}
         }
     }
     let findings = engine.findings();
     for format in [
-        crate::report::Format::Text,
-        crate::report::Format::Markdown,
-        crate::report::Format::Json,
+        crate::commands::report::Format::Text,
+        crate::commands::report::Format::Markdown,
+        crate::commands::report::Format::Json,
     ] {
-        let _ = crate::report::render_limited(&findings, &header, losses.as_ref(), format);
+        let _ =
+            crate::commands::report::render_limited(&findings, &header, losses.as_ref(), format);
     }
 }
 
 fn decoder_target(b: &[u8]) {
-    let decoder = crate::decode::Decoder {
-        clock: crate::time::KernelClock {
+    let decoder = crate::kernel::decode::Decoder {
+        clock: crate::kernel::time::KernelClock {
             boot: std::time::UNIX_EPOCH,
             hz: 250,
         },
         reset_reasons: vec!["NOT_SPECIFIED".into(), "NO_SOCKET".into()],
     };
     let mut line = Vec::new();
-    let mut times = crate::jsonl::TimeCache::default();
+    let mut times = crate::eventlog::jsonl::TimeCache::default();
     match decoder.decode(b) {
-        Ok(crate::decode::Decoded::Event(e)) => {
-            crate::jsonl::write_event(&mut line, &e, &mut times);
+        Ok(crate::kernel::decode::Decoded::Event(e)) => {
+            crate::eventlog::jsonl::write_event(&mut line, &e, &mut times);
         }
-        Ok(crate::decode::Decoded::Conn(c)) => {
+        Ok(crate::kernel::decode::Decoded::Conn(c)) => {
             // What the log writes must read back as what was decoded.
-            crate::jsonl::write_conn(&mut line, &c, &mut times);
+            crate::eventlog::jsonl::write_conn(&mut line, &c, &mut times);
             let value: serde_json::Value = serde_json::from_slice(&line).expect("valid JSON");
-            let body: crate::jsonl::ConnLine =
+            let body: crate::eventlog::jsonl::ConnLine =
                 serde_json::from_value(value["conn"].clone()).expect("a connection line");
-            let back = crate::jsonl::read_conn(body).expect("reads back");
+            let back = crate::eventlog::jsonl::read_conn(body).expect("reads back");
             assert_eq!(back, c, "{}", String::from_utf8_lossy(&line));
         }
         Err(_) => {}
@@ -162,7 +163,7 @@ fn conn_record() -> Vec<u8> {
 }
 
 fn btf_target(b: &[u8]) {
-    if let Ok(btf) = crate::btf::Btf::parse(b.to_vec()) {
+    if let Ok(btf) = crate::kernel::btf::Btf::parse(b.to_vec()) {
         let _ = btf.member_offset("outer", "c.y");
         let _ = btf.member_offset("tcp_sock", "inet_conn.icsk_inet.sk.__sk_common.skc_state");
         let _ = btf.enum_values("color");
@@ -171,20 +172,20 @@ fn btf_target(b: &[u8]) {
 }
 
 fn btf_seeds() -> Vec<Vec<u8>> {
-    vec![crate::btf::tiny_sample()]
+    vec![crate::kernel::btf::tiny_sample()]
 }
 
 fn tracefs_target(b: &[u8]) {
-    let fields = crate::tracefs::parse_format(&lossy(b));
-    let _ = crate::support::ResetRecord::from_fields(&fields);
+    let fields = crate::kernel::tracefs::parse_format(&lossy(b));
+    let _ = crate::kernel::support::ResetRecord::from_fields(&fields);
 }
 
 fn proc_tcp_target(b: &[u8]) {
-    let _ = crate::listeners::listening(&lossy(b));
+    let _ = crate::kernel::listeners::listening(&lossy(b));
 }
 
 fn sockstat_target(b: &[u8]) {
-    let _ = crate::sockstat::parse_sockstat(&lossy(b));
+    let _ = crate::kernel::sockstat::parse_sockstat(&lossy(b));
 }
 
 fn cgroup_target(b: &[u8]) {
@@ -196,7 +197,7 @@ fn pod_list_target(b: &[u8]) {
 }
 
 fn diag_target(b: &[u8]) {
-    if let Some(c) = crate::diag::parse_msg(1, b) {
+    if let Some(c) = crate::kernel::diag::parse_msg(1, b) {
         let _ = c.awaiting_reply();
     }
 }
@@ -220,7 +221,7 @@ fn diag_seeds() -> Vec<Vec<u8>> {
 }
 
 fn cidr_target(b: &[u8]) {
-    let _ = lossy(b).parse::<crate::filter::Cidr>();
+    let _ = lossy(b).parse::<crate::pipeline::filter::Cidr>();
 }
 
 fn cidr_seeds() -> Vec<Vec<u8>> {
@@ -496,7 +497,7 @@ mod tests {
             );
         }
         let log = &seeds(&targets()[0])[0];
-        let reader = crate::log::LogReader::new(Cursor::new(log)).expect("a seed log reads");
+        let reader = crate::eventlog::LogReader::new(Cursor::new(log)).expect("a seed log reads");
         assert!(
             reader.flatten().count() > 10,
             "the log seed is a real recording"

@@ -1,45 +1,31 @@
-//! conntrace userspace.
+//! conntrace userspace. The tree follows the pipeline, one layer per directory, each
+//! importing only from the layers before it:
 //!
-//! Kernel programs -> [`probes`] (load, attach, ring buffer) -> [`decode`] (bytes to
-//! [`event::Event`]) -> [`log`] (JSON Lines writer and reader).
+//! ```text
+//! kernel programs (tracer-ebpf; wire types in tracer-common)
+//!   -> kernel/    load, attach, read the ring buffer and socket map; decode to event::Event
+//!   -> pipeline/  filter, restore owners, feed the engine (live, or a log's records)
+//!   -> engine/    the pure diagnosis engine: events in, findings out
+//!   -> eventlog/  the JSON Lines log: writer, reader, encoder
+//!   -> output/    terminal text, Prometheus metrics and their HTTP server
+//!   -> commands/  the command line and the headless commands (record, watch, report)
+//!      tui/       the terminal UI, live and on a recording
+//! ```
 //!
-//! - [`btf`]: kernel struct offsets from `/sys/kernel/btf/vmlinux`.
-//! - [`tracefs`]: mounting tracefs, classic tracepoint record formats.
-//! - [`support`]: what the running kernel offers; degraded facts by name.
-//! - [`time`]: monotonic-to-wall clock and HZ.
-//! - [`filter`]: the `--pid`, `--comm`, `--port` and `--cidr` filters.
-//! - [`engine`]: the pure diagnosis engine and its detectors.
-//! - [`live`]: probes -> engine -> sink, shared by [`record`] and [`watch`].
-//! - [`report`]: findings from a log; [`lab`]: the incidents reproduced locally.
-//! - [`sockstat`]: node TCP memory samples; [`k8s`]: container and pod of a cgroup.
-//! - [`tui`]: the terminal UI, live and on a recording.
-//! - [`cli`]: the command line.
+//! Beside the pipeline: [`event`] (the data model every layer shares), [`k8s`] (the
+//! pod and container of a cgroup), [`lab`] (the incidents reproduced locally),
+//! [`signals`] (stopping cleanly) and [`fuzz`] (mutation fuzzing of every parser).
+//! The engine never knows whether its events are live or replayed.
 
-pub mod btf;
-pub mod cli;
-pub mod decode;
-pub mod diag;
+pub mod commands;
 pub mod engine;
 pub mod event;
-pub mod filter;
+pub mod eventlog;
 pub mod fuzz;
-pub mod jsonl;
 pub mod k8s;
+pub mod kernel;
 pub mod lab;
-pub mod listeners;
-pub mod live;
-pub mod log;
-pub mod metrics;
-pub mod metrics_http;
-pub mod out;
-pub mod probes;
-pub mod recent;
-pub mod record;
-pub mod report;
+pub mod output;
+pub mod pipeline;
 pub mod signals;
-pub mod sockstat;
-pub mod support;
-pub mod time;
-pub mod tracefs;
 pub mod tui;
-pub mod watch;

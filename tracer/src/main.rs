@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use tracer::cli::{Cli, Command};
+use tracer::commands::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     // Before anything else: SIGINT, SIGTERM and SIGHUP stop every command cleanly.
@@ -13,11 +13,13 @@ fn main() -> ExitCode {
         None => tracer::tui::run_live(&cli.filter, cli.live),
         Some(Command::Tui(args)) => tracer::tui::run_live(&args.filter, args.live),
         Some(Command::Replay(args)) => tracer::tui::run_replay(&args.file),
-        Some(Command::Record(args)) => tracer::record::run(args),
-        Some(Command::Watch(args)) => tracer::watch::run(args),
-        Some(Command::Report(args)) => tracer::report::run(&args.file, args.format, args.stats),
+        Some(Command::Record(args)) => tracer::commands::record::run(args),
+        Some(Command::Watch(args)) => tracer::commands::watch::run(args),
+        Some(Command::Report(args)) => {
+            tracer::commands::report::run(&args.file, args.format, args.stats)
+        }
         Some(Command::Lab(args)) => tracer::lab::run(args),
-        Some(Command::Check(args)) => tracer::probes::check(args.live),
+        Some(Command::Check(args)) => tracer::kernel::probes::check(args.live),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,7 +3,7 @@
 //! polls it: the live loop at its next 50 ms drain (the programs are then detached,
 //! the log's last line written, findings and losses printed), the UI at its next
 //! frame, `lab` by removing its namespaces. A closed stdout or stderr pipe raises the
-//! same flag (see [`crate::out`]) instead of killing the process.
+//! same flag (see [`crate::output::term`]) instead of killing the process.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 

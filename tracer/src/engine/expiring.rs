@@ -1,7 +1,7 @@
 //! A bounded map whose entries expire: what was recently closed, by 4-tuple. At most
 //! `cap` entries (the oldest goes first, counted in `evicted`), each kept `keep_ns`
 //! of the inputs' own clock. Shared by the owners of closed connections
-//! ([`crate::recent`]) and the server closes of the keep-alive race
+//! ([`crate::pipeline::recent`]) and the server closes of the keep-alive race
 //! ([`super::reuse`]).
 
 use std::{collections::VecDeque, hash::Hash};

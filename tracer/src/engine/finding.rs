@@ -57,11 +57,11 @@ pub struct Process {
 
 impl Process {
     /// The name is stored printable (control characters escaped, see
-    /// [`crate::out::printable`]): it goes into summaries read on terminals.
+    /// [`crate::output::term::printable`]): it goes into summaries read on terminals.
     pub fn new(pid: u32, comm: &str, cgroup: u64) -> Self {
         Self {
             pid,
-            comm: crate::out::printable(comm).into_owned(),
+            comm: crate::output::term::printable(comm).into_owned(),
             cgroup: (cgroup != 0).then(|| cgroup.to_string()),
             container: None,
             pod: None,
@@ -89,9 +89,9 @@ pub struct Finding {
     pub process: Option<Process>,
     /// The occurrences the summary counts.
     pub count: u64,
-    #[serde(with = "crate::time::rfc3339")]
+    #[serde(with = "crate::kernel::time::rfc3339")]
     pub first_seen: SystemTime,
-    #[serde(with = "crate::time::rfc3339")]
+    #[serde(with = "crate::kernel::time::rfc3339")]
     pub last_seen: SystemTime,
     /// Kind-specific; durations end in `_ms`, errnos are names.
     pub evidence: BTreeMap<String, serde_json::Value>,

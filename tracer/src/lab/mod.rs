@@ -12,7 +12,7 @@ mod simple;
 
 use anyhow::{bail, Result};
 
-use crate::cli::LabArgs;
+use crate::commands::cli::LabArgs;
 
 /// Name, what it reproduces.
 pub const SCENARIOS: [(&str, &str); 7] = [

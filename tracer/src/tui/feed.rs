@@ -1,4 +1,4 @@
-//! The engine thread: live kernel events (through [`crate::live`]) or a replayed log
+//! The engine thread: live kernel events (through [`crate::pipeline::live`]) or a replayed log
 //! go through the engine and a spool file; snapshots go to the UI, commands come back.
 
 use std::{
@@ -16,12 +16,12 @@ use super::{
     snapshot::{self, Header, SortKey},
 };
 use crate::{
+    commands::report,
     engine::{Config, Engine, Finding},
     event::{Event, Sockstat},
-    live::{LiveStats, Sink},
-    log::{self, LogReader, LogWriter, Record},
-    probes::Probes,
-    report,
+    eventlog::{self, LogReader, LogWriter, Record},
+    kernel::probes::Probes,
+    pipeline::live::{LiveStats, Sink},
 };
 
 /// Events kept for the Events view and the finding timelines.
@@ -36,7 +36,7 @@ pub struct TuiSink {
     spool: LogWriter<File>,
     /// Written before the first record: a live run first adds its programs and
     /// degraded facts ([`Sink::attached`]).
-    unwritten_header: Option<log::Header>,
+    unwritten_header: Option<eventlog::Header>,
     /// The spool file has no name (unlinked at once): it disappears with the process
     /// on every exit path. Export reads it through this second handle.
     spool_reader: File,
@@ -60,7 +60,7 @@ pub struct TuiSink {
 impl TuiSink {
     pub fn new(
         source: String,
-        header: &log::Header,
+        header: &eventlog::Header,
         snapshots: SyncSender<super::snapshot::Snapshot>,
         commands: Receiver<Command>,
         export_dir: PathBuf,
@@ -72,7 +72,7 @@ impl TuiSink {
             "conntrace-tui-{}-{nanos:09}.jsonl",
             std::process::id()
         ));
-        let file = log::create_private_rw(&spool_path)?;
+        let file = eventlog::create_private_rw(&spool_path)?;
         let spool_reader = file.try_clone().context("opening the spool twice")?;
         std::fs::remove_file(&spool_path)
             .with_context(|| format!("unlinking the spool {}", spool_path.display()))?;
@@ -137,7 +137,7 @@ impl TuiSink {
             .to_owned();
         let log_path = self.export_dir.join(format!("conntrace-{stamp}.jsonl"));
         let report_path = self.export_dir.join(format!("conntrace-{stamp}.md"));
-        let mut out = log::create_private(&log_path, false)?;
+        let mut out = eventlog::create_private(&log_path, false)?;
         copy_spool(&self.spool_reader, &mut out)
             .with_context(|| format!("writing {}", log_path.display()))?;
         let findings = engine.findings();
@@ -146,7 +146,7 @@ impl TuiSink {
             log.final_findings(&findings)?;
             log.finish()?;
         }
-        let mut report_file = log::create_private(&report_path, false)?;
+        let mut report_file = eventlog::create_private(&report_path, false)?;
         std::io::Write::write_all(
             &mut report_file,
             report::render(&findings, report::Format::Markdown)?.as_bytes(),

@@ -28,7 +28,7 @@ use self::{
     feed::TuiSink,
     snapshot::Snapshot,
 };
-use crate::{cli::FilterArgs, live, log, probes};
+use crate::{commands::cli::FilterArgs, eventlog, kernel::probes, pipeline::live};
 
 const FRAME: Duration = Duration::from_millis(50);
 
@@ -134,10 +134,10 @@ fn export_dir() -> std::path::PathBuf {
 }
 
 /// `conntrace` / `conntrace tui`: the UI on live kernel events.
-pub fn run_live(filter: &FilterArgs, live_args: crate::cli::LiveArgs) -> Result<()> {
+pub fn run_live(filter: &FilterArgs, live_args: crate::commands::cli::LiveArgs) -> Result<()> {
     probes::check_privileges()?;
-    let clock = crate::time::KernelClock::detect()?;
-    let header = log::Header::for_this_host(clock.hz, clock.boot);
+    let clock = crate::kernel::time::KernelClock::detect()?;
+    let header = eventlog::Header::for_this_host(clock.hz, clock.boot);
     let (snap_tx, snap_rx) = mpsc::sync_channel(2);
     let (cmd_tx, cmd_rx) = mpsc::channel();
     let sink = TuiSink::new(
@@ -177,7 +177,7 @@ pub fn run_live(filter: &FilterArgs, live_args: crate::cli::LiveArgs) -> Result<
 /// `conntrace replay FILE`: the same UI on a recorded log.
 pub fn run_replay(path: &Path) -> Result<()> {
     // Open once here so a bad file is a plain error before the screen changes.
-    let header = log::LogReader::open(path)?.header;
+    let header = eventlog::LogReader::open(path)?.header;
     let (snap_tx, snap_rx) = mpsc::sync_channel(2);
     let (cmd_tx, cmd_rx) = mpsc::channel();
     let sink = TuiSink::new(

@@ -8,7 +8,7 @@ use tracer_common::{flags, kind, owner_src, ConnRecord, RawEvent, Step, AF_INET6
 
 use crate::{
     event::{Closer, Conn, Direction, Errno, Event, EventKind, TcpState, Totals},
-    time::KernelClock,
+    kernel::time::KernelClock,
 };
 
 /// One decoded ring-buffer record.

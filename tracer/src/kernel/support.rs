@@ -13,8 +13,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    btf::Btf,
-    tracefs::{self, Field},
+    kernel::btf::Btf,
+    kernel::tracefs::{self, Field},
 };
 
 /// The degraded fact of the system-call hooks left off (the default).
@@ -167,7 +167,7 @@ impl KernelSupport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tracefs::parse_format;
+    use crate::kernel::tracefs::parse_format;
 
     const LINUX_5_10: &str = "\
 \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;

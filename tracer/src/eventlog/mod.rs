@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, Sockstat, Waiting};
 
+pub mod jsonl;
+
 /// The log format version this build writes.
 ///
 /// - 1: one line per event (every state transition its own line).
@@ -39,24 +41,24 @@ pub struct Header {
     pub kernel: String,
     #[serde(default)]
     pub hz: u32,
-    #[serde(with = "crate::time::rfc3339")]
+    #[serde(with = "crate::kernel::time::rfc3339")]
     pub boot_time: SystemTime,
-    #[serde(with = "crate::time::rfc3339")]
+    #[serde(with = "crate::kernel::time::rfc3339")]
     pub started: SystemTime,
     #[serde(default)]
     pub conntrace_version: String,
     /// Kernel programs attached (live runs; written once they are).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub programs: Vec<String>,
-    /// Facts this recording could not see on its kernel (see [`crate::support`]).
+    /// Facts this recording could not see on its kernel (see [`crate::kernel::support`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub degraded: Vec<crate::support::Degraded>,
+    pub degraded: Vec<crate::kernel::support::Degraded>,
 }
 
 impl Header {
     /// What the kernel programs of a live run could and could not attach.
     #[must_use]
-    pub fn with_probes(mut self, probes: &crate::probes::Probes) -> Self {
+    pub fn with_probes(mut self, probes: &crate::kernel::probes::Probes) -> Self {
         self.programs = probes.attached.iter().map(|&p| p.to_owned()).collect();
         self.degraded.clone_from(&probes.degraded);
         self
@@ -123,7 +125,7 @@ impl std::fmt::Display for LineError {
 pub struct LogWriter<W: Write> {
     out: BufWriter<W>,
     line: Vec<u8>,
-    times: crate::jsonl::TimeCache,
+    times: crate::eventlog::jsonl::TimeCache,
     pub events: u64,
     /// Bytes written so far.
     pub bytes: u64,
@@ -186,7 +188,7 @@ impl<W: Write> LogWriter<W> {
         Self {
             out: BufWriter::with_capacity(256 * 1024, out),
             line: Vec::with_capacity(512),
-            times: crate::jsonl::TimeCache::default(),
+            times: crate::eventlog::jsonl::TimeCache::default(),
             events: 0,
             bytes: 0,
         }
@@ -199,7 +201,7 @@ impl<W: Write> LogWriter<W> {
     pub fn event(&mut self, event: &Event) -> Result<()> {
         self.events += 1;
         self.line.clear();
-        crate::jsonl::write_event(&mut self.line, event, &mut self.times);
+        crate::eventlog::jsonl::write_event(&mut self.line, event, &mut self.times);
         self.line.push(b'\n');
         self.bytes += self.line.len() as u64;
         self.out.write_all(&self.line).context("writing the log")
@@ -209,7 +211,7 @@ impl<W: Write> LogWriter<W> {
     pub fn conn(&mut self, conn: &crate::event::Conn) -> Result<()> {
         self.events += conn.steps.len() as u64;
         self.line.clear();
-        crate::jsonl::write_conn(&mut self.line, conn, &mut self.times);
+        crate::eventlog::jsonl::write_conn(&mut self.line, conn, &mut self.times);
         self.line.push(b'\n');
         self.bytes += self.line.len() as u64;
         self.out.write_all(&self.line).context("writing the log")
@@ -441,12 +443,12 @@ fn parse_record(line: &str) -> Result<Record, String> {
     if line.starts_with("{\"conn\"") {
         #[derive(Deserialize)]
         struct Line {
-            conn: crate::jsonl::ConnLine,
+            conn: crate::eventlog::jsonl::ConnLine,
         }
         return serde_json::from_str::<Line>(line)
             .map_err(|e| describe(&e))
             .and_then(|l| {
-                crate::jsonl::read_conn(l.conn).map_err(|e| format!("corrupt line ({e})"))
+                crate::eventlog::jsonl::read_conn(l.conn).map_err(|e| format!("corrupt line ({e})"))
             })
             .map(Record::Conn);
     }
@@ -606,8 +608,8 @@ mod tests {
             started: UNIX_EPOCH + Duration::new(1_700_000_100, 0),
             conntrace_version: "0.1.0".into(),
             programs: vec!["inet_sock_set_state".into()],
-            degraded: vec![crate::support::Degraded::new(
-                crate::support::RESET_REASON,
+            degraded: vec![crate::kernel::support::Degraded::new(
+                crate::kernel::support::RESET_REASON,
                 "resets sent carry no reason",
             )],
         }

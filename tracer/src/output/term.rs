@@ -36,13 +36,13 @@ pub fn text(stderr: bool, text: &str) {
 /// `println!` that survives a closed pipe.
 #[macro_export]
 macro_rules! outln {
-    ($($arg:tt)*) => { $crate::out::line(false, format_args!($($arg)*)) };
+    ($($arg:tt)*) => { $crate::output::term::line(false, format_args!($($arg)*)) };
 }
 
 /// `eprintln!` that survives a closed pipe.
 #[macro_export]
 macro_rules! errln {
-    ($($arg:tt)*) => { $crate::out::line(true, format_args!($($arg)*)) };
+    ($($arg:tt)*) => { $crate::output::term::line(true, format_args!($($arg)*)) };
 }
 
 /// `s` with every control character (C0 including newline, DEL, C1) shown as `\xNN`

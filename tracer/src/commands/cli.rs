@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::filter::{Cidr, Filter};
+use crate::pipeline::filter::{Cidr, Filter};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,7 +28,7 @@ pub struct Cli {
 #[command(next_help_heading = "Live tracing")]
 pub struct LiveArgs {
     /// Serve Prometheus metrics on this address (PORT means 127.0.0.1:PORT; off by default).
-    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]
+    #[arg(long, value_name = "ADDR", value_parser = crate::output::metrics::parse_addr)]
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Also attach the system-call tracepoints of connect() and accept(): they name
     /// synchronous connect errors other than EADDRNOTAVAIL (ENETUNREACH, EACCES, ...)
@@ -135,7 +135,7 @@ pub struct ReportArgs {
     /// A log written by `conntrace record`.
     pub file: PathBuf,
     #[arg(long, value_enum, default_value = "text")]
-    pub format: crate::report::Format,
+    pub format: crate::commands::report::Format,
     /// Also print to stderr how long reading and the engine took (events/s).
     #[arg(long)]
     pub stats: bool,

@@ -6,13 +6,13 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 
 use crate::{
-    decode::Decoded,
     engine::{Config, Engine, Finding},
     event::{Event, EventKind, Sockstat},
-    filter::Filter,
-    probes::{EventStream, Probes},
-    sockstat,
-    time::{monotonic_now, KernelClock},
+    kernel::decode::Decoded,
+    kernel::probes::{EventStream, Probes},
+    kernel::sockstat,
+    kernel::time::{monotonic_now, KernelClock},
+    pipeline::filter::Filter,
 };
 
 /// Where the live run's output goes.
@@ -87,17 +87,17 @@ fn sample_now(clock: &KernelClock) -> Result<Sockstat> {
 
 /// Decoded events through the filter into the engine and the sink.
 struct Pipeline<'a> {
-    decoder: &'a crate::decode::Decoder,
+    decoder: &'a crate::kernel::decode::Decoder,
     attributor: crate::k8s::Attributor,
     /// Pod names from the API, when in a cluster.
     pods: Option<std::sync::mpsc::Receiver<Result<Vec<crate::k8s::api::PodInfo>, String>>>,
     pod_names: std::collections::HashMap<String, crate::k8s::api::PodInfo>,
     api_warned: bool,
-    metrics: Option<crate::metrics::Metrics>,
+    metrics: Option<crate::output::metrics::Metrics>,
     filter: &'a Filter,
-    recent: crate::recent::RecentOwners,
+    recent: crate::pipeline::recent::RecentOwners,
     /// Connections awaiting a reply, from the inspection thread; and its threshold.
-    waiting: Option<std::sync::mpsc::Receiver<crate::diag::Pass>>,
+    waiting: Option<std::sync::mpsc::Receiver<crate::kernel::diag::Pass>>,
     await_after_ms: u64,
     /// The last snapshot delivered had connections in it.
     waits_shown: bool,
@@ -107,7 +107,7 @@ struct Pipeline<'a> {
     /// records ([`Pipeline::sight`]); the kernel ships those steps again later.
     sighted: std::collections::HashMap<u64, u64>,
     sight_buf: Vec<tracer_common::ConnRecord>,
-    socks: Option<crate::probes::Socks>,
+    socks: Option<crate::kernel::probes::Socks>,
     /// When an EADDRNOTAVAIL last made the pipeline read every open socket.
     last_full_sight: Option<Duration>,
     engine: Engine,
@@ -118,7 +118,7 @@ struct Pipeline<'a> {
 impl Pipeline<'_> {
     fn handle(&mut self, bytes: &[u8], sink: &mut dyn Sink) {
         if bytes.len() == tracer_common::ConnRecord::SIZE {
-            match crate::decode::parse_conn(bytes) {
+            match crate::kernel::decode::parse_conn(bytes) {
                 Ok(mut rec) => {
                     // The socket's last record also ends what is remembered of it.
                     let upto = if rec.head.flags & tracer_common::flags::FINAL != 0 {
@@ -190,7 +190,7 @@ impl Pipeline<'_> {
         let before = u64::try_from(now.saturating_sub(after).as_nanos()).unwrap_or(0);
         let mut buf = std::mem::take(&mut self.sight_buf);
         buf.clear();
-        crate::probes::waiting_records(socks, before, &mut buf);
+        crate::kernel::probes::waiting_records(socks, before, &mut buf);
         if self.sighted.len() > 262_144 {
             // Sockets whose last record was lost: forget them, not grow.
             self.sighted.clear();
@@ -298,13 +298,17 @@ impl Pipeline<'_> {
         Ok(())
     }
 
-    fn metrics_text(&self, probes: &Probes, server: &crate::metrics_http::Counters) -> String {
+    fn metrics_text(
+        &self,
+        probes: &Probes,
+        server: &crate::output::metrics_http::Counters,
+    ) -> String {
         let Some(m) = &self.metrics else {
             return String::new();
         };
         let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         let losses = probes.losses().unwrap_or_default();
-        let kernel = crate::metrics::Probed {
+        let kernel = crate::output::metrics::Probed {
             programs: probes.attached.len(),
             ringbuf_full: losses[tracer_common::LOSS_RINGBUF_FULL as usize],
             owner_map: losses[tracer_common::LOSS_OWNER_MAP as usize],
@@ -361,7 +365,7 @@ impl Pipeline<'_> {
         let Some(rx) = &self.waiting else {
             return Ok(());
         };
-        while let Ok(crate::diag::Pass {
+        while let Ok(crate::kernel::diag::Pass {
             mono_ns,
             mut conns,
             namespace_errors,
@@ -421,9 +425,9 @@ fn after_ms(d: Duration) -> u64 {
 
 impl<'a> Pipeline<'a> {
     fn new(
-        decoder: &'a crate::decode::Decoder,
+        decoder: &'a crate::kernel::decode::Decoder,
         filter: &'a Filter,
-        live: crate::cli::LiveArgs,
+        live: crate::commands::cli::LiveArgs,
     ) -> Self {
         Self {
             decoder,
@@ -434,13 +438,13 @@ impl<'a> Pipeline<'a> {
             api_warned: false,
             metrics: live
                 .metrics_addr
-                .map(|_| crate::metrics::Metrics::default()),
+                .map(|_| crate::output::metrics::Metrics::default()),
             filter,
-            recent: crate::recent::RecentOwners::default(),
+            recent: crate::pipeline::recent::RecentOwners::default(),
             waiting: live
                 .await_after
                 .0
-                .and_then(|after| crate::diag::spawn(after_ms(after)).ok()),
+                .and_then(|after| crate::kernel::diag::spawn(after_ms(after)).ok()),
             await_after_ms: live.await_after.0.map_or(0, after_ms),
             waits_shown: false,
             namespaces_warned: false,
@@ -468,7 +472,7 @@ pub struct LiveRun {
 pub fn run(
     filter: &Filter,
     duration: Option<f64>,
-    live: crate::cli::LiveArgs,
+    live: crate::commands::cli::LiveArgs,
     sink: &mut dyn Sink,
     on_attached: impl FnOnce(&Probes),
 ) -> Result<LiveRun> {
@@ -479,7 +483,7 @@ pub fn run(
     }
     // Servers that were listening before the trace: their connections get an owner
     // from their first event. Best effort: nothing is lost without it.
-    let listeners = crate::listeners::scan(
+    let listeners = crate::kernel::listeners::scan(
         std::path::Path::new("/proc"),
         std::path::Path::new("/sys/fs/cgroup"),
     );
@@ -495,7 +499,9 @@ pub fn run(
     runtime.block_on(async {
         let mut stream = EventStream::new(ring)?;
         // Served from its own thread, from the page published here 5 times a second.
-        let server = metrics_addr.map(crate::metrics_http::serve).transpose()?;
+        let server = metrics_addr
+            .map(crate::output::metrics_http::serve)
+            .transpose()?;
         let publish = |pipe: &Pipeline, probes: &Probes| {
             if let Some(s) = &server {
                 s.publish(pipe.metrics_text(probes, &s.counters));
@@ -550,7 +556,7 @@ pub fn run(
             }
         }
         // Everything still in the ring reaches the log before it closes.
-        while stream.drain_now(|b| pipe.handle(b, sink)) == crate::probes::MAX_PER_DRAIN {}
+        while stream.drain_now(|b| pipe.handle(b, sink)) == crate::kernel::probes::MAX_PER_DRAIN {}
         // A last sample closes the run, so a replay ends on the same clock; the
         // losses line is always written at the end.
         pipe.sample(sink)?;

@@ -14,11 +14,11 @@ use aya::{
 use tracer_common::{Offsets, LOSS_COUNTERS};
 
 use crate::{
-    btf::Btf,
-    decode::Decoder,
-    support::{Degraded, KernelSupport},
-    time::KernelClock,
-    tracefs,
+    kernel::btf::Btf,
+    kernel::decode::Decoder,
+    kernel::support::{Degraded, KernelSupport},
+    kernel::time::KernelClock,
+    kernel::tracefs,
 };
 
 /// How a program is hooked.
@@ -118,7 +118,7 @@ pub fn check_privileges() -> Result<()> {
 /// `conntrace check`: loads and attaches everything, then says what this kernel gives.
 /// The lines are stable (`kernel`, `attached`, `degraded`, `ok`) so scripts and the
 /// kernel matrix read them.
-pub fn check(live: crate::cli::LiveArgs) -> Result<()> {
+pub fn check(live: crate::commands::cli::LiveArgs) -> Result<()> {
     let probes = Probes::load(&live)?;
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     crate::outln!("kernel {}", kernel.trim());
@@ -220,7 +220,7 @@ impl Probes {
     /// Without `--syscall-hooks` the `syscalls/*` tracepoints stay detached and the
     /// state tracker infers EADDRNOTAVAIL instead; `--every-transition` makes every
     /// state change its own event instead of connection records.
-    pub fn load(live: &crate::cli::LiveArgs) -> Result<Self> {
+    pub fn load(live: &crate::commands::cli::LiveArgs) -> Result<Self> {
         let syscall_hooks = live.syscall_hooks;
         let start = Instant::now();
         check_privileges()?;
@@ -287,7 +287,7 @@ impl Probes {
             if !syscall_hooks && matches!(hook, Hook::Classic("syscalls", _)) {
                 if name == "sys_enter_connect" {
                     degraded.push(Degraded::new(
-                        crate::support::SYSCALL_HOOKS_OFF,
+                        crate::kernel::support::SYSCALL_HOOKS_OFF,
                         "off by default (--syscall-hooks attaches them): connect errors other than \
                          EADDRNOTAVAIL that connect() returns at once (ENETUNREACH, EACCES) are \
                          not seen; accepted connections are their listener's until closed"
@@ -322,13 +322,16 @@ impl Probes {
     pub fn warnings(&self) -> impl Iterator<Item = &Degraded> {
         self.degraded
             .iter()
-            .filter(|d| d.fact != crate::support::SYSCALL_HOOKS_OFF)
+            .filter(|d| d.fact != crate::kernel::support::SYSCALL_HOOKS_OFF)
     }
 
     /// Hands the kernel the owners of listening sockets that predate the trace
-    /// ([`crate::listeners`]); a listener the kernel has already seen being created
+    /// ([`crate::kernel::listeners`]); a listener the kernel has already seen being created
     /// keeps its own entry. Returns how many were added.
-    pub fn seed_listeners(&mut self, listeners: &[crate::listeners::Listener]) -> Result<usize> {
+    pub fn seed_listeners(
+        &mut self,
+        listeners: &[crate::kernel::listeners::Listener],
+    ) -> Result<usize> {
         const BPF_NOEXIST: u64 = 1;
         let map = self
             .ebpf

@@ -434,7 +434,8 @@ pub fn spawn(after_ms: u64) -> io::Result<std::sync::mpsc::Receiver<Pass>> {
             loop {
                 std::thread::sleep(pause);
                 let all = inspector.pass();
-                let mono = u64::try_from(crate::time::monotonic_now().as_nanos()).unwrap_or(0);
+                let mono =
+                    u64::try_from(crate::kernel::time::monotonic_now().as_nanos()).unwrap_or(0);
                 let mut found = awaiting(&all, after_ms);
                 found.sort_by_key(|c| std::cmp::Reverse(c.last_data_sent_ms));
                 found.truncate(MAX_PER_SNAPSHOT);
@@ -448,8 +449,11 @@ pub fn spawn(after_ms: u64) -> io::Result<std::sync::mpsc::Receiver<Pass>> {
                         std::fs::read_to_string(proc_root.join(pid.to_string()).join("comm"))
                             .map(|c| c.trim_end().to_owned())
                             .unwrap_or_default();
-                    let cgroup =
-                        crate::listeners::cgroup_id(proc_root, Path::new("/sys/fs/cgroup"), pid);
+                    let cgroup = crate::kernel::listeners::cgroup_id(
+                        proc_root,
+                        Path::new("/sys/fs/cgroup"),
+                        pid,
+                    );
                     owners.insert(ino, (pid, comm, cgroup));
                 }
                 // Forget owners of sockets no longer waiting (bounded by one pass).

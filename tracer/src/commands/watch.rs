@@ -6,11 +6,11 @@ use std::io::Write as _;
 use anyhow::{Context as _, Result};
 
 use crate::{
-    cli::WatchArgs,
+    commands::cli::WatchArgs,
+    commands::report,
     engine::Finding,
     event::{Event, Sockstat},
-    live::{self, Sink},
-    report,
+    pipeline::live::{self, Sink},
 };
 
 struct StdoutSink {
@@ -59,7 +59,7 @@ impl Sink for StdoutSink {
         } else {
             format!(
                 "{}\n",
-                crate::out::printable_text(&report::text_one(finding))
+                crate::output::term::printable_text(&report::text_one(finding))
             )
         };
         self.write(&line)

@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     engine::{Config, Engine, Finding, Severity},
-    log::{LogReader, Record},
+    eventlog::{LogReader, Record},
 };
 
 /// Output format of `report`.
@@ -24,10 +24,10 @@ pub const KEPT_BAD_LINES: usize = 20;
 pub struct Replay {
     pub engine: Engine,
     /// The log's header: host, kernel, and the facts its kernel could not give.
-    pub header: crate::log::Header,
+    pub header: crate::eventlog::Header,
     /// Bad lines, reported with their numbers (the first [`KEPT_BAD_LINES`]); every
     /// good line was used.
-    pub bad_lines: Vec<crate::log::LineError>,
+    pub bad_lines: Vec<crate::eventlog::LineError>,
     /// Every bad line, also those not kept.
     pub bad_total: u64,
     pub newer_version: Option<u32>,
@@ -155,7 +155,7 @@ pub fn run(path: &Path, format: Format, stats: bool) -> Result<()> {
 /// postmortem knows its blind spots.
 pub fn render_limited(
     findings: &[Finding],
-    header: &crate::log::Header,
+    header: &crate::eventlog::Header,
     losses: Option<&crate::event::Losses>,
     format: Format,
 ) -> Result<String> {
@@ -188,7 +188,7 @@ pub fn render_limited(
             if let Some(line) = lost.and_then(crate::event::Losses::describe) {
                 let _ = writeln!(s, "{line}");
             }
-            crate::out::printable_text(&s).into_owned()
+            crate::output::term::printable_text(&s).into_owned()
         }
         Format::Markdown => {
             let mut s = markdown(findings);
@@ -205,7 +205,7 @@ pub fn render_limited(
             if let Some(line) = lost.and_then(crate::event::Losses::describe) {
                 let _ = writeln!(s, "\n## Losses\n\n{line}");
             }
-            crate::out::printable_text(&s).into_owned()
+            crate::output::term::printable_text(&s).into_owned()
         }
     })
 }
@@ -219,8 +219,8 @@ pub fn render(findings: &[Finding], format: Format) -> Result<String> {
         }
         // Anything from the kernel or a log (names, pods, paths) is shown, not sent:
         // control characters are escaped before the text reaches a terminal.
-        Format::Text => crate::out::printable_text(&text(findings)).into_owned(),
-        Format::Markdown => crate::out::printable_text(&markdown(findings)).into_owned(),
+        Format::Text => crate::output::term::printable_text(&text(findings)).into_owned(),
+        Format::Markdown => crate::output::term::printable_text(&markdown(findings)).into_owned(),
     })
 }
 
@@ -329,7 +329,7 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
-    use crate::{log::Header, support::Degraded};
+    use crate::{eventlog::Header, kernel::support::Degraded};
 
     fn header(degraded: Vec<Degraded>) -> Header {
         let mut h = Header::for_this_host(250, UNIX_EPOCH + Duration::from_secs(1));
@@ -341,7 +341,7 @@ mod tests {
     #[test]
     fn a_report_names_what_the_recordings_kernel_could_not_see() {
         let h = header(vec![Degraded::new(
-            crate::support::RESET_REASON,
+            crate::kernel::support::RESET_REASON,
             "resets sent carry no reason",
         )]);
         let text = render_limited(&[], &h, None, Format::Text).unwrap();

@@ -6,12 +6,13 @@ use std::fs::File;
 use anyhow::Result;
 
 use crate::{
-    cli::RecordArgs,
+    commands::cli::RecordArgs,
+    commands::report,
     engine::Finding,
     event::{Event, Sockstat},
-    live::{self, Sink},
-    log::{Header, LogWriter},
-    probes, report,
+    eventlog::{Header, LogWriter},
+    kernel::probes,
+    pipeline::live::{self, Sink},
 };
 
 struct LogSink {
@@ -56,7 +57,7 @@ pub fn run(args: &RecordArgs) -> Result<()> {
     probes::check_privileges()?;
     // Open the output before loading anything, so a bad path fails fast.
     let log = LogWriter::create(&args.output, args.force)?;
-    let clock = crate::time::KernelClock::detect()?;
+    let clock = crate::kernel::time::KernelClock::detect()?;
     let mut sink = LogSink {
         log,
         header: Header::for_this_host(clock.hz, clock.boot),
@@ -92,7 +93,7 @@ pub fn run(args: &RecordArgs) -> Result<()> {
     if findings.is_empty() {
         crate::errln!("conntrace: no findings");
     } else {
-        crate::out::text(true, &report::render(&findings, report::Format::Text)?);
+        crate::output::term::text(true, &report::render(&findings, report::Format::Text)?);
     }
     Ok(())
 }

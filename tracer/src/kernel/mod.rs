@@ -1,0 +1,16 @@
+//! Everything that touches the running kernel: what it offers ([`support`], [`btf`],
+//! [`tracefs`]), loading and attaching the programs and reading their ring buffer and
+//! socket map ([`probes`]), turning their bytes into [`crate::event`] values
+//! ([`decode`]), and the kernel's own tables read from userspace: listening sockets
+//! ([`listeners`]), open connections through `sock_diag` ([`diag`]), TCP memory
+//! ([`sockstat`]) and its clocks ([`time`]).
+
+pub mod btf;
+pub mod decode;
+pub mod diag;
+pub mod listeners;
+pub mod probes;
+pub mod sockstat;
+pub mod support;
+pub mod time;
+pub mod tracefs;

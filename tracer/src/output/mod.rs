@@ -1,0 +1,7 @@
+//! What leaves the process besides the log: terminal text that survives a closed pipe
+//! ([`term`]), Prometheus metrics ([`metrics`]) and the HTTP server that serves them
+//! ([`metrics_http`]).
+
+pub mod metrics;
+pub mod metrics_http;
+pub mod term;
