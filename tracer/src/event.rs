@@ -378,6 +378,28 @@ impl Losses {
         *self == Self::default()
     }
 
+    /// Everything lost, of every cause.
+    pub fn total(&self) -> u64 {
+        self.events()
+            .saturating_add(self.owner_map)
+            .saturating_add(self.connect_map)
+            .saturating_add(self.engine_evicted)
+    }
+
+    /// `lost 3 (ring buffer full 3, owner map 0, …)`: the exit line's counts.
+    pub fn counts(&self) -> String {
+        format!(
+            "lost {} (ring buffer full {}, owner map {}, connect map {}, kernel read {}, undecodable {}, engine table evictions {})",
+            self.total(),
+            self.ringbuf_full,
+            self.owner_map,
+            self.connect_map,
+            self.kernel_read,
+            self.undecodable,
+            self.engine_evicted,
+        )
+    }
+
     /// `lost 12 events (ring buffer full 10, kernel read 2); ...`, or `None`.
     pub fn describe(&self) -> Option<String> {
         if self.is_empty() {

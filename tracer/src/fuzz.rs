@@ -41,19 +41,11 @@ fn log_target(b: &[u8]) {
     };
     let header = reader.header.clone();
     let mut engine = crate::engine::Engine::new(crate::engine::Config::default());
-    let mut losses = None;
+    let mut sink = crate::pipeline::dispatch::Findings::default();
     for record in reader.flatten() {
-        match record {
-            crate::eventlog::Record::Event(e) => engine.ingest(&e),
-            crate::eventlog::Record::Conn(c) => engine.ingest_conn(&c),
-            crate::eventlog::Record::Sockstat(s) => engine.sample(&s),
-            crate::eventlog::Record::Waiting(w) => engine.waiting(&w),
-            crate::eventlog::Record::Losses(l) => losses = Some(l),
-            crate::eventlog::Record::Cgroup(c) => engine.cgroup(&c),
-            crate::eventlog::Record::Pod(p) => engine.pod(&p),
-            crate::eventlog::Record::Finding(_) | crate::eventlog::Record::FinalFindings(_) => {}
-        }
+        let _ = crate::pipeline::dispatch::record(&mut engine, &record, &mut sink);
     }
+    let losses = sink.losses;
     let findings = engine.findings();
     for format in [
         crate::commands::report::Format::Text,

@@ -1,21 +1,24 @@
-//! conntrace userspace. The tree follows the pipeline, one layer per directory, each
-//! importing only from the layers before it:
+//! conntrace userspace. The tree follows the pipeline, one layer per directory; a
+//! layer imports only from the layers above it in this list:
 //!
 //! ```text
-//! kernel programs (tracer-ebpf; wire types in tracer-common)
-//!   -> kernel/    load, attach, read the ring buffer and socket map; decode to event::Event
-//!   -> pipeline/  filter, restore owners, feed the engine (live, or a log's records)
-//!   -> engine/    the pure diagnosis engine: events in, findings out
-//!   -> eventlog/  the JSON Lines log: writer, reader, encoder
-//!   -> output/    terminal text, Prometheus metrics and their HTTP server
-//!   -> commands/  the command line and the headless commands (record, watch, report)
-//!      tui/       the terminal UI, live and on a recording
+//! event      the data model every layer shares (Event, Conn, Losses, ...); text: escaping
+//! kernel/    what the kernel offers (BTF, tracefs), loading and attaching the programs
+//!            (tracer-ebpf; wire types in tracer-common), the ring buffer and socket map,
+//!            decoding to events; the kernel's own tables (listeners, sock_diag, sockstat)
+//! engine/    the pure diagnosis engine: events in, findings out; never knows whether
+//!            its input is live or replayed
+//! eventlog/  the JSON Lines log: writer, reader, the hot-path encoder
+//! output/    terminal text that survives a closed pipe, Prometheus metrics and their server
+//! pipeline/  live (kernel -> filters -> engine -> sink) and recorded (log -> engine -> sink),
+//!            through one dispatch
+//! commands/  the command line and the headless commands: record, watch, report, check
+//! tui/       the terminal UI, live and on a recording
+//! lab/       the incidents reproduced locally
 //! ```
 //!
-//! Beside the pipeline: [`event`] (the data model every layer shares), [`k8s`] (the
-//! pod and container of a cgroup), [`lab`] (the incidents reproduced locally),
-//! [`signals`] (stopping cleanly) and [`fuzz`] (mutation fuzzing of every parser).
-//! The engine never knows whether its events are live or replayed.
+//! Beside them: [`k8s`] (the pod and container of a cgroup), [`signals`] (stopping
+//! cleanly from the first moment) and [`fuzz`] (mutation fuzzing of every parser).
 
 pub mod commands;
 pub mod engine;
@@ -28,4 +31,5 @@ pub mod lab;
 pub mod output;
 pub mod pipeline;
 pub mod signals;
+pub mod text;
 pub mod tui;

@@ -19,7 +19,7 @@ fn main() -> ExitCode {
             tracer::commands::report::run(&args.file, args.format, args.stats)
         }
         Some(Command::Lab(args)) => tracer::lab::run(args),
-        Some(Command::Check(args)) => tracer::kernel::probes::check(args.live),
+        Some(Command::Check(args)) => tracer::commands::check::run(args.live),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -58,6 +58,20 @@ pub struct LiveArgs {
     pub await_after: AwaitAfter,
 }
 
+impl LiveArgs {
+    /// What the live pipeline takes from these flags.
+    pub fn options(&self) -> crate::pipeline::live::Options {
+        crate::pipeline::live::Options {
+            attach: crate::kernel::probes::Attach {
+                syscall_hooks: self.syscall_hooks,
+                every_transition: self.every_transition,
+            },
+            metrics_addr: self.metrics_addr,
+            await_after: self.await_after.0,
+        }
+    }
+}
+
 /// `--await-after`: the inspection's threshold, or `None` for off.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AwaitAfter(pub Option<std::time::Duration>);

@@ -12,7 +12,7 @@ use crate::{
     event::{Event, Sockstat},
     eventlog::{Header, LogWriter},
     kernel::probes,
-    pipeline::live::{self, Sink},
+    pipeline::{live, Sink},
 };
 
 struct LogSink {
@@ -66,18 +66,9 @@ pub fn run(args: &RecordArgs) -> Result<()> {
     let run = live::run(
         &args.filter.to_filter(),
         args.duration,
-        args.live,
+        args.live.options(),
         &mut sink,
-        |probes| {
-            for warning in probes.warnings() {
-                crate::errln!("conntrace: warning: {warning}");
-            }
-            crate::errln!(
-                "conntrace: {} programs attached in {} ms; recording to {output} (Ctrl-C to stop)",
-                probes.attached.len(),
-                probes.attach_time.as_millis(),
-            );
-        },
+        |probes| live::announce(probes, &format!("recording to {output}")),
     )?;
     let findings = run.engine.findings();
     sink.log.final_findings(&findings)?;
@@ -88,7 +79,7 @@ pub fn run(args: &RecordArgs) -> Result<()> {
     crate::errln!(
         "conntrace: wrote {} events to {output}; {}",
         sink.log.events,
-        live::loss_line(&run)?
+        live::loss_line(&run)
     );
     if findings.is_empty() {
         crate::errln!("conntrace: no findings");

@@ -7,6 +7,7 @@ use anyhow::{Context as _, Result};
 use crate::{
     engine::{Config, Engine, Finding, Severity},
     eventlog::{LogReader, Record},
+    pipeline::dispatch,
 };
 
 /// Output format of `report`.
@@ -54,20 +55,12 @@ pub fn replay(path: &Path, cfg: Config) -> Result<Replay> {
     let mut bad_total = 0u64;
     let mut engine_time = std::time::Duration::ZERO;
     let mut batch = Vec::with_capacity(BATCH);
-    let mut losses = None;
+    let mut sink = dispatch::Findings::default();
     let mut run = |batch: &mut Vec<Record>, engine: &mut Engine| {
         let t = std::time::Instant::now();
         for record in batch.drain(..) {
-            match record {
-                Record::Losses(l) => losses = Some(l),
-                Record::Event(e) => engine.ingest(&e),
-                Record::Conn(c) => engine.ingest_conn(&c),
-                Record::Sockstat(s) => engine.sample(&s),
-                Record::Waiting(w) => engine.waiting(&w),
-                Record::Cgroup(c) => engine.cgroup(&c),
-                Record::Pod(p) => engine.pod(&p),
-                Record::Finding(_) | Record::FinalFindings(_) => {}
-            }
+            // The sink keeps nothing that can fail.
+            let _ = dispatch::record(engine, &record, &mut sink);
         }
         engine_time += t.elapsed();
     };
@@ -89,7 +82,7 @@ pub fn replay(path: &Path, cfg: Config) -> Result<Replay> {
     }
     run(&mut batch, &mut engine);
     Ok(Replay {
-        losses,
+        losses: sink.losses,
         header: reader.header.clone(),
         engine,
         bad_lines,
@@ -188,7 +181,7 @@ pub fn render_limited(
             if let Some(line) = lost.and_then(crate::event::Losses::describe) {
                 let _ = writeln!(s, "{line}");
             }
-            crate::output::term::printable_text(&s).into_owned()
+            crate::text::printable_text(&s).into_owned()
         }
         Format::Markdown => {
             let mut s = markdown(findings);
@@ -205,7 +198,7 @@ pub fn render_limited(
             if let Some(line) = lost.and_then(crate::event::Losses::describe) {
                 let _ = writeln!(s, "\n## Losses\n\n{line}");
             }
-            crate::output::term::printable_text(&s).into_owned()
+            crate::text::printable_text(&s).into_owned()
         }
     })
 }
@@ -219,8 +212,8 @@ pub fn render(findings: &[Finding], format: Format) -> Result<String> {
         }
         // Anything from the kernel or a log (names, pods, paths) is shown, not sent:
         // control characters are escaped before the text reaches a terminal.
-        Format::Text => crate::output::term::printable_text(&text(findings)).into_owned(),
-        Format::Markdown => crate::output::term::printable_text(&markdown(findings)).into_owned(),
+        Format::Text => crate::text::printable_text(&text(findings)).into_owned(),
+        Format::Markdown => crate::text::printable_text(&markdown(findings)).into_owned(),
     })
 }
 

@@ -10,7 +10,7 @@ use crate::{
     commands::report,
     engine::Finding,
     event::{Event, Sockstat},
-    pipeline::live::{self, Sink},
+    pipeline::{live, Sink},
 };
 
 struct StdoutSink {
@@ -59,7 +59,7 @@ impl Sink for StdoutSink {
         } else {
             format!(
                 "{}\n",
-                crate::output::term::printable_text(&report::text_one(finding))
+                crate::text::printable_text(&report::text_one(finding))
             )
         };
         self.write(&line)
@@ -75,23 +75,14 @@ pub fn run(args: &WatchArgs) -> Result<()> {
     let run = live::run(
         &args.filter.to_filter(),
         args.duration,
-        args.live,
+        args.live.options(),
         &mut sink,
-        |probes| {
-            for warning in probes.warnings() {
-                crate::errln!("conntrace: warning: {warning}");
-            }
-            crate::errln!(
-                "conntrace: {} programs attached in {} ms; watching (Ctrl-C to stop)",
-                probes.attached.len(),
-                probes.attach_time.as_millis()
-            );
-        },
+        |probes| live::announce(probes, "watching"),
     )?;
     crate::errln!(
         "conntrace: {} events; {}",
         run.stats.delivered,
-        live::loss_line(&run)?
+        live::loss_line(&run)
     );
     Ok(())
 }

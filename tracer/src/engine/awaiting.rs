@@ -15,7 +15,7 @@
 //! - **info** when every one has its keepalive timer armed: the probes will end the wait.
 //!
 //! Kept: the worst moment per group (most connections, then longest wait); groups are
-//! bounded ([`MAX_GROUPS`]).
+//! bounded (`MAX_GROUPS`).
 
 use std::{collections::HashMap, fmt::Write as _, net::SocketAddr, time::SystemTime};
 

@@ -57,11 +57,11 @@ pub struct Process {
 
 impl Process {
     /// The name is stored printable (control characters escaped, see
-    /// [`crate::output::term::printable`]): it goes into summaries read on terminals.
+    /// [`crate::text::printable`]): it goes into summaries read on terminals.
     pub fn new(pid: u32, comm: &str, cgroup: u64) -> Self {
         Self {
             pid,
-            comm: crate::output::term::printable(comm).into_owned(),
+            comm: crate::text::printable(comm).into_owned(),
             cgroup: (cgroup != 0).then(|| cgroup.to_string()),
             container: None,
             pod: None,

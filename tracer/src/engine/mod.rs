@@ -144,13 +144,6 @@ impl Engine {
         }
     }
 
-    /// Feeds a connection record: the transitions it lists, in order.
-    pub fn ingest_conn(&mut self, c: &crate::event::Conn) {
-        for e in c.events() {
-            self.ingest(&e);
-        }
-    }
-
     /// Feeds one event.
     pub fn ingest(&mut self, e: &Event) {
         self.stats.events += 1;

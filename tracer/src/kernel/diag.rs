@@ -418,7 +418,7 @@ const INSPECT_MAX_PAUSE: Duration = Duration::from_secs(30);
 const MAX_PER_SNAPSHOT: usize = 256;
 
 /// Runs the inspection on its own thread every [`INSPECT_EVERY`] (or less often:
-/// at most 1 % of a CPU, see [`CPU_SHARE`]), sending each pass's
+/// at most 1 % of a CPU, see `CPU_SHARE`), sending each pass's
 /// connections awaiting a reply with the CLOCK_MONOTONIC time of the pass. Owners come
 /// from `/proc/*/fd` (looked up only for sockets not seen before). The thread ends when
 /// the receiver is dropped.

@@ -11,7 +11,7 @@ use aya::{
     programs::{BtfTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
-use tracer_common::{Offsets, LOSS_COUNTERS};
+use tracer_common::{Offsets, LOSS_CONNECT_MAP, LOSS_OWNER_MAP, LOSS_READ, LOSS_RINGBUF_FULL};
 
 use crate::{
     kernel::btf::Btf,
@@ -115,27 +115,14 @@ pub fn check_privileges() -> Result<()> {
     )
 }
 
-/// `conntrace check`: loads and attaches everything, then says what this kernel gives.
-/// The lines are stable (`kernel`, `attached`, `degraded`, `ok`) so scripts and the
-/// kernel matrix read them.
-pub fn check(live: crate::commands::cli::LiveArgs) -> Result<()> {
-    let probes = Probes::load(&live)?;
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    crate::outln!("kernel {}", kernel.trim());
-    crate::outln!(
-        "attached {} programs in {} ms: {}",
-        probes.attached.len(),
-        probes.attach_time.as_millis(),
-        probes.attached.join(" ")
-    );
-    for d in &probes.degraded {
-        crate::outln!("degraded {d}");
-    }
-    crate::outln!(
-        "ok conntrace runs on this kernel ({} degraded facts)",
-        probes.degraded.len()
-    );
-    Ok(())
+/// What to attach and how the programs ship transitions (`--syscall-hooks`,
+/// `--every-transition`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Attach {
+    /// The `syscalls/*` tracepoints of connect() and accept().
+    pub syscall_hooks: bool,
+    /// One event per TCP state transition instead of connection records.
+    pub every_transition: bool,
 }
 
 /// Field offsets the programs need, from BTF and the reset record of this kernel
@@ -220,8 +207,8 @@ impl Probes {
     /// Without `--syscall-hooks` the `syscalls/*` tracepoints stay detached and the
     /// state tracker infers EADDRNOTAVAIL instead; `--every-transition` makes every
     /// state change its own event instead of connection records.
-    pub fn load(live: &crate::commands::cli::LiveArgs) -> Result<Self> {
-        let syscall_hooks = live.syscall_hooks;
+    pub fn load(what: Attach) -> Result<Self> {
+        let syscall_hooks = what.syscall_hooks;
         let start = Instant::now();
         check_privileges()?;
         raise_memlock();
@@ -243,7 +230,7 @@ impl Probes {
         }
         let mut offsets = offsets(&btf, &support)?;
         offsets.infer_port_exhaustion = u32::from(!syscall_hooks);
-        offsets.stream_all = u32::from(live.every_transition);
+        offsets.stream_all = u32::from(what.every_transition);
         let decoder = Decoder {
             clock: KernelClock::detect()?,
             reset_reasons: if support.reset.is_some_and(|r| r.reason.is_some()) {
@@ -390,16 +377,18 @@ impl Probes {
         Ok(aya::maps::HashMap::try_from(map)?)
     }
 
-    /// Loss counters summed over CPUs, indexed by `LOSS_*`.
-    pub fn losses(&self) -> Result<[u64; LOSS_COUNTERS as usize]> {
+    /// The kernel's loss counters, summed over CPUs (the userspace causes are zero).
+    pub fn losses(&self) -> Result<crate::event::Losses> {
         let map = self.ebpf.map("LOSSES").context("LOSSES map missing")?;
         let array: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
-        let mut out = [0u64; LOSS_COUNTERS as usize];
-        for (i, slot) in out.iter_mut().enumerate() {
-            let values = array.get(&u32::try_from(i)?, 0)?;
-            *slot = values.iter().sum();
-        }
-        Ok(out)
+        let count = |i: u32| -> Result<u64> { Ok(array.get(&i, 0)?.iter().sum()) };
+        Ok(crate::event::Losses {
+            ringbuf_full: count(LOSS_RINGBUF_FULL)?,
+            owner_map: count(LOSS_OWNER_MAP)?,
+            connect_map: count(LOSS_CONNECT_MAP)?,
+            kernel_read: count(LOSS_READ)?,
+            ..crate::event::Losses::default()
+        })
     }
 }
 

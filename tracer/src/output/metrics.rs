@@ -46,11 +46,7 @@ pub struct Metrics {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Probed {
     pub programs: usize,
-    pub ringbuf_full: u64,
-    pub owner_map: u64,
-    pub connect_map: u64,
-    pub kernel_read: u64,
-    pub undecodable: u64,
+    pub losses: crate::event::Losses,
     /// The HTTP server's own counters.
     pub scrapes: u64,
     pub scrapes_refused: u64,
@@ -251,12 +247,12 @@ impl Metrics {
             "Events lost, by cause.",
         );
         for (cause, n) in [
-            ("ringbuf_full", probed.ringbuf_full),
-            ("owner_map", probed.owner_map),
-            ("connect_map", probed.connect_map),
-            ("kernel_read", probed.kernel_read),
-            ("undecodable", probed.undecodable),
-            ("engine_evicted", engine.stats.evicted),
+            ("ringbuf_full", probed.losses.ringbuf_full),
+            ("owner_map", probed.losses.owner_map),
+            ("connect_map", probed.losses.connect_map),
+            ("kernel_read", probed.losses.kernel_read),
+            ("undecodable", probed.losses.undecodable),
+            ("engine_evicted", probed.losses.engine_evicted),
         ] {
             let _ = writeln!(s, "conntrace_events_lost_total{{cause=\"{cause}\"}} {n}");
         }

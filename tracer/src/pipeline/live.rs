@@ -1,62 +1,29 @@
-//! The live pipeline shared by `record` and `watch`: kernel events and periodic
-//! node samples, filtered, fed to the engine and handed to a [`Sink`].
+//! The live pipeline shared by `record`, `watch` and the UI: kernel events and
+//! periodic node samples, filtered, fed to the engine and handed to a [`Sink`]
+//! through [`dispatch`], the path a log's records take too.
 
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 
 use crate::{
-    engine::{Config, Engine, Finding},
+    engine::{Config, Engine},
     event::{Event, EventKind, Sockstat},
     kernel::decode::Decoded,
     kernel::probes::{EventStream, Probes},
     kernel::sockstat,
     kernel::time::{monotonic_now, KernelClock},
-    pipeline::filter::Filter,
+    pipeline::{dispatch, filter::Filter, Sink},
 };
 
-/// Where the live run's output goes.
-pub trait Sink {
-    /// Called once the programs are attached, before any record.
-    fn attached(&mut self, _probes: &Probes) -> Result<()> {
-        Ok(())
-    }
-    fn event(&mut self, event: &Event) -> Result<()>;
-    /// A connection record (already fed to the engine as `events`, the transitions
-    /// it lists); by default the sink takes those events one by one.
-    fn conn(&mut self, _conn: &crate::event::Conn, events: &[Event]) -> Result<()> {
-        events.iter().try_for_each(|e| self.event(e))
-    }
-    fn sockstat(&mut self, sample: &Sockstat) -> Result<()>;
-    /// Whether this sink shows BPF run time (kernel-wide statistics are then on).
-    fn shows_bpf_run_time(&self) -> bool {
-        false
-    }
-    /// What was lost so far (when it changed, and at the end).
-    fn losses(&mut self, _losses: &crate::event::Losses) -> Result<()> {
-        Ok(())
-    }
-    /// Connections awaiting a reply, from one inspection.
-    fn waiting(&mut self, _snapshot: &crate::event::Waiting) -> Result<()> {
-        Ok(())
-    }
-    fn finding(&mut self, finding: &Finding) -> Result<()>;
-    /// A cgroup seen for the first time, with its container and pod.
-    fn cgroup(&mut self, _info: &crate::k8s::CgroupInfo) -> Result<()> {
-        Ok(())
-    }
-    /// A pod named by the Kubernetes API.
-    fn pod(&mut self, _info: &crate::k8s::api::PodInfo) -> Result<()> {
-        Ok(())
-    }
-    /// Something degraded (printed once by the headless commands).
-    fn warn(&mut self, message: &str) {
-        crate::errln!("conntrace: warning: {message}");
-    }
-    /// Called after each look for new findings (5 times a second); `true` stops the run.
-    fn tick(&mut self, _engine: &Engine, _probes: &Probes, _stats: LiveStats) -> Result<bool> {
-        Ok(false)
-    }
+/// How a live run traces and what it serves (the command line's live flags).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    pub attach: crate::kernel::probes::Attach,
+    /// Serve Prometheus metrics here.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Report connections awaiting a reply this long (`None`: no inspection).
+    pub await_after: Option<Duration>,
 }
 
 /// Counters printed at exit.
@@ -164,11 +131,8 @@ impl Pipeline<'_> {
                     sink,
                 ) {
                     self.stats.delivered += 1;
-                    self.engine.ingest(&event);
-                    if let Some(m) = self.metrics.as_mut() {
-                        m.observe(&event);
-                    }
-                    if let Err(e) = sink.event(&event) {
+                    let r = dispatch::event(&mut self.engine, self.metrics.as_mut(), &event, sink);
+                    if let Err(e) = r {
                         self.failure.get_or_insert(e);
                     }
                 }
@@ -228,13 +192,9 @@ impl Pipeline<'_> {
                     sink,
                 ) {
                     self.stats.delivered += events.len() as u64;
-                    for e in &events {
-                        self.engine.ingest(e);
-                        if let Some(m) = self.metrics.as_mut() {
-                            m.observe(e);
-                        }
-                    }
-                    if let Err(e) = sink.conn(&conn, &events) {
+                    let metrics = self.metrics.as_mut();
+                    if let Err(e) = dispatch::conn(&mut self.engine, metrics, &conn, &events, sink)
+                    {
                         self.failure.get_or_insert(e);
                     }
                 }
@@ -259,8 +219,7 @@ impl Pipeline<'_> {
             return false;
         }
         if let Some(info) = self.attributor.first_sight(cgroup) {
-            self.engine.cgroup(&info);
-            if let Err(e) = sink.cgroup(&info) {
+            if let Err(e) = dispatch::cgroup(&mut self.engine, &info, sink) {
                 self.failure.get_or_insert(e);
             }
         }
@@ -274,10 +233,7 @@ impl Pipeline<'_> {
     /// A node sample. A failed read of /proc is counted and said once, not fatal.
     fn sample(&mut self, sink: &mut dyn Sink) -> Result<()> {
         match sample_now(&self.decoder.clock) {
-            Ok(s) => {
-                self.engine.sample(&s);
-                sink.sockstat(&s)
-            }
+            Ok(s) => dispatch::sockstat(&mut self.engine, &s, sink),
             Err(e) => {
                 self.stats.sample_errors += 1;
                 if self.stats.sample_errors == 1 {
@@ -307,14 +263,9 @@ impl Pipeline<'_> {
             return String::new();
         };
         let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-        let losses = probes.losses().unwrap_or_default();
         let kernel = crate::output::metrics::Probed {
             programs: probes.attached.len(),
-            ringbuf_full: losses[tracer_common::LOSS_RINGBUF_FULL as usize],
-            owner_map: losses[tracer_common::LOSS_OWNER_MAP as usize],
-            connect_map: losses[tracer_common::LOSS_CONNECT_MAP as usize],
-            kernel_read: losses[tracer_common::LOSS_READ as usize],
-            undecodable: self.stats.undecodable,
+            losses: losses_of(probes, self.stats, &self.engine),
             scrapes: n(&server.scrapes),
             scrapes_refused: n(&server.refused),
             accept_errors: n(&server.accept_errors),
@@ -332,8 +283,7 @@ impl Pipeline<'_> {
                 Ok(pods) => {
                     for p in pods {
                         if self.pod_names.get(&p.uid) != Some(&p) {
-                            self.engine.pod(&p);
-                            sink.pod(&p)?;
+                            dispatch::pod(&mut self.engine, &p, sink)?;
                             self.pod_names.insert(p.uid.clone(), p);
                         }
                     }
@@ -403,8 +353,7 @@ impl Pipeline<'_> {
                 after_ms: self.await_after_ms,
                 conns,
             };
-            self.engine.waiting(&w);
-            sink.waiting(&w)?;
+            dispatch::waiting(&mut self.engine, &w, sink)?;
         }
         Ok(())
     }
@@ -424,11 +373,7 @@ fn after_ms(d: Duration) -> u64 {
 }
 
 impl<'a> Pipeline<'a> {
-    fn new(
-        decoder: &'a crate::kernel::decode::Decoder,
-        filter: &'a Filter,
-        live: crate::commands::cli::LiveArgs,
-    ) -> Self {
+    fn new(decoder: &'a crate::kernel::decode::Decoder, filter: &'a Filter, live: Options) -> Self {
         Self {
             decoder,
             attributor: crate::k8s::Attributor::new(),
@@ -443,9 +388,8 @@ impl<'a> Pipeline<'a> {
             recent: crate::pipeline::recent::RecentOwners::default(),
             waiting: live
                 .await_after
-                .0
                 .and_then(|after| crate::kernel::diag::spawn(after_ms(after)).ok()),
-            await_after_ms: live.await_after.0.map_or(0, after_ms),
+            await_after_ms: live.await_after.map_or(0, after_ms),
             waits_shown: false,
             namespaces_warned: false,
             last_losses: crate::event::Losses::default(),
@@ -467,17 +411,30 @@ pub struct LiveRun {
     pub probes: Probes,
 }
 
-/// Runs until SIGINT (Ctrl-C), SIGTERM, SIGHUP, a closed output pipe or `duration`; `on_attached` is called once every
-/// program is attached.
+/// The headless commands' start line on stderr, after the kernel's degraded facts:
+/// `conntrace: 5 programs attached in 212 ms; recording to f.jsonl (Ctrl-C to stop)`.
+pub fn announce(probes: &Probes, doing: &str) {
+    for warning in probes.warnings() {
+        crate::errln!("conntrace: warning: {warning}");
+    }
+    crate::errln!(
+        "conntrace: {} programs attached in {} ms; {doing} (Ctrl-C to stop)",
+        probes.attached.len(),
+        probes.attach_time.as_millis(),
+    );
+}
+
+/// Runs until SIGINT (Ctrl-C), SIGTERM, SIGHUP, a closed output pipe or `duration`;
+/// `on_attached` is called once every program is attached.
 pub fn run(
     filter: &Filter,
     duration: Option<f64>,
-    live: crate::commands::cli::LiveArgs,
+    live: Options,
     sink: &mut dyn Sink,
     on_attached: impl FnOnce(&Probes),
 ) -> Result<LiveRun> {
     let metrics_addr = live.metrics_addr;
-    let mut probes = Probes::load(&live)?;
+    let mut probes = Probes::load(live.attach)?;
     if sink.shows_bpf_run_time() {
         probes.enable_run_time_stats();
     }
@@ -592,31 +549,18 @@ fn trim(rec: &mut tracer_common::ConnRecord, upto: u64) {
 
 /// The losses of a run so far: kernel counters, undecodable records, engine evictions.
 pub fn losses_of(probes: &Probes, stats: LiveStats, engine: &Engine) -> crate::event::Losses {
-    let k = probes.losses().unwrap_or_default();
-    let l = |i: u32| k.get(i as usize).copied().unwrap_or(0);
     crate::event::Losses {
-        ringbuf_full: l(tracer_common::LOSS_RINGBUF_FULL),
-        owner_map: l(tracer_common::LOSS_OWNER_MAP),
-        connect_map: l(tracer_common::LOSS_CONNECT_MAP),
-        kernel_read: l(tracer_common::LOSS_READ),
         undecodable: stats.undecodable,
         engine_evicted: engine.stats.evicted,
+        ..probes.losses().unwrap_or_default()
     }
 }
 
 /// The exit line about what was delivered and lost.
-pub fn loss_line(run: &LiveRun) -> Result<String> {
-    let losses = run.probes.losses()?;
-    let l = |i: u32| losses[i as usize];
-    Ok(format!(
-        "lost {} (ring buffer full {}, owner map {}, connect map {}, kernel read {}, undecodable {}, engine table evictions {}); filtered out {}",
-        losses.iter().sum::<u64>() + run.stats.undecodable,
-        l(tracer_common::LOSS_RINGBUF_FULL),
-        l(tracer_common::LOSS_OWNER_MAP),
-        l(tracer_common::LOSS_CONNECT_MAP),
-        l(tracer_common::LOSS_READ),
-        run.stats.undecodable,
-        run.engine.stats.evicted,
+pub fn loss_line(run: &LiveRun) -> String {
+    format!(
+        "{}; filtered out {}",
+        losses_of(&run.probes, run.stats, &run.engine).counts(),
         run.stats.filtered,
-    ))
+    )
 }

@@ -1,9 +1,67 @@
-//! Events on their way to the engine. Live ([`live`]): the kernel's records, filtered
-//! ([`filter`]), owners of resets from recently closed sockets restored ([`recent`]),
-//! fed to the engine and handed to a sink. Recorded: a log's records fed the same way
-//! by [`dispatch`], which both `report` and the UI's feed use. Every loss on the way is
-//! counted in one [`losses::Losses`].
+//! Events on their way to the engine and on to a [`Sink`] (the log, stdout, the UI).
+//!
+//! Live ([`live`]): the kernel's records, owners of resets from recently closed
+//! sockets restored ([`recent`]), filtered ([`filter`]). Recorded: a log's records as
+//! they were written. Both reach the engine and the sink through [`dispatch`], the one
+//! place that knows which record feeds which part of the engine, so a recording
+//! replayed gives the findings it gave live. Every loss on the way is counted in one
+//! [`crate::event::Losses`].
 
+pub mod dispatch;
 pub mod filter;
 pub mod live;
 pub mod recent;
+
+use anyhow::Result;
+
+use crate::{
+    engine::{Engine, Finding},
+    event::{Event, Sockstat},
+    kernel::probes::Probes,
+};
+use live::LiveStats;
+
+/// Where records go after the engine: the log (`record`), stdout (`watch`), the UI
+/// (live and replayed), nothing (`report`).
+pub trait Sink {
+    /// Called once the programs are attached, before any record.
+    fn attached(&mut self, _probes: &Probes) -> Result<()> {
+        Ok(())
+    }
+    fn event(&mut self, event: &Event) -> Result<()>;
+    /// A connection record (already fed to the engine as `events`, the transitions
+    /// it lists); by default the sink takes those events one by one.
+    fn conn(&mut self, _conn: &crate::event::Conn, events: &[Event]) -> Result<()> {
+        events.iter().try_for_each(|e| self.event(e))
+    }
+    fn sockstat(&mut self, sample: &Sockstat) -> Result<()>;
+    /// Whether this sink shows BPF run time (kernel-wide statistics are then on).
+    fn shows_bpf_run_time(&self) -> bool {
+        false
+    }
+    /// What was lost so far (when it changed, and at the end).
+    fn losses(&mut self, _losses: &crate::event::Losses) -> Result<()> {
+        Ok(())
+    }
+    /// Connections awaiting a reply, from one inspection.
+    fn waiting(&mut self, _snapshot: &crate::event::Waiting) -> Result<()> {
+        Ok(())
+    }
+    fn finding(&mut self, finding: &Finding) -> Result<()>;
+    /// A cgroup seen for the first time, with its container and pod.
+    fn cgroup(&mut self, _info: &crate::k8s::CgroupInfo) -> Result<()> {
+        Ok(())
+    }
+    /// A pod named by the Kubernetes API.
+    fn pod(&mut self, _info: &crate::k8s::api::PodInfo) -> Result<()> {
+        Ok(())
+    }
+    /// Something degraded (printed once by the headless commands).
+    fn warn(&mut self, message: &str) {
+        crate::errln!("conntrace: warning: {message}");
+    }
+    /// Called after each look for new findings (5 times a second); `true` stops the run.
+    fn tick(&mut self, _engine: &Engine, _probes: &Probes, _stats: LiveStats) -> Result<bool> {
+        Ok(false)
+    }
+}

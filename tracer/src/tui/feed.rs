@@ -21,7 +21,7 @@ use crate::{
     event::{Event, Sockstat},
     eventlog::{self, LogReader, LogWriter, Record},
     kernel::probes::Probes,
-    pipeline::live::{LiveStats, Sink},
+    pipeline::{dispatch, live::LiveStats, Sink},
 };
 
 /// Events kept for the Events view and the finding timelines.
@@ -202,7 +202,7 @@ impl TuiSink {
         }
         if let Some((probes, stats)) = probes {
             header.programs = probes.attached.len();
-            header.lost += probes.losses().map_or(0, |l| l.iter().sum::<u64>()) + stats.undecodable;
+            header.lost += probes.losses().unwrap_or_default().total() + stats.undecodable;
             let run = probes.bpf_run_time();
             let (t, r) = self.bpf;
             let wall = now.duration_since(t).as_secs_f64();
@@ -344,10 +344,6 @@ impl Sink for TuiSink {
 }
 
 /// Plays a log back through the engine at `speed` times real time.
-#[expect(
-    clippy::too_many_lines,
-    reason = "one playback loop: commands, pacing, reading, publishing"
-)]
 pub fn replay(path: &Path, mut sink: TuiSink) -> Result<()> {
     let mut reader = LogReader::open(path)?;
     let total = std::fs::metadata(path).map_or(1, |m| m.len().max(1));
@@ -417,37 +413,7 @@ pub fn replay(path: &Path, mut sink: TuiSink) -> Result<()> {
                     break;
                 }
             }
-            match record {
-                Record::Event(e) => {
-                    engine.ingest(&e);
-                    sink.event(&e)?;
-                }
-                Record::Conn(c) => {
-                    let events: Vec<Event> = c.events().collect();
-                    for e in &events {
-                        engine.ingest(e);
-                    }
-                    sink.conn(&c, &events)?;
-                }
-                Record::Sockstat(s) => {
-                    engine.sample(&s);
-                    sink.sockstat(&s)?;
-                }
-                Record::Waiting(w) => {
-                    engine.waiting(&w);
-                    sink.waiting(&w)?;
-                }
-                Record::Losses(l) => sink.losses(&l)?,
-                Record::Cgroup(c) => {
-                    engine.cgroup(&c);
-                    sink.cgroup(&c)?;
-                }
-                Record::Pod(p) => {
-                    engine.pod(&p);
-                    sink.pod(&p)?;
-                }
-                Record::Finding(_) | Record::FinalFindings(_) => {}
-            }
+            dispatch::record(&mut engine, &record, &mut sink)?;
         }
         if last_publish.elapsed() >= Duration::from_millis(100) {
             let pct = if done {

@@ -153,7 +153,7 @@ pub fn run_live(filter: &FilterArgs, live_args: crate::commands::cli::LiveArgs) 
         .name("engine".into())
         .spawn(move || {
             let mut sink = sink;
-            live::run(&filter, None, live_args, &mut sink, |_| {
+            live::run(&filter, None, live_args.options(), &mut sink, |_| {
                 let _ = ready_tx.send(());
             })
             .map(|_| ())

@@ -162,7 +162,7 @@ pub fn event_line(e: &Event) -> String {
         e.remote
     );
     // Names and reasons come from the kernel or a log: shown, never sent raw.
-    crate::output::term::printable(&s).into_owned()
+    crate::text::printable(&s).into_owned()
 }
 
 /// A finding with every string that may come from the kernel or a log (summary,
@@ -171,7 +171,7 @@ fn printable_finding(mut f: Finding) -> Finding {
     fn value(v: &mut serde_json::Value) {
         match v {
             serde_json::Value::String(s) => {
-                if let std::borrow::Cow::Owned(p) = crate::output::term::printable(s) {
+                if let std::borrow::Cow::Owned(p) = crate::text::printable(s) {
                     *s = p;
                 }
             }
@@ -180,16 +180,16 @@ fn printable_finding(mut f: Finding) -> Finding {
             _ => {}
         }
     }
-    f.summary = crate::output::term::printable(&f.summary).into_owned();
-    f.recommendation = crate::output::term::printable(&f.recommendation).into_owned();
-    f.endpoint = crate::output::term::printable(&f.endpoint).into_owned();
+    f.summary = crate::text::printable(&f.summary).into_owned();
+    f.recommendation = crate::text::printable(&f.recommendation).into_owned();
+    f.endpoint = crate::text::printable(&f.endpoint).into_owned();
     f.evidence.values_mut().for_each(value);
     if let Some(p) = f.process.as_mut() {
         for s in [&mut p.pod, &mut p.container, &mut p.cgroup]
             .into_iter()
             .flatten()
         {
-            *s = crate::output::term::printable(s).into_owned();
+            *s = crate::text::printable(s).into_owned();
         }
     }
     f
@@ -314,7 +314,7 @@ fn connection_rows(engine: &Engine, filter: &str, sort: SortKey) -> (Vec<ConnRow
         .into_iter()
         .map(|c| ConnRow {
             pid: c.pid,
-            comm: crate::output::term::printable(c.comm.as_str()).into_owned(),
+            comm: crate::text::printable(c.comm.as_str()).into_owned(),
             local: c.local.to_string(),
             remote: c.remote.to_string(),
             state: c.state,

@@ -1,0 +1,28 @@
+//! `conntrace check`: whether conntrace runs on this kernel, and what it cannot see here.
+
+use anyhow::Result;
+
+use crate::{commands::cli::LiveArgs, kernel::probes::Probes};
+
+/// `conntrace check`: loads and attaches everything, then says what this kernel gives.
+/// The lines are stable (`kernel`, `attached`, `degraded`, `ok`) so scripts and the
+/// kernel matrix read them.
+pub fn run(live: LiveArgs) -> Result<()> {
+    let probes = Probes::load(live.options().attach)?;
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    crate::outln!("kernel {}", kernel.trim());
+    crate::outln!(
+        "attached {} programs in {} ms: {}",
+        probes.attached.len(),
+        probes.attach_time.as_millis(),
+        probes.attached.join(" ")
+    );
+    for d in &probes.degraded {
+        crate::outln!("degraded {d}");
+    }
+    crate::outln!(
+        "ok conntrace runs on this kernel ({} degraded facts)",
+        probes.degraded.len()
+    );
+    Ok(())
+}
