@@ -2,24 +2,26 @@
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, Parser as _};
 use tracer::commands::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     // Before anything else: SIGINT, SIGTERM and SIGHUP stop every command cleanly.
     tracer::signals::install();
-    let cli = Cli::parse();
-    let result = match &cli.command {
-        None => tracer::tui::run_live(&cli.filter, cli.live),
-        Some(Command::Tui(args)) => tracer::tui::run_live(&args.filter, args.live),
-        Some(Command::Replay(args)) => tracer::tui::run_replay(&args.file),
-        Some(Command::Record(args)) => tracer::commands::record::run(args),
-        Some(Command::Watch(args)) => tracer::commands::watch::run(args),
-        Some(Command::Report(args)) => {
-            tracer::commands::report::run(&args.file, args.format, args.stats)
-        }
-        Some(Command::Lab(args)) => tracer::lab::run(args),
-        Some(Command::Check(args)) => tracer::commands::check::run(args.live),
+    // Flags given before the command apply to it, or are refused (exit 2, as clap).
+    let command = Cli::parse().resolve().unwrap_or_else(|e| {
+        Cli::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, e)
+            .exit()
+    });
+    let result = match &command {
+        Command::Tui(args) => tracer::tui::run_live(&args.filter, args.live),
+        Command::Replay(args) => tracer::tui::run_replay(&args.file),
+        Command::Record(args) => tracer::commands::record::run(args),
+        Command::Watch(args) => tracer::commands::watch::run(args),
+        Command::Report(args) => tracer::commands::report::run(&args.file, args.format, args.stats),
+        Command::Lab(args) => tracer::lab::run(args),
+        Command::Check(args) => tracer::commands::check::run(args.live),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -23,6 +23,86 @@ pub struct Cli {
     pub live: LiveArgs,
 }
 
+impl Cli {
+    /// The command to run, with the flags given before it applied to it:
+    /// `conntrace --pid 42 record -o f` records like `conntrace record -o f --pid 42`.
+    /// Without a command, the live UI. A command that takes none of those flags
+    /// (`report`, `replay`, `lab`, and `check` for filters) refuses them with the
+    /// reason, as does the same flag given before and after with different values.
+    pub fn resolve(self) -> Result<Command, String> {
+        let Some(mut command) = self.command else {
+            return Ok(Command::Tui(TuiArgs {
+                filter: self.filter,
+                live: self.live,
+            }));
+        };
+        let filters = self.filter.given();
+        let live = self.live.given();
+        if filters.is_empty() && live.is_empty() {
+            return Ok(command);
+        }
+        let name = command.name();
+        let refuse = |flags: &[&str], why: &str| {
+            Err(format!(
+                "{} given before `{name}`, which {why}",
+                flags.join(", ")
+            ))
+        };
+        match &mut command {
+            Command::Record(RecordArgs {
+                filter, live: l, ..
+            })
+            | Command::Watch(WatchArgs {
+                filter, live: l, ..
+            })
+            | Command::Tui(TuiArgs { filter, live: l }) => {
+                filter.merge(self.filter)?;
+                l.merge(self.live)?;
+            }
+            Command::Check(CheckArgs { live: l }) => {
+                if !filters.is_empty() {
+                    return refuse(&filters, "only loads the programs and takes no filter");
+                }
+                l.merge(self.live)?;
+            }
+            Command::Report(_) | Command::Replay(_) => {
+                return refuse(
+                    &[filters, live].concat(),
+                    "reads a recorded log: filters and tracing flags apply when recording",
+                );
+            }
+            Command::Lab(_) => {
+                return refuse(
+                    &[filters, live].concat(),
+                    "runs its own scenario and takes none of them",
+                );
+            }
+        }
+        Ok(command)
+    }
+}
+
+/// `--await-after`'s default.
+const AWAIT_DEFAULT: AwaitAfter = AwaitAfter(Some(std::time::Duration::from_secs(30)));
+
+/// `merge`: a flag given before the command and after it must agree.
+fn merge_one<T: PartialEq + std::fmt::Debug>(
+    flag: &str,
+    after: &mut Option<T>,
+    before: Option<T>,
+) -> Result<(), String> {
+    match (after.as_ref(), before) {
+        (None, Some(b)) => *after = Some(b),
+        (Some(a), Some(b)) if *a != b => {
+            return Err(format!(
+                "{flag} given twice with different values ({b:?} before the command, {a:?} after it)"
+            ));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 /// How the live commands trace and what they serve.
 #[derive(Debug, Args, Clone, Copy, Default)]
 #[command(next_help_heading = "Live tracing")]
@@ -72,6 +152,50 @@ impl LiveArgs {
     }
 }
 
+impl LiveArgs {
+    /// The flags set (named as typed), for messages.
+    fn given(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.metrics_addr.is_some() {
+            out.push("--metrics-addr");
+        }
+        if self.syscall_hooks {
+            out.push("--syscall-hooks");
+        }
+        if self.no_syscall_hooks {
+            out.push("--no-syscall-hooks");
+        }
+        if self.every_transition {
+            out.push("--every-transition");
+        }
+        if self.await_after != AWAIT_DEFAULT {
+            out.push("--await-after");
+        }
+        out
+    }
+
+    /// Takes the flags given before the command.
+    fn merge(&mut self, before: Self) -> Result<(), String> {
+        merge_one(
+            "--metrics-addr",
+            &mut self.metrics_addr,
+            before.metrics_addr,
+        )?;
+        self.syscall_hooks |= before.syscall_hooks;
+        self.no_syscall_hooks |= before.no_syscall_hooks;
+        if self.syscall_hooks && self.no_syscall_hooks {
+            return Err("--syscall-hooks and --no-syscall-hooks both given".to_owned());
+        }
+        self.every_transition |= before.every_transition;
+        if before.await_after != AWAIT_DEFAULT {
+            let mut after = (self.await_after != AWAIT_DEFAULT).then_some(self.await_after);
+            merge_one("--await-after", &mut after, Some(before.await_after))?;
+            self.await_after = after.unwrap_or(before.await_after);
+        }
+        Ok(())
+    }
+}
+
 /// `--await-after`: the inspection's threshold, or `None` for off.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AwaitAfter(pub Option<std::time::Duration>);
@@ -105,6 +229,21 @@ pub enum Command {
     /// Load and attach the kernel programs, print what works on this kernel and what
     /// is degraded, and exit (non-zero when conntrace cannot run here).
     Check(CheckArgs),
+}
+
+impl Command {
+    /// As typed on the command line.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Record(_) => "record",
+            Self::Watch(_) => "watch",
+            Self::Report(_) => "report",
+            Self::Lab(_) => "lab",
+            Self::Tui(_) => "tui",
+            Self::Replay(_) => "replay",
+            Self::Check(_) => "check",
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -225,6 +364,33 @@ pub struct FilterArgs {
 }
 
 impl FilterArgs {
+    /// The filters set (named as typed), for messages.
+    fn given(&self) -> Vec<&'static str> {
+        [
+            ("--pid", self.pid.is_some()),
+            ("--comm", self.comm.is_some()),
+            ("--port", self.port.is_some()),
+            ("--cidr", self.cidr.is_some()),
+            ("--pod", self.pod.is_some()),
+            ("--container", self.container.is_some()),
+            ("--namespace", self.namespace.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, set)| set.then_some(flag))
+        .collect()
+    }
+
+    /// Takes the filters given before the command.
+    fn merge(&mut self, before: Self) -> Result<(), String> {
+        merge_one("--pid", &mut self.pid, before.pid)?;
+        merge_one("--comm", &mut self.comm, before.comm)?;
+        merge_one("--port", &mut self.port, before.port)?;
+        merge_one("--cidr", &mut self.cidr, before.cidr)?;
+        merge_one("--pod", &mut self.pod, before.pod)?;
+        merge_one("--container", &mut self.container, before.container)?;
+        merge_one("--namespace", &mut self.namespace, before.namespace)
+    }
+
     pub fn to_filter(&self) -> Filter {
         let Self {
             pid,
@@ -256,5 +422,45 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    fn resolve(args: &[&str]) -> Result<Command, String> {
+        Cli::try_parse_from(std::iter::once("conntrace").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?
+            .resolve()
+    }
+
+    #[test]
+    fn flags_before_the_command_apply_to_it_or_are_refused() {
+        let Ok(Command::Record(r)) =
+            resolve(&["--pid", "42", "--syscall-hooks", "record", "-o", "f"])
+        else {
+            panic!("record expected");
+        };
+        assert_eq!(r.filter.pid, Some(42));
+        assert!(r.live.syscall_hooks);
+        let Ok(Command::Watch(w)) = resolve(&["--await-after", "5s", "watch", "--port", "80"])
+        else {
+            panic!("watch expected");
+        };
+        assert_eq!(
+            (w.filter.port, w.live.await_after.0),
+            (Some(80), Some(std::time::Duration::from_secs(5)))
+        );
+        let Ok(Command::Tui(t)) = resolve(&["--comm", "nginx"]) else {
+            panic!("tui expected");
+        };
+        assert_eq!(t.filter.comm.as_deref(), Some("nginx"));
+        let e = resolve(&["--pid", "42", "report", "f"]).unwrap_err();
+        assert!(
+            e.contains("--pid given before `report`, which reads a recorded log"),
+            "{e}"
+        );
+        let e = resolve(&["--port", "1", "check"]).unwrap_err();
+        assert!(e.contains("takes no filter"), "{e}");
+        let e = resolve(&["--pid", "1", "record", "-o", "f", "--pid", "2"]).unwrap_err();
+        assert!(e.contains("--pid given twice"), "{e}");
+        assert!(resolve(&["--pid", "1", "record", "-o", "f", "--pid", "1"]).is_ok());
+        assert!(resolve(&["--every-transition", "lab", "--list"]).is_err());
     }
 }
