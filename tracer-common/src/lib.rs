@@ -10,6 +10,43 @@
 //! - `LOSS_*`: indexes into the per-CPU loss counter array.
 #![no_std]
 
+/// TCP states as the kernel numbers them (`include/net/tcp_states.h`), the one
+/// place they are numbered: the kernel programs compare with them and userspace
+/// decodes with them.
+pub mod tcp_state {
+    pub const ESTABLISHED: i32 = 1;
+    pub const SYN_SENT: i32 = 2;
+    pub const SYN_RECV: i32 = 3;
+    pub const FIN_WAIT1: i32 = 4;
+    pub const FIN_WAIT2: i32 = 5;
+    pub const TIME_WAIT: i32 = 6;
+    pub const CLOSE: i32 = 7;
+    pub const CLOSE_WAIT: i32 = 8;
+    pub const LAST_ACK: i32 = 9;
+    pub const LISTEN: i32 = 10;
+    pub const CLOSING: i32 = 11;
+    pub const NEW_SYN_RECV: i32 = 12;
+    pub const BOUND_INACTIVE: i32 = 13;
+
+    /// ESTABLISHED, FIN_WAIT1/2, TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING: states
+    /// reached only after the connection was established, so its last-send and
+    /// last-receive timestamps mean something.
+    pub const fn had_data(state: i32) -> bool {
+        matches!(
+            state,
+            ESTABLISHED | FIN_WAIT1 | FIN_WAIT2 | TIME_WAIT | CLOSE_WAIT | LAST_ACK | CLOSING
+        )
+    }
+}
+
+/// The errno values the kernel programs compare with or report themselves.
+pub mod errno {
+    /// No free local port (the port search of connect() failed).
+    pub const EADDRNOTAVAIL: i32 = 99;
+    /// A non-blocking connect() in progress: not an error.
+    pub const EINPROGRESS: i32 = 115;
+}
+
 /// Event kinds (stable numbers: they are the wire format).
 pub mod kind {
     /// A TCP state transition (`sock:inet_sock_set_state`).

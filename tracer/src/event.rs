@@ -476,22 +476,23 @@ pub enum TcpState {
 }
 
 impl TcpState {
-    /// From the kernel's number.
+    /// From the kernel's number ([`tracer_common::tcp_state`]).
     pub fn from_kernel(n: u8) -> Self {
-        match n {
-            1 => Self::Established,
-            2 => Self::SynSent,
-            3 => Self::SynRecv,
-            4 => Self::FinWait1,
-            5 => Self::FinWait2,
-            6 => Self::TimeWait,
-            7 => Self::Close,
-            8 => Self::CloseWait,
-            9 => Self::LastAck,
-            10 => Self::Listen,
-            11 => Self::Closing,
-            12 => Self::NewSynRecv,
-            13 => Self::BoundInactive,
+        use tracer_common::tcp_state as k;
+        match i32::from(n) {
+            k::ESTABLISHED => Self::Established,
+            k::SYN_SENT => Self::SynSent,
+            k::SYN_RECV => Self::SynRecv,
+            k::FIN_WAIT1 => Self::FinWait1,
+            k::FIN_WAIT2 => Self::FinWait2,
+            k::TIME_WAIT => Self::TimeWait,
+            k::CLOSE => Self::Close,
+            k::CLOSE_WAIT => Self::CloseWait,
+            k::LAST_ACK => Self::LastAck,
+            k::LISTEN => Self::Listen,
+            k::CLOSING => Self::Closing,
+            k::NEW_SYN_RECV => Self::NewSynRecv,
+            k::BOUND_INACTIVE => Self::BoundInactive,
             _ => Self::Unknown,
         }
     }

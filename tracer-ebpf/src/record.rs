@@ -1,0 +1,177 @@
+//! A socket's entry in [`SOCKS`]: started, given its owner, and shipped as one
+//! [`ConnRecord`]; and what every program's event starts from.
+
+use crate::maps::{count_loss, emit, offsets, SCRATCH, SOCKS};
+use crate::sock::{current_owner, fill_sock, fill_sock_state, tcp_sock, Direct, Mem};
+use aya_ebpf::helpers::generated::bpf_jiffies64;
+use aya_ebpf::programs::BtfTracePointContext;
+use tracer_common::{
+    flags, kind, owner_src, ConnRecord, Offsets, Owner, RawEvent, LOSS_OWNER_MAP, LOSS_READ,
+};
+
+/// Starts (or restarts: the memory may have held an older socket) `sk`'s entry with
+/// `owner`; the entry, or `None` when the map is full (counted).
+pub fn track(sk: u64, owner: &Owner, src: u8) -> Option<*mut ConnRecord> {
+    let scratch = SCRATCH.get_ptr_mut(0)?;
+    set_entry_owner(scratch, owner, src);
+    // SAFETY: per-CPU scratch slot, only this program run uses it; the map copies it.
+    unsafe {
+        (*scratch).steps_len = 0;
+        if SOCKS.insert(sk, &*scratch, 0).is_err() {
+            count_loss(LOSS_OWNER_MAP);
+            return None;
+        }
+    }
+    SOCKS.get_ptr_mut(sk)
+}
+
+/// Replaces an entry's (or the scratch entry's) owner.
+pub fn set_entry_owner(rec: *mut ConnRecord, owner: &Owner, src: u8) {
+    // SAFETY: `rec` points at a live map value.
+    unsafe {
+        let head = &mut (*rec).head;
+        head.pid = owner.pid;
+        head.tid = owner.tid;
+        head.cgroup_id = owner.cgroup_id;
+        head.comm = owner.comm;
+        head.owner_src = src;
+    }
+}
+
+/// Owner of `sk` if known; else the current task when the hook is known to run in
+/// the context of a process acting on the socket (`in_task`), flagged as such; else
+/// nobody (pid 0): in softirq the current task is whoever the interrupt landed on.
+pub fn set_owner(ev: &mut RawEvent, sk: u64, in_task: bool) {
+    // SAFETY: the value is copied out at once; the map value memory stays valid for
+    // the duration of the program.
+    let owner = match unsafe { SOCKS.get(sk) } {
+        Some(rec) if rec.head.owner_src != owner_src::NONE => {
+            ev.owner_src = if rec.head.owner_src == owner_src::CURRENT_TASK {
+                owner_src::CURRENT_TASK
+            } else {
+                owner_src::SOCKET
+            };
+            Owner {
+                cgroup_id: rec.head.cgroup_id,
+                pid: rec.head.pid,
+                tid: rec.head.tid,
+                comm: rec.head.comm,
+            }
+        }
+        _ if in_task => {
+            ev.owner_src = owner_src::CURRENT_TASK;
+            current_owner()
+        }
+        _ => {
+            ev.owner_src = owner_src::NONE;
+            return;
+        }
+    };
+    ev.pid = owner.pid;
+    ev.tid = owner.tid;
+    ev.cgroup_id = owner.cgroup_id;
+    ev.comm = owner.comm;
+}
+
+/// Ships `rec`'s transitions (and, on the `last` record, the connection's totals)
+/// as one ring-buffer record, and empties them.
+#[inline(always)]
+pub fn ship<M: Mem>(
+    rec: *mut ConnRecord,
+    sk: u64,
+    tp: *const u8,
+    off: &Offsets,
+    last: bool,
+) -> Result<(), i64> {
+    // SAFETY: `rec` points at a live map value; `tp` is read through `M`.
+    unsafe {
+        let head = &mut (*rec).head;
+        head.ts_ns = aya_ebpf::helpers::bpf_ktime_get_ns();
+        head.jiffies = bpf_jiffies64();
+        head.kind = kind::CONN;
+        head.sock = sk;
+        fill_sock::<M>(head, tp, off)?;
+        let state: u8 = M::get(tp, off.skc_state)?;
+        head.new_state = state;
+        head.flags = if last { flags::FINAL } else { 0 };
+        if last {
+            head.retrans = M::get(tp, off.tp_total_retrans)?;
+            head.rto_count = M::get(tp, off.icsk_retransmits)?;
+            (*rec).bytes_acked = M::get(tp, off.tp_bytes_acked)?;
+            (*rec).bytes_received = M::get(tp, off.tp_bytes_received)?;
+            (*rec).srtt_us = M::get(tp, off.tp_srtt_us)?;
+        }
+        emit(&*rec);
+        (*rec).steps_len = 0;
+    }
+    Ok(())
+}
+
+/// Ships what `sk`'s entry holds before an event about it, so its transitions reach
+/// userspace in order with the event.
+#[inline(always)]
+pub fn ship_pending<M: Mem>(sk: u64, tp: *const u8, off: &Offsets) -> Result<(), i64> {
+    if off.stream_all != 0 {
+        return Ok(());
+    }
+    if let Some(rec) = SOCKS.get_ptr_mut(sk) {
+        // SAFETY: live map value.
+        if unsafe { (*rec).steps_len } != 0 {
+            return ship::<M>(rec, sk, tp, off, false);
+        }
+    }
+    Ok(())
+}
+
+pub fn new_event(kind: u8, sk: u64) -> RawEvent {
+    let mut ev = RawEvent::ZERO;
+    // SAFETY: helper calls without pointer arguments.
+    unsafe {
+        ev.ts_ns = aya_ebpf::helpers::bpf_ktime_get_ns();
+        ev.jiffies = bpf_jiffies64();
+    }
+    ev.kind = kind;
+    ev.sock = sk;
+    ev
+}
+
+pub fn report(result: Result<(), i64>) -> i32 {
+    if result.is_err() {
+        count_loss(LOSS_READ);
+    }
+    0
+}
+
+pub const ZERO_OWNER: Owner = Owner {
+    cgroup_id: 0,
+    pid: 0,
+    tid: 0,
+    comm: [0; 16],
+};
+
+pub fn try_sock_event(ctx: &BtfTracePointContext, kind: u8) -> Result<(), i64> {
+    let off = offsets();
+    if off.ready == 0 {
+        return Ok(());
+    }
+    let sk: *const u8 = ctx.arg(0);
+    let tp = tcp_sock(sk);
+    if tp.is_null() {
+        return Ok(());
+    }
+    let key = sk as u64;
+    ship_pending::<Direct>(key, tp, &off)?;
+    let mut ev = new_event(kind, key);
+    fill_sock::<Direct>(&mut ev, tp, &off)?;
+    let state: u8 = Direct::get(tp, off.skc_state)?;
+    ev.new_state = state;
+    ev.old_state = state;
+    if kind == kind::SOCK_ERROR {
+        let err: i32 = Direct::get(tp, off.sk_err)?;
+        ev.errno = err;
+    }
+    set_owner(&mut ev, key, false);
+    fill_sock_state::<Direct>(&mut ev, tp, &off)?;
+    emit(&ev);
+    Ok(())
+}
