@@ -8,6 +8,10 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("no workspace root"))?
         .join("tracer-ebpf");
     let root = root.to_str().context("non-UTF-8 path")?;
+    // aya-build relays every line the inner cargo prints on stderr as `warning:`;
+    // quiet, that cargo prints no progress there, and its compiler warnings and
+    // errors (JSON on stdout) still come through.
+    std::env::set_var("CARGO_TERM_QUIET", "true");
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "tracer-ebpf",

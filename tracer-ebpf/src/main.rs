@@ -24,6 +24,19 @@
 //! each transition as its own event instead.
 #![no_std]
 #![no_main]
+// Kernel code, by design rather than by accident:
+#![allow(
+    // the BPF verifier must see typed socket pointers through every helper (5.10
+    // verifies subprogram arguments as plain scalars): they are inlined, always.
+    clippy::inline_always,
+    // kernel integers (states, families, errno, jiffies deltas) narrowed into the
+    // wire format's fields; the kernel bounds every one of them.
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    // aya's program macros hand each program its context by value.
+    clippy::needless_pass_by_value
+)]
 
 mod maps;
 mod programs;

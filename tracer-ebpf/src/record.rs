@@ -11,6 +11,10 @@ use tracer_common::{
 
 /// Starts (or restarts: the memory may have held an older socket) `sk`'s entry with
 /// `owner`; the entry, or `None` when the map is full (counted).
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "the map copies the 352-byte entry from the scratch slot; a by-value argument would copy it onto the 512-byte BPF stack first"
+)]
 pub fn track(sk: u64, owner: &Owner, src: u8) -> Option<*mut ConnRecord> {
     let scratch = SCRATCH.get_ptr_mut(0)?;
     set_entry_owner(scratch, owner, src);

@@ -33,10 +33,13 @@ const APT_PACKAGES: [(&str, &str); 6] = [
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("setup") => setup(),
+        Some("setup") => setup().and_then(|()| test_setup()),
         Some("run") => setup().and_then(|()| run(&args[1..])),
-        Some("test") => setup().and_then(|()| test(&args[1..])),
+        Some("test") => setup()
+            .and_then(|()| test_setup())
+            .and_then(|()| test(&args[1..])),
         Some("storm") => storm_cmd(&args[1..]),
+        Some("lint") => setup().and_then(|()| lint()),
         Some("bench") => setup().and_then(|()| bench::run()),
         Some("dist") => setup()
             .and_then(|()| dist::build())
@@ -44,10 +47,11 @@ fn main() -> ExitCode {
         Some("matrix") => setup().and_then(|()| matrix::run(&args[1..])),
         _ => {
             eprintln!(
-                "usage: cargo xtask setup            install build and test prerequisites\n       \
-                 cargo xtask run -- ARGS      set up, build (release) and run conntrace ARGS as root\n       \
+                "usage: cargo xtask setup            install build (as the user) and test (as root) prerequisites\n       \
+                 cargo xtask run -- ARGS      build (release, as you) and run conntrace ARGS as root (through sudo -E when not root)\n       \
                  cargo xtask test [ARGS]      set up, build and run every test (as root), then the kernel matrix\n       \
                  \x20                            (--no-matrix: this kernel only)\n       \
+                 cargo xtask lint             rustfmt check and clippy (denying warnings) on every crate, the eBPF one included\n       \
                  cargo xtask storm [SECS] [CLIENTS]  loopback connection storm (connect, write, close)\n       \
                  cargo xtask bench            overhead, engine, memory, start-up and loss figures (as root)\n       \
                  cargo xtask dist             the static binary (musl) in target/dist, tried in a busybox-only chroot (as root)\n       \
@@ -105,9 +109,15 @@ fn have(program: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// What building needs, in the invoking user's own toolchain (no root): nightly
+/// with rust-src, and bpf-linker.
 fn setup() -> Result<()> {
     nightly_rust_src()?;
-    bpf_linker()?;
+    bpf_linker()
+}
+
+/// What the tests need besides the build (as root): their peers' packages, tracefs.
+fn test_setup() -> Result<()> {
     apt_packages()?;
     tracefs();
     Ok(())
@@ -260,7 +270,60 @@ fn run(args: &[String]) -> Result<()> {
             .current_dir(&root),
     )?;
     let bin = root.join("target/release/conntrace");
-    status(Command::new(bin).args(args))
+    // Built as the invoking user (their rustup and cargo); run as root. Through sudo
+    // when not root already, as aya's template does: `sudo cargo xtask run` would
+    // fail for anyone whose Rust is installed per user (root's PATH has no cargo).
+    // /proc/self belongs to the process's effective user.
+    let root_already = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self")?) == 0;
+    if root_already {
+        return status(Command::new(bin).args(args));
+    }
+    if !have("sudo") {
+        bail!("conntrace must run as root: run {} as root", bin.display());
+    }
+    eprintln!("xtask: running {} through sudo -E", bin.display());
+    status(Command::new("sudo").arg("-E").arg(bin).args(args))
+}
+
+/// `cargo fmt --check`, then clippy with warnings denied: the userspace crates, and
+/// the kernel programs for the BPF target (nightly, as they are built).
+fn lint() -> Result<()> {
+    let root = workspace_root();
+    status(
+        Command::new("cargo")
+            .args(["fmt", "--all", "--check"])
+            .current_dir(&root),
+    )?;
+    status(
+        Command::new("cargo")
+            .args([
+                "clippy",
+                "--workspace",
+                "--exclude",
+                "tracer-ebpf",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])
+            .current_dir(&root),
+    )?;
+    status(
+        Command::new("cargo")
+            .args([
+                "+nightly",
+                "clippy",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--release",
+                "--",
+                "-D",
+                "warnings",
+            ])
+            .current_dir(root.join("tracer-ebpf")),
+    )
 }
 
 /// Unit and root integration tests on this kernel, then (unless `--no-matrix`) the
