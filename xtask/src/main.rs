@@ -26,8 +26,8 @@ const APT_PACKAGES: [(&str, &str); 6] = [
     ("tmux", "tmux"),
     ("zcat", "gzip"),
     ("/usr/bin/time", "time"),
-    // promtool and a real Prometheus for the metrics test
-    ("promtool", "prometheus"),
+    // a real Prometheus for the metrics test
+    ("prometheus", "prometheus"),
 ];
 
 fn main() -> ExitCode {

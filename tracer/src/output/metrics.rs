@@ -1,15 +1,18 @@
 //! Prometheus metrics (`--metrics-addr`): counters kept from the live event stream,
-//! gauges read from the engine at scrape time, in the text exposition format.
+//! gauges read from the engine at scrape time, exposed as OpenMetrics text through
+//! the `prometheus-client` crate (the ecosystem's maintained encoder).
 //!
 //! Every label set is bounded: states (13×13), reset directions × kernel reasons (an
 //! enum), errno names, finding kinds × severities, loss causes — and per server
 //! endpoint only for the first [`MAX_ENDPOINTS`] endpoints, the rest counted in
 //! `conntrace_metrics_endpoints_dropped_total`. No per-connection labels.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    fmt::Write as _,
-    net::SocketAddr,
+use std::{collections::VecDeque, net::SocketAddr};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
 };
 
 use crate::{
@@ -22,24 +25,71 @@ pub const MAX_ENDPOINTS: usize = 64;
 /// Histogram bucket bounds, seconds.
 const BUCKETS: [f64; 9] = [0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
 
-#[derive(Debug, Default, Clone)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum_ms: u64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Transition {
+    old: &'static str,
+    new: &'static str,
 }
 
-/// Counters from the event stream.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResetLabels {
+    direction: &'static str,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Errno {
+    errno: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Endpoint {
+    endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FindingLabels {
+    kind: &'static str,
+    severity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Cause {
+    cause: &'static str,
+}
+
+fn idle_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+/// Every metric family, registered once; counters from the event stream are
+/// incremented as events come, the rest set from the engine and the probes when a
+/// page is rendered.
 pub struct Metrics {
-    events: u64,
-    transitions: BTreeMap<(&'static str, &'static str), u64>,
-    resets: BTreeMap<(&'static str, String), u64>,
-    connect_errors: BTreeMap<String, u64>,
-    idle: HashMap<SocketAddr, Histogram>,
-    endpoints_dropped: u64,
+    registry: Registry,
+    events: Counter,
+    transitions: Family<Transition, Counter>,
+    resets: Family<ResetLabels, Counter>,
+    connect_errors: Family<Errno, Counter>,
+    idle: Family<Endpoint, Histogram, fn() -> Histogram>,
+    /// Endpoints with a histogram (at most [`MAX_ENDPOINTS`]).
+    endpoints: std::collections::HashSet<SocketAddr>,
+    endpoints_dropped: Counter,
+    findings_active: Family<FindingLabels, Gauge>,
+    lost: Family<Cause, Counter>,
+    programs: Gauge,
+    scrapes: Counter,
+    scrapes_refused: Counter,
+    accept_errors: Counter,
+    tracked: Gauge,
     /// Sockets that went SYN_SENT -> CLOSE lately, whose error is a connect error.
-    unconnected: std::collections::VecDeque<u64>,
+    unconnected: VecDeque<u64>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
 }
 
 /// Loss counters and programs, from the probes at scrape time.
@@ -53,13 +103,105 @@ pub struct Probed {
     pub accept_errors: u64,
 }
 
-fn state_name(s: TcpState) -> &'static str {
-    s.as_str()
+/// Sets a counter that mirrors a total kept elsewhere (kernel, server, engine).
+fn mirror(counter: &Counter, total: u64) {
+    counter.inc_by(total.saturating_sub(counter.get()));
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let m = Self {
+            events: Counter::default(),
+            transitions: Family::default(),
+            resets: Family::default(),
+            connect_errors: Family::default(),
+            idle: Family::new_with_constructor(idle_histogram),
+            endpoints: std::collections::HashSet::new(),
+            endpoints_dropped: Counter::default(),
+            findings_active: Family::default(),
+            lost: Family::default(),
+            programs: Gauge::default(),
+            scrapes: Counter::default(),
+            scrapes_refused: Counter::default(),
+            accept_errors: Counter::default(),
+            tracked: Gauge::default(),
+            unconnected: VecDeque::new(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "conntrace_events",
+            "Kernel events delivered to the engine",
+            m.events.clone(),
+        );
+        r.register(
+            "conntrace_tcp_state_transitions",
+            "TCP state transitions, by old and new state",
+            m.transitions.clone(),
+        );
+        r.register(
+            "conntrace_tcp_resets",
+            "TCP resets, by direction and kernel reset reason",
+            m.resets.clone(),
+        );
+        r.register(
+            "conntrace_connect_errors",
+            "Failed connect() calls, by errno",
+            m.connect_errors.clone(),
+        );
+        r.register(
+            "conntrace_idle_before_close_seconds",
+            "Idle time at which a server endpoint closed a connection first (peer FIN seen by a client on this node)",
+            m.idle.clone(),
+        );
+        r.register(
+            "conntrace_metrics_endpoints_dropped",
+            "Idle-close observations not kept because the endpoint cap was reached",
+            m.endpoints_dropped.clone(),
+        );
+        r.register(
+            "conntrace_findings_active",
+            "Current findings, by kind and severity",
+            m.findings_active.clone(),
+        );
+        r.register(
+            "conntrace_events_lost",
+            "Events lost, by cause",
+            m.lost.clone(),
+        );
+        r.register(
+            "conntrace_programs_attached",
+            "Kernel programs attached",
+            m.programs.clone(),
+        );
+        r.register(
+            "conntrace_metrics_scrapes",
+            "Scrapes answered by this endpoint",
+            m.scrapes.clone(),
+        );
+        r.register(
+            "conntrace_metrics_connections_refused",
+            "Metrics connections closed at once: the connection limit was reached",
+            m.scrapes_refused.clone(),
+        );
+        r.register(
+            "conntrace_metrics_accept_errors",
+            "Failed accepts of metrics connections (e.g. out of file descriptors)",
+            m.accept_errors.clone(),
+        );
+        r.register(
+            "conntrace_connections_tracked",
+            "Connections in the engine's table",
+            m.tracked.clone(),
+        );
+        Self { registry, ..m }
+    }
 }
 
 impl Metrics {
     pub fn observe(&mut self, e: &Event) {
-        self.events += 1;
+        self.events.inc();
         match &e.kind {
             EventKind::State {
                 old, new, idle_ms, ..
@@ -72,242 +214,102 @@ impl Metrics {
                     }
                     self.unconnected.push_back(e.sock);
                 }
-                *self
-                    .transitions
-                    .entry((state_name(*old), state_name(*new)))
-                    .or_default() += 1;
+                self.transitions
+                    .get_or_create(&Transition {
+                        old: old.as_str(),
+                        new: new.as_str(),
+                    })
+                    .inc();
                 // The server side closed first: the idle time it closed at.
-                let endpoint = match (old, new) {
-                    (TcpState::Established, TcpState::CloseWait) => Some(e.remote),
-                    _ => None,
-                };
-                if let Some(ep) = endpoint {
-                    self.observe_idle(ep, *idle_ms);
+                if (*old, *new) == (TcpState::Established, TcpState::CloseWait) {
+                    self.observe_idle(e.remote, *idle_ms);
                 }
             }
             EventKind::Reset {
                 direction, reason, ..
             } => {
-                let dir = match direction {
+                let direction = match direction {
                     Direction::Sent => "sent",
                     Direction::Received => "received",
                 };
                 let reason = reason.clone().unwrap_or_else(|| "none".to_owned());
-                *self.resets.entry((dir, reason)).or_default() += 1;
+                self.resets
+                    .get_or_create(&ResetLabels { direction, reason })
+                    .inc();
             }
             EventKind::Connect { errno, .. } => {
-                *self.connect_errors.entry(errno.name()).or_default() += 1;
+                self.connect_error(errno.name());
             }
             EventKind::Error { errno, .. } => {
                 if let Some(i) = self.unconnected.iter().rposition(|s| *s == e.sock) {
                     self.unconnected.remove(i);
-                    *self.connect_errors.entry(errno.name()).or_default() += 1;
+                    self.connect_error(errno.name());
                 }
             }
             EventKind::Retransmit { .. } | EventKind::Accept { .. } => {}
         }
     }
 
+    fn connect_error(&self, errno: String) {
+        self.connect_errors.get_or_create(&Errno { errno }).inc();
+    }
+
     fn observe_idle(&mut self, endpoint: SocketAddr, idle_ms: u64) {
-        if !self.idle.contains_key(&endpoint) && self.idle.len() >= MAX_ENDPOINTS {
-            self.endpoints_dropped += 1;
-            return;
+        if !self.endpoints.contains(&endpoint) {
+            if self.endpoints.len() >= MAX_ENDPOINTS {
+                self.endpoints_dropped.inc();
+                return;
+            }
+            self.endpoints.insert(endpoint);
         }
-        let h = self.idle.entry(endpoint).or_default();
-        #[expect(clippy::cast_precision_loss, reason = "bucket comparison")]
+        #[expect(clippy::cast_precision_loss, reason = "seconds")]
         let secs = idle_ms as f64 / 1000.0;
-        for (i, le) in BUCKETS.iter().enumerate() {
-            if secs <= *le {
-                h.counts[i] += 1;
-            }
-        }
-        h.count += 1;
-        h.sum_ms += idle_ms;
+        self.idle
+            .get_or_create(&Endpoint {
+                endpoint: endpoint.to_string(),
+            })
+            .observe(secs);
     }
 
-    /// The exposition text.
+    /// The exposition page (OpenMetrics text), with the gauges and mirrored totals
+    /// read now from the engine and the probes.
     pub fn render(&self, engine: &Engine, probed: Probed) -> String {
-        let mut s = String::with_capacity(4096);
-        let family = |s: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
-        family(
-            &mut s,
-            "conntrace_events_total",
-            "counter",
-            "Kernel events delivered to the engine.",
-        );
-        let _ = writeln!(s, "conntrace_events_total {}", self.events);
-        family(
-            &mut s,
-            "conntrace_tcp_state_transitions_total",
-            "counter",
-            "TCP state transitions, by old and new state.",
-        );
-        for ((old, new), n) in &self.transitions {
-            let _ = writeln!(
-                s,
-                "conntrace_tcp_state_transitions_total{{old=\"{old}\",new=\"{new}\"}} {n}"
-            );
-        }
-        family(
-            &mut s,
-            "conntrace_tcp_resets_total",
-            "counter",
-            "TCP resets, by direction and kernel reset reason.",
-        );
-        for ((dir, reason), n) in &self.resets {
-            let _ = writeln!(
-                s,
-                "conntrace_tcp_resets_total{{direction=\"{dir}\",reason=\"{reason}\"}} {n}"
-            );
-        }
-        family(
-            &mut s,
-            "conntrace_connect_errors_total",
-            "counter",
-            "Failed connect() calls, by errno.",
-        );
-        for (errno, n) in &self.connect_errors {
-            let _ = writeln!(s, "conntrace_connect_errors_total{{errno=\"{errno}\"}} {n}");
-        }
-        self.render_rest(&mut s, engine, probed);
-        s
-    }
-
-    /// The idle-close histograms and the gauges read at scrape time.
-    fn render_rest(&self, s: &mut String, engine: &Engine, probed: Probed) {
-        let family = |s: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
-        family(
-            s,
-            "conntrace_idle_before_close_seconds",
-            "histogram",
-            "Idle time at which a server endpoint closed a connection first (peer FIN seen by a client on this node).",
-        );
-        let mut endpoints: Vec<_> = self.idle.iter().collect();
-        endpoints.sort_by_key(|(e, _)| **e);
-        for (ep, h) in endpoints {
-            for (i, le) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(s, "conntrace_idle_before_close_seconds_bucket{{endpoint=\"{ep}\",le=\"{le}\"}} {}", h.counts[i]);
-            }
-            let _ = writeln!(
-                s,
-                "conntrace_idle_before_close_seconds_bucket{{endpoint=\"{ep}\",le=\"+Inf\"}} {}",
-                h.count
-            );
-            #[expect(clippy::cast_precision_loss, reason = "seconds")]
-            let sum = h.sum_ms as f64 / 1000.0;
-            let _ = writeln!(
-                s,
-                "conntrace_idle_before_close_seconds_sum{{endpoint=\"{ep}\"}} {sum}"
-            );
-            let _ = writeln!(
-                s,
-                "conntrace_idle_before_close_seconds_count{{endpoint=\"{ep}\"}} {}",
-                h.count
-            );
-        }
-        family(
-            s,
-            "conntrace_metrics_endpoints_dropped_total",
-            "counter",
-            "Idle-close observations not kept because the endpoint cap was reached.",
-        );
-        let _ = writeln!(
-            s,
-            "conntrace_metrics_endpoints_dropped_total {}",
-            self.endpoints_dropped
-        );
-        family(
-            s,
-            "conntrace_findings_active",
-            "gauge",
-            "Current findings, by kind and severity.",
-        );
-        let mut active: BTreeMap<(&str, String), u64> = BTreeMap::new();
+        self.findings_active.clear();
         for f in engine.findings() {
-            let sev = serde_json::to_value(f.severity)
+            let severity = serde_json::to_value(f.severity)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
                 .unwrap_or_default();
-            *active.entry((f.kind.as_str(), sev)).or_default() += 1;
+            self.findings_active
+                .get_or_create(&FindingLabels {
+                    kind: f.kind.as_str(),
+                    severity,
+                })
+                .inc();
         }
-        for ((kind, sev), n) in &active {
-            let _ = writeln!(
-                s,
-                "conntrace_findings_active{{kind=\"{kind}\",severity=\"{sev}\"}} {n}"
-            );
-        }
-        family(
-            s,
-            "conntrace_events_lost_total",
-            "counter",
-            "Events lost, by cause.",
-        );
+        let l = probed.losses;
         for (cause, n) in [
-            ("ringbuf_full", probed.losses.ringbuf_full),
-            ("owner_map", probed.losses.owner_map),
-            ("connect_map", probed.losses.connect_map),
-            ("kernel_read", probed.losses.kernel_read),
-            ("undecodable", probed.losses.undecodable),
-            ("engine_evicted", probed.losses.engine_evicted),
+            ("ringbuf_full", l.ringbuf_full),
+            ("owner_map", l.owner_map),
+            ("connect_map", l.connect_map),
+            ("kernel_read", l.kernel_read),
+            ("undecodable", l.undecodable),
+            ("engine_evicted", l.engine_evicted),
         ] {
-            let _ = writeln!(s, "conntrace_events_lost_total{{cause=\"{cause}\"}} {n}");
+            mirror(&self.lost.get_or_create(&Cause { cause }), n);
         }
-        family(
-            s,
-            "conntrace_programs_attached",
-            "gauge",
-            "Kernel programs attached.",
-        );
-        let _ = writeln!(s, "conntrace_programs_attached {}", probed.programs);
-        render_server(s, probed);
-        family(
-            s,
-            "conntrace_connections_tracked",
-            "gauge",
-            "Connections in the engine's table.",
-        );
-        let _ = writeln!(s, "conntrace_connections_tracked {}", engine.conns.len());
+        self.programs
+            .set(i64::try_from(probed.programs).unwrap_or(i64::MAX));
+        mirror(&self.scrapes, probed.scrapes);
+        mirror(&self.scrapes_refused, probed.scrapes_refused);
+        mirror(&self.accept_errors, probed.accept_errors);
+        self.tracked
+            .set(i64::try_from(engine.conns.len()).unwrap_or(i64::MAX));
+        let mut s = String::with_capacity(4096);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
+        s
     }
-}
-
-/// The metrics endpoint's own counters.
-fn render_server(s: &mut String, probed: Probed) {
-    let family = |s: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    };
-    family(
-        s,
-        "conntrace_metrics_scrapes_total",
-        "counter",
-        "Scrapes answered by this endpoint.",
-    );
-    let _ = writeln!(s, "conntrace_metrics_scrapes_total {}", probed.scrapes);
-    family(
-        s,
-        "conntrace_metrics_connections_refused_total",
-        "counter",
-        "Metrics connections closed at once: the connection limit was reached.",
-    );
-    let _ = writeln!(
-        s,
-        "conntrace_metrics_connections_refused_total {}",
-        probed.scrapes_refused
-    );
-    family(
-        s,
-        "conntrace_metrics_accept_errors_total",
-        "counter",
-        "Failed accepts of metrics connections (e.g. out of file descriptors).",
-    );
-    let _ = writeln!(
-        s,
-        "conntrace_metrics_accept_errors_total {}",
-        probed.accept_errors
-    );
 }
 
 /// `PORT` alone means `127.0.0.1:PORT`: metrics stay on loopback unless told.
@@ -368,15 +370,22 @@ mod tests {
         assert!(
             text.contains("conntrace_tcp_resets_total{direction=\"sent\",reason=\"NO_SOCKET\"} 1")
         );
-        assert!(text.contains(
-            "conntrace_idle_before_close_seconds_bucket{endpoint=\"10.0.0.5:8000\",le=\"2\"} 1"
-        ));
         assert!(
-            text.contains("conntrace_idle_before_close_seconds_sum{endpoint=\"10.0.0.5:8000\"} 2")
+            text.contains(
+                "conntrace_idle_before_close_seconds_bucket{le=\"2.0\",endpoint=\"10.0.0.5:8000\"} 1"
+            ),
+            "{text}"
         );
+        assert!(text
+            .contains("conntrace_idle_before_close_seconds_sum{endpoint=\"10.0.0.5:8000\"} 2.0"));
         assert_eq!(text.matches("le=\"+Inf\"").count(), MAX_ENDPOINTS, "capped");
         assert!(text.contains("conntrace_metrics_endpoints_dropped_total 6"));
         assert!(text.contains("conntrace_programs_attached 9"));
+        assert!(text.contains("conntrace_events_lost_total{cause=\"ringbuf_full\"} 0"));
+        assert!(
+            text.ends_with("# EOF\n"),
+            "OpenMetrics text ends with # EOF"
+        );
     }
 
     #[test]

@@ -118,7 +118,7 @@ fn answer<B>(h: &Handle, req: &Request<B>) -> Response<Full<Bytes>> {
             (
                 StatusCode::OK,
                 h.page(),
-                "text/plain; version=0.0.4; charset=utf-8",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
             )
         }
         (_, "/metrics") => (
