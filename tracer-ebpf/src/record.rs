@@ -5,6 +5,8 @@ use crate::maps::{count_loss, emit, offsets, SCRATCH, SOCKS};
 use crate::sock::{current_owner, fill_sock, fill_sock_state, tcp_sock, Direct, Mem};
 use aya_ebpf::helpers::generated::bpf_jiffies64;
 use aya_ebpf::programs::BtfTracePointContext;
+use aya_ebpf::EbpfContext;
+use aya_log_ebpf::warn;
 use tracer_common::{
     flags, kind, owner_src, ConnRecord, Offsets, Owner, RawEvent, LOSS_OWNER_MAP, LOSS_READ,
 };
@@ -139,9 +141,19 @@ pub fn new_event(kind: u8, sk: u64) -> RawEvent {
     ev
 }
 
-pub fn report(result: Result<(), i64>) -> i32 {
-    if result.is_err() {
+/// A program's end: a failed kernel read drops its event, counted (`LOSS_READ`)
+/// and, with `-v` (aya-log at warn level), said with the program and the helper's
+/// error. The log statement sits on this failure path only: never the event path.
+#[inline(always)]
+pub fn report<C: EbpfContext>(ctx: &C, program: &str, result: Result<(), i64>) -> i32 {
+    if let Err(e) = result {
         count_loss(LOSS_READ);
+        warn!(
+            ctx,
+            "{}: a kernel read failed (error {}); its event is dropped and counted as a kernel read loss",
+            program,
+            e
+        );
     }
     0
 }

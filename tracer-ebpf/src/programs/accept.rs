@@ -9,12 +9,12 @@ use tracer_common::{kind, owner_src};
 
 #[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
 pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
-    report(try_sys_exit_accept(&ctx)) as u32
+    report(&ctx, "sys_exit_accept4", try_sys_exit_accept(&ctx)) as u32
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_accept")]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
-    report(try_sys_exit_accept(&ctx)) as u32
+    report(&ctx, "sys_exit_accept", try_sys_exit_accept(&ctx)) as u32
 }
 
 /// The accepted socket comes from the returned fd; the accepting task is its owner.

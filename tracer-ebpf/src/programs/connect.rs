@@ -30,7 +30,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
 /// successful connects show as state changes.
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
-    report(try_sys_exit_connect(&ctx)) as u32
+    report(&ctx, "sys_exit_connect", try_sys_exit_connect(&ctx)) as u32
 }
 
 fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {

@@ -8,5 +8,9 @@ use tracer_common::kind;
 /// `trace_inet_sk_error_report(const struct sock *sk)`: `sk_err` is already set.
 #[btf_tracepoint(function = "inet_sk_error_report")]
 pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
-    report(try_sock_event(&ctx, kind::SOCK_ERROR))
+    report(
+        &ctx,
+        "inet_sk_error_report",
+        try_sock_event(&ctx, kind::SOCK_ERROR),
+    )
 }

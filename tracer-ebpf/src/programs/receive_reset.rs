@@ -8,5 +8,9 @@ use tracer_common::kind;
 /// `trace_tcp_receive_reset(struct sock *sk)`: fires before the state changes.
 #[btf_tracepoint(function = "tcp_receive_reset")]
 pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
-    report(try_sock_event(&ctx, kind::RESET_RECEIVED))
+    report(
+        &ctx,
+        "tcp_receive_reset",
+        try_sock_event(&ctx, kind::RESET_RECEIVED),
+    )
 }

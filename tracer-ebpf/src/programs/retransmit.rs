@@ -9,5 +9,9 @@ use tracer_common::kind;
 /// Retransmits are rare on a healthy node; one event each.
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
 pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
-    report(try_sock_event(&ctx, kind::RETRANSMIT))
+    report(
+        &ctx,
+        "tcp_retransmit_skb",
+        try_sock_event(&ctx, kind::RETRANSMIT),
+    )
 }

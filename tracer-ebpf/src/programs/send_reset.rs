@@ -13,7 +13,7 @@ use tracer_common::{kind, rst_layout, AF_INET6};
 /// carries ports and v4-mapped IPv6 addresses and fires only for full sockets.
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
-    report(try_tcp_send_reset(&ctx)) as u32
+    report(&ctx, "tcp_send_reset", try_tcp_send_reset(&ctx)) as u32
 }
 
 fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<(), i64> {

@@ -29,7 +29,7 @@ fn in_task_transition(old: i32, new: i32) -> bool {
 /// `trace_inet_sock_set_state(const struct sock *sk, const int oldstate, const int newstate)`
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
-    report(try_inet_sock_set_state(&ctx))
+    report(&ctx, "inet_sock_set_state", try_inet_sock_set_state(&ctx))
 }
 
 /// Whether a transition ships the socket's record at once rather than at ->CLOSE:

@@ -145,6 +145,7 @@ impl LiveArgs {
             attach: crate::kernel::probes::Attach {
                 syscall_hooks: self.syscall_hooks,
                 every_transition: self.every_transition,
+                diagnostics: false,
             },
             metrics_addr: self.metrics_addr,
             await_after: self.await_after.0,
@@ -271,7 +272,7 @@ pub struct WatchArgs {
     /// JSON lines (`{"finding": ...}`, `{"event": ...}`) for a log pipeline.
     #[arg(long)]
     pub json: bool,
-    /// Print every event too.
+    /// Print every event too, and the kernel programs' diagnostics on stderr.
     #[arg(short, long)]
     pub verbose: bool,
     /// Stop after this many seconds (default: until Ctrl-C, SIGTERM or SIGHUP).
@@ -312,6 +313,10 @@ pub struct RecordArgs {
     /// Overwrite FILE if it exists (never through a symbolic link).
     #[arg(long)]
     pub force: bool,
+    /// The kernel programs' diagnostics on stderr (a failed kernel read: which
+    /// program, which error), besides the loss counts.
+    #[arg(short, long)]
+    pub verbose: bool,
     /// Stop after this many seconds (default: until Ctrl-C, SIGTERM or SIGHUP).
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub duration: Option<f64>,

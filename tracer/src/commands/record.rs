@@ -66,7 +66,11 @@ pub fn run(args: &RecordArgs) -> Result<()> {
     let run = live::run(
         &args.filter.to_filter(),
         args.duration,
-        args.live.options(),
+        {
+            let mut o = args.live.options();
+            o.attach.diagnostics = args.verbose;
+            o
+        },
         &mut sink,
         |probes| live::announce(probes, &format!("recording to {output}")),
     )?;

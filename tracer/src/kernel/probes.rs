@@ -92,6 +92,27 @@ pub struct Probes {
     pub attach_time: Duration,
     /// Keeps the kernel's BPF run-time statistics on while set (the UI only).
     run_time_stats: Option<std::os::fd::OwnedFd>,
+    /// The programs' own diagnostics (aya-log), with `-v`.
+    kernel_log: Option<aya_log::EbpfLogger<KernelLog>>,
+}
+
+/// Prints the kernel programs' diagnostics (aya-log records) on stderr, escaped.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelLog;
+
+impl log::Log for KernelLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        let text = record.args().to_string();
+        crate::errln!(
+            "conntrace: kernel {}: {}",
+            record.level().as_str().to_ascii_lowercase(),
+            crate::text::printable(&text)
+        );
+    }
+    fn flush(&self) {}
 }
 
 /// Fails with the remedy when this process cannot load BPF programs.
@@ -123,6 +144,9 @@ pub struct Attach {
     pub syscall_hooks: bool,
     /// One event per TCP state transition instead of connection records.
     pub every_transition: bool,
+    /// The programs' diagnostics (a failed kernel read: which program, which error)
+    /// on stderr; off, their log statements are skipped in the kernel.
+    pub diagnostics: bool,
 }
 
 /// Field offsets the programs need, from BTF and the reset record of this kernel
@@ -244,9 +268,13 @@ impl Probes {
         offsets.live_idle_jiffies = decoder.clock.hz.max(1) / 4;
         drop(btf);
         let aya_btf = aya::Btf::from_sys_fs().context("reading kernel BTF for tp_btf programs")?;
+        // aya-log's level in the programs: warn with -v, else off (0), so a log
+        // statement costs one load and compare, on failure paths only.
+        let log_level: u8 = if what.diagnostics { 2 } else { 0 };
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&aya_btf))
             .override_global("OFFSETS", &offsets, true)
+            .override_global(aya_log::LEVEL, &log_level, false)
             .load(aya::include_bytes_aligned!(concat!(
                 env!("OUT_DIR"),
                 "/tracer"
@@ -294,6 +322,14 @@ impl Probes {
                 )),
             }
         }
+        let kernel_log = if what.diagnostics {
+            Some(
+                aya_log::EbpfLogger::init_with_logger(&mut ebpf, KernelLog)
+                    .context("reading the kernel programs' log (aya-log)")?,
+            )
+        } else {
+            None
+        };
         Ok(Self {
             ebpf,
             attached,
@@ -301,7 +337,15 @@ impl Probes {
             decoder,
             attach_time: start.elapsed(),
             run_time_stats: None,
+            kernel_log,
         })
+    }
+
+    /// Prints what the programs logged since the last call (with `-v`).
+    pub fn flush_kernel_log(&mut self) {
+        if let Some(l) = &mut self.kernel_log {
+            l.flush();
+        }
     }
 
     /// The degraded facts worth a warning at start: what this kernel cannot give,

@@ -485,6 +485,7 @@ pub fn run(
                 r = stream.drain_with(|b| pipe.handle(b, sink)) => { r?; }
                 _ = drains.tick() => {
                     stream.drain_now(|b| pipe.handle(b, sink));
+                    probes.flush_kernel_log();
                     // SIGINT, SIGTERM, SIGHUP or a closed output pipe (crate::signals).
                     if crate::signals::requested().is_some() {
                         break;
@@ -514,6 +515,7 @@ pub fn run(
         }
         // Everything still in the ring reaches the log before it closes.
         while stream.drain_now(|b| pipe.handle(b, sink)) == crate::kernel::probes::MAX_PER_DRAIN {}
+        probes.flush_kernel_log();
         // A last sample closes the run, so a replay ends on the same clock; the
         // losses line is always written at the end.
         pipe.sample(sink)?;
