@@ -10,7 +10,8 @@ use std::{
 
 use tests::{conntrace_bin, require_root};
 
-/// connect() on a fresh TCP socket with the address pointer 0x1: EFAULT.
+/// connect() on a fresh TCP socket with an address pointer into the unmapped first
+/// page: EFAULT.
 fn bad_connects(n: usize) {
     for _ in 0..n {
         // SAFETY: plain system calls on a socket this function owns; the bad pointer
@@ -18,7 +19,7 @@ fn bad_connects(n: usize) {
         unsafe {
             let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
             assert!(fd >= 0, "socket");
-            let r = libc::connect(fd, 1usize as *const libc::sockaddr, 16);
+            let r = libc::connect(fd, std::ptr::dangling::<libc::sockaddr>(), 16);
             assert_eq!(r, -1);
             assert_eq!(*libc::__errno_location(), libc::EFAULT);
             libc::close(fd);

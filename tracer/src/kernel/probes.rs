@@ -322,14 +322,11 @@ impl Probes {
                 )),
             }
         }
-        let kernel_log = if what.diagnostics {
-            Some(
-                aya_log::EbpfLogger::init_with_logger(&mut ebpf, KernelLog)
-                    .context("reading the kernel programs' log (aya-log)")?,
-            )
-        } else {
-            None
-        };
+        let kernel_log = what
+            .diagnostics
+            .then(|| aya_log::EbpfLogger::init_with_logger(&mut ebpf, KernelLog))
+            .transpose()
+            .context("reading the kernel programs' log (aya-log)")?;
         Ok(Self {
             ebpf,
             attached,
