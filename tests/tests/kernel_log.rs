@@ -4,6 +4,7 @@
 //! exit hook of connect() fails to read from user memory.
 
 use std::{
+    io::{BufRead as _, BufReader},
     process::{Command, Stdio},
     time::Duration,
 };
@@ -28,26 +29,40 @@ fn bad_connects(n: usize) {
 }
 
 fn watch(verbose: bool) -> String {
-    let mut args = vec!["watch", "--syscall-hooks", "--duration", "4"];
+    let mut args = vec!["watch", "--syscall-hooks", "--duration", "60"];
     if verbose {
         args.push("-v");
     }
-    let child = Command::new(conntrace_bin())
+    let mut child = Command::new(conntrace_bin())
         .args(&args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("run conntrace");
-    // Attached well within 2 s on every kernel of the matrix (TCG included).
-    std::thread::sleep(Duration::from_millis(2500));
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut err = String::new();
+    // Attaching takes seconds on an emulated kernel of the matrix: wait for it.
+    for line in lines.by_ref() {
+        let line = line.expect("stderr");
+        err.push_str(&line);
+        err.push('\n');
+        if line.contains("programs attached") {
+            break;
+        }
+    }
+    assert!(err.contains("programs attached"), "{err}");
     bad_connects(3);
-    let out = child.wait_with_output().expect("conntrace");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    // The programs' log is read every 50 ms; then a clean stop (SIGINT).
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: signalling the child this test started.
+    unsafe { libc::kill(i32::try_from(child.id()).expect("pid"), libc::SIGINT) };
+    for line in lines {
+        err.push_str(&line.expect("stderr"));
+        err.push('\n');
+    }
+    let status = child.wait().expect("conntrace");
+    assert!(status.success(), "{err}");
+    err
 }
 
 /// `lost N (… kernel read K, …)` from the exit line.
