@@ -129,6 +129,9 @@ pub struct LogWriter<W: Write> {
     pub events: u64,
     /// Bytes written so far.
     pub bytes: u64,
+    /// The header of a live recording, written once the programs are attached and
+    /// complete with what they could not see ([`LogWriter::with_header`]).
+    pub pending_header: Option<Header>,
 }
 
 /// Creates `path` for conntrace's output: mode 0600 (it names every connection on
@@ -191,7 +194,16 @@ impl<W: Write> LogWriter<W> {
             times: crate::eventlog::jsonl::TimeCache::default(),
             events: 0,
             bytes: 0,
+            pending_header: None,
         }
+    }
+
+    /// A log whose header is written when the live run's programs are attached
+    /// (the pipeline's `Sink::attached`), with their names and degraded facts.
+    #[must_use]
+    pub fn with_header(mut self, header: Header) -> Self {
+        self.pending_header = Some(header);
+        self
     }
 
     pub fn header(&mut self, header: &Header) -> Result<()> {

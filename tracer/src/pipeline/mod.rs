@@ -65,3 +65,38 @@ pub trait Sink {
         Ok(false)
     }
 }
+
+/// A log as a sink (`record`): every record written as it comes, the header once the
+/// programs are attached.
+impl<W: std::io::Write> Sink for crate::eventlog::LogWriter<W> {
+    fn attached(&mut self, probes: &Probes) -> Result<()> {
+        match self.pending_header.take() {
+            Some(header) => self.header(&header.with_probes(probes)),
+            None => Ok(()),
+        }
+    }
+    fn event(&mut self, event: &Event) -> Result<()> {
+        Self::event(self, event)
+    }
+    fn conn(&mut self, conn: &crate::event::Conn, _events: &[Event]) -> Result<()> {
+        Self::conn(self, conn)
+    }
+    fn sockstat(&mut self, sample: &Sockstat) -> Result<()> {
+        Self::sockstat(self, sample)
+    }
+    fn losses(&mut self, losses: &crate::event::Losses) -> Result<()> {
+        Self::losses(self, losses)
+    }
+    fn waiting(&mut self, snapshot: &crate::event::Waiting) -> Result<()> {
+        Self::waiting(self, snapshot)
+    }
+    fn finding(&mut self, finding: &Finding) -> Result<()> {
+        Self::finding(self, finding)
+    }
+    fn cgroup(&mut self, info: &crate::k8s::CgroupInfo) -> Result<()> {
+        Self::cgroup(self, info)
+    }
+    fn pod(&mut self, info: &crate::k8s::api::PodInfo) -> Result<()> {
+        Self::pod(self, info)
+    }
+}

@@ -236,6 +236,14 @@ fn copy_spool(spool: &File, out: &mut File) -> std::io::Result<()> {
 
 impl TuiSink {
     /// The spool, its header written first; `None` once it is full.
+    /// Hands a record to the spool, unless the spool is full (then counted).
+    fn spooled(&mut self, write: impl FnOnce(&mut LogWriter<File>) -> Result<()>) -> Result<()> {
+        match self.spool()? {
+            Some(spool) => write(spool),
+            None => Ok(()),
+        }
+    }
+
     fn spool(&mut self) -> Result<Option<&mut LogWriter<File>>> {
         if let Some(header) = self.unwritten_header.take() {
             self.spool.header(&header)?;
@@ -267,10 +275,7 @@ impl Sink for TuiSink {
             self.tail.pop_front();
         }
         self.tail.push_back(event.clone());
-        match self.spool()? {
-            Some(spool) => spool.event(event),
-            None => Ok(()),
-        }
+        self.spooled(|spool| spool.event(event))
     }
 
     fn conn(&mut self, conn: &crate::event::Conn, events: &[Event]) -> Result<()> {
@@ -281,53 +286,32 @@ impl Sink for TuiSink {
             }
             self.tail.push_back(event.clone());
         }
-        match self.spool()? {
-            Some(spool) => spool.conn(conn),
-            None => Ok(()),
-        }
+        self.spooled(|spool| spool.conn(conn))
     }
 
     fn sockstat(&mut self, sample: &Sockstat) -> Result<()> {
-        match self.spool()? {
-            Some(spool) => spool.sockstat(sample),
-            None => Ok(()),
-        }
+        self.spooled(|spool| spool.sockstat(sample))
     }
 
     fn losses(&mut self, losses: &crate::event::Losses) -> Result<()> {
         self.recorded_lost = losses.events();
-        match self.spool()? {
-            Some(spool) => spool.losses(losses),
-            None => Ok(()),
-        }
+        self.spooled(|spool| spool.losses(losses))
     }
 
     fn waiting(&mut self, snapshot: &crate::event::Waiting) -> Result<()> {
-        match self.spool()? {
-            Some(spool) => spool.waiting(snapshot),
-            None => Ok(()),
-        }
+        self.spooled(|spool| spool.waiting(snapshot))
     }
 
     fn finding(&mut self, finding: &Finding) -> Result<()> {
-        match self.spool()? {
-            Some(spool) => spool.finding(finding),
-            None => Ok(()),
-        }
+        self.spooled(|spool| spool.finding(finding))
     }
 
     fn cgroup(&mut self, info: &crate::k8s::CgroupInfo) -> Result<()> {
-        match self.spool()? {
-            Some(spool) => spool.cgroup(info),
-            None => Ok(()),
-        }
+        self.spooled(|spool| spool.cgroup(info))
     }
 
     fn pod(&mut self, info: &crate::k8s::api::PodInfo) -> Result<()> {
-        match self.spool()? {
-            Some(spool) => spool.pod(info),
-            None => Ok(()),
-        }
+        self.spooled(|spool| spool.pod(info))
     }
 
     fn warn(&mut self, message: &str) {
