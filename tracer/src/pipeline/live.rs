@@ -503,7 +503,7 @@ pub fn run(
                 _ = polls.tick() => {
                     pipe.poll(sink)?;
                     publish(&pipe, &probes);
-                    if sink.tick(&pipe.engine, &probes, pipe.stats)? {
+                    if sink.tick(&pipe.engine, &probes)? {
                         break;
                     }
                 }

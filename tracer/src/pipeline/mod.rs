@@ -19,7 +19,6 @@ use crate::{
     event::{Event, Sockstat},
     kernel::probes::Probes,
 };
-use live::LiveStats;
 
 /// Where records go after the engine: the log (`record`), stdout (`watch`), the UI
 /// (live and replayed), nothing (`report`).
@@ -61,7 +60,7 @@ pub trait Sink {
         crate::errln!("conntrace: warning: {message}");
     }
     /// Called after each look for new findings (5 times a second); `true` stops the run.
-    fn tick(&mut self, _engine: &Engine, _probes: &Probes, _stats: LiveStats) -> Result<bool> {
+    fn tick(&mut self, _engine: &Engine, _probes: &Probes) -> Result<bool> {
         Ok(false)
     }
 }

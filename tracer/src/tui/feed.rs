@@ -21,7 +21,7 @@ use crate::{
     event::{Event, Sockstat},
     eventlog::{self, LogReader, LogWriter, Record},
     kernel::probes::Probes,
-    pipeline::{dispatch, live::LiveStats, Sink},
+    pipeline::{dispatch, Sink},
 };
 
 /// Events kept for the Events view and the finding timelines.
@@ -42,8 +42,9 @@ pub struct TuiSink {
     spool_reader: File,
     /// Records not spooled because the spool was full.
     spool_dropped: u64,
-    /// Events a replayed recording says it lost (its `losses` lines).
-    recorded_lost: u64,
+    /// The last `losses` the pipeline handed over (live: counted now; replayed: the
+    /// recording's `losses` lines).
+    losses: crate::event::Losses,
     filter: String,
     sort: SortKey,
     pub paused: bool,
@@ -83,7 +84,7 @@ impl TuiSink {
             unwritten_header: Some(header.clone()),
             spool_reader,
             spool_dropped: 0,
-            recorded_lost: 0,
+            losses: crate::event::Losses::default(),
             filter: String::new(),
             sort: SortKey::default(),
             paused: false,
@@ -170,12 +171,7 @@ impl TuiSink {
     }
 
     /// Builds and hands a snapshot to the UI (dropped if the UI is behind).
-    pub fn publish(
-        &mut self,
-        engine: &Engine,
-        playback: String,
-        probes: Option<(&Probes, LiveStats)>,
-    ) {
+    pub fn publish(&mut self, engine: &Engine, playback: String, probes: Option<&Probes>) {
         let now = Instant::now();
         let (t0, n0, rate) = self.rate;
         let dt = now.duration_since(t0).as_secs_f64();
@@ -193,16 +189,19 @@ impl TuiSink {
             playback,
             events: self.events,
             events_per_sec: self.rate.2,
-            lost: engine.stats.evicted,
+            // Live: every loss of the run, as the pipeline last handed it to the sink
+            // (its engine's evictions included). Replayed: this engine's evictions and
+            // the events the recording says it lost.
+            lost: if probes.is_some() {
+                self.losses.total()
+            } else {
+                engine.stats.evicted + self.losses.events()
+            },
             programs: 0,
             bpf_cpu_pct: None,
         };
-        if probes.is_none() {
-            header.lost += self.recorded_lost;
-        }
-        if let Some((probes, stats)) = probes {
+        if let Some(probes) = probes {
             header.programs = probes.attached.len();
-            header.lost += probes.losses().unwrap_or_default().total() + stats.undecodable;
             let run = probes.bpf_run_time();
             let (t, r) = self.bpf;
             let wall = now.duration_since(t).as_secs_f64();
@@ -294,7 +293,7 @@ impl Sink for TuiSink {
     }
 
     fn losses(&mut self, losses: &crate::event::Losses) -> Result<()> {
-        self.recorded_lost = losses.events();
+        self.losses = *losses;
         self.spooled(|spool| spool.losses(losses))
     }
 
@@ -318,11 +317,11 @@ impl Sink for TuiSink {
         self.status = Some(format!("warning: {message}"));
     }
 
-    fn tick(&mut self, engine: &Engine, probes: &Probes, stats: LiveStats) -> Result<bool> {
+    fn tick(&mut self, engine: &Engine, probes: &Probes) -> Result<bool> {
         if self.commands(engine).is_none() {
             return Ok(true);
         }
-        self.publish(engine, String::new(), Some((probes, stats)));
+        self.publish(engine, String::new(), Some(probes));
         Ok(false)
     }
 }
