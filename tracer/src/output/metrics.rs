@@ -10,7 +10,7 @@
 use std::{collections::VecDeque, net::SocketAddr};
 
 use prometheus_client::{
-    encoding::EncodeLabelSet,
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
@@ -44,7 +44,18 @@ struct Errno {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Endpoint {
-    endpoint: String,
+    endpoint: Addr,
+}
+
+/// An `ip:port` label value, formatted only when a page is rendered.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+struct Addr(SocketAddr);
+
+impl EncodeLabelValue for Addr {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        write!(encoder, "{}", self.0)
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -266,7 +277,7 @@ impl Metrics {
         let secs = idle_ms as f64 / 1000.0;
         self.idle
             .get_or_create(&Endpoint {
-                endpoint: endpoint.to_string(),
+                endpoint: Addr(endpoint),
             })
             .observe(secs);
     }
