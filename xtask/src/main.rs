@@ -15,6 +15,7 @@ use anyhow::{bail, Context as _, Result};
 
 mod bench;
 mod dist;
+mod fresh;
 mod matrix;
 mod storm;
 
@@ -49,7 +50,10 @@ fn main() -> ExitCode {
                 Ok(())
             }
         }),
-        Some("matrix") => setup().and_then(|()| matrix::run(&args[1..])),
+        Some("matrix") => setup()
+            .and_then(|()| test_setup())
+            .and_then(|()| matrix::run(&args[1..])),
+        Some("fresh") => fresh::run(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask setup            install build (as the user) and test (as root) prerequisites\n       \
@@ -61,7 +65,9 @@ fn main() -> ExitCode {
                  cargo xtask bench            overhead, engine, memory, start-up and loss figures (as root)\n       \
                  cargo xtask dist             the static binary (musl) in target/dist, tried in a busybox-only chroot (as root)\n       \
                  cargo xtask matrix [KERNELS] boot each kernel in qemu and run the root tests there (as root);\n       \
-                 \x20                            KERNELS: comma-separated, of 5.10,6.1,6.12,host (default: all)"
+                 \x20                            KERNELS: comma-separated, of 5.10,6.1,6.12,host (default: all)\n       \
+                 cargo xtask fresh [DIR]      CI as a new machine runs it: .ci/run in a clone of HEAD with a minimal PATH,\n       \
+                 \x20                            its own CARGO_HOME and an empty cache (as root)"
             );
             return ExitCode::from(2);
         }

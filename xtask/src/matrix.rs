@@ -161,7 +161,21 @@ fn vm_tools(cache: &Path) -> Result<PathBuf> {
         ("pkg-config", "pkg-config"),
         ("/usr/include/seccomp.h", "libseccomp-dev"),
         ("/usr/include/cap-ng.h", "libcap-ng-dev"),
+        // virtme-ng runs depmod for a kernel whose modules have no modules.dep
+        // (Debian's packages ship none); the guest script loads veth with modprobe
+        ("depmod", "kmod"),
+        ("/usr/bin/python3", "python3"),
     ])?;
+    // The venv is made by the system's python3, whose ensurepip is Debian's
+    // python3-venv.
+    let ensurepip = Command::new("/usr/bin/python3")
+        .args(["-c", "import ensurepip"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ensurepip {
+        apt_install(&[("/nonexistent/python3-venv", "python3-venv")])?;
+    }
     if !have("virtiofsd") {
         eprintln!("xtask: building virtiofsd {VIRTIOFSD} (about 2 minutes)");
         status(Command::new("cargo").args([
@@ -175,14 +189,35 @@ fn vm_tools(cache: &Path) -> Result<PathBuf> {
     }
     let venv = cache.join("virtme-ng");
     let vng = venv.join("bin/vng");
-    if !vng.exists() {
+    let starts = Command::new(&vng)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !starts {
+        // Absent, or made by an interpreter that is gone.
+        let _ = std::fs::remove_dir_all(&venv);
         eprintln!("xtask: installing {VIRTME_NG} in {}", venv.display());
-        status(Command::new("python3").args(["-m", "venv"]).arg(&venv))
-            .context("python3 -m venv failed (Debian: apt-get install python3-venv)")?;
+        // The system's python3, not whichever a PATH (pyenv shims) offers first: the
+        // venv must outlive a session's hand installs.
+        status(
+            Command::new("/usr/bin/python3")
+                .args(["-m", "venv"])
+                .arg(&venv),
+        )
+        .context("python3 -m venv failed (Debian: apt-get install python3-venv)")?;
         status(Command::new(venv.join("bin/pip")).args(["install", "-q", VIRTME_NG]))
             .with_context(|| format!("pip install {VIRTME_NG} failed"))?;
     }
     Ok(vng)
+}
+
+/// `PATH` with the directory of `vng` (the venv's `bin/`) first.
+fn venv_path(vng: &Path) -> std::ffi::OsString {
+    let mut dirs: Vec<PathBuf> = vng.parent().map(Path::to_path_buf).into_iter().collect();
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path));
+    }
+    std::env::join_paths(dirs).unwrap_or_default()
 }
 
 /// The system's Debian archive and security archive URIs, read from its apt sources
@@ -392,6 +427,9 @@ fn run_one(
         eprintln!("xtask: booting {} (qemu, TCG)", vmlinuz.display());
         piped(
             Command::new(vng)
+                // vng starts virtme-run (and the guest's helpers) through the shell's
+                // PATH: the venv's bin/ must come first, or a fresh machine finds none.
+                .env("PATH", venv_path(vng))
                 .arg("-r")
                 .arg(vmlinuz)
                 .args(["--disable-kvm", "-m", "3G", "--cpus", "2"])
