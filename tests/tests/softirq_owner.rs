@@ -84,15 +84,24 @@ fn check_server_close_is_its_own(recording: &Recording, port: u16, server_pid: u
     assert_eq!(active_close.pid, server_pid);
 }
 
+/// The client's ESTABLISHED -> CLOSE_WAIT, and the client's events for messages.
+fn peer_fin(recording: &Recording, client_port: u16) -> (tracer::event::Event, String) {
+    let client = recording.by_local_port(client_port);
+    let dump = recording.dump(&client);
+    let fin = client
+        .iter()
+        .find(|e| is_transition(e, "ESTABLISHED", "CLOSE_WAIT"))
+        .map_or_else(
+            || panic!("no ESTABLISHED -> CLOSE_WAIT:\n{dump}"),
+            |e| (*e).clone(),
+        );
+    (fin, dump)
+}
+
 #[test]
 fn a_peer_fin_after_idling_names_nobody() {
     let (recording, client_port, server_pid, port) = run(false);
-    let client = recording.by_local_port(client_port);
-    let dump = recording.dump(&client);
-    let peer_fin = client
-        .iter()
-        .find(|e| is_transition(e, "ESTABLISHED", "CLOSE_WAIT"))
-        .unwrap_or_else(|| panic!("no ESTABLISHED -> CLOSE_WAIT:\n{dump}"));
+    let (peer_fin, dump) = peer_fin(&recording, client_port);
     assert!(!peer_fin.owner_known, "{dump}");
     assert_eq!(
         (peer_fin.pid, peer_fin.comm.as_str()),
@@ -106,12 +115,7 @@ fn a_peer_fin_after_idling_names_nobody() {
 #[test]
 fn a_prompt_peer_fin_names_the_socket_holder_learned_at_its_close() {
     let (recording, client_port, server_pid, port) = run(true);
-    let client = recording.by_local_port(client_port);
-    let dump = recording.dump(&client);
-    let peer_fin = client
-        .iter()
-        .find(|e| is_transition(e, "ESTABLISHED", "CLOSE_WAIT"))
-        .unwrap_or_else(|| panic!("no ESTABLISHED -> CLOSE_WAIT:\n{dump}"));
+    let (peer_fin, dump) = peer_fin(&recording, client_port);
     assert!(
         !peer_fin.owner_known,
         "learned from a task, not from connect():\n{dump}"
