@@ -1,8 +1,7 @@
 //! A connection opened before conntrace started has no known owner. Its transitions
 //! raised in softirq (the peer's FIN) run on whichever task the interrupt landed on —
-//! on loopback the peer process closing its end, or our own task when the segment
-//! waited in the socket's backlog while we held its lock — so the kernel programs
-//! never take an owner from them. What a transition is attributed to is the socket's
+//! on loopback often the peer process closing its end — so the kernel programs never
+//! take an owner from them. What a transition is attributed to is the socket's
 //! owner as known when it is shipped:
 //! - a peer FIN after idling ships at once, before any system call of ours on the
 //!   socket: it names nobody (pid 0);

@@ -243,6 +243,11 @@ pub(crate) fn apt_install(wanted: &[(&str, &str)]) -> Result<()> {
         })
         .map(|(_, pkg)| *pkg)
         .collect();
+    apt_get_install(&missing)
+}
+
+/// `apt-get install` of the packages `missing` (nothing when empty).
+pub(crate) fn apt_get_install(missing: &[&str]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
@@ -251,7 +256,7 @@ pub(crate) fn apt_install(wanted: &[(&str, &str)]) -> Result<()> {
     status(
         Command::new("apt-get")
             .args(["install", "-y", "-qq"])
-            .args(&missing)
+            .args(missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
     .with_context(|| format!("installing {} failed", missing.join(" ")))

@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{apt_install, dist, have, output, status, workspace_root};
+use crate::{apt_get_install, apt_install, dist, have, output, status, workspace_root};
 
 /// A pinned kernel package: `(short name, package, version, suite)`.
 struct Kernel {
@@ -174,7 +174,7 @@ fn vm_tools(cache: &Path) -> Result<PathBuf> {
         .status()
         .is_ok_and(|s| s.success());
     if !ensurepip {
-        apt_install(&[("/nonexistent/python3-venv", "python3-venv")])?;
+        apt_get_install(&["python3-venv"])?;
     }
     if !have("virtiofsd") {
         eprintln!("xtask: building virtiofsd {VIRTIOFSD} (about 2 minutes)");
