@@ -355,8 +355,9 @@ pub struct Offsets {
     /// `sk_buff.data`: at `tcp_send_reset` it points at the offending segment's TCP header.
     pub skb_data: u32,
     /// Nonzero when the connect() system-call hooks are off: a connect whose port
-    /// search failed (SYN_SENT -> CLOSE with no local port, in the caller's context)
-    /// is reported as the EADDRNOTAVAIL that connect() returned.
+    /// search or 4-tuple check failed (SYN_SENT -> CLOSE with no local port, or with
+    /// no segment ever sent from a bound one, in the caller's context) is reported
+    /// as the EADDRNOTAVAIL that connect() returned.
     pub infer_port_exhaustion: u32,
     /// Nonzero when `sock:inet_sk_error_report` is missing (Linux < 5.12): a socket
     /// going to CLOSE with `sk_err` set is reported as that error, before the state
@@ -370,6 +371,9 @@ pub struct Offsets {
     pub tp_bytes_acked: u32,
     pub tp_bytes_received: u32,
     pub tp_srtt_us: u32,
+    /// `tcp_sock.segs_out`: zero at SYN_SENT -> CLOSE means no SYN ever left (the
+    /// 4-tuple check of `inet_hash_connect` failed: EADDRNOTAVAIL).
+    pub tp_segs_out: u32,
     /// Nonzero: every transition is its own event (`--every-transition`), as
     /// before connection records.
     pub stream_all: u32,
@@ -426,6 +430,7 @@ impl Offsets {
         tp_bytes_acked: 0,
         tp_bytes_received: 0,
         tp_srtt_us: 0,
+        tp_segs_out: 0,
         stream_all: 0,
         live_idle_jiffies: 0,
         ready: 0,

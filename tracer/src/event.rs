@@ -328,6 +328,45 @@ pub struct Waiting {
     pub conns: Vec<WaitingConn>,
 }
 
+/// What the kernel's own tables said about one 4-tuple when an event needed it
+/// (`{"tuple": ...}` in the log, so a replay knows it too): the socket holding a
+/// 4-tuple a bound connect() could not take, or the address a connection to a
+/// translated destination (a Service VIP, by DNAT) really reached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TupleInfo {
+    #[serde(with = "crate::kernel::time::rfc3339")]
+    pub time: std::time::SystemTime,
+    pub mono_ns: u64,
+    /// The connection's own view: this node's end, and the destination it dialled.
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<TupleHolder>,
+    /// Where DNAT sent `remote` (conntrack's reply source): the backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<SocketAddr>,
+}
+
+/// The socket holding a 4-tuple: a connection of this node that closed on it
+/// (time-wait holds it for 60 s after this side closed first), or one still open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TupleHolder {
+    pub state: TcpState,
+    pub pid: u32,
+    pub comm: String,
+    #[serde(default)]
+    pub cgroup: u64,
+    /// How long ago the holding connection closed, and which end sent the first FIN
+    /// (`"local"`: this node, so its time-wait socket holds the tuple).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_ago_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_fin: Option<String>,
+    /// When the kernel frees the tuple (the time-wait socket's end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_in_ms: Option<u64>,
+}
+
 /// One connection awaiting a reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WaitingConn {
@@ -344,6 +383,63 @@ pub struct WaitingConn {
     pub last_recv_ms: u64,
     /// The socket's keepalive timer is armed: probes will settle it.
     pub keepalive: bool,
+    /// Since the peer last sent anything (its ACK of our request, usually): the clock
+    /// the kernel's keepalive timer counts from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ack_ms: Option<u64>,
+    /// The keepalive settings the kernel will apply (read with the socket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_settings: Option<KeepaliveSettings>,
+}
+
+/// When a socket's keepalive ends a wait: `TCP_KEEPIDLE` / `TCP_KEEPINTVL` /
+/// `TCP_KEEPCNT` and `TCP_USER_TIMEOUT`, as the kernel applies them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeepaliveSettings {
+    pub idle_ms: u64,
+    pub interval_ms: u64,
+    pub probes: u32,
+    /// 0: not set.
+    pub user_timeout_ms: u64,
+    pub source: SettingsSource,
+}
+
+/// Where keepalive settings were read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SettingsSource {
+    /// The socket itself (`getsockopt` on its holder's descriptor).
+    Socket,
+    /// Its network namespace's `net.ipv4.tcp_keepalive_*` (no holder found; a value
+    /// the application set on the socket would not show).
+    Namespace,
+}
+
+impl KeepaliveSettings {
+    /// Milliseconds after the peer last sent anything at which the kernel gives up on
+    /// a silent peer (`tcp_keepalive_timer`): the first probe after `idle`, one every
+    /// `interval`; with no `TCP_USER_TIMEOUT` the connection is reset when the timer
+    /// finds `probes` unanswered, with one set at the first firing whose time since
+    /// the peer's last segment reaches it once a probe is out.
+    pub fn gives_up_after_ms(&self) -> u64 {
+        let Self {
+            idle_ms,
+            interval_ms,
+            probes,
+            user_timeout_ms,
+            source: _,
+        } = *self;
+        let interval = interval_ms.max(1);
+        if user_timeout_ms == 0 {
+            return idle_ms.saturating_add(interval.saturating_mul(u64::from(probes)));
+        }
+        let earliest = idle_ms.saturating_add(interval);
+        if user_timeout_ms <= earliest {
+            return earliest;
+        }
+        let firings = (user_timeout_ms - idle_ms).div_ceil(interval);
+        idle_ms.saturating_add(firings.saturating_mul(interval))
+    }
 }
 
 /// What a recording lost, cumulative: events that never reached the log and table

@@ -195,12 +195,17 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
         }
     }
 
-    // Without the connect() hooks: a connect that found no free local port fails
-    // between ->SYN_SENT and port assignment (inet_hash_connect), in the caller's
-    // context, with no port; that is connect()'s EADDRNOTAVAIL.
+    // Without the connect() hooks: tcp_v4_connect()/tcp_v6_connect() move the socket
+    // to SYN_SENT, then inet_hash_connect() picks a local port or, for a port the
+    // caller bound, checks that the 4-tuple is free (a time-wait or live socket may
+    // hold it); when that fails the socket goes back to CLOSE in the caller's
+    // context before any SYN: with no port (the range is used up) or, bound, with
+    // no segment ever sent. That is connect()'s EADDRNOTAVAIL. A SYN that was
+    // refused or timed out, or a close() of a connecting socket, sent one.
     if off.infer_port_exhaustion != 0 && old == TCP_SYN_SENT && new == TCP_CLOSE {
         let sport: u16 = Direct::get(tp, off.inet_sport)?;
-        if sport == 0 {
+        let segs_out: u32 = Direct::get(tp, off.tp_segs_out)?;
+        if sport == 0 || segs_out == 0 {
             let mut ev = new_event(kind::CONNECT_ERROR, key);
             fill_sock::<Direct>(&mut ev, tp, &off)?;
             set_owner(&mut ev, key, true);

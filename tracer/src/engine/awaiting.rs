@@ -12,18 +12,25 @@
 //!   than one slow query;
 //! - **warning** for a lone wait (a slow query or a long-poll past the threshold is
 //!   indistinguishable from one socket);
-//! - **info** when every one has its keepalive timer armed: the probes will end the wait.
+//! - **info** when every one has its keepalive armed with settings that end the wait
+//!   within [`KEEPALIVE_SOON_MS`] (or, in a log written before the settings were read,
+//!   armed at all). Keepalive that ends it only in hours — the kernel's defaults, 2 h
+//!   idle + 9 x 75 s, which libpq and most drivers turn on — is named with the time it
+//!   ends the wait and ranked as no keepalive: during an incident that is a hang.
 //!
 //! Kept: the worst moment per group (most connections, then longest wait); groups are
 //! bounded (`MAX_GROUPS`).
 
 use std::{collections::HashMap, fmt::Write as _, net::SocketAddr, time::SystemTime};
 
-use super::finding::{secs, Finding, Kind, Process, Severity};
-use crate::event::Waiting;
+use super::finding::{secs, span, Finding, Kind, Process, Severity};
+use crate::event::{KeepaliveSettings, Waiting, WaitingConn};
 
 /// Waits that began within this of each other count as one moment.
 pub const TOGETHER_MS: u64 = 1_000;
+/// Keepalive that ends a wait within this ranks it info: the probes will settle it
+/// before anyone has to act.
+pub const KEEPALIVE_SOON_MS: u64 = 5 * 60_000;
 const MAX_GROUPS: usize = 4096;
 
 #[derive(Debug, Clone)]
@@ -34,6 +41,9 @@ struct Group {
     together: u64,
     waiting_ms: u64,
     keepalive_all: bool,
+    /// When the last of the group's waits ends by keepalive, if known for every one,
+    /// and one connection's settings.
+    keepalive_ends: Option<(SystemTime, KeepaliveSettings)>,
     after_ms: u64,
     locals: Vec<SocketAddr>,
     first: SystemTime,
@@ -93,6 +103,11 @@ impl Awaiting {
             let connections = conns.len() as u64;
             let waiting_ms = conns.iter().map(|c| c.waiting_ms).max().unwrap_or(0);
             let keepalive_all = conns.iter().all(|c| c.keepalive);
+            let keepalive_ends = conns
+                .iter()
+                .map(|c| keepalive_end(c, w.time))
+                .collect::<Option<Vec<_>>>()
+                .and_then(|ends| ends.into_iter().max_by_key(|(at, _)| *at));
             if !self.by_key.contains_key(&key) && self.by_key.len() >= MAX_GROUPS {
                 self.dropped += 1;
                 continue;
@@ -104,6 +119,7 @@ impl Awaiting {
                 together: 0,
                 waiting_ms: 0,
                 keepalive_all,
+                keepalive_ends,
                 after_ms: w.after_ms,
                 locals: Vec::new(),
                 first: w.time,
@@ -112,6 +128,11 @@ impl Awaiting {
             g.last = w.time;
             g.waiting_ms = g.waiting_ms.max(waiting_ms);
             g.keepalive_all &= keepalive_all;
+            g.keepalive_ends = if g.keepalive_all {
+                keepalive_ends
+            } else {
+                None
+            };
             if (connections, together) > (g.connections, g.together) {
                 g.connections = connections;
                 g.together = together;
@@ -124,24 +145,44 @@ impl Awaiting {
     pub fn findings(&self, out: &mut Vec<Finding>) {
         for ((pid, peer), g) in &self.by_key {
             let process = Process::new(*pid, &g.comm, g.cgroup);
-            let severity = if g.keepalive_all {
+            // How long after the group's last snapshot the probes end the waits.
+            let ends_in_ms = g.keepalive_ends.map(|(at, _)| {
+                at.duration_since(g.last)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            });
+            let settled_soon =
+                g.keepalive_all && ends_in_ms.is_none_or(|ms| ms <= KEEPALIVE_SOON_MS);
+            let severity = if settled_soon {
                 Severity::Info
             } else if g.together >= 2 {
                 Severity::Critical
             } else {
                 Severity::Warning
             };
+            let keepalive = match (g.keepalive_all, g.keepalive_ends, ends_in_ms) {
+                (false, ..) => "keepalive off: the kernel will wait forever".to_owned(),
+                (true, Some((at, k)), Some(ms)) if ms <= KEEPALIVE_SOON_MS => format!(
+                    "keepalive on: if the peer is gone its probes end the wait in {} (about {}; {})",
+                    span(ms),
+                    clock(at),
+                    describe(&k)
+                ),
+                (true, Some((at, k)), Some(ms)) => format!(
+                    "keepalive on, but its probes end the wait only in {} (about {}; {}): until then it hangs",
+                    span(ms),
+                    clock(at),
+                    describe(&k)
+                ),
+                (true, ..) => {
+                    "keepalive on (its probes will end the wait if the peer is gone)".to_owned()
+                }
+            };
             let n = g.connections;
             let mut summary = format!(
-                "{n} connection{} from {} to {peer} awaiting a reply for up to {}: the peer acknowledged the request and has sent nothing since; {}",
+                "{n} connection{} from {} to {peer} awaiting a reply for up to {}: the peer acknowledged the request and has sent nothing since; {keepalive}",
                 if n == 1 { "" } else { "s" },
                 process.describe(),
                 secs(g.waiting_ms),
-                if g.keepalive_all {
-                    "keepalive on (its probes will end the wait if the peer is gone)"
-                } else {
-                    "keepalive off: the kernel will wait forever"
-                },
             );
             if g.together >= 2 {
                 let _ = write!(
@@ -151,6 +192,7 @@ impl Awaiting {
                     secs(TOGETHER_MS)
                 );
             }
+            let settings = g.keepalive_ends.map(|(_, k)| k);
             out.push(Finding {
                 kind: Kind::AwaitingReply,
                 severity,
@@ -164,6 +206,13 @@ impl Awaiting {
                     "waiting_ms" => g.waiting_ms,
                     "silent_together" => g.together,
                     "keepalive" => g.keepalive_all,
+                    "keepalive_ends_in_ms" => ends_in_ms,
+                    "keepalive_ends_at" => g.keepalive_ends.map(|(at, _)| humantime::format_rfc3339_seconds(at).to_string()),
+                    "keepalive_idle_ms" => settings.map(|k| k.idle_ms),
+                    "keepalive_interval_ms" => settings.map(|k| k.interval_ms),
+                    "keepalive_probes" => settings.map(|k| k.probes),
+                    "user_timeout_ms" => settings.map(|k| k.user_timeout_ms),
+                    "keepalive_settings_from" => settings.map(|k| k.source),
                     "threshold_ms" => g.after_ms,
                     "local" => g.locals.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 },
@@ -172,4 +221,36 @@ impl Awaiting {
             });
         }
     }
+}
+
+/// When `c`'s keepalive resets it if the peer stays silent, with its settings; `None`
+/// when keepalive is off or its settings were not read.
+fn keepalive_end(c: &WaitingConn, now: SystemTime) -> Option<(SystemTime, KeepaliveSettings)> {
+    let k = c.keepalive_settings.filter(|_| c.keepalive)?;
+    let since_rx = c.last_ack_ms.unwrap_or(c.waiting_ms).min(c.waiting_ms);
+    let left = k.gives_up_after_ms().saturating_sub(since_rx);
+    Some((now + std::time::Duration::from_millis(left), k))
+}
+
+/// `07:58 UTC`.
+fn clock(at: SystemTime) -> String {
+    let t = humantime::format_rfc3339_seconds(at).to_string();
+    t.get(11..16).map_or(t.clone(), |hm| format!("{hm} UTC"))
+}
+
+/// `idle 7200 s + 9 x 75 s` (+ `TCP_USER_TIMEOUT 30 s`), and where it was read.
+fn describe(k: &KeepaliveSettings) -> String {
+    let mut s = format!(
+        "idle {} + {} x {}",
+        span(k.idle_ms),
+        k.probes,
+        span(k.interval_ms)
+    );
+    if k.user_timeout_ms > 0 {
+        let _ = write!(s, ", TCP_USER_TIMEOUT {}", span(k.user_timeout_ms));
+    }
+    if k.source == crate::event::SettingsSource::Namespace {
+        s.push_str(", the namespace's defaults");
+    }
+    s
 }

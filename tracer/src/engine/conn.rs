@@ -392,18 +392,26 @@ impl ConnTable {
     }
 
     /// Another live socket holding this exact 4-tuple, described.
-    pub fn holder_of(&self, local: SocketAddr, remote: SocketAddr, except: u64) -> Option<String> {
+    pub fn holder_of(
+        &self,
+        local: SocketAddr,
+        remote: SocketAddr,
+        except: u64,
+    ) -> Option<crate::event::TupleHolder> {
         let mut holders: Vec<&Conn> = self
             .map
             .values()
             .filter(|c| c.sock != except && c.is_open() && c.local == local && c.remote == remote)
             .collect();
         holders.sort_by_key(|c| c.sock);
-        holders.first().map(|c| {
-            format!(
-                "sock {:#x} owned by {} (pid {}) in {}",
-                c.sock, c.comm, c.pid, c.state
-            )
+        holders.first().map(|c| crate::event::TupleHolder {
+            state: c.state,
+            pid: c.pid,
+            comm: c.comm.to_string(),
+            cgroup: c.cgroup,
+            closed_ago_ms: None,
+            first_fin: None,
+            released_in_ms: None,
         })
     }
 

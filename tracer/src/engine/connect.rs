@@ -3,12 +3,17 @@
 //! `connect-errors`: failed connects (synchronous errors of connect(), and errors
 //! reported on a connecting socket before it was established) grouped by (process,
 //! destination, errno); each socket counts once. ECONNREFUSED goes to
-//! `connection-refused` instead. EADDRNOTAVAIL is critical (the node is out of
-//! source ports or re-used a 4-tuple), the rest warnings. Evidence for
-//! EADDRNOTAVAIL: the connections this node holds open to that destination and the
-//! span of local ports they use, the node's ephemeral port range (root network
-//! namespace), and the live socket holding the 4-tuple when the caller had bound a
-//! source port.
+//! `connection-refused` instead. EADDRNOTAVAIL is critical, the rest warnings.
+//!
+//! EADDRNOTAVAIL comes in two forms, told apart by the failed socket's local port:
+//! - **ports exhausted** (no port: the kernel found no free source port to the
+//!   destination). Evidence: the connections open to the destination, the span of
+//!   local ports they use, the node's ephemeral range (root network namespace).
+//! - **one 4-tuple in use** (a port the caller bound: a transparent proxy keeping
+//!   the client's port, a fixed source port). Evidence: the 4-tuple and the socket
+//!   holding it — a live connection, or this node's previous connection on it in
+//!   TIME_WAIT (this side closed first), with its owner, when it closed and when
+//!   the kernel frees the tuple.
 //!
 //! `connection-refused` (warning): refused connects by destination, and resets this
 //! node sent answering a SYN to a local port with no socket (reason NO_SOCKET), by
@@ -20,7 +25,9 @@ use std::{
     time::SystemTime,
 };
 
-use super::finding::{Finding, Involved, Kind, Process, Severity};
+use std::fmt::Write as _;
+
+use super::finding::{secs, Finding, Involved, Kind, Process, Severity};
 use crate::event::{Errno, Event};
 
 #[derive(Debug)]
@@ -28,7 +35,10 @@ struct Group {
     comm: String,
     cgroup: u64,
     count: u64,
-    held_by: Option<String>,
+    held_by: Option<crate::event::TupleHolder>,
+    /// The last 4-tuple a bound connect wanted, and failures of that form.
+    tuple: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
+    bound: u64,
     max_open_to_destination: u32,
     ports_in_use: Option<(u16, u16)>,
     port_range: Option<[u16; 2]>,
@@ -63,7 +73,7 @@ impl ConnectFailures {
         &mut self,
         e: &Event,
         errno: Errno,
-        held_by: Option<String>,
+        held_by: Option<crate::event::TupleHolder>,
         open_to_destination: u32,
         ports_in_use: Option<(u16, u16)>,
         port_range: Option<[u16; 2]>,
@@ -93,6 +103,8 @@ impl ConnectFailures {
             cgroup: e.cgroup,
             count: 0,
             held_by: None,
+            tuple: None,
+            bound: 0,
             max_open_to_destination: 0,
             ports_in_use: None,
             port_range,
@@ -103,7 +115,9 @@ impl ConnectFailures {
         g.count += 1;
         g.socks.add(e.sock, e.local);
         g.last = e.time;
-        if held_by.is_some() {
+        if e.local.port() != 0 {
+            g.bound += 1;
+            g.tuple = Some((e.local, e.remote));
             g.held_by = held_by;
         }
         g.max_open_to_destination = g.max_open_to_destination.max(open_to_destination);
@@ -129,19 +143,15 @@ impl ConnectFailures {
                 "errno" => errno.name(),
                 "failed_connects" => g.count,
             };
+            let mut summary = format!(
+                "{} failed {} connect{} to {destination} with {}",
+                process.describe(),
+                g.count,
+                if g.count == 1 { "" } else { "s" },
+                errno.name()
+            );
             let recommendation = if critical {
-                evidence.insert(
-                    "open_to_destination".into(),
-                    serde_json::json!(g.max_open_to_destination),
-                );
-                evidence.insert(
-                    "local_ports_in_use".into(),
-                    serde_json::json!(g.ports_in_use.map(|(lo, hi)| [lo, hi])),
-                );
-                // The root namespace's range; a pod's own namespace may differ.
-                evidence.insert("node_port_range".into(), serde_json::json!(g.port_range));
-                evidence.insert("held_by".into(), serde_json::json!(g.held_by));
-                "the node ran out of source ports to this destination (or the caller bound a source address/port another socket holds): reuse connections (keep-alive pooling), widen net.ipv4.ip_local_port_range, add destination addresses, or stop binding a fixed source port".to_owned()
+                g.addrnotavail(&mut evidence, &mut summary)
             } else {
                 match errno.0 {
                     libc::ETIMEDOUT => "the destination never answered the SYN: check that it is up and that no firewall or security group drops the traffic".to_owned(),
@@ -156,13 +166,7 @@ impl ConnectFailures {
                 } else {
                     Severity::Warning
                 },
-                summary: format!(
-                    "{} failed {} connect{} to {destination} with {}",
-                    process.describe(),
-                    g.count,
-                    if g.count == 1 { "" } else { "s" },
-                    errno.name()
-                ),
+                summary,
                 endpoint: destination.clone(),
                 process: Some(process),
                 count: g.count,
@@ -216,5 +220,72 @@ impl ConnectFailures {
                 socks: r.socks.to_vec(),
             });
         }
+    }
+}
+
+impl Group {
+    /// EADDRNOTAVAIL's evidence and summary, by form; returns the fix for that form.
+    fn addrnotavail(
+        &self,
+        evidence: &mut BTreeMap<String, serde_json::Value>,
+        summary: &mut String,
+    ) -> String {
+        let tuple_in_use = self.bound * 2 > self.count;
+        let mut put = |k: &str, v: serde_json::Value| {
+            evidence.insert(k.to_owned(), v);
+        };
+        put(
+            "form",
+            serde_json::json!(if tuple_in_use {
+                "tuple-in-use"
+            } else {
+                "ports-exhausted"
+            }),
+        );
+        put(
+            "open_to_destination",
+            serde_json::json!(self.max_open_to_destination),
+        );
+        put(
+            "local_ports_in_use",
+            serde_json::json!(self.ports_in_use.map(|(lo, hi)| [lo, hi])),
+        );
+        // The root namespace's range; a pod's own namespace may differ.
+        put("node_port_range", serde_json::json!(self.port_range));
+        put("bound_port_failures", serde_json::json!(self.bound));
+        put(
+            "tuple",
+            serde_json::json!(self.tuple.map(|(l, r)| format!("{l} -> {r}"))),
+        );
+        put("held_by", serde_json::json!(self.held_by));
+        if !tuple_in_use {
+            summary.push_str(": no free source port");
+            return "the node ran out of source ports to this destination: reuse connections (keep-alive pooling), widen net.ipv4.ip_local_port_range, add destination addresses, or enable net.ipv4.tcp_tw_reuse=1 so ports held in TIME_WAIT can be taken over".to_owned();
+        }
+        if let Some((local, remote)) = self.tuple {
+            let _ = write!(summary, ": its bound source {local} -> {remote} is held");
+            match &self.held_by {
+                Some(h) => {
+                    let _ = write!(summary, " by {} (pid {}) in {}", h.comm, h.pid, h.state);
+                    if let Some(ago) = h.closed_ago_ms {
+                        let by = if h.first_fin.as_deref() == Some("local") {
+                            "this side closed first"
+                        } else {
+                            "the peer closed first"
+                        };
+                        let _ = write!(
+                            summary,
+                            ", its connection closed {} earlier ({by})",
+                            secs(ago)
+                        );
+                    }
+                    if let Some(left) = h.released_in_ms {
+                        let _ = write!(summary, "; freed in {}", secs(left));
+                    }
+                }
+                None => summary.push_str(" by a socket conntrace did not see close"),
+            }
+        }
+        "one 4-tuple reused too soon, not a shortage of ports: the caller binds its source port and this node still holds the same 4-tuple (its previous connection's TIME_WAIT lasts 60 s after this side closed first). Stop fixing the source port (bind the address only, with IP_BIND_ADDRESS_NO_PORT, and let the kernel pick the port), or let the server close first so the TIME_WAIT is on its side, or enable net.ipv4.tcp_tw_reuse=1 with TCP timestamps on both ends so a connect may take over a time-wait tuple after 1 s".to_owned()
     }
 }

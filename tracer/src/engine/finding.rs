@@ -135,6 +135,18 @@ macro_rules! evidence {
     }};
 }
 
+/// A long duration as a person reads it: `2 h 10 min`, `4 min 5 s`, `45 s`.
+pub fn span(ms: u64) -> String {
+    let s = ms / 1000;
+    match (s / 3600, s % 3600 / 60, s % 60) {
+        (0, 0, s) => format!("{s} s"),
+        (0, m, 0) => format!("{m} min"),
+        (0, m, s) => format!("{m} min {s} s"),
+        (h, 0, _) => format!("{h} h"),
+        (h, m, _) => format!("{h} h {m} min"),
+    }
+}
+
 /// Seconds with two decimals, as the summaries print durations (`5.00 s`).
 pub fn secs(ms: u64) -> String {
     #[expect(clippy::cast_precision_loss, reason = "durations for display")]

@@ -29,6 +29,7 @@ pub mod memory;
 pub mod reuse;
 pub mod rst;
 pub mod stall;
+pub mod tuples;
 
 use std::{collections::HashMap, time::SystemTime};
 
@@ -96,6 +97,7 @@ pub struct Engine {
     stall: stall::Stalls,
     awaiting: awaiting::Awaiting,
     rst: rst::RstStorm,
+    tuples: tuples::Tuples,
     pub endpoints: endpoints::Endpoints,
     pub stats: Stats,
     /// Containers and pods by cgroup id, from the `cgroup` records.
@@ -123,6 +125,7 @@ impl Engine {
             stall: stall::Stalls::default(),
             awaiting: awaiting::Awaiting::default(),
             rst: rst::RstStorm::default(),
+            tuples: tuples::Tuples::default(),
             endpoints: endpoints::Endpoints::default(),
             stats: Stats::default(),
             ports_seen: HashMap::new(),
@@ -160,6 +163,7 @@ impl Engine {
                 ..
             } => {
                 let estimate = self.idle.estimate_ms(&e.remote, &self.cfg);
+                let backend = self.tuples.backend(e.local, e.remote);
                 if let Some(conn) = self.conns.touch(e, now) {
                     self.endpoints.reset(conn.server_endpoint(), false);
                     conn.reset_received = true;
@@ -167,8 +171,8 @@ impl Engine {
                         conn,
                         e,
                         state.unwrap_or(conn.state),
-                        *recv_idle_ms,
-                        estimate,
+                        (*recv_idle_ms, estimate),
+                        backend,
                     );
                 }
                 self.rst
@@ -188,7 +192,7 @@ impl Engine {
                     self.connect.on_no_socket_reset(&endpoint.to_string(), e);
                 }
                 self.endpoints.reset(endpoint, true);
-                let client_here = self.conns.client_of(e.remote, e.local);
+                let client_here = self.client_here(e.local, e.remote);
                 self.reuse
                     .on_reset_sent(e, *state, reason.as_deref(), client_here);
                 self.rst
@@ -215,11 +219,7 @@ impl Engine {
                 }
             }
         }
-        self.stats.evicted = self.conns.evicted
-            + self.stall.dropped
-            + self.reuse.dropped()
-            + self.awaiting.dropped
-            + self.leak.dropped;
+        self.count_evicted();
     }
 
     fn on_state(&mut self, e: &Event, old: TcpState, new: TcpState, idle_ms: u64) {
@@ -235,6 +235,14 @@ impl Engine {
             };
             self.conns.open(e, role, now);
         }
+        // A server's idle close whose client end is traced here through a translated
+        // address (a Service VIP): the client samples it, under the address it dialled.
+        let through_nat = old == TcpState::Established
+            && new == TcpState::FinWait1
+            && self
+                .tuples
+                .dialled(e.remote, e.local)
+                .is_some_and(|vip| self.conns.client_of(e.remote, vip));
         let Some(conn) = self.conns.touch(e, now) else {
             return;
         };
@@ -264,9 +272,10 @@ impl Engine {
             (TcpState::Established, TcpState::FinWait1) if conn.role == Role::Server => {
                 self.reuse.on_server_close(conn, e, idle_ms);
                 let endpoint = e.local;
-                if self
-                    .idle
-                    .sample(endpoint, e.remote, idle_ms, e.time, &self.cfg)
+                if !through_nat
+                    && self
+                        .idle
+                        .sample(endpoint, e.remote, idle_ms, e.time, &self.cfg)
                 {
                     self.endpoints.idle_close(endpoint, idle_ms);
                 }
@@ -282,9 +291,41 @@ impl Engine {
         }
     }
 
+    /// Whether the client's end of the connection a server at `server` has with
+    /// `client` is traced here: directly, or through an address DNAT translated.
+    fn client_here(&self, server: std::net::SocketAddr, client: std::net::SocketAddr) -> bool {
+        self.conns.client_of(client, server)
+            || self
+                .tuples
+                .dialled(client, server)
+                .is_some_and(|vip| self.conns.client_of(client, vip))
+    }
+
+    /// What the kernel's tables said of a 4-tuple.
+    pub fn tuple(&mut self, t: &crate::event::TupleInfo) {
+        self.advance(t.mono_ns, t.time);
+        self.tuples.learn(t);
+        self.count_evicted();
+    }
+
+    fn count_evicted(&mut self) {
+        self.stats.evicted = self.conns.evicted
+            + self.stall.dropped
+            + self.reuse.dropped()
+            + self.awaiting.dropped
+            + self.leak.dropped
+            + self.tuples.dropped;
+    }
+
     fn on_connect_failure(&mut self, e: &Event, errno: Errno) {
+        // A bound source port: the socket holding the 4-tuple, open (this table) or
+        // closed with its time-wait socket still there (a `tuple` record).
         let held_by = (e.local.port() != 0)
-            .then(|| self.conns.holder_of(e.local, e.remote, e.sock))
+            .then(|| {
+                self.conns
+                    .holder_of(e.local, e.remote, e.sock)
+                    .or_else(|| self.tuples.holder(e.local, e.remote).cloned())
+            })
             .flatten();
         self.endpoints.connect_error(e.remote);
         let in_use = self.conns.open_to(e.remote);
@@ -351,11 +392,7 @@ impl Engine {
         self.stats.samples += 1;
         self.advance(w.mono_ns, w.time);
         self.awaiting.snapshot(w);
-        self.stats.evicted = self.conns.evicted
-            + self.stall.dropped
-            + self.reuse.dropped()
-            + self.awaiting.dropped
-            + self.leak.dropped;
+        self.count_evicted();
     }
 
     /// How long `local -> remote` has been awaiting a reply, as of the latest

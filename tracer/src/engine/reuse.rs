@@ -15,7 +15,10 @@
 //! later) — saw a client reuse a connection it had closed. Grouped by (server process,
 //! local endpoint) with the client addresses and reset reasons. When the client's end
 //! of the same connection is traced here too, only the client's side counts it (one
-//! connection, one failure). Resets of time-wait sockets are traced from Linux 6.10.
+//! connection, one failure) — also when the client dialled an address DNAT
+//! translated (a Service VIP): conntrack's `tuple` records match the two views, and
+//! the client's finding names the backend. Resets of time-wait sockets are traced
+//! from Linux 6.10.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -75,6 +78,8 @@ struct Failures {
     raced: u64,
     gaps_ms: Vec<u64>,
     fin_idle_ms: Vec<u64>,
+    /// Where DNAT sent the endpoint (a Service VIP's backends), as conntrack said.
+    backends: BTreeSet<SocketAddr>,
     socks: Involved,
     first: SystemTime,
     last: SystemTime,
@@ -112,8 +117,8 @@ impl ReuseRace {
         conn: &mut Conn,
         e: &Event,
         state: TcpState,
-        recv_idle_ms: u64,
-        estimate_ms: Option<u64>,
+        (recv_idle_ms, estimate_ms): (u64, Option<u64>),
+        backend: Option<SocketAddr>,
     ) {
         if conn.role == Role::Server || conn.role == Role::Listener || conn.reuse_failed {
             return;
@@ -149,6 +154,7 @@ impl ReuseRace {
                 raced: 0,
                 gaps_ms: Vec::new(),
                 fin_idle_ms: Vec::new(),
+                backends: BTreeSet::new(),
                 socks: Involved::default(),
                 first: e.time,
                 last: e.time,
@@ -156,6 +162,11 @@ impl ReuseRace {
         f.count += 1;
         f.socks.add(conn.sock, conn.local);
         f.raced += u64::from(raced);
+        if let Some(b) = backend {
+            if f.backends.len() < MAX_CLIENTS {
+                f.backends.insert(b);
+            }
+        }
         if f.gaps_ms.len() < MAX_GAPS {
             f.gaps_ms.push(gap_ms);
             f.fin_idle_ms.extend(fin_idle);
@@ -295,8 +306,14 @@ impl ReuseRace {
                 .or_else(|| median(&f.fin_idle_ms));
             let process = Process::new(*pid, &f.comm, f.cgroup);
             let closed_at = timeout.map_or_else(|| "an unknown".to_owned(), secs);
+            let behind = if f.backends.is_empty() {
+                String::new()
+            } else {
+                let b: Vec<String> = f.backends.iter().map(ToString::to_string).collect();
+                format!(" (-> backend {})", b.join(", "))
+            };
             let summary = format!(
-                "{} reused {} connection{} to {endpoint} after the server closed them at {closed_at} idle",
+                "{} reused {} connection{} to {endpoint}{behind} after the server closed them at {closed_at} idle",
                 process.describe(),
                 f.count,
                 if f.count == 1 { "" } else { "s" },
@@ -309,12 +326,7 @@ impl ReuseRace {
                 ),
                 None => "set the client pool's idle timeout below the server's keep-alive timeout, or validate connections on borrow".to_owned(),
             };
-            out.push(race(
-                summary,
-                endpoint,
-                process,
-                (f.count, f.first, f.last),
-                crate::evidence! {
+            let mut evidence = crate::evidence! {
                     "idle_timeout_ms" => timeout,
                     "failed_reuses" => f.count,
                     "raced_fin" => f.raced,
@@ -322,7 +334,17 @@ impl ReuseRace {
                     "max_reuse_gap_ms" => f.gaps_ms.iter().max(),
                     "outcome" => "reset received",
                     "vantage" => "client",
-                },
+            };
+            if !f.backends.is_empty() {
+                let b: Vec<String> = f.backends.iter().map(ToString::to_string).collect();
+                evidence.insert("backends".into(), serde_json::json!(b));
+            }
+            out.push(race(
+                summary,
+                endpoint,
+                process,
+                (f.count, f.first, f.last),
+                evidence,
                 recommendation,
                 &f.socks,
             ));

@@ -95,6 +95,8 @@ pub enum Record {
     Sockstat(Sockstat),
     /// Connections awaiting a reply at one inspection (`{"waiting": ...}`).
     Waiting(Waiting),
+    /// What the kernel's tables said of one 4-tuple (`{"tuple": ...}`).
+    Tuple(crate::event::TupleInfo),
     /// What the recording had lost so far (`{"losses": ...}`).
     Losses(crate::event::Losses),
     /// A cgroup seen for the first time, with its container and pod (`{"cgroup": ...}`).
@@ -267,6 +269,14 @@ impl<W: Write> LogWriter<W> {
             waiting: &'a Waiting,
         }
         self.write_line(&Line { waiting: snapshot })
+    }
+
+    pub fn tuple(&mut self, info: &crate::event::TupleInfo) -> Result<()> {
+        #[derive(Serialize)]
+        struct Line<'a> {
+            tuple: &'a crate::event::TupleInfo,
+        }
+        self.write_line(&Line { tuple: info })
     }
 
     /// The live engine's findings at exit.
@@ -527,6 +537,15 @@ fn parse_record(line: &str) -> Result<Record, String> {
             .map(|l| Record::Waiting(l.waiting))
             .map_err(|e| describe(&e));
     }
+    if line.starts_with("{\"tuple\"") {
+        #[derive(Deserialize)]
+        struct Line {
+            tuple: crate::event::TupleInfo,
+        }
+        return serde_json::from_str::<Line>(line)
+            .map(|l| Record::Tuple(l.tuple))
+            .map_err(|e| describe(&e));
+    }
     serde_json::from_str::<Event>(line)
         .map(Record::Event)
         .map_err(|e| describe(&e))
@@ -591,6 +610,7 @@ impl Log {
             Record::Event(_)
             | Record::Sockstat(_)
             | Record::Waiting(_)
+            | Record::Tuple(_)
             | Record::Losses(_)
             | Record::Cgroup(_)
             | Record::Pod(_)

@@ -12,6 +12,7 @@
 //! [`NETNS_REFRESH`]); one netlink socket is opened inside each (by a short-lived thread
 //! that enters it), so pods' connections are seen from the host.
 
+use crate::event::KeepaliveSettings;
 use std::{
     collections::{HashMap, HashSet},
     io,
@@ -55,14 +56,25 @@ pub struct DiagConn {
 impl DiagConn {
     /// We spoke last, were acknowledged, and have heard nothing since: the peer owes
     /// us a reply. (An idle pooled connection has the peer's answer as its last data.)
-    /// The times are in clock ticks (1-4 ms): a request sent in the same tick as the
-    /// previous answer arrived reads as answered (never cry wolf), unless the peer
-    /// never sent any data at all.
+    ///
+    /// The times are in clock ticks (1-4 ms), and a worker loop sends its next request
+    /// in the same tick as the previous answer arrived. Then the kernel's ACK clock
+    /// decides: `rcv_tstamp` (`last_ack_recv`) moves with every acceptable segment from
+    /// the peer, its data included, so an answer leaves it equal to the last data's
+    /// time; a segment newer than the peer's last data with nothing outstanding
+    /// on its side is a pure ACK of data we sent after that data — our request,
+    /// acknowledged and unanswered. (The peer's keepalive probes are out of window
+    /// and never reach `tcp_ack`.) Still read as answered, never a false alarm: the
+    /// same tick for all three (the peer's ACK of the request came within the tick of
+    /// its previous answer: quick ACKs on a sub-tick path).
     pub fn awaiting_reply(&self) -> bool {
+        let same_tick = self.last_data_sent_ms == self.last_data_recv_ms;
         self.unacked == 0
             && self.bytes_acked > 1
             && (self.last_data_sent_ms < self.last_data_recv_ms
-                || (self.last_data_sent_ms == self.last_data_recv_ms && self.bytes_received == 0))
+                || (same_tick
+                    && (self.bytes_received == 0
+                        || self.last_ack_recv_ms < self.last_data_recv_ms)))
     }
 }
 
@@ -204,14 +216,15 @@ fn read_dump(fd: &OwnedFd, mut each: impl FnMut(&[u8])) -> io::Result<()> {
     }
 }
 
-/// A `NETLINK_SOCK_DIAG` socket in the calling thread's network namespace.
-fn diag_socket() -> io::Result<OwnedFd> {
+/// A netlink socket of `protocol` in the calling thread's network namespace, whose
+/// reads give up after `timeout`.
+pub fn netlink_socket(protocol: i32, timeout: Duration) -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); the fd is owned at once.
     let fd = unsafe {
         libc::socket(
             libc::AF_NETLINK,
             libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            libc::NETLINK_SOCK_DIAG,
+            protocol,
         )
     };
     if fd < 0 {
@@ -220,8 +233,8 @@ fn diag_socket() -> io::Result<OwnedFd> {
     // SAFETY: fd is a new, valid descriptor nobody else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let tv = libc::timeval {
-        tv_sec: 2,
-        tv_usec: 0,
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(2),
+        tv_usec: libc::suseconds_t::from(timeout.subsec_micros()),
     };
     // SAFETY: a valid timeval for SO_RCVTIMEO.
     unsafe {
@@ -234,6 +247,11 @@ fn diag_socket() -> io::Result<OwnedFd> {
         );
     }
     Ok(fd)
+}
+
+/// A `NETLINK_SOCK_DIAG` socket in the calling thread's network namespace.
+fn diag_socket() -> io::Result<OwnedFd> {
+    netlink_socket(libc::NETLINK_SOCK_DIAG, Duration::from_secs(2))
 }
 
 /// Every established and listening TCP socket of one namespace's netlink socket.
@@ -250,9 +268,13 @@ pub fn dump(fd: &OwnedFd, netns: u32, out: &mut Vec<DiagConn>) -> io::Result<()>
     Ok(())
 }
 
-/// A diag socket inside the network namespace `path` (`/proc/PID/ns/net`), made by a
-/// thread that enters the namespace (setns affects only the calling thread).
-fn socket_in(path: &Path) -> io::Result<OwnedFd> {
+/// Runs `make` on a thread inside the network namespace `path` (`/proc/PID/ns/net`):
+/// setns affects only the calling thread, and a socket keeps the namespace it was
+/// made in.
+pub fn in_namespace<T: Send>(
+    path: &Path,
+    make: impl FnOnce() -> io::Result<T> + Send,
+) -> io::Result<T> {
     let ns = std::fs::File::open(path)?;
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -260,10 +282,18 @@ fn socket_in(path: &Path) -> io::Result<OwnedFd> {
             if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                 return Err(io::Error::last_os_error());
             }
-            diag_socket()
+            make()
         })
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("namespace thread panicked")))
+    })
+}
+
+/// A diag socket inside the network namespace `path`, and the namespace's keepalive
+/// defaults (its sysctls are the opener's namespace's).
+fn socket_in(path: &Path) -> io::Result<(OwnedFd, Option<KeepaliveSettings>)> {
+    in_namespace(path, || {
+        Ok((diag_socket()?, crate::kernel::keepalive::of_namespace()))
     })
 }
 
@@ -271,6 +301,8 @@ fn socket_in(path: &Path) -> io::Result<OwnedFd> {
 pub struct Inspector {
     proc_root: std::path::PathBuf,
     sockets: HashMap<u32, OwnedFd>,
+    /// Each namespace's keepalive defaults.
+    keepalive: HashMap<u32, KeepaliveSettings>,
     refreshed: Option<Instant>,
     /// Namespaces of processes at the last walk of /proc.
     seen_processes: HashSet<u32>,
@@ -285,6 +317,7 @@ impl Inspector {
         Self {
             proc_root: proc_root.to_owned(),
             sockets: HashMap::new(),
+            keepalive: HashMap::new(),
             refreshed: None,
             seen_processes: HashSet::new(),
             errors: 0,
@@ -341,8 +374,11 @@ impl Inspector {
                 continue;
             }
             match socket_in(&path) {
-                Ok(fd) => {
+                Ok((fd, keepalive)) => {
                     self.sockets.insert(inum, fd);
+                    if let Some(k) = keepalive {
+                        self.keepalive.insert(inum, k);
+                    }
                 }
                 Err(_) => self.errors += 1,
             }
@@ -351,6 +387,13 @@ impl Inspector {
         let seen = &self.seen_processes;
         self.sockets
             .retain(|inum, _| present.contains(inum) || seen.contains(inum));
+        let sockets = &self.sockets;
+        self.keepalive.retain(|inum, _| sockets.contains_key(inum));
+    }
+
+    /// The keepalive defaults of network namespace `netns`, when it could be entered.
+    pub fn namespace_keepalive(&self, netns: u32) -> Option<KeepaliveSettings> {
+        self.keepalive.get(&netns).copied()
     }
 
     /// One pass: every established connection of every namespace.
@@ -429,7 +472,7 @@ pub fn spawn(after_ms: u64) -> io::Result<std::sync::mpsc::Receiver<Pass>> {
         .spawn(move || {
             let proc_root = Path::new("/proc");
             let mut inspector = Inspector::new(proc_root);
-            let mut owners: HashMap<u64, (u32, String, u64)> = HashMap::new();
+            let mut owners: HashMap<u64, Holder> = HashMap::new();
             let mut pause = INSPECT_EVERY;
             loop {
                 std::thread::sleep(pause);
@@ -444,7 +487,7 @@ pub fn spawn(after_ms: u64) -> io::Result<std::sync::mpsc::Receiver<Pass>> {
                     .map(|c| c.inode)
                     .filter(|i| !owners.contains_key(i))
                     .collect();
-                for (ino, pid) in holders(proc_root, &unknown) {
+                for (ino, (pid, fd)) in holders(proc_root, &unknown) {
                     let comm =
                         std::fs::read_to_string(proc_root.join(pid.to_string()).join("comm"))
                             .map(|c| c.trim_end().to_owned())
@@ -454,7 +497,15 @@ pub fn spawn(after_ms: u64) -> io::Result<std::sync::mpsc::Receiver<Pass>> {
                         Path::new("/sys/fs/cgroup"),
                         pid,
                     );
-                    owners.insert(ino, (pid, comm, cgroup));
+                    owners.insert(
+                        ino,
+                        Holder {
+                            pid,
+                            fd,
+                            comm,
+                            cgroup,
+                        },
+                    );
                 }
                 // Forget owners of sockets no longer waiting (bounded by one pass).
                 let live: HashSet<u64> = found.iter().map(|c| c.inode).collect();
@@ -462,16 +513,26 @@ pub fn spawn(after_ms: u64) -> io::Result<std::sync::mpsc::Receiver<Pass>> {
                 let conns = found
                     .into_iter()
                     .map(|c| {
-                        let (pid, comm, cgroup) = owners.get(&c.inode).cloned().unwrap_or_default();
+                        let holder = owners.get(&c.inode);
+                        // Read each pass: an application may change them on a live socket.
+                        let keepalive_settings = c.keepalive_timer.then(|| {
+                            holder
+                                .and_then(|h| {
+                                    crate::kernel::keepalive::of_socket(h.pid, h.fd, c.inode).ok()
+                                })
+                                .or_else(|| inspector.namespace_keepalive(c.netns))
+                        });
                         crate::event::WaitingConn {
-                            pid,
-                            comm,
-                            cgroup,
+                            pid: holder.map_or(0, |h| h.pid),
+                            comm: holder.map(|h| h.comm.clone()).unwrap_or_default(),
+                            cgroup: holder.map_or(0, |h| h.cgroup),
                             local: c.local,
                             remote: c.remote,
                             waiting_ms: u64::from(c.last_data_sent_ms),
                             last_recv_ms: u64::from(c.last_data_recv_ms),
                             keepalive: c.keepalive_timer,
+                            last_ack_ms: Some(u64::from(c.last_ack_recv_ms)),
+                            keepalive_settings: keepalive_settings.flatten(),
                         }
                     })
                     .collect();
@@ -489,12 +550,20 @@ pub fn spawn(after_ms: u64) -> io::Result<std::sync::mpsc::Receiver<Pass>> {
     Ok(rx)
 }
 
-/// Socket inode -> the lowest pid holding it, for the inodes asked about; one walk of
-/// `/proc/*/fd`. Bounded by the processes on the node.
+/// The process holding a waiting connection's socket, and its descriptor there.
+struct Holder {
+    pid: u32,
+    fd: i32,
+    comm: String,
+    cgroup: u64,
+}
+
+/// Socket inode -> the lowest pid holding it and its descriptor number there, for the
+/// inodes asked about; one walk of `/proc/*/fd`. Bounded by the processes on the node.
 pub fn holders<S: std::hash::BuildHasher>(
     proc_root: &Path,
     inodes: &HashSet<u64, S>,
-) -> HashMap<u64, u32> {
+) -> HashMap<u64, (u32, i32)> {
     let mut found = HashMap::new();
     if inodes.is_empty() {
         return found;
@@ -522,7 +591,10 @@ pub fn holders<S: std::hash::BuildHasher>(
                 continue;
             };
             if inodes.contains(&ino) {
-                found.entry(ino).or_insert(pid);
+                let Some(n) = fd.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                    continue;
+                };
+                found.entry(ino).or_insert((pid, n));
             }
         }
         if found.len() == inodes.len() {
@@ -583,6 +655,24 @@ mod tests {
         assert!(
             !same_tick.awaiting_reply(),
             "an answer in the same tick reads as answered"
+        );
+        // psql through pgbouncer, as `ss -ti` showed it: lastsnd:18992 lastrcv:18992
+        // lastack:18948 — the query left in the tick ReadyForQuery arrived, and its
+        // ACK came 44 ms later.
+        let worker = DiagConn {
+            last_data_sent_ms: 18_992,
+            last_data_recv_ms: 18_992,
+            last_ack_recv_ms: 18_948,
+            ..same_tick.clone()
+        };
+        assert!(worker.awaiting_reply(), "an ACK after the peer's last data");
+        let quick_ack = DiagConn {
+            last_ack_recv_ms: 18_992,
+            ..worker
+        };
+        assert!(
+            !quick_ack.awaiting_reply(),
+            "all in one tick stays ambiguous: read as answered"
         );
     }
 

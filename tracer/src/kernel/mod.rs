@@ -2,12 +2,15 @@
 //! [`tracefs`]), loading and attaching the programs and reading their ring buffer and
 //! socket map ([`probes`]), turning their bytes into [`crate::event`] values
 //! ([`decode`]), and the kernel's own tables read from userspace: listening sockets
-//! ([`listeners`]), open connections through `sock_diag` ([`diag`]), TCP memory
+//! ([`listeners`]), open connections through `sock_diag` ([`diag`]) with their
+//! keepalive settings ([`keepalive`]), DNAT translations ([`conntrack`]), TCP memory
 //! ([`sockstat`]) and its clocks ([`time`]).
 
 pub mod btf;
+pub mod conntrack;
 pub mod decode;
 pub mod diag;
+pub mod keepalive;
 pub mod listeners;
 pub mod probes;
 pub mod sockstat;

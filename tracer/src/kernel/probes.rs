@@ -197,6 +197,7 @@ pub fn offsets(btf: &Btf, support: &KernelSupport) -> Result<Offsets> {
         tp_bytes_acked: f("tcp_sock", "bytes_acked")?,
         tp_bytes_received: f("tcp_sock", "bytes_received")?,
         tp_srtt_us: f("tcp_sock", "srtt_us")?,
+        tp_segs_out: f("tcp_sock", "segs_out")?,
         stream_all: 0,
         live_idle_jiffies: 0,
         ready: 1,

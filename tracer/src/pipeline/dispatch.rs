@@ -56,6 +56,15 @@ pub fn waiting(engine: &mut Engine, w: &Waiting, sink: &mut dyn Sink) -> Result<
     sink.waiting(w)
 }
 
+pub fn tuple(
+    engine: &mut Engine,
+    info: &crate::event::TupleInfo,
+    sink: &mut dyn Sink,
+) -> Result<()> {
+    engine.tuple(info);
+    sink.tuple(info)
+}
+
 pub fn cgroup(engine: &mut Engine, info: &CgroupInfo, sink: &mut dyn Sink) -> Result<()> {
     engine.cgroup(info);
     sink.cgroup(info)
@@ -77,6 +86,7 @@ pub fn record(engine: &mut Engine, record: &Record, sink: &mut dyn Sink) -> Resu
         }
         Record::Sockstat(s) => sockstat(engine, s, sink),
         Record::Waiting(w) => waiting(engine, w, sink),
+        Record::Tuple(t) => tuple(engine, t, sink),
         Record::Cgroup(c) => cgroup(engine, c, sink),
         Record::Pod(p) => pod(engine, p, sink),
         Record::Losses(l) => sink.losses(l),

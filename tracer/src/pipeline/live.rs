@@ -63,6 +63,8 @@ struct Pipeline<'a> {
     metrics: Option<crate::output::metrics::Metrics>,
     filter: &'a Filter,
     recent: crate::pipeline::recent::RecentOwners,
+    /// The kernel's tables (time-wait holders, conntrack) for the events that need them.
+    tuple_facts: crate::pipeline::tuples::TupleFacts,
     /// Connections awaiting a reply, from the inspection thread; and its threshold.
     waiting: Option<std::sync::mpsc::Receiver<crate::kernel::diag::Pass>>,
     await_after_ms: u64,
@@ -131,6 +133,7 @@ impl Pipeline<'_> {
                     sink,
                 ) {
                     self.stats.delivered += 1;
+                    self.tuple_facts_of(std::slice::from_ref(&event), sink);
                     let r = dispatch::event(&mut self.engine, self.metrics.as_mut(), &event, sink);
                     if let Err(e) = r {
                         self.failure.get_or_insert(e);
@@ -192,6 +195,7 @@ impl Pipeline<'_> {
                     sink,
                 ) {
                     self.stats.delivered += events.len() as u64;
+                    self.tuple_facts_of(&events, sink);
                     let metrics = self.metrics.as_mut();
                     if let Err(e) = dispatch::conn(&mut self.engine, metrics, &conn, &events, sink)
                     {
@@ -200,6 +204,17 @@ impl Pipeline<'_> {
                 }
             }
             Err(_) => self.stats.undecodable += 1,
+        }
+    }
+
+    /// What the kernel's tables add to these events, dispatched before them.
+    fn tuple_facts_of(&mut self, events: &[Event], sink: &mut dyn Sink) {
+        for e in events {
+            if let Some(info) = self.tuple_facts.of(e, &mut self.recent) {
+                if let Err(err) = dispatch::tuple(&mut self.engine, &info, sink) {
+                    self.failure.get_or_insert(err);
+                }
+            }
         }
     }
 
@@ -386,6 +401,7 @@ impl<'a> Pipeline<'a> {
                 .map(|_| crate::output::metrics::Metrics::default()),
             filter,
             recent: crate::pipeline::recent::RecentOwners::default(),
+            tuple_facts: crate::pipeline::tuples::TupleFacts::default(),
             waiting: live
                 .await_after
                 .and_then(|after| crate::kernel::diag::spawn(after_ms(after)).ok()),

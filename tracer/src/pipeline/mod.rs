@@ -1,7 +1,8 @@
 //! Events on their way to the engine and on to a [`Sink`] (the log, stdout, the UI).
 //!
 //! Live ([`live`]): the kernel's records, owners of resets from recently closed
-//! sockets restored ([`recent`]), filtered ([`filter`]). Recorded: a log's records as
+//! sockets restored ([`recent`]), the kernel's tables asked where an event needs them
+//! ([`tuples`]: time-wait holders, DNAT backends), filtered ([`filter`]). Recorded: a log's records as
 //! they were written. Both reach the engine and the sink through [`dispatch`], the one
 //! place that knows which record feeds which part of the engine, so a recording
 //! replayed gives the findings it gave live. Every loss on the way is counted in one
@@ -11,6 +12,7 @@ pub mod dispatch;
 pub mod filter;
 pub mod live;
 pub mod recent;
+pub mod tuples;
 
 use anyhow::Result;
 
@@ -44,6 +46,10 @@ pub trait Sink {
     }
     /// Connections awaiting a reply, from one inspection.
     fn waiting(&mut self, _snapshot: &crate::event::Waiting) -> Result<()> {
+        Ok(())
+    }
+    /// What the kernel's tables said of one 4-tuple.
+    fn tuple(&mut self, _info: &crate::event::TupleInfo) -> Result<()> {
         Ok(())
     }
     fn finding(&mut self, finding: &Finding) -> Result<()>;
@@ -88,6 +94,9 @@ impl<W: std::io::Write> Sink for crate::eventlog::LogWriter<W> {
     }
     fn waiting(&mut self, snapshot: &crate::event::Waiting) -> Result<()> {
         Self::waiting(self, snapshot)
+    }
+    fn tuple(&mut self, info: &crate::event::TupleInfo) -> Result<()> {
+        Self::tuple(self, info)
     }
     fn finding(&mut self, finding: &Finding) -> Result<()> {
         Self::finding(self, finding)

@@ -30,7 +30,12 @@ struct Owner {
     tid: u32,
     comm: String,
     cgroup: u64,
+    /// This side sent the first FIN: its time-wait socket holds the tuple.
+    closed_first: bool,
 }
+
+/// How long a time-wait socket holds its 4-tuple (`TCP_TIMEWAIT_LEN`, fixed).
+const TIME_WAIT_NS: u64 = 60_000_000_000;
 
 /// See the module documentation.
 pub struct RecentOwners {
@@ -63,6 +68,15 @@ impl RecentOwners {
                     tid: e.tid,
                     comm: e.comm.clone(),
                     cgroup: e.cgroup,
+                    // Only an active close passes FIN_WAIT1/2 or CLOSING on its way
+                    // to the time-wait socket (the full socket then goes to CLOSE).
+                    closed_first: matches!(
+                        old,
+                        TcpState::FinWait1
+                            | TcpState::FinWait2
+                            | TcpState::Closing
+                            | TcpState::TimeWait
+                    ),
                 };
                 self.by_tuple.insert((e.local, e.remote), e.mono_ns, owner);
             }
@@ -81,6 +95,34 @@ impl RecentOwners {
             }
             _ => {}
         }
+    }
+
+    /// The closed connection of this node that holds `local -> remote` at `now_ns`,
+    /// if it closed within the table's memory: in TIME_WAIT for 60 s after this side
+    /// closed first. A connect() that wanted the tuple (a bound source port) failed
+    /// with EADDRNOTAVAIL because of it.
+    pub fn holder(
+        &mut self,
+        local: SocketAddr,
+        remote: SocketAddr,
+        now_ns: u64,
+    ) -> Option<crate::event::TupleHolder> {
+        let (closed_ns, o) = self.by_tuple.get(&(local, remote), now_ns)?;
+        let ago = now_ns.saturating_sub(closed_ns);
+        let time_wait = o.closed_first && ago < TIME_WAIT_NS;
+        Some(crate::event::TupleHolder {
+            state: if time_wait {
+                TcpState::TimeWait
+            } else {
+                TcpState::Close
+            },
+            pid: o.pid,
+            comm: o.comm.clone(),
+            cgroup: o.cgroup,
+            closed_ago_ms: Some(ago / 1_000_000),
+            first_fin: Some(if o.closed_first { "local" } else { "peer" }.to_owned()),
+            released_in_ms: time_wait.then(|| (TIME_WAIT_NS - ago) / 1_000_000),
+        })
     }
 
     /// Tuples forgotten early because the table was full.
@@ -130,6 +172,40 @@ mod tests {
         table.observe(&mut late);
         assert_eq!(late.pid, 0);
         assert!(table.is_empty());
+    }
+
+    #[test]
+    fn a_tuple_this_side_closed_first_is_held_in_time_wait_for_60_s() {
+        let proxy = Sock::new(1, 42, "proxy", "10.0.0.1:40000", "10.0.0.8:80");
+        let mut table = RecentOwners::default();
+        for mut e in [
+            proxy.state(1000, Established, FinWait1, 0),
+            proxy.state(1001, FinWait1, FinWait2, 0),
+            proxy.state(1002, FinWait2, Close, 0),
+        ] {
+            table.observe(&mut e);
+        }
+        let local = "10.0.0.1:40000".parse().expect("addr");
+        let remote = "10.0.0.8:80".parse().expect("addr");
+        let h = table
+            .holder(local, remote, crate::engine::testing::T0 + 3_002_000_000)
+            .expect("held");
+        assert_eq!((h.state, h.pid, h.comm.as_str()), (TimeWait, 42, "proxy"));
+        assert_eq!(h.closed_ago_ms, Some(2000));
+        assert_eq!(h.released_in_ms, Some(58_000));
+        assert_eq!(h.first_fin.as_deref(), Some("local"));
+        // The peer closed first: no time-wait here.
+        let passive = Sock::new(2, 42, "proxy", "10.0.0.1:40001", "10.0.0.8:80");
+        let mut e = passive.state(1000, LastAck, Close, 0);
+        table.observe(&mut e);
+        let h = table
+            .holder(
+                "10.0.0.1:40001".parse().expect("addr"),
+                remote,
+                crate::engine::testing::T0 + 1_500_000_000,
+            )
+            .expect("known");
+        assert_eq!((h.state, h.released_in_ms), (Close, None));
     }
 
     #[test]

@@ -301,6 +301,10 @@ impl Sink for TuiSink {
         self.spooled(|spool| spool.waiting(snapshot))
     }
 
+    fn tuple(&mut self, info: &crate::event::TupleInfo) -> Result<()> {
+        self.spooled(|spool| spool.tuple(info))
+    }
+
     fn finding(&mut self, finding: &Finding) -> Result<()> {
         self.spooled(|spool| spool.finding(finding))
     }
@@ -379,6 +383,7 @@ pub fn replay(path: &Path, mut sink: TuiSink) -> Result<()> {
                 Record::Conn(c) => Some(c.mono_ns),
                 Record::Sockstat(s) => Some(s.mono_ns),
                 Record::Waiting(w) => Some(w.mono_ns),
+                Record::Tuple(t) => Some(t.mono_ns),
                 Record::Losses(_)
                 | Record::Cgroup(_)
                 | Record::Pod(_)

@@ -126,6 +126,8 @@ fn connections_view_sorted_by_idle() {
             waiting_ms: 31_000,
             last_recv_ms: 31_200,
             keepalive: false,
+            last_ack_ms: None,
+            keepalive_settings: None,
         }],
     });
     let mut app = App::new(false);

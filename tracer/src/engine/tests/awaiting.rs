@@ -3,7 +3,7 @@ use crate::{
         testing::{addr, wall, T0},
         Config, Engine, Kind, Severity,
     },
-    event::{Waiting, WaitingConn},
+    event::{KeepaliveSettings, SettingsSource, Waiting, WaitingConn},
 };
 
 fn conn(pid: u32, local: &str, remote: &str, waiting_ms: u64, keepalive: bool) -> WaitingConn {
@@ -16,6 +16,8 @@ fn conn(pid: u32, local: &str, remote: &str, waiting_ms: u64, keepalive: bool) -
         waiting_ms,
         last_recv_ms: waiting_ms + 50,
         keepalive,
+        last_ack_ms: None,
+        keepalive_settings: None,
     }
 }
 
@@ -114,4 +116,98 @@ fn the_worst_moment_is_kept_after_the_waits_end() {
     assert_eq!(f[0].count, 2);
     assert_eq!(f[0].severity, Severity::Critical);
     assert_eq!(f[0].evidence["waiting_ms"], 33_000);
+}
+
+fn with_keepalive(mut c: WaitingConn, idle_s: u64, intvl_s: u64, probes: u32) -> WaitingConn {
+    c.keepalive = true;
+    c.last_ack_ms = Some(c.waiting_ms - 40);
+    c.keepalive_settings = Some(KeepaliveSettings {
+        idle_ms: idle_s * 1000,
+        interval_ms: intvl_s * 1000,
+        probes,
+        user_timeout_ms: 0,
+        source: SettingsSource::Socket,
+    });
+    c
+}
+
+#[test]
+fn keepalive_that_ends_the_wait_in_hours_is_a_hang_not_info() {
+    let mut engine = Engine::new(Config::default());
+    let bouncer = "10.0.0.7:6432";
+    // libpq's default: SO_KEEPALIVE with the kernel's 2 h idle, 9 probes 75 s apart.
+    engine.waiting(&snapshot(
+        100_000,
+        vec![
+            with_keepalive(
+                conn(9, "10.0.0.1:40001", bouncer, 40_000, false),
+                7200,
+                75,
+                9,
+            ),
+            with_keepalive(
+                conn(9, "10.0.0.1:40002", bouncer, 40_300, false),
+                7200,
+                75,
+                9,
+            ),
+        ],
+    ));
+    let f = awaiting(&engine);
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].severity, Severity::Critical, "{}", f[0].summary);
+    // 7200 s + 9 x 75 s after the later ACK, 39.96 s ago: the last wait ends then.
+    let ends = f[0].evidence["keepalive_ends_in_ms"]
+        .as_u64()
+        .expect("ends");
+    assert_eq!(ends, 7_875_000 - 39_960);
+    assert!(
+        f[0].summary
+            .contains("keepalive on, but its probes end the wait only in 2 h 10 min"),
+        "{}",
+        f[0].summary
+    );
+    assert!(
+        f[0].summary.contains("idle 2 h + 9 x 1 min 15 s"),
+        "{}",
+        f[0].summary
+    );
+    assert_eq!(f[0].evidence["keepalive_probes"], 9);
+}
+
+#[test]
+fn keepalive_that_ends_the_wait_within_minutes_ranks_info() {
+    let mut engine = Engine::new(Config::default());
+    let redis = "10.0.0.8:6379";
+    engine.waiting(&snapshot(
+        100_000,
+        vec![
+            with_keepalive(conn(9, "10.0.0.1:40001", redis, 40_000, false), 30, 5, 3),
+            with_keepalive(conn(9, "10.0.0.1:40002", redis, 40_000, false), 30, 5, 3),
+        ],
+    ));
+    let f = awaiting(&engine);
+    assert_eq!(f[0].severity, Severity::Info, "{}", f[0].summary);
+    assert_eq!(f[0].evidence["keepalive_ends_in_ms"], 5_040);
+    assert!(
+        f[0].summary.contains("its probes end the wait in 5 s"),
+        "{}",
+        f[0].summary
+    );
+}
+
+#[test]
+fn user_timeout_ends_keepalive_at_the_first_probe_round_past_it() {
+    let k = |user_timeout_ms| KeepaliveSettings {
+        idle_ms: 30_000,
+        interval_ms: 10_000,
+        probes: 9,
+        user_timeout_ms,
+        source: SettingsSource::Namespace,
+    };
+    assert_eq!(k(0).gives_up_after_ms(), 120_000);
+    // At least one probe must be out: the second firing.
+    assert_eq!(k(5_000).gives_up_after_ms(), 40_000);
+    assert_eq!(k(45_000).gives_up_after_ms(), 50_000);
+    assert_eq!(k(50_000).gives_up_after_ms(), 50_000);
 }

@@ -45,8 +45,9 @@ fn eaddrnotavail_is_critical_with_ports_in_use_and_range() {
     );
     assert_eq!(
         f[0].summary,
-        "proxy (pid 5) failed 2 connects to 10.0.0.8:80 with EADDRNOTAVAIL"
+        "proxy (pid 5) failed 2 connects to 10.0.0.8:80 with EADDRNOTAVAIL: no free source port"
     );
+    assert_eq!(f[0].evidence["form"], "ports-exhausted");
 }
 
 #[test]
@@ -56,13 +57,49 @@ fn bound_source_port_names_the_socket_holding_the_tuple() {
     let again = Sock::new(2, 6, "proxy2", "10.0.0.1:5000", "10.0.0.8:80");
     events.push(again.connect_error(10, libc::EADDRNOTAVAIL));
     let f = of_kind(&run(&events), Kind::ConnectErrors);
-    let held = f[0].evidence["held_by"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let held = &f[0].evidence["held_by"];
+    assert_eq!(held["pid"], 5, "{held}");
+    assert_eq!(held["state"], "ESTABLISHED", "{held}");
+    assert_eq!(f[0].evidence["form"], "tuple-in-use");
+    assert_eq!(f[0].evidence["tuple"], "10.0.0.1:5000 -> 10.0.0.8:80");
+}
+
+/// Incident 5's own mechanism: a proxy keeping the client's source port closed its
+/// previous connection first, so its own time-wait socket holds the 4-tuple.
+#[test]
+fn bound_port_held_in_time_wait_names_its_closed_connection() {
+    let mut engine = crate::engine::Engine::new(Config::default());
+    let failing = Sock::new(2, 6, "haproxy", "10.0.0.1:5000", "10.0.0.8:80");
+    let e = failing.connect_error(10, libc::EADDRNOTAVAIL);
+    engine.tuple(&crate::event::TupleInfo {
+        time: e.time,
+        mono_ns: e.mono_ns,
+        local: e.local,
+        remote: e.remote,
+        holder: Some(crate::event::TupleHolder {
+            state: TimeWait,
+            pid: 6,
+            comm: "haproxy".into(),
+            cgroup: 0,
+            closed_ago_ms: Some(1_500),
+            first_fin: Some("local".into()),
+            released_in_ms: Some(58_500),
+        }),
+        backend: None,
+    });
+    engine.ingest(&e);
+    let f = of_kind(&engine, Kind::ConnectErrors);
+    assert_eq!(f[0].severity, Severity::Critical);
+    assert_eq!(f[0].evidence["form"], "tuple-in-use");
+    assert_eq!(f[0].evidence["held_by"]["state"], "TIME_WAIT");
+    assert_eq!(
+        f[0].summary,
+        "haproxy (pid 6) failed 1 connect to 10.0.0.8:80 with EADDRNOTAVAIL: its bound source 10.0.0.1:5000 -> 10.0.0.8:80 is held by haproxy (pid 6) in TIME_WAIT, its connection closed 1.50 s earlier (this side closed first); freed in 58.50 s"
+    );
     assert!(
-        held.contains("0x1") && held.contains("pid 5") && held.contains("ESTABLISHED"),
-        "{held}"
+        f[0].recommendation.contains("IP_BIND_ADDRESS_NO_PORT"),
+        "{}",
+        f[0].recommendation
     );
 }
 

@@ -238,3 +238,59 @@ fn both_ends_on_this_node_count_once_on_the_clients_side() {
     assert_eq!(f[0].evidence["vantage"], "client");
     assert_eq!(f[0].count, 1);
 }
+
+/// A client dialling a Service VIP that DNAT sends to the pod, both ends on this
+/// node: the client sees the VIP, the server its pod address. Conntrack's `tuple`
+/// records join the two views: one failure counted once, the backend named, one
+/// idle-close timeout (the client's, under the VIP).
+#[test]
+fn the_race_behind_a_service_vip_counts_once_and_names_the_backend() {
+    const VIP: &str = "10.96.0.50:80";
+    const POD: &str = "10.238.0.2:8000";
+    let mut engine = crate::engine::Engine::new(crate::engine::Config::default());
+    let learn = |engine: &mut crate::engine::Engine, e: &Event, client: &str| {
+        engine.tuple(&crate::event::TupleInfo {
+            time: e.time,
+            mono_ns: e.mono_ns,
+            local: client.parse().expect("addr"),
+            remote: VIP.parse().expect("addr"),
+            holder: None,
+            backend: Some(POD.parse().expect("addr")),
+        });
+    };
+    for i in 0..3u16 {
+        let at = u64::from(i) * 10_000;
+        let client = format!("10.238.0.1:{}", 40000 + i);
+        let c = Sock::new(10 + u64::from(i), 4242, "pool", &client, VIP);
+        let s = Sock::new(20 + u64::from(i), 77, "uvicorn", POD, &client);
+        let mut events = c.connect(at);
+        events.extend(s.accepted(at));
+        // The server closes idle at 2 s; the pipeline asks conntrack first.
+        let close = s.state(at + 2000, Established, FinWait1, 2000);
+        for e in events {
+            engine.ingest(&e);
+        }
+        learn(&mut engine, &close, &client);
+        engine.ingest(&close);
+        engine.ingest(&c.state(at + 2000, Established, CloseWait, 2000));
+        engine.ingest(&s.state(at + 2000, FinWait1, FinWait2, 2000));
+        engine.ingest(&s.state(at + 2000, FinWait2, Close, 2000));
+        let tw = Sock::new(30 + u64::from(i), 77, "uvicorn", POD, &client);
+        engine.ingest(&tw.reset_sent_for_data(at + 2500, Some(TimeWait), "TCP_TIMEWAIT_SOCKET"));
+        engine.ingest(&c.reset_received(at + 2500, CloseWait, 2500));
+    }
+    let f = of_kind(&engine, Kind::KeepaliveReuseRace);
+    assert_eq!(f.len(), 1, "{f:#?}");
+    assert_eq!(f[0].count, 3);
+    assert_eq!(f[0].endpoint, VIP);
+    assert_eq!(f[0].evidence["backends"], serde_json::json!([POD]));
+    assert!(
+        f[0].summary
+            .contains("to 10.96.0.50:80 (-> backend 10.238.0.2:8000)"),
+        "{}",
+        f[0].summary
+    );
+    let idle = of_kind(&engine, Kind::IdleCloseTimeout);
+    assert_eq!(idle.len(), 1, "{idle:#?}");
+    assert_eq!(idle[0].endpoint, VIP);
+}
