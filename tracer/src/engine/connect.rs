@@ -286,6 +286,6 @@ impl Group {
                 None => summary.push_str(" by a socket conntrace did not see close"),
             }
         }
-        "one 4-tuple reused too soon, not a shortage of ports: the caller binds its source port and this node still holds the same 4-tuple (its previous connection's TIME_WAIT lasts 60 s after this side closed first). Stop fixing the source port (bind the address only, with IP_BIND_ADDRESS_NO_PORT, and let the kernel pick the port), or let the server close first so the TIME_WAIT is on its side, or enable net.ipv4.tcp_tw_reuse=1 with TCP timestamps on both ends so a connect may take over a time-wait tuple after 1 s".to_owned()
+        "one 4-tuple reused too soon, not a shortage of ports: the caller binds its source port and this node still holds the same 4-tuple — a live connection, or its previous connection's TIME_WAIT (60 s after this side closed first; the kernel lets a bound connect take its own time-wait tuple over only when both ends use TCP timestamps). Stop fixing the source port (bind the address only, with IP_BIND_ADDRESS_NO_PORT, and let the kernel pick the port), or let the server close first so the TIME_WAIT is on its side, or keep TCP timestamps on at both ends (net.ipv4.tcp_timestamps=1; check that no middlebox strips them)".to_owned()
     }
 }

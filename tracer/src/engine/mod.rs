@@ -301,6 +301,39 @@ impl Engine {
                 .is_some_and(|vip| self.conns.client_of(client, vip))
     }
 
+    /// One idle-close timeout seen from both ends of a translated connection (the
+    /// client's under the Service VIP it dialled, the server's under the pod's
+    /// address) is one fact: the VIP's finding keeps it and names its backends.
+    fn merge_backends_into_vips(&self, out: &mut Vec<Finding>) {
+        let idle: std::collections::HashSet<String> = out
+            .iter()
+            .filter(|f| f.kind == Kind::IdleCloseTimeout)
+            .map(|f| f.endpoint.clone())
+            .collect();
+        out.retain(|f| {
+            f.kind != Kind::IdleCloseTimeout
+                || !f
+                    .endpoint
+                    .parse()
+                    .ok()
+                    .and_then(|b| self.tuples.vip_of(&b))
+                    .is_some_and(|v| idle.contains(&v.to_string()))
+        });
+        for f in out.iter_mut().filter(|f| f.kind == Kind::IdleCloseTimeout) {
+            let Ok(vip) = f.endpoint.parse() else {
+                continue;
+            };
+            let backends = self.tuples.backends_of(vip);
+            if backends.is_empty() {
+                continue;
+            }
+            let names: Vec<String> = backends.iter().map(ToString::to_string).collect();
+            f.summary = format!("{} (-> backend {})", f.summary, names.join(", "));
+            f.evidence
+                .insert("backends".to_owned(), serde_json::json!(names));
+        }
+    }
+
     /// What the kernel's tables said of a 4-tuple.
     pub fn tuple(&mut self, t: &crate::event::TupleInfo) {
         self.advance(t.mono_ns, t.time);
@@ -411,6 +444,7 @@ impl Engine {
     pub fn findings(&self) -> Vec<Finding> {
         let mut out = Vec::new();
         self.idle.findings(&self.cfg, &mut out);
+        self.merge_backends_into_vips(&mut out);
         self.reuse.findings(&self.idle, &self.cfg, &mut out);
         self.leak.findings(&self.cfg, &mut out);
         self.memory.findings(&mut out);

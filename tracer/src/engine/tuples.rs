@@ -19,6 +19,8 @@ pub struct Tuples {
     /// (client's local, backend) -> dialled destination: the server's view back to
     /// the client's.
     dialled: FxMap<(SocketAddr, SocketAddr), SocketAddr>,
+    /// backend -> a dialled address that leads to it.
+    vip_of: FxMap<SocketAddr, SocketAddr>,
     pub dropped: u64,
 }
 
@@ -37,9 +39,11 @@ impl Tuples {
                 self.dropped += self.backends.len() as u64;
                 self.backends.clear();
                 self.dialled.clear();
+                self.vip_of.clear();
             }
             self.backends.insert(key, backend);
             self.dialled.insert((t.local, backend), t.remote);
+            self.vip_of.insert(backend, t.remote);
         }
     }
 
@@ -51,6 +55,24 @@ impl Tuples {
     /// Where the connection `local -> dialled` really went, when translated.
     pub fn backend(&self, local: SocketAddr, dialled: SocketAddr) -> Option<SocketAddr> {
         self.backends.get(&(local, dialled)).copied()
+    }
+
+    /// A translated address (a Service VIP) that leads to `backend`.
+    pub fn vip_of(&self, backend: &SocketAddr) -> Option<SocketAddr> {
+        self.vip_of.get(backend).copied()
+    }
+
+    /// The backends seen behind `vip` (at most 16, sorted).
+    pub fn backends_of(&self, vip: SocketAddr) -> Vec<SocketAddr> {
+        let mut b: Vec<SocketAddr> = self
+            .vip_of
+            .iter()
+            .filter(|(_, v)| **v == vip)
+            .map(|(b, _)| *b)
+            .collect();
+        b.sort_unstable();
+        b.truncate(16);
+        b
     }
 
     /// The destination a client at `client` dialled to reach `backend`, when DNAT

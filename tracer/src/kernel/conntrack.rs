@@ -267,7 +267,8 @@ impl Conntrack {
         })
     }
 
-    /// Looks `t` up (direction `dir`) in this process's namespace, then in `pid`'s.
+    /// Looks `t` up (direction `dir`) in this process's namespace, then in the
+    /// namespace of task `pid` (a thread id names the thread's own).
     pub fn lookup(&mut self, t: Tuple, dir: Direction, pid: u32) -> Option<Translation> {
         self.lookups += 1;
         if let Some(fd) = &self.root {

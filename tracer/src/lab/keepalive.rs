@@ -12,10 +12,10 @@ use anyhow::{Context as _, Result};
 
 use super::{say, spawn, Outcome};
 
-const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 const POOL: usize = 4;
 const ROUNDS: usize = 3;
-const PAUSE: Duration = Duration::from_millis(2500);
+pub(super) const PAUSE: Duration = Duration::from_millis(2500);
 const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok";
 
 /// Waits until `conn` is readable or `timeout` passes. poll(2) sleeps on a
@@ -33,7 +33,7 @@ fn readable_within(conn: &TcpStream, timeout: Duration) -> bool {
 }
 
 /// One connection of the server: answers requests, closes after 2 s of quiet.
-fn serve(mut conn: TcpStream) {
+pub(super) fn serve(mut conn: TcpStream) {
     let mut buf = [0u8; 1024];
     let mut pending = Vec::new();
     loop {
@@ -99,7 +99,7 @@ fn still_open(conn: &TcpStream) -> bool {
 }
 
 /// The pool client; returns the requests that failed on a reused connection.
-fn client(addr: SocketAddr, validate: bool) -> Result<(u64, u64)> {
+pub(super) fn client(addr: SocketAddr, validate: bool) -> Result<(u64, u64)> {
     let mut pool: Vec<TcpStream> = Vec::new();
     let (mut failed, mut reused) = (0, 0);
     for round in 0..ROUNDS {

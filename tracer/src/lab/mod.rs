@@ -6,8 +6,10 @@
 //! Each scenario ends with one machine-readable line on stdout:
 //! `lab: result scenario=NAME endpoint=IP:PORT count=N pid=PID`.
 
+mod bound_port;
 mod keepalive;
 mod netns;
+mod service_vip;
 mod simple;
 
 use anyhow::{bail, Result};
@@ -15,7 +17,7 @@ use anyhow::{bail, Result};
 use crate::commands::cli::LabArgs;
 
 /// Name, what it reproduces.
-pub const SCENARIOS: [(&str, &str); 7] = [
+pub const SCENARIOS: [(&str, &str); 9] = [
     ("keepalive-race", "an HTTP server closing idle keep-alive connections after 2 s, and a naive pool that reuses them (incident 1)"),
     ("healthy-keepalive", "the same server with a pool that validates connections before reuse: the negative control"),
     ("close-wait-leak", "a server that never closes connections its clients closed (incident 2)"),
@@ -23,6 +25,8 @@ pub const SCENARIOS: [(&str, &str); 7] = [
     ("port-exhaustion", "a client holding connections until the ephemeral port range runs out: EADDRNOTAVAIL (incident 5, in a network namespace)"),
     ("silent-peer", "a database peer that vanishes without FIN or RST while a worker waits (incident 4, two network namespaces)"),
     ("hung-peer", "a database that acknowledges three workers' queries and vanishes before answering: nothing retransmits, the workers wait (incident 4, two network namespaces; record with --await-after 3s)"),
+    ("bound-port", "a proxy keeping a fixed source port reconnects while its own TIME_WAIT holds the 4-tuple: EADDRNOTAVAIL with ports to spare (incident 5, two network namespaces)"),
+    ("service-vip", "the keep-alive race behind a Service VIP that DNAT sends to the pod, both ends on this node (incident 1, two network namespaces, needs nft)"),
 ];
 
 /// What a scenario did, as the client saw it.
@@ -60,6 +64,8 @@ pub fn run(args: &LabArgs) -> Result<()> {
         "port-exhaustion" => netns::port_exhaustion()?,
         "silent-peer" => netns::silent_peer()?,
         "hung-peer" => netns::hung_peer()?,
+        "bound-port" => bound_port::run()?,
+        "service-vip" => service_vip::run()?,
         other => bail!(
             "unknown lab scenario '{other}'; `conntrace lab --list` lists them: {}",
             SCENARIOS.map(|(n, _)| n).join(", ")

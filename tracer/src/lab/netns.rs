@@ -44,12 +44,12 @@ pub fn remove_all() -> usize {
 }
 
 /// A network namespace with loopback up; deleted on drop.
-struct Netns {
-    name: String,
+pub(super) struct Netns {
+    pub(super) name: String,
 }
 
 impl Netns {
-    fn new(n: u32) -> Result<Self> {
+    pub(super) fn new(n: u32) -> Result<Self> {
         let name = format!("ctlab-{}-{n}", std::process::id());
         ip(&["netns", "add", &name]).context("creating a network namespace (needs root)")?;
         let ns = Self { name };
@@ -57,14 +57,14 @@ impl Netns {
         Ok(ns)
     }
 
-    fn exec(&self, cmd: &[&str]) -> Result<()> {
+    pub(super) fn exec(&self, cmd: &[&str]) -> Result<()> {
         let mut args = vec!["netns", "exec", self.name.as_str()];
         args.extend_from_slice(cmd);
         ip(&args)
     }
 
     /// Runs `f` on a named thread that has entered this namespace.
-    fn spawn<T: Send + 'static>(
+    pub(super) fn spawn<T: Send + 'static>(
         &self,
         thread: &str,
         f: impl FnOnce() -> Result<T> + Send + 'static,
@@ -87,7 +87,7 @@ impl Drop for Netns {
     }
 }
 
-fn join<T>(h: std::thread::JoinHandle<Result<T>>) -> Result<T> {
+pub(super) fn join<T>(h: std::thread::JoinHandle<Result<T>>) -> Result<T> {
     h.join()
         .map_err(|_| anyhow::anyhow!("lab thread panicked"))?
 }
@@ -151,7 +151,7 @@ const STALL: Duration = Duration::from_secs(5);
 /// Two namespaces joined by a veth pair: the client's (192.0.2.1) and the
 /// database's (192.0.2.2); also the name of the database's end, to take it down.
 /// The links are named `<tag>a<pid>` / `<tag>b<pid>` (gone with their namespaces).
-fn client_and_database(tag: &str) -> Result<(Netns, Netns, String)> {
+pub(super) fn client_and_database(tag: &str) -> Result<(Netns, Netns, String)> {
     let a = Netns::new(1)?;
     let b = Netns::new(2)?;
     let (va, vb) = (
@@ -225,11 +225,15 @@ pub fn silent_peer() -> Result<Outcome> {
 /// Workers blocked on the hung peer at once, and how long each waits for its answer.
 const HUNG_WORKERS: usize = 3;
 const HUNG_WAIT: Duration = Duration::from_secs(10);
+/// Statements each worker has answered before the one that hangs.
+const HUNG_ROUNDS: usize = 4;
 
 /// Incident 4's silent half: a database (two namespaces) receives three workers'
 /// queries — its kernel acknowledges them — and vanishes (link down) before
 /// answering. Nothing is outstanding, so nothing is retransmitted: the workers wait in
-/// `recv()` with keepalive off; only an inspection of their sockets shows it.
+/// `recv()` with keepalive off; only an inspection of their sockets shows it. Each
+/// worker runs as a real one does: a few statements, each sent the moment the
+/// previous answer arrived (within the same clock tick).
 pub fn hung_peer() -> Result<Outcome> {
     let name = "hung-peer";
     let (a, b, vb) = client_and_database("cth")?;
@@ -242,8 +246,10 @@ pub fn hung_peer() -> Result<Outcome> {
         for _ in 0..HUNG_WORKERS {
             let (mut conn, _) = listener.accept()?;
             let mut buf = [0u8; 64];
-            let _ = conn.read(&mut buf)?;
-            conn.write_all(b"BEGIN")?;
+            for _ in 0..HUNG_ROUNDS {
+                let _ = conn.read(&mut buf)?;
+                conn.write_all(b"OK")?;
+            }
             let _ = conn.read(&mut buf)?;
             got_tx.send(())?;
             held.push(conn);
@@ -260,8 +266,11 @@ pub fn hung_peer() -> Result<Outcome> {
             let mut conn = TcpStream::connect("192.0.2.2:5432")?;
             let mut buf = [0u8; 64];
             conn.write_all(b"BEGIN;")?;
+            for _ in 0..HUNG_ROUNDS - 1 {
+                let _ = conn.read(&mut buf)?;
+                conn.write_all(b"UPDATE orders SET state = 1;")?;
+            }
             let _ = conn.read(&mut buf)?;
-            std::thread::sleep(Duration::from_millis(50));
             conn.write_all(b"SELECT * FROM orders FOR UPDATE;")?;
             conn.set_read_timeout(Some(HUNG_WAIT))?;
             Ok(matches!(conn.read(&mut buf), Ok(n) if n > 0))

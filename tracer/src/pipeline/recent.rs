@@ -62,7 +62,13 @@ impl RecentOwners {
                 new: TcpState::Close,
                 old,
                 ..
-            } if e.owner_known && old != TcpState::Listen && e.remote.port() != 0 => {
+            } if e.owner_known
+                && old != TcpState::Listen
+                // A connect that never got through held no tuple (and a failed
+                // bound connect must not hide the socket that holds it).
+                && old != TcpState::SynSent
+                && e.remote.port() != 0 =>
+            {
                 let owner = Owner {
                     pid: e.pid,
                     tid: e.tid,

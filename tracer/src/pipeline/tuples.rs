@@ -129,7 +129,9 @@ impl TupleFacts {
             src: e.local,
             dst: e.remote,
         };
-        let t = ct.lookup(tuple, dir, e.pid)?;
+        // The thread's namespace: a thread may have entered another than its process's.
+        let task = if e.tid != 0 { e.tid } else { e.pid };
+        let t = ct.lookup(tuple, dir, task)?;
         self.translated += 1;
         Some(t)
     }

@@ -293,4 +293,5 @@ fn the_race_behind_a_service_vip_counts_once_and_names_the_backend() {
     let idle = of_kind(&engine, Kind::IdleCloseTimeout);
     assert_eq!(idle.len(), 1, "{idle:#?}");
     assert_eq!(idle[0].endpoint, VIP);
+    assert_eq!(idle[0].evidence["backends"], serde_json::json!([POD]));
 }
