@@ -218,3 +218,51 @@ fn hung_peer_workers_are_awaiting_a_reply_together() {
         "{report:#?}"
     );
 }
+
+/// Issue 20: EADDRNOTAVAIL from a port the caller bound, in the default mode (no
+/// system-call hooks): the 4-tuple and the socket holding it are named.
+#[test]
+fn a_bound_port_held_by_its_own_time_wait_is_named_with_the_holder() {
+    let (lab, _rec, report) = record_lab("bound-port");
+    assert_eq!(lab.count, 3, "{}", lab.stdout);
+    let errors: Vec<&Value> = findings_for(&report, "connect-errors", &lab.endpoint)
+        .into_iter()
+        .filter(|f| f["process"]["pid"] == lab.pid)
+        .collect();
+    assert_eq!(errors.len(), 1, "{report:#?}");
+    let f = errors[0];
+    assert_eq!(f["severity"], "critical");
+    assert_eq!(f["count"], lab.count);
+    assert_eq!(f["evidence"]["errno"], "EADDRNOTAVAIL");
+    assert_eq!(f["evidence"]["form"], "tuple-in-use", "{f:#}");
+    assert_eq!(f["evidence"]["tuple"], "192.0.2.1:45000 -> 192.0.2.2:8080");
+    let held = &f["evidence"]["held_by"];
+    assert_eq!(held["state"], "TIME_WAIT", "{f:#}");
+    assert_eq!(held["pid"], lab.pid);
+    assert_eq!(held["comm"], "lab-proxy");
+    assert_eq!(held["first_fin"], "local");
+    assert!(held["released_in_ms"].as_u64() > Some(55_000), "{held}");
+}
+
+/// Issue 20: the keep-alive race behind a Service VIP (nftables DNAT), both ends on
+/// this node: counted once, on the client's side, with the backend named; one
+/// idle-close timeout, under the VIP.
+#[test]
+fn the_race_behind_a_service_vip_counts_once_and_names_the_backend() {
+    let pod = "192.0.2.2:8000";
+    let (lab, rec, report) = record_lab("service-vip");
+    assert_eq!(lab.count, 8, "{}", lab.stdout);
+    let race = one(&report, "keepalive-reuse-race", &lab);
+    assert_eq!(race["count"], lab.count, "{race:#}");
+    assert_eq!(race["process"]["pid"], lab.pid);
+    assert_eq!(race["evidence"]["vantage"], "client");
+    assert_eq!(race["evidence"]["backends"], serde_json::json!([pod]));
+    assert!(
+        findings_for(&report, "keepalive-reuse-race", pod).is_empty(),
+        "the server's view of the same failures is not counted again: {report:#?}"
+    );
+    let idle = one(&report, "idle-close-timeout", &lab);
+    idle_timer_is(&idle["evidence"]["idle_timeout_ms"], 2000, rec.tick_ms());
+    assert_eq!(idle["evidence"]["backends"], serde_json::json!([pod]));
+    assert!(findings_for(&report, "idle-close-timeout", pod).is_empty());
+}
