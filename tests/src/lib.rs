@@ -17,6 +17,8 @@ use tracer::{
     eventlog::Log,
 };
 
+pub mod peers;
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A name unique to this process and call, at most `prefix.len() + 9` characters.

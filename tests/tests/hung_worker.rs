@@ -133,8 +133,14 @@ fn workers_waiting_on_a_vanished_peer_are_named_and_nothing_else_is() {
         "{default_keepalive:#}"
     );
     assert_eq!(default_keepalive["evidence"]["keepalive"], true);
-    assert_eq!(default_keepalive["evidence"]["keepalive_idle_ms"], 7_200_000);
-    assert_eq!(default_keepalive["evidence"]["keepalive_settings_from"], "socket");
+    assert_eq!(
+        default_keepalive["evidence"]["keepalive_idle_ms"],
+        7_200_000
+    );
+    assert_eq!(
+        default_keepalive["evidence"]["keepalive_settings_from"],
+        "socket"
+    );
     let ends = default_keepalive["evidence"]["keepalive_ends_in_ms"]
         .as_u64()
         .expect("ends");

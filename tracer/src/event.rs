@@ -390,6 +390,10 @@ pub struct WaitingConn {
     /// The keepalive settings the kernel will apply (read with the socket).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keepalive_settings: Option<KeepaliveSettings>,
+    /// The peer's end of this connection is open in the same network namespace: a
+    /// server on this node still holds it (busy or stuck, not gone).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub peer_here: bool,
 }
 
 /// When a socket's keepalive ends a wait: `TCP_KEEPIDLE` / `TCP_KEEPINTVL` /

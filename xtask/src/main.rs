@@ -3,7 +3,9 @@
 //! `setup` is idempotent and installs what a fresh machine lacks for building and
 //! testing: the nightly toolchain's rust-src, bpf-linker built against that nightly's
 //! own libLLVM (rebuilt when the nightly changes), Debian packages the tests drive
-//! (iproute2, python3, tmux, gzip, time, prometheus), and a tracefs mount.
+//! (iproute2, python3, tmux, gzip, time, prometheus), the real-software peers
+//! ([`peers`]: PostgreSQL, pgbouncer, nftables, uvicorn in a venv), and a tracefs
+//! mount.
 
 use std::{
     env,
@@ -17,6 +19,7 @@ mod bench;
 mod dist;
 mod fresh;
 mod matrix;
+mod peers;
 mod storm;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -131,6 +134,9 @@ fn setup() -> Result<()> {
 fn test_setup() -> Result<()> {
     apt_packages()?;
     tracefs();
+    let python = peers::install()?;
+    // Read by the tests (and handed to the matrix's guests).
+    env::set_var(peers::PYTHON_ENV, python);
     Ok(())
 }
 

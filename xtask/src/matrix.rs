@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{apt_get_install, apt_install, dist, have, output, status, workspace_root};
+use crate::{apt_install, dist, have, output, status, workspace_root};
 
 /// A pinned kernel package: `(short name, package, version, suite)`.
 struct Kernel {
@@ -143,11 +143,7 @@ pub fn run(args: &[String]) -> Result<()> {
 }
 
 fn cache_dir() -> Result<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .context("neither XDG_CACHE_HOME nor HOME is set")?;
-    let dir = base.join("conntrace/matrix");
+    let dir = crate::peers::cache_base()?.join("matrix");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
 }
@@ -168,14 +164,7 @@ fn vm_tools(cache: &Path) -> Result<PathBuf> {
     ])?;
     // The venv is made by the system's python3, whose ensurepip is Debian's
     // python3-venv.
-    let ensurepip = Command::new("/usr/bin/python3")
-        .args(["-c", "import ensurepip"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ensurepip {
-        apt_get_install(&["python3-venv"])?;
-    }
+    crate::peers::venv_support()?;
     if !have("virtiofsd") {
         eprintln!("xtask: building virtiofsd {VIRTIOFSD} (about 2 minutes)");
         status(Command::new("cargo").args([
@@ -389,12 +378,15 @@ fn guest_script(out: &Path, bin: &Path, tests: &[(String, PathBuf)]) -> String {
          mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing\n\
          modprobe veth 2>/dev/null\n\
          export CONNTRACE_BIN={bin} RUST_BACKTRACE=0\n\
+         export {peer_env}={peer_python}\n\
          cd {tests_dir}\n\
          {bin} check --syscall-hooks > $R/check.txt 2>&1; echo $? > $R/check.rc\n\
          cat $R/check.txt\n",
         out = out.display(),
         bin = bin.display(),
         tests_dir = root.join("tests").display(),
+        peer_env = crate::peers::PYTHON_ENV,
+        peer_python = std::env::var(crate::peers::PYTHON_ENV).unwrap_or_default(),
     );
     // Each binary is bounded (a hang under TCG must not stall the run) and retried
     // once when it fails; a retry is reported in the table, never hidden.

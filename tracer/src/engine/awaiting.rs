@@ -4,7 +4,8 @@
 //! kernel event at all, so this comes from the periodic inspection's [`Waiting`]
 //! snapshots).
 //!
-//! Rule: per (process, peer), the connections of each snapshot (each waited at least
+//! Rule: per (program, cgroup, peer) — one worker process or many of the same
+//! program (psql, prefork workers) — the connections of each snapshot (each waited at least
 //! the snapshot's threshold; the inspector leaves out accepted connections, idle pooled
 //! ones where the peer spoke last, and unacknowledged data, which is `stalled-peer`).
 //! - **critical** when two or more of them went silent together: their waits began
@@ -12,6 +13,8 @@
 //!   than one slow query;
 //! - **warning** for a lone wait (a slow query or a long-poll past the threshold is
 //!   indistinguishable from one socket);
+//! - **info** when the peer's end of every one is open in the same network namespace
+//!   (a server on this node still holds it: slow or stuck, not vanished);
 //! - **info** when every one has its keepalive armed with settings that end the wait
 //!   within [`KEEPALIVE_SOON_MS`] (or, in a log written before the settings were read,
 //!   armed at all). Keepalive that ends it only in hours — the kernel's defaults, 2 h
@@ -32,11 +35,17 @@ pub const TOGETHER_MS: u64 = 1_000;
 /// before anyone has to act.
 pub const KEEPALIVE_SOON_MS: u64 = 5 * 60_000;
 const MAX_GROUPS: usize = 4096;
+const MAX_PIDS: usize = 16;
+
+/// (program, cgroup, peer).
+type Key = (String, u64, SocketAddr);
 
 #[derive(Debug, Clone)]
 struct Group {
-    comm: String,
-    cgroup: u64,
+    /// The processes seen waiting (at most [`MAX_PIDS`]).
+    pids: std::collections::BTreeSet<u32>,
+    /// Every connection's peer end was open in its own namespace.
+    peer_here_all: bool,
     connections: u64,
     together: u64,
     waiting_ms: u64,
@@ -52,7 +61,7 @@ struct Group {
 
 #[derive(Debug, Default)]
 pub struct Awaiting {
-    by_key: HashMap<(u32, SocketAddr), Group>,
+    by_key: HashMap<Key, Group>,
     /// The latest snapshot: (local, remote) -> waiting ms, and its time.
     latest: HashMap<(SocketAddr, SocketAddr), u64>,
     latest_ns: u64,
@@ -88,10 +97,12 @@ impl Awaiting {
             .map(|c| ((c.local, c.remote), c.waiting_ms))
             .collect();
         self.latest_ns = w.mono_ns;
-        let mut groups: HashMap<(u32, SocketAddr), Vec<&crate::event::WaitingConn>> =
-            HashMap::new();
+        let mut groups: HashMap<Key, Vec<&crate::event::WaitingConn>> = HashMap::new();
         for c in &w.conns {
-            groups.entry((c.pid, c.remote)).or_default().push(c);
+            groups
+                .entry((c.comm.clone(), c.cgroup, c.remote))
+                .or_default()
+                .push(c);
         }
         let now_ms = w.mono_ns / 1_000_000;
         for (key, conns) in groups {
@@ -112,9 +123,10 @@ impl Awaiting {
                 self.dropped += 1;
                 continue;
             }
+            let peer_here_all = conns.iter().all(|c| c.peer_here);
             let g = self.by_key.entry(key).or_insert_with(|| Group {
-                comm: conns[0].comm.clone(),
-                cgroup: conns[0].cgroup,
+                pids: std::collections::BTreeSet::new(),
+                peer_here_all,
                 connections: 0,
                 together: 0,
                 waiting_ms: 0,
@@ -126,6 +138,12 @@ impl Awaiting {
                 last: w.time,
             });
             g.last = w.time;
+            g.peer_here_all &= peer_here_all;
+            for c in &conns {
+                if g.pids.len() < MAX_PIDS {
+                    g.pids.insert(c.pid);
+                }
+            }
             g.waiting_ms = g.waiting_ms.max(waiting_ms);
             g.keepalive_all &= keepalive_all;
             g.keepalive_ends = if g.keepalive_all {
@@ -143,8 +161,9 @@ impl Awaiting {
     }
 
     pub fn findings(&self, out: &mut Vec<Finding>) {
-        for ((pid, peer), g) in &self.by_key {
-            let process = Process::new(*pid, &g.comm, g.cgroup);
+        for ((comm, cgroup, peer), g) in &self.by_key {
+            let pid = g.pids.first().copied().unwrap_or(0);
+            let process = Process::new(pid, comm, *cgroup);
             // How long after the group's last snapshot the probes end the waits.
             let ends_in_ms = g.keepalive_ends.map(|(at, _)| {
                 at.duration_since(g.last)
@@ -152,7 +171,7 @@ impl Awaiting {
             });
             let settled_soon =
                 g.keepalive_all && ends_in_ms.is_none_or(|ms| ms <= KEEPALIVE_SOON_MS);
-            let severity = if settled_soon {
+            let severity = if settled_soon || g.peer_here_all {
                 Severity::Info
             } else if g.together >= 2 {
                 Severity::Critical
@@ -178,12 +197,20 @@ impl Awaiting {
                 }
             };
             let n = g.connections;
+            let who = if g.pids.len() > 1 {
+                let pids: Vec<String> = g.pids.iter().map(ToString::to_string).collect();
+                format!("{comm} (pids {})", pids.join(", "))
+            } else {
+                process.describe()
+            };
             let mut summary = format!(
-                "{n} connection{} from {} to {peer} awaiting a reply for up to {}: the peer acknowledged the request and has sent nothing since; {keepalive}",
+                "{n} connection{} from {who} to {peer} awaiting a reply for up to {}: the peer acknowledged the request and has sent nothing since; {keepalive}",
                 if n == 1 { "" } else { "s" },
-                process.describe(),
                 secs(g.waiting_ms),
             );
+            if g.peer_here_all {
+                summary.push_str("; the peer's end is open on this node, in the same network namespace: it is slow or stuck, not gone");
+            }
             if g.together >= 2 {
                 let _ = write!(
                     summary,
@@ -205,6 +232,8 @@ impl Awaiting {
                 evidence: crate::evidence! {
                     "waiting_ms" => g.waiting_ms,
                     "silent_together" => g.together,
+                    "pids" => g.pids.iter().collect::<Vec<_>>(),
+                    "peer_here" => g.peer_here_all,
                     "keepalive" => g.keepalive_all,
                     "keepalive_ends_in_ms" => ends_in_ms,
                     "keepalive_ends_at" => g.keepalive_ends.map(|(at, _)| humantime::format_rfc3339_seconds(at).to_string()),

@@ -479,6 +479,10 @@ pub fn spawn(after_ms: u64) -> io::Result<std::sync::mpsc::Receiver<Pass>> {
                 let all = inspector.pass();
                 let mono =
                     u64::try_from(crate::kernel::time::monotonic_now().as_nanos()).unwrap_or(0);
+                // Both ends in one namespace (loopback, a pod's own sidecar): the
+                // server's socket is right here.
+                let open: HashSet<(u32, SocketAddr, SocketAddr)> =
+                    all.iter().map(|c| (c.netns, c.local, c.remote)).collect();
                 let mut found = awaiting(&all, after_ms);
                 found.sort_by_key(|c| std::cmp::Reverse(c.last_data_sent_ms));
                 found.truncate(MAX_PER_SNAPSHOT);
@@ -533,6 +537,7 @@ pub fn spawn(after_ms: u64) -> io::Result<std::sync::mpsc::Receiver<Pass>> {
                             keepalive: c.keepalive_timer,
                             last_ack_ms: Some(u64::from(c.last_ack_recv_ms)),
                             keepalive_settings: keepalive_settings.flatten(),
+                            peer_here: open.contains(&(c.netns, c.remote, c.local)),
                         }
                     })
                     .collect();

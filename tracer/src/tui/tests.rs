@@ -128,6 +128,7 @@ fn connections_view_sorted_by_idle() {
             keepalive: false,
             last_ack_ms: None,
             keepalive_settings: None,
+            peer_here: false,
         }],
     });
     let mut app = App::new(false);

@@ -18,6 +18,7 @@ fn conn(pid: u32, local: &str, remote: &str, waiting_ms: u64, keepalive: bool) -
         keepalive,
         last_ack_ms: None,
         keepalive_settings: None,
+        peer_here: false,
     }
 }
 
@@ -210,4 +211,50 @@ fn user_timeout_ends_keepalive_at_the_first_probe_round_past_it() {
     assert_eq!(k(5_000).gives_up_after_ms(), 40_000);
     assert_eq!(k(45_000).gives_up_after_ms(), 50_000);
     assert_eq!(k(50_000).gives_up_after_ms(), 50_000);
+}
+
+#[test]
+fn separate_worker_processes_silent_together_are_one_critical_group() {
+    let mut engine = Engine::new(Config::default());
+    let bouncer = "192.0.2.2:6432";
+    let mut conns = Vec::new();
+    for (pid, port) in [(101, 40001), (102, 40002), (103, 40003)] {
+        let mut c = conn(pid, &format!("192.0.2.1:{port}"), bouncer, 8_000, false);
+        c.comm = "psql".into();
+        conns.push(c);
+    }
+    engine.waiting(&snapshot(100_000, conns));
+    let f = awaiting(&engine);
+    assert_eq!(f.len(), 1, "{f:#?}");
+    assert_eq!(f[0].severity, Severity::Critical);
+    assert_eq!(f[0].count, 3);
+    assert_eq!(f[0].evidence["pids"], serde_json::json!([101, 102, 103]));
+    assert!(
+        f[0].summary
+            .starts_with("3 connections from psql (pids 101, 102, 103) to 192.0.2.2:6432"),
+        "{}",
+        f[0].summary
+    );
+}
+
+#[test]
+fn a_peer_whose_end_is_open_in_the_same_namespace_is_slow_not_gone() {
+    let mut engine = Engine::new(Config::default());
+    let db = "127.0.0.1:5432";
+    let conns = (0..3)
+        .map(|i| {
+            let mut c = conn(9, &format!("127.0.0.1:{}", 39_000 + i), db, 8_000, false);
+            c.peer_here = true;
+            c
+        })
+        .collect();
+    engine.waiting(&snapshot(100_000, conns));
+    let f = awaiting(&engine);
+    assert_eq!(f[0].severity, Severity::Info, "{}", f[0].summary);
+    assert_eq!(f[0].evidence["peer_here"], true);
+    assert!(
+        f[0].summary.contains("slow or stuck, not gone"),
+        "{}",
+        f[0].summary
+    );
 }

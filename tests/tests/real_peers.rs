@@ -1,0 +1,160 @@
+//! Issue 20: the incidents in the forms real software gives them, against software
+//! no one here wrote — psql through pgbouncer to PostgreSQL, uvicorn behind an
+//! nftables DNAT "Service" — each in namespaces of the test's own, recorded by the
+//! real probes from a fresh `record`.
+
+use serde_json::Value;
+use tests::{
+    findings_for,
+    peers::{psql, service, uvicorn, PgBouncer},
+    Python, Recorder, VethPair,
+};
+
+/// Three psql workers run a long query through pgbouncer; the pooler's node vanishes
+/// (link down: no FIN, no RST) after the queries were delivered and acknowledged.
+/// psql sends its query the moment pgbouncer's ReadyForQuery arrives (the same clock
+/// tick) and keeps libpq's default keepalive (the kernel's 2 h idle).
+#[test]
+fn psql_workers_hung_on_a_vanished_pgbouncer_are_named_with_when_keepalive_ends_it() {
+    let pair = VethPair::new();
+    let db = PgBouncer::start(&pair.b, VethPair::ADDR_B);
+    let rec = Recorder::start(&["--await-after", "3s"]);
+    let workers: Vec<_> = (0..3)
+        .map(|_| psql(&pair.a, VethPair::ADDR_B, "SELECT pg_sleep(60)"))
+        .collect();
+    // Let the queries reach PostgreSQL through the pooler, then lose the node.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    pair.b.exec(&["ip", "link", "set", &pair.link_b, "down"]);
+    // Inspections every 2 s: the waits pass 3 s about 4.5 s in.
+    std::thread::sleep(std::time::Duration::from_secs(8));
+    let recording = rec.stop();
+    let pids: Vec<u32> = workers.iter().map(tests::peers::Daemon::pid).collect();
+    drop(workers);
+    drop(db);
+
+    let report = recording.report_json();
+    assert_eq!(
+        report,
+        recording.final_findings(),
+        "replaying the log gives the live run's findings"
+    );
+    let hung = findings_for(&report, "awaiting-reply", "192.0.2.2:6432");
+    assert_eq!(hung.len(), 1, "{report:#?}");
+    let hung = hung[0];
+    assert_eq!(hung["severity"], "critical", "{hung:#}");
+    assert_eq!(hung["count"], 3);
+    assert_eq!(hung["process"]["comm"], "psql");
+    let mut seen: Vec<u32> = hung["evidence"]["pids"]
+        .as_array()
+        .expect("pids")
+        .iter()
+        .filter_map(|p| p.as_u64().and_then(|p| u32::try_from(p).ok()))
+        .collect();
+    seen.sort_unstable();
+    let mut want = pids.clone();
+    want.sort_unstable();
+    assert_eq!(seen, want, "every psql worker named");
+    assert_eq!(hung["evidence"]["keepalive"], true);
+    assert_eq!(hung["evidence"]["keepalive_settings_from"], "socket");
+    assert_eq!(hung["evidence"]["keepalive_idle_ms"], 7_200_000);
+    let ends = hung["evidence"]["keepalive_ends_in_ms"]
+        .as_u64()
+        .expect("ends");
+    assert!(
+        (7_800_000..=7_875_000).contains(&ends),
+        "libpq's keepalive ends the wait after 7200 s + 9 x 75 s: {ends} ms left"
+    );
+    assert!(
+        hung["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("until then it hangs")),
+        "{hung:#}"
+    );
+    // pgbouncer's own connections to PostgreSQL wait on pg_sleep: their peer is
+    // alive beside them (same namespace), so never a critical alarm.
+    for f in findings_for(&report, "awaiting-reply", "127.0.0.1:5432") {
+        assert_eq!(f["severity"], "info", "{f:#}");
+        assert_eq!(f["evidence"]["peer_here"], true);
+    }
+}
+
+/// A pooled HTTP client (Python's http.client) reusing connections after `pause`,
+/// twice; prints how many requests failed on a reused connection.
+const POOL: &str = r"
+import http.client, sys, time
+host, port = sys.argv[1].rsplit(':', 1)
+pause = float(sys.argv[2])
+def get(c):
+    c.request('GET', '/'); r = c.getresponse(); r.read()
+pool = [http.client.HTTPConnection(host, int(port), timeout=5) for _ in range(4)]
+for c in pool:
+    get(c)
+failed = 0
+for _ in range(2):
+    time.sleep(pause)
+    for i, c in enumerate(pool):
+        try:
+            get(c)
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            failed += 1
+            c.close()
+            pool[i] = http.client.HTTPConnection(host, int(port), timeout=5)
+            get(pool[i])
+print(failed, flush=True)
+";
+
+/// uvicorn closes idle keep-alive connections after 2 s; clients reach it through a
+/// Service VIP that nftables DNATs to the pod. A pool reusing after 2.5 s fails; one
+/// reusing after 1 s does not. Both ends on this node: the race counts once, on the
+/// client's side, with the backend named.
+#[test]
+fn uvicorn_behind_a_service_vip_races_once_with_the_backend_named() {
+    let vip = "10.96.0.50:80";
+    let pod = "192.0.2.2:8000";
+    let pair = VethPair::new();
+    service(&pair.a, &pair.link_a, vip, pod);
+    let _server = uvicorn(&pair.b, pod, 2);
+    let rec = Recorder::start(&[]);
+    let mut racing = Python::spawn(Some(&pair.a.name), POOL, &[vip, "2.5"]);
+    let mut healthy = Python::spawn(Some(&pair.a.name), POOL, &[vip, "1.0"]);
+    let failed: u64 = racing.line().parse().expect("count");
+    assert_eq!(healthy.line(), "0", "reuse within the timeout never fails");
+    let (racing_pid, healthy_pid) = (racing.pid(), healthy.pid());
+    racing.wait();
+    healthy.wait();
+    let recording = rec.stop();
+    assert_eq!(failed, 8, "every reuse after 2.5 s failed");
+
+    let report = recording.report_json();
+    assert_eq!(report, recording.final_findings());
+    let races: Vec<&Value> = findings_for(&report, "keepalive-reuse-race", vip);
+    assert_eq!(races.len(), 1, "{report:#?}");
+    let race = races[0];
+    assert_eq!(race["process"]["pid"], racing_pid, "{race:#}");
+    assert_eq!(race["count"], failed);
+    assert_eq!(race["evidence"]["backends"], serde_json::json!([pod]));
+    assert!(
+        race["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("(-> backend 192.0.2.2:8000)")),
+        "{race:#}"
+    );
+    assert!(
+        findings_for(&report, "keepalive-reuse-race", pod).is_empty(),
+        "the server's view of the same failures is not counted again: {report:#?}"
+    );
+    assert!(
+        report
+            .iter()
+            .all(|f| f["kind"] != "keepalive-reuse-race" || f["process"]["pid"] != healthy_pid),
+        "the healthy pool raises no race"
+    );
+    let idle = findings_for(&report, "idle-close-timeout", vip);
+    assert_eq!(idle.len(), 1, "{report:#?}");
+    let ms = idle[0]["evidence"]["idle_timeout_ms"].as_u64().expect("ms");
+    assert!(
+        (2000..=2100).contains(&ms),
+        "uvicorn's --timeout-keep-alive 2: {ms} ms"
+    );
+    assert!(findings_for(&report, "idle-close-timeout", pod).is_empty());
+}
