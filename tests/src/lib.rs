@@ -219,6 +219,18 @@ impl Recording {
         v["findings"].as_array().expect("findings array").clone()
     }
 
+    /// The report, checked to be what the live engine had at exit: a replay of the
+    /// log gives the live run's findings.
+    pub fn replayed_report(&self) -> Vec<serde_json::Value> {
+        let report = self.report_json();
+        assert_eq!(
+            report,
+            self.final_findings(),
+            "replaying the log gives the live run's findings"
+        );
+        report
+    }
+
     /// The live engine's findings at exit (the log's last line).
     pub fn final_findings(&self) -> Vec<serde_json::Value> {
         self.log
