@@ -53,6 +53,8 @@ const KERNELS: [Kernel; 3] = [
 
 const VIRTME_NG: &str = "virtme-ng==1.42";
 const VIRTIOFSD: &str = "1.14.0";
+/// The longest one guest may run (its tests took 4-6 min under TCG in CI).
+const GUEST_LIMIT: std::time::Duration = std::time::Duration::from_mins(25);
 
 /// One row of the table.
 struct Row {
@@ -415,10 +417,15 @@ fn run_one(
     let script = out.join("run.sh");
     std::fs::write(&script, guest_script(&out, bin, tests))?;
     let started = Instant::now();
+    let mut hung = None;
     if let Some((vng, vmlinuz)) = vm {
         eprintln!("xtask: booting {} (qemu, TCG)", vmlinuz.display());
-        piped(
-            Command::new(vng)
+        // A guest that hangs (its kernel, or qemu) must not hold CI past its limit:
+        // it is stopped, and its row says so with what it had finished.
+        let ran = piped(
+            Command::new("timeout")
+                .args(["--kill-after=30", &GUEST_LIMIT.as_secs().to_string()])
+                .arg(vng)
                 // vng starts virtme-run (and the guest's helpers) through the shell's
                 // PATH: the venv's bin/ must come first, or a fresh machine finds none.
                 .env("PATH", venv_path(vng))
@@ -429,8 +436,14 @@ fn run_one(
                 .arg("--exec")
                 .arg(format!("sh {}", script.display()))
                 .current_dir(workspace_root()),
-        )
-        .with_context(|| format!("the {name} guest did not run"))?;
+        );
+        if let Err(e) = ran {
+            eprintln!("xtask: the {name} guest did not finish: {e:#}");
+            hung = Some(format!(
+                "the guest did not finish within {} s or failed ({e:#})",
+                GUEST_LIMIT.as_secs()
+            ));
+        }
     } else {
         eprintln!("xtask: running on the host kernel");
         status(Command::new("sh").arg(&script))?;
@@ -465,6 +478,24 @@ fn run_one(
         details: Vec::new(),
     };
     tally(&mut row, &out, tests);
+    if let Some(why) = hung {
+        // Tests that never reported count as failed.
+        let reported = row.passed + row.failed;
+        row.failed += 1;
+        row.failures
+            .push(format!("{why}; {reported} tests had reported"));
+        if let Some(last) = tests
+            .iter()
+            .map(|(t, _)| out.join(format!("{t}.txt")))
+            .rfind(|p| p.exists())
+        {
+            row.details.push(format!(
+                "--- last output before the guest stopped ({}):\n{}",
+                last.display(),
+                std::fs::read_to_string(&last).unwrap_or_default()
+            ));
+        }
+    }
     Ok(row)
 }
 
