@@ -44,22 +44,48 @@ fn postgres_bin() -> PathBuf {
         .unwrap_or_else(|| panic!("no PostgreSQL server in /usr/lib/postgresql: {REMEDY}"))
 }
 
-/// A process the test started; killed and reaped on drop.
+/// A process the test started; on drop asked to stop (`stop`, its shutdown signal:
+/// nginx's master takes its workers with it on SIGTERM, PostgreSQL does a fast
+/// shutdown on SIGINT), killed after 3 s, and reaped.
 pub struct Daemon {
     pub name: &'static str,
     child: Child,
+    stop: i32,
 }
 
 impl Daemon {
+    fn new(name: &'static str, child: Child) -> Self {
+        Self {
+            name,
+            child,
+            stop: libc::SIGKILL,
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    fn shut_down(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(pid, self.stop) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.shut_down();
     }
 }
 
@@ -147,9 +173,9 @@ impl PgBouncer {
             String::from_utf8_lossy(&initdb.stderr)
         );
         let log = dir.join("postgres.log");
-        let postgres = Daemon {
-            name: "postgres",
-            child: as_postgres(
+        let mut postgres = Daemon::new(
+            "postgres",
+            as_postgres(
                 ns,
                 &[
                     bin.join("postgres").to_str().expect("path"),
@@ -164,7 +190,8 @@ impl PgBouncer {
             )
             .spawn()
             .expect("start postgres"),
-        };
+        );
+        postgres.stop = libc::SIGINT;
         wait_listening(
             ns,
             "127.0.0.1:5432",
@@ -186,12 +213,12 @@ impl PgBouncer {
         .expect("pgbouncer.ini");
         chown(&ini);
         let log = dir.join("pgbouncer.out");
-        let pgbouncer = Daemon {
-            name: "pgbouncer",
-            child: as_postgres(ns, &["pgbouncer", ini.to_str().expect("path")], &log)
+        let pgbouncer = Daemon::new(
+            "pgbouncer",
+            as_postgres(ns, &["pgbouncer", ini.to_str().expect("path")], &log)
                 .spawn()
                 .expect("start pgbouncer"),
-        };
+        );
         wait_listening(
             ns,
             &format!("{listen}:6432"),
@@ -209,12 +236,10 @@ impl PgBouncer {
 
 impl Drop for PgBouncer {
     fn drop(&mut self) {
-        // The daemons go first (fields drop after this body): kill them now so the
+        // The daemons go first (fields drop after this body): stop them now so the
         // directory can go.
-        let _ = self.pgbouncer.child.kill();
-        let _ = self.pgbouncer.child.wait();
-        let _ = self.postgres.child.kill();
-        let _ = self.postgres.child.wait();
+        self.pgbouncer.shut_down();
+        self.postgres.shut_down();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -232,10 +257,7 @@ pub fn psql(ns: &Netns, server: &str, query: &str) -> Daemon {
         .stderr(Stdio::null())
         .spawn()
         .expect("start psql");
-    Daemon {
-        name: "psql",
-        child,
-    }
+    Daemon::new("psql", child)
 }
 
 /// uvicorn serving a one-line ASGI app on `addr` inside `ns`, closing idle
@@ -257,10 +279,7 @@ pub fn uvicorn(ns: &Netns, addr: &str, keepalive_s: u32) -> Daemon {
         .stdin(Stdio::null())
         .spawn()
         .expect("start uvicorn");
-    let daemon = Daemon {
-        name: "uvicorn",
-        child,
-    };
+    let daemon = Daemon::new("uvicorn", child);
     let log = std::env::temp_dir().join("no-log");
     wait_listening(ns, addr, Duration::from_mins(1), "uvicorn", &log);
     daemon
@@ -287,4 +306,72 @@ pub fn service(ns: &Netns, dev: &str, vip: &str, backend: &str) {
         "nft", "add", "rule", "ip", "ctsvc", "out", "ip", "daddr", vip_ip, "tcp", "dport",
         vip_port, "dnat", "to", backend,
     ]);
+}
+
+/// nginx serving `ok` on `addr` inside `ns` (two workers, its default backlog 511),
+/// its files under a temporary directory removed on drop.
+pub struct Nginx {
+    pub daemon: Daemon,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    pub fn start(ns: &Netns, addr: &str) -> Self {
+        let dir = std::env::temp_dir().join(crate::unique("ctngx"));
+        std::fs::create_dir_all(dir.join("logs")).expect("nginx dir");
+        let conf = dir.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "worker_processes 2;\npid {pid};\nerror_log stderr error;\nevents {{ worker_connections 4096; }}\n\
+                 http {{ access_log off;\n server {{ listen {addr}; location / {{ return 200 \"ok\"; }} }} }}\n",
+                pid = dir.join("nginx.pid").display()
+            ),
+        )
+        .expect("nginx.conf");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "nginx", "-p"])
+            .arg(&dir)
+            .arg("-c")
+            .arg(&conf)
+            .args(["-g", "daemon off;"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start nginx ({e}): {REMEDY}"));
+        let mut daemon = Daemon::new("nginx", child);
+        daemon.stop = libc::SIGTERM;
+        wait_listening(
+            ns,
+            addr,
+            Duration::from_secs(30),
+            "nginx",
+            &dir.join("logs/none"),
+        );
+        Self { daemon, dir }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.daemon.shut_down();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `wrk` from inside `ns` for `secs` seconds, 64 connections, each request on a new
+/// connection (`Connection: close`): a listener under connection churn.
+pub fn wrk_churn(ns: &Netns, url: &str, secs: u32) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "wrk", "-t2", "-c64"])
+        .arg(format!("-d{secs}s"))
+        .args(["-H", "Connection: close", url])
+        .output()
+        .unwrap_or_else(|e| panic!("run wrk ({e}): {REMEDY}"));
+    assert!(
+        out.status.success(),
+        "wrk failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -266,3 +266,68 @@ fn the_race_behind_a_service_vip_counts_once_and_names_the_backend() {
     assert_eq!(idle["evidence"]["backends"], serde_json::json!([pod]));
     assert!(findings_for(&report, "idle-close-timeout", pod).is_empty());
 }
+
+/// Issue 21: a listener whose accept loop stopped, backlog 4, 30 clients in another
+/// namespace with a 1.5 s timeout; recorded three ways at once (the scenario's fixed
+/// addresses allow one run at a time):
+/// - unfiltered: one finding, the server's overflow with the clients' timeouts folded
+///   in; nothing reads as a stalled peer;
+/// - the server's process alone (`--comm stalled-srv`): named from the listener's
+///   queue and the namespace's counters;
+/// - the clients alone (`--comm lab-client`): connect timeouts to the listener, aged
+///   from their SYNs (1.5 s, never the machine's uptime).
+#[test]
+fn a_full_accept_queue_is_named_from_either_end() {
+    let all = Recorder::start(&[]);
+    let server = Recorder::start(&["--comm", "stalled-srv"]);
+    let clients = Recorder::start(&["--comm", "lab-client"]);
+    let lab = run_lab("listen-overflow");
+    let (all, server, clients) = (all.stop(), server.stop(), clients.stop());
+    assert!(lab.count >= 20, "{}", lab.stdout);
+    let mine = |report: &[Value], kind: &str| -> Vec<Value> {
+        findings_for(report, kind, &lab.endpoint)
+            .into_iter()
+            .filter(|f| f["process"]["pid"] == lab.pid)
+            .cloned()
+            .collect()
+    };
+
+    let report = all.replayed_report();
+    let f = mine(&report, "listen-overflow");
+    assert_eq!(f.len(), 1, "{report:#?}");
+    let f = &f[0];
+    assert_eq!(f["severity"], "critical", "{f:#}");
+    assert_eq!(f["process"]["comm"], "stalled-srv");
+    assert_eq!(f["evidence"]["backlog"], 4);
+    assert!(f["evidence"]["queued"].as_u64() >= Some(4), "{f:#}");
+    assert!(
+        f["count"].as_u64() >= Some(lab.count),
+        "every timed-out SYN was a drop: {f:#}"
+    );
+    assert_eq!(f["evidence"]["client_timeouts"], lab.count, "{f:#}");
+    assert!(mine(&report, "connect-timeout").is_empty());
+    assert!(
+        findings_for(&report, "stalled-peer", &lab.endpoint).is_empty(),
+        "a connection never established is no stalled peer: {report:#?}"
+    );
+
+    let report = server.replayed_report();
+    let f = mine(&report, "listen-overflow");
+    assert_eq!(f.len(), 1, "{report:#?}");
+    assert_eq!(f[0]["severity"], "critical", "{:#}", f[0]);
+    assert!(f[0]["evidence"]["drops"].as_u64() >= Some(lab.count));
+    assert!(f[0]["evidence"]["full_for_ms"].as_u64() > Some(0));
+
+    let report = clients.replayed_report();
+    let t = mine(&report, "connect-timeout");
+    assert_eq!(t.len(), 1, "{report:#?}");
+    let t = &t[0];
+    assert_eq!(t["count"], lab.count, "{t:#}");
+    assert_eq!(t["evidence"]["by_caller"], lab.count);
+    let wait = t["evidence"]["max_wait_ms"].as_u64().expect("wait");
+    assert!(
+        (1400..=3000).contains(&wait),
+        "aged from the SYN: {wait} ms"
+    );
+    assert!(findings_for(&report, "stalled-peer", &lab.endpoint).is_empty());
+}

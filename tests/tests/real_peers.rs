@@ -152,3 +152,32 @@ fn uvicorn_behind_a_service_vip_races_once_with_the_backend_named() {
     );
     assert!(findings_for(&report, "idle-close-timeout", pod).is_empty());
 }
+
+/// A healthy busy listener: nginx (backlog 511) under wrk's connection churn from
+/// another namespace raises no overflow, no timeout, no stall.
+#[test]
+fn nginx_under_wrk_churn_raises_nothing() {
+    let server = "192.0.2.2:8081";
+    let pair = VethPair::new();
+    let _nginx = tests::peers::Nginx::start(&pair.b, server);
+    let rec = Recorder::start(&[]);
+    let out = tests::peers::wrk_churn(&pair.a, &format!("http://{server}/"), 4);
+    let recording = rec.stop();
+    assert!(out.contains("Requests/sec"), "{out}");
+    let report = recording.replayed_report();
+    for kind in [
+        "listen-overflow",
+        "connect-timeout",
+        "stalled-peer",
+        "connect-errors",
+    ] {
+        let noise: Vec<&Value> = report
+            .iter()
+            .filter(|f| f["kind"] == kind && f["endpoint"].as_str().is_some_and(|e| e == server))
+            .collect();
+        assert!(
+            noise.is_empty(),
+            "{kind} for a healthy listener: {noise:#?}\n{out}"
+        );
+    }
+}

@@ -312,6 +312,86 @@ pub struct Sockstat {
     /// `ip_local_port_range` of the node's network namespace.
     #[serde(default)]
     pub local_port_range: [u16; 2],
+    /// The connection tracker's statistics, where the module is loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conntrack: Option<ConntrackStats>,
+}
+
+/// `/proc/net/stat/nf_conntrack` summed over CPUs (cumulative counters), the table's
+/// size and `nf_conntrack_max`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConntrackStats {
+    pub entries: u64,
+    pub max: u64,
+    /// Packets dropped because no entry could be made (the table full).
+    pub drop: u64,
+    /// Entries evicted early to make room.
+    pub early_drop: u64,
+    /// Entries that could not be inserted (a clash: two packets of one flow at once).
+    pub insert_failed: u64,
+}
+
+/// One inspection's look at the listeners (`{"listeners": ...}`): every listener
+/// with something in its accept queue, and each network namespace's cumulative
+/// listen-drop counters. Written when something is queued or a counter moved, so a
+/// replay sees what the live run saw.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Listeners {
+    #[serde(with = "crate::kernel::time::rfc3339")]
+    pub time: std::time::SystemTime,
+    pub mono_ns: u64,
+    /// Since the previous inspection: the counters' changes happened within it.
+    pub interval_ms: u64,
+    pub queues: Vec<ListenQueue>,
+    pub namespaces: Vec<NamespaceListen>,
+}
+
+/// A listener's accept queue at one inspection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenQueue {
+    pub netns: u32,
+    pub local: SocketAddr,
+    /// Connections waiting for accept(), and the listen backlog (after the clamp to
+    /// `somaxconn`): full when `queued` reaches `backlog`.
+    pub queued: u32,
+    pub backlog: u32,
+    /// The process holding the listening socket (0: none found).
+    pub pid: u32,
+    pub comm: String,
+    #[serde(default)]
+    pub cgroup: u64,
+}
+
+/// One network namespace's listen counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceListen {
+    pub netns: u32,
+    #[serde(flatten)]
+    pub counters: ListenCounters,
+    /// `net.core.somaxconn` there (0: unknown).
+    #[serde(default)]
+    pub somaxconn: u32,
+    /// First seen after the trace began (a namespace made since): its counters count
+    /// from zero, every drop in them happened while traced.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub new: bool,
+}
+
+/// `TcpExt` counters of one namespace (cumulative).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenCounters {
+    /// SYNs or completed handshakes dropped because the accept queue was full.
+    pub overflows: u64,
+    /// Every drop at a listener (overflows included).
+    pub drops: u64,
+    #[serde(default)]
+    pub req_q_full_drop: u64,
+    #[serde(default)]
+    pub req_q_full_cookies: u64,
+    #[serde(default)]
+    pub backlog_drop: u64,
+    #[serde(default)]
+    pub syncookies_sent: u64,
 }
 
 /// Connections awaiting a reply at one moment, from the periodic inspection of open

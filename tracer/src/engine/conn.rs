@@ -132,6 +132,8 @@ pub struct Conn {
     pub connect_failed: bool,
     pub reuse_failed: bool,
     pub retransmits: u32,
+    /// SYN retransmits while connecting (SYN_SENT).
+    pub syn_retransmits: u32,
     pub max_ack_idle_ms: u64,
     pub stalled: bool,
     /// Seen retransmitting its close after the application closed it.
@@ -156,7 +158,13 @@ impl Conn {
             local: e.local,
             remote: e.remote,
             state: TcpState::Close,
-            opened_ns: now,
+            // The event's own time: a connection record's steps arrive together at its
+            // end, when the engine's clock is already past its first step.
+            opened_ns: if e.mono_ns == 0 {
+                now
+            } else {
+                e.mono_ns.min(now)
+            },
             last_ns: now,
             established: false,
             peer_fin: None,
@@ -165,6 +173,7 @@ impl Conn {
             connect_failed: false,
             reuse_failed: false,
             retransmits: 0,
+            syn_retransmits: 0,
             max_ack_idle_ms: 0,
             stalled: false,
             orphan_stalled: false,
@@ -213,6 +222,9 @@ pub struct ConnTable {
     /// Connections this node opened, by (local, remote): the other end of a
     /// connection whose server end is traced here too. One entry per table entry.
     by_tuple: FxMap<(SocketAddr, SocketAddr), u64>,
+    /// Listening sockets seen listen(), by local address; 0 when two open ones share
+    /// it (each pod's 0.0.0.0:8080 in its own network namespace: not told apart).
+    listening: FxMap<SocketAddr, u64>,
     cap: usize,
     next_generation: u64,
     pub evicted: u64,
@@ -227,6 +239,7 @@ impl ConnTable {
             closed: VecDeque::new(),
             open_by_remote: FxMap::default(),
             by_tuple: FxMap::default(),
+            listening: FxMap::default(),
             cap: cap.max(16),
             next_generation: 0,
             evicted: 0,
@@ -257,6 +270,15 @@ impl ConnTable {
         self.make_room(now);
         self.next_generation += 1;
         let conn = Conn::new(e, role, self.next_generation, now);
+        if role == Role::Listener {
+            let other_open = self
+                .listening
+                .get(&e.local)
+                .and_then(|s| self.map.get(s))
+                .is_some_and(|c| c.sock != e.sock && c.is_open());
+            self.listening
+                .insert(e.local, if other_open { 0 } else { e.sock });
+        }
         if let Some(old) = self.map.insert(e.sock, conn) {
             self.uncount(&old);
         }
@@ -336,6 +358,9 @@ impl ConnTable {
         if self.by_tuple.get(&key) == Some(&conn.sock) {
             self.by_tuple.remove(&key);
         }
+        if self.listening.get(&conn.local) == Some(&conn.sock) {
+            self.listening.remove(&conn.local);
+        }
     }
 
     fn expire(&mut self, now: u64) {
@@ -413,6 +438,14 @@ impl ConnTable {
             first_fin: None,
             released_in_ms: None,
         })
+    }
+
+    /// The listener this trace saw listen() on `local`, still open.
+    pub fn listener_at(&self, local: SocketAddr) -> Option<&Conn> {
+        self.listening
+            .get(&local)
+            .and_then(|sock| self.map.get(sock))
+            .filter(|c| c.role == Role::Listener && c.local == local && c.is_open())
     }
 
     /// Whether a connection this node opened (`connect`) holds `local -> remote`:

@@ -27,6 +27,9 @@ pub enum Kind {
     StalledPeer,
     AwaitingReply,
     RstStorm,
+    ListenOverflow,
+    ConnectTimeout,
+    ConntrackFull,
 }
 
 impl Kind {
@@ -41,6 +44,9 @@ impl Kind {
             Self::StalledPeer => "stalled-peer",
             Self::AwaitingReply => "awaiting-reply",
             Self::RstStorm => "rst-storm",
+            Self::ListenOverflow => "listen-overflow",
+            Self::ConnectTimeout => "connect-timeout",
+            Self::ConntrackFull => "conntrack-full",
         }
     }
 }

@@ -13,6 +13,9 @@
 //! | [`stall`] | `stalled-peer` |
 //! | [`awaiting`] | `awaiting-reply` (from [`Waiting`] snapshots) |
 //! | [`rst`] | `rst-storm` |
+//! | [`listen`] | `listen-overflow` (from [`crate::event::Listeners`] samples) |
+//! | [`timeout`] | `connect-timeout` (folded into `listen-overflow` for a listener on this node) |
+//! | [`conntrack_table`] | `conntrack-full` (from the node samples) |
 //!
 //! Findings are computed from detector state on demand and sorted, so the same
 //! inputs give the same findings in the same order.
@@ -20,15 +23,18 @@
 pub mod awaiting;
 pub mod conn;
 pub mod connect;
+pub mod conntrack_table;
 pub mod endpoints;
 pub mod expiring;
 pub mod finding;
 pub mod idle;
 pub mod leak;
+pub mod listen;
 pub mod memory;
 pub mod reuse;
 pub mod rst;
 pub mod stall;
+pub mod timeout;
 pub mod tuples;
 
 use std::{collections::HashMap, time::SystemTime};
@@ -98,6 +104,9 @@ pub struct Engine {
     awaiting: awaiting::Awaiting,
     rst: rst::RstStorm,
     tuples: tuples::Tuples,
+    listen: listen::ListenOverflow,
+    timeouts: timeout::ConnectTimeouts,
+    conntrack: conntrack_table::ConntrackTable,
     pub endpoints: endpoints::Endpoints,
     pub stats: Stats,
     /// Containers and pods by cgroup id, from the `cgroup` records.
@@ -126,6 +135,9 @@ impl Engine {
             awaiting: awaiting::Awaiting::default(),
             rst: rst::RstStorm::default(),
             tuples: tuples::Tuples::default(),
+            listen: listen::ListenOverflow::default(),
+            timeouts: timeout::ConnectTimeouts::default(),
+            conntrack: conntrack_table::ConntrackTable::default(),
             endpoints: endpoints::Endpoints::default(),
             stats: Stats::default(),
             ports_seen: HashMap::new(),
@@ -206,10 +218,16 @@ impl Engine {
                 }
             }
             EventKind::Error { errno, .. } => self.on_error(e, *errno),
-            EventKind::Retransmit { .. } => {
+            EventKind::Retransmit { state, .. } => {
                 if let Some(conn) = self.conns.touch(e, now) {
                     self.endpoints.retransmit(conn.server_endpoint());
-                    self.stall.on_retransmit(conn, e, &self.cfg);
+                    // A handshake's retransmits wait on no established peer: they are
+                    // a connect timeout in the making, never a stall.
+                    match state {
+                        TcpState::SynSent => conn.syn_retransmits += 1,
+                        TcpState::SynRecv | TcpState::NewSynRecv => {}
+                        _ => self.stall.on_retransmit(conn, e, &self.cfg),
+                    }
                 }
             }
             EventKind::Accept { .. } => {
@@ -285,6 +303,17 @@ impl Engine {
         if old == TcpState::CloseWait {
             conn.close_wait_since = None;
         }
+        // The caller closed a connecting socket whose SYNs went unanswered.
+        if old == TcpState::SynSent
+            && new == TcpState::Close
+            && conn.role == Role::Client
+            && !conn.reset_received
+            && !conn.connect_failed
+            && timeout::ConnectTimeouts::abandoned(conn, e.mono_ns)
+        {
+            conn.connect_failed = true;
+            self.timeouts.on_timeout(conn, e, false);
+        }
         if new == TcpState::Close {
             let sock = conn.sock;
             self.conns.closed(sock, now);
@@ -334,6 +363,48 @@ impl Engine {
         }
     }
 
+    /// Connect timeouts against a listener this node saw overflowing are the client
+    /// side of the same incident: counted in its `listen-overflow` finding (with the
+    /// callers), not again as `connect-timeout`.
+    fn fold_timeouts_into_overflows(&self, out: &mut Vec<Finding>) {
+        let mut folded = std::collections::HashSet::new();
+        for f in out
+            .iter_mut()
+            .filter(|f| f.kind == Kind::ListenOverflow && f.process.is_some())
+        {
+            let Ok(listener) = f.endpoint.parse() else {
+                continue;
+            };
+            let against = self.timeouts.against(listener);
+            if against.is_empty() {
+                continue;
+            }
+            let total: u64 = against.iter().map(|(_, n, _)| n).sum();
+            let clients: Vec<serde_json::Value> = against
+                .iter()
+                .map(|((pid, _), n, comm)| serde_json::json!({"pid": pid, "comm": comm, "timed_out": n}))
+                .collect();
+            f.summary = format!(
+                "{}; {total} connect{} from this node timed out against it",
+                f.summary,
+                if total == 1 { "" } else { "s" }
+            );
+            f.evidence
+                .insert("client_timeouts".to_owned(), serde_json::json!(total));
+            f.evidence
+                .insert("clients".to_owned(), serde_json::json!(clients));
+            folded.extend(against.into_iter().map(|(k, _, _)| k));
+        }
+        let mut timeouts = Vec::new();
+        self.timeouts.findings(&mut timeouts);
+        out.extend(timeouts.into_iter().filter(|f| {
+            let pid = f.process.as_ref().map_or(0, |p| p.pid);
+            f.endpoint
+                .parse()
+                .map_or(true, |d| !folded.contains(&(pid, d)))
+        }));
+    }
+
     /// What the kernel's tables said of a 4-tuple.
     pub fn tuple(&mut self, t: &crate::event::TupleInfo) {
         self.advance(t.mono_ns, t.time);
@@ -347,7 +418,9 @@ impl Engine {
             + self.reuse.dropped()
             + self.awaiting.dropped
             + self.leak.dropped
-            + self.tuples.dropped;
+            + self.tuples.dropped
+            + self.listen.dropped
+            + self.timeouts.dropped;
     }
 
     fn on_connect_failure(&mut self, e: &Event, errno: Errno) {
@@ -390,7 +463,12 @@ impl Engine {
         };
         if conn.role == Role::Client && !conn.established {
             if !std::mem::replace(&mut conn.connect_failed, true) {
-                self.on_connect_failure(e, errno);
+                if errno.0 == libc::ETIMEDOUT {
+                    // The kernel's SYN retries ran out: a connect timeout.
+                    self.timeouts.on_timeout(conn, e, true);
+                } else {
+                    self.on_connect_failure(e, errno);
+                }
             }
         } else if errno.0 == libc::ETIMEDOUT {
             self.stall.on_timeout(conn);
@@ -416,8 +494,17 @@ impl Engine {
         self.stats.samples += 1;
         self.advance(s.mono_ns, s.time);
         self.memory.sample(s, &self.conns);
+        self.conntrack.sample(s);
         self.leak
             .evaluate(&self.conns, self.now_ns, self.now_wall, &self.cfg);
+    }
+
+    /// Feeds one look at the listeners' queues and drop counters.
+    pub fn listeners(&mut self, l: &crate::event::Listeners) {
+        self.stats.samples += 1;
+        self.advance(l.mono_ns, l.time);
+        self.listen.sample(l);
+        self.count_evicted();
     }
 
     /// Feeds one snapshot of connections awaiting a reply.
@@ -452,6 +539,9 @@ impl Engine {
         self.stall.findings(self.memory.orphans(), &mut out);
         self.awaiting.findings(&mut out);
         self.rst.findings(&self.cfg, &mut out);
+        self.conntrack.findings(self.now_ns, &mut out);
+        self.listen.findings(self.now_ns, &mut out);
+        self.fold_timeouts_into_overflows(&mut out);
         for f in &mut out {
             let Some(p) = f.process.as_mut() else {
                 continue;

@@ -206,5 +206,6 @@ pub fn sockstat(at_ms: u64, mem_pages: u64, tcp_mem: [u64; 3]) -> Sockstat {
         tcp_mem,
         max_orphans: 65536,
         local_port_range: [32768, 60999],
+        conntrack: None,
     }
 }

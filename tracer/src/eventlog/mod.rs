@@ -97,6 +97,8 @@ pub enum Record {
     Waiting(Waiting),
     /// What the kernel's tables said of one 4-tuple (`{"tuple": ...}`).
     Tuple(crate::event::TupleInfo),
+    /// Listeners' accept queues and listen-drop counters (`{"listeners": ...}`).
+    Listeners(crate::event::Listeners),
     /// What the recording had lost so far (`{"losses": ...}`).
     Losses(crate::event::Losses),
     /// A cgroup seen for the first time, with its container and pod (`{"cgroup": ...}`).
@@ -269,6 +271,14 @@ impl<W: Write> LogWriter<W> {
             waiting: &'a Waiting,
         }
         self.write_line(&Line { waiting: snapshot })
+    }
+
+    pub fn listeners(&mut self, sample: &crate::event::Listeners) -> Result<()> {
+        #[derive(Serialize)]
+        struct Line<'a> {
+            listeners: &'a crate::event::Listeners,
+        }
+        self.write_line(&Line { listeners: sample })
     }
 
     pub fn tuple(&mut self, info: &crate::event::TupleInfo) -> Result<()> {
@@ -537,6 +547,15 @@ fn parse_record(line: &str) -> Result<Record, String> {
             .map(|l| Record::Waiting(l.waiting))
             .map_err(|e| describe(&e));
     }
+    if line.starts_with("{\"listeners\"") {
+        #[derive(Deserialize)]
+        struct Line {
+            listeners: crate::event::Listeners,
+        }
+        return serde_json::from_str::<Line>(line)
+            .map(|l| Record::Listeners(l.listeners))
+            .map_err(|e| describe(&e));
+    }
     if line.starts_with("{\"tuple\"") {
         #[derive(Deserialize)]
         struct Line {
@@ -611,6 +630,7 @@ impl Log {
             | Record::Sockstat(_)
             | Record::Waiting(_)
             | Record::Tuple(_)
+            | Record::Listeners(_)
             | Record::Losses(_)
             | Record::Cgroup(_)
             | Record::Pod(_)

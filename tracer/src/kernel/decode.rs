@@ -285,7 +285,13 @@ impl Decoder {
                 state: new,
                 retrans: raw.retrans,
                 rto_count: raw.rto_count,
-                ack_idle_ms: ms(raw.ack_idle_jiffies),
+                // A handshake never received an ACK: `rcv_tstamp` is unset (the age
+                // would be the uptime), so there is no ACK age to give.
+                ack_idle_ms: if matches!(new, TcpState::SynSent | TcpState::SynRecv) {
+                    0
+                } else {
+                    ms(raw.ack_idle_jiffies)
+                },
                 packets_out: raw.packets_out,
                 keepalive: raw.flags & flags::KEEPALIVE != 0,
                 user_timeout_ms: raw.user_timeout_ms,

@@ -51,6 +51,10 @@ pub struct DiagConn {
     /// Bytes of ours the peer acknowledged (+1 for the SYN), bytes received from it.
     pub bytes_acked: u64,
     pub bytes_received: u64,
+    /// A listener's accept queue: connections waiting for accept() (`idiag_rqueue`,
+    /// `sk_ack_backlog`) and its backlog (`idiag_wqueue`, `sk_max_ack_backlog`).
+    pub queued: u32,
+    pub backlog: u32,
 }
 
 impl DiagConn {
@@ -143,6 +147,7 @@ pub fn parse_msg(netns: u32, b: &[u8]) -> Option<DiagConn> {
     let local = addr(family, &id[4..20], [id[0], id[1]])?;
     let remote = addr(family, &id[20..36], [id[2], id[3]])?;
     let inode = u64::from(u32_at(b, 68)?);
+    let (queued, backlog) = (u32_at(b, 56)?, u32_at(b, 60)?);
     let mut conn = DiagConn {
         netns,
         local,
@@ -157,6 +162,8 @@ pub fn parse_msg(netns: u32, b: &[u8]) -> Option<DiagConn> {
         rtt_us: 0,
         bytes_acked: 0,
         bytes_received: 0,
+        queued,
+        backlog,
     };
     let mut at = DIAG_MSG_LEN;
     let mut info = false;
@@ -291,10 +298,26 @@ pub fn in_namespace<T: Send>(
 
 /// A diag socket inside the network namespace `path`, and the namespace's keepalive
 /// defaults (its sysctls are the opener's namespace's).
-fn socket_in(path: &Path) -> io::Result<(OwnedFd, Option<KeepaliveSettings>)> {
+fn socket_in(path: &Path) -> io::Result<(OwnedFd, Namespace)> {
     in_namespace(path, || {
-        Ok((diag_socket()?, crate::kernel::keepalive::of_namespace()))
+        let ns = Namespace {
+            new: false,
+            keepalive: crate::kernel::keepalive::of_namespace(),
+            netstat: crate::kernel::netstat::Reread::open("/proc/thread-self/net/netstat").ok(),
+            somaxconn: crate::kernel::netstat::somaxconn().unwrap_or(0),
+        };
+        Ok((diag_socket()?, ns))
     })
+}
+
+/// What the inspector keeps of a network namespace besides its diag socket: its
+/// keepalive defaults, its `netstat` file (opened inside it) and `somaxconn`.
+struct Namespace {
+    /// Found after the first pass, not yet reported.
+    new: bool,
+    keepalive: Option<KeepaliveSettings>,
+    netstat: Option<crate::kernel::netstat::Reread>,
+    somaxconn: u32,
 }
 
 /// The inspector: one diag socket per network namespace, refreshed periodically.
@@ -302,8 +325,10 @@ pub struct Inspector {
     proc_root: std::path::PathBuf,
     sockets: HashMap<u32, OwnedFd>,
     /// Each namespace's keepalive defaults.
-    keepalive: HashMap<u32, KeepaliveSettings>,
+    namespaces: HashMap<u32, Namespace>,
     refreshed: Option<Instant>,
+    /// Passes made (namespaces found after the first are new).
+    passes: u64,
     /// Namespaces of processes at the last walk of /proc.
     seen_processes: HashSet<u32>,
     /// Namespaces whose socket could not be made or dumped (counted, not fatal).
@@ -317,8 +342,9 @@ impl Inspector {
         Self {
             proc_root: proc_root.to_owned(),
             sockets: HashMap::new(),
-            keepalive: HashMap::new(),
+            namespaces: HashMap::new(),
             refreshed: None,
+            passes: 0,
             seen_processes: HashSet::new(),
             errors: 0,
             last_dump: Duration::ZERO,
@@ -374,11 +400,10 @@ impl Inspector {
                 continue;
             }
             match socket_in(&path) {
-                Ok((fd, keepalive)) => {
+                Ok((fd, mut ns)) => {
                     self.sockets.insert(inum, fd);
-                    if let Some(k) = keepalive {
-                        self.keepalive.insert(inum, k);
-                    }
+                    ns.new = self.passes > 0;
+                    self.namespaces.insert(inum, ns);
                 }
                 Err(_) => self.errors += 1,
             }
@@ -388,17 +413,42 @@ impl Inspector {
         self.sockets
             .retain(|inum, _| present.contains(inum) || seen.contains(inum));
         let sockets = &self.sockets;
-        self.keepalive.retain(|inum, _| sockets.contains_key(inum));
+        self.namespaces.retain(|inum, _| sockets.contains_key(inum));
+    }
+
+    /// Each namespace's listen counters now, with its `somaxconn`.
+    pub fn listen_counters(&mut self) -> Vec<crate::event::NamespaceListen> {
+        let mut out = Vec::new();
+        for (&netns, ns) in &mut self.namespaces {
+            let Some(file) = ns.netstat.as_mut() else {
+                continue;
+            };
+            if let Some(counters) = file
+                .read()
+                .ok()
+                .and_then(crate::kernel::netstat::parse_tcpext)
+            {
+                out.push(crate::event::NamespaceListen {
+                    netns,
+                    counters,
+                    somaxconn: ns.somaxconn,
+                    new: std::mem::take(&mut ns.new),
+                });
+            }
+        }
+        out.sort_by_key(|n| n.netns);
+        out
     }
 
     /// The keepalive defaults of network namespace `netns`, when it could be entered.
     pub fn namespace_keepalive(&self, netns: u32) -> Option<KeepaliveSettings> {
-        self.keepalive.get(&netns).copied()
+        self.namespaces.get(&netns).and_then(|n| n.keepalive)
     }
 
     /// One pass: every established connection of every namespace.
     pub fn pass(&mut self) -> Vec<DiagConn> {
         self.refresh();
+        self.passes += 1;
         let started = Instant::now();
         let mut out = Vec::new();
         let mut failed = Vec::new();
@@ -437,130 +487,6 @@ pub fn awaiting(all: &[DiagConn], after_ms: u64) -> Vec<&DiagConn> {
                 && !listening.contains(&(c.netns, c.local.port()))
         })
         .collect()
-}
-
-/// One inspection's result: its CLOCK_MONOTONIC time, the connections awaiting a
-/// reply, and how many namespaces could not be inspected so far.
-pub struct Pass {
-    pub mono_ns: u64,
-    pub conns: Vec<crate::event::WaitingConn>,
-    pub namespace_errors: u64,
-}
-
-/// How often the inspection runs at most.
-pub const INSPECT_EVERY: Duration = Duration::from_secs(2);
-/// The share of one CPU the dumps may take: a dump that costs more spaces the next
-/// pass out (measured: ~2 ms per 1,000 sockets, so 2 s up to ~10k sockets, ~16 s at
-/// 100k), up to [`INSPECT_MAX_PAUSE`]. Only the dumps count: the namespace walk of
-/// /proc (every 10 s) and owner lookups are occasional, and a slow first walk must
-/// not push the next pass out.
-const CPU_SHARE: u32 = 100;
-/// The longest pause between passes, however many sockets.
-const INSPECT_MAX_PAUSE: Duration = Duration::from_secs(30);
-/// Connections kept per snapshot at most (the longest waits).
-const MAX_PER_SNAPSHOT: usize = 256;
-
-/// Runs the inspection on its own thread every [`INSPECT_EVERY`] (or less often:
-/// at most 1 % of a CPU, see `CPU_SHARE`), sending each pass's
-/// connections awaiting a reply with the CLOCK_MONOTONIC time of the pass. Owners come
-/// from `/proc/*/fd` (looked up only for sockets not seen before). The thread ends when
-/// the receiver is dropped.
-pub fn spawn(after_ms: u64) -> io::Result<std::sync::mpsc::Receiver<Pass>> {
-    let (tx, rx) = std::sync::mpsc::sync_channel(4);
-    std::thread::Builder::new()
-        .name("conntrace-diag".to_owned())
-        .spawn(move || {
-            let proc_root = Path::new("/proc");
-            let mut inspector = Inspector::new(proc_root);
-            let mut owners: HashMap<u64, Holder> = HashMap::new();
-            let mut pause = INSPECT_EVERY;
-            loop {
-                std::thread::sleep(pause);
-                let all = inspector.pass();
-                let mono =
-                    u64::try_from(crate::kernel::time::monotonic_now().as_nanos()).unwrap_or(0);
-                // Both ends in one namespace (loopback, a pod's own sidecar): the
-                // server's socket is right here.
-                let open: HashSet<(u32, SocketAddr, SocketAddr)> =
-                    all.iter().map(|c| (c.netns, c.local, c.remote)).collect();
-                let mut found = awaiting(&all, after_ms);
-                found.sort_by_key(|c| std::cmp::Reverse(c.last_data_sent_ms));
-                found.truncate(MAX_PER_SNAPSHOT);
-                let unknown: HashSet<u64> = found
-                    .iter()
-                    .map(|c| c.inode)
-                    .filter(|i| !owners.contains_key(i))
-                    .collect();
-                for (ino, (pid, fd)) in holders(proc_root, &unknown) {
-                    let comm =
-                        std::fs::read_to_string(proc_root.join(pid.to_string()).join("comm"))
-                            .map(|c| c.trim_end().to_owned())
-                            .unwrap_or_default();
-                    let cgroup = crate::kernel::listeners::cgroup_id(
-                        proc_root,
-                        Path::new("/sys/fs/cgroup"),
-                        pid,
-                    );
-                    owners.insert(
-                        ino,
-                        Holder {
-                            pid,
-                            fd,
-                            comm,
-                            cgroup,
-                        },
-                    );
-                }
-                // Forget owners of sockets no longer waiting (bounded by one pass).
-                let live: HashSet<u64> = found.iter().map(|c| c.inode).collect();
-                owners.retain(|ino, _| live.contains(ino));
-                let conns = found
-                    .into_iter()
-                    .map(|c| {
-                        let holder = owners.get(&c.inode);
-                        // Read each pass: an application may change them on a live socket.
-                        let keepalive_settings = c.keepalive_timer.then(|| {
-                            holder
-                                .and_then(|h| {
-                                    crate::kernel::keepalive::of_socket(h.pid, h.fd, c.inode).ok()
-                                })
-                                .or_else(|| inspector.namespace_keepalive(c.netns))
-                        });
-                        crate::event::WaitingConn {
-                            pid: holder.map_or(0, |h| h.pid),
-                            comm: holder.map(|h| h.comm.clone()).unwrap_or_default(),
-                            cgroup: holder.map_or(0, |h| h.cgroup),
-                            local: c.local,
-                            remote: c.remote,
-                            waiting_ms: u64::from(c.last_data_sent_ms),
-                            last_recv_ms: u64::from(c.last_data_recv_ms),
-                            keepalive: c.keepalive_timer,
-                            last_ack_ms: Some(u64::from(c.last_ack_recv_ms)),
-                            keepalive_settings: keepalive_settings.flatten(),
-                            peer_here: open.contains(&(c.netns, c.remote, c.local)),
-                        }
-                    })
-                    .collect();
-                pause = (inspector.last_dump * CPU_SHARE).clamp(INSPECT_EVERY, INSPECT_MAX_PAUSE);
-                let pass = Pass {
-                    mono_ns: mono,
-                    conns,
-                    namespace_errors: inspector.errors,
-                };
-                if tx.send(pass).is_err() {
-                    return;
-                }
-            }
-        })?;
-    Ok(rx)
-}
-
-/// The process holding a waiting connection's socket, and its descriptor there.
-struct Holder {
-    pid: u32,
-    fd: i32,
-    comm: String,
-    cgroup: u64,
 }
 
 /// Socket inode -> the lowest pid holding it and its descriptor number there, for the

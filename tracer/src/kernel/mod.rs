@@ -3,15 +3,17 @@
 //! socket map ([`probes`]), turning their bytes into [`crate::event`] values
 //! ([`decode`]), and the kernel's own tables read from userspace: listening sockets
 //! ([`listeners`]), open connections through `sock_diag` ([`diag`]) with their
-//! keepalive settings ([`keepalive`]), DNAT translations ([`conntrack`]), TCP memory
-//! ([`sockstat`]) and its clocks ([`time`]).
+//! keepalive settings ([`keepalive`]), DNAT translations ([`conntrack`]), drop
+//! counters ([`netstat`]), TCP memory ([`sockstat`]) and its clocks ([`time`]).
 
 pub mod btf;
 pub mod conntrack;
 pub mod decode;
 pub mod diag;
+pub mod inspect;
 pub mod keepalive;
 pub mod listeners;
+pub mod netstat;
 pub mod probes;
 pub mod sockstat;
 pub mod support;

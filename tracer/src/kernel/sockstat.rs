@@ -58,6 +58,7 @@ pub fn read(mono_ns: u64, time: SystemTime) -> Result<Sockstat> {
             .copied()
             .unwrap_or(0),
         local_port_range: [to_port(range.first()), to_port(range.get(1))],
+        conntrack: crate::kernel::netstat::conntrack(),
     })
 }
 

@@ -8,6 +8,7 @@
 
 mod bound_port;
 mod keepalive;
+mod listen_overflow;
 mod netns;
 mod service_vip;
 mod simple;
@@ -17,7 +18,7 @@ use anyhow::{bail, Result};
 use crate::commands::cli::LabArgs;
 
 /// Name, what it reproduces.
-pub const SCENARIOS: [(&str, &str); 9] = [
+pub const SCENARIOS: [(&str, &str); 10] = [
     ("keepalive-race", "an HTTP server closing idle keep-alive connections after 2 s, and a naive pool that reuses them (incident 1)"),
     ("healthy-keepalive", "the same server with a pool that validates connections before reuse: the negative control"),
     ("close-wait-leak", "a server that never closes connections its clients closed (incident 2)"),
@@ -26,6 +27,7 @@ pub const SCENARIOS: [(&str, &str); 9] = [
     ("silent-peer", "a database peer that vanishes without FIN or RST while a worker waits (incident 4, two network namespaces)"),
     ("hung-peer", "a database that acknowledges three workers' queries and vanishes before answering: nothing retransmits, the workers wait (incident 4, two network namespaces; record with --await-after 3s)"),
     ("bound-port", "a proxy keeping a fixed source port reconnects while its own TIME_WAIT holds the 4-tuple: EADDRNOTAVAIL with ports to spare (incident 5, two network namespaces)"),
+    ("listen-overflow", "a server with a backlog of 4 that stopped accepting; 30 clients in another namespace time out as their SYNs are dropped (incident 3, two network namespaces)"),
     ("service-vip", "the keep-alive race behind a Service VIP that DNAT sends to the pod, both ends on this node (incident 1, two network namespaces, needs nft)"),
 ];
 
@@ -66,6 +68,7 @@ pub fn run(args: &LabArgs) -> Result<()> {
         "hung-peer" => netns::hung_peer()?,
         "bound-port" => bound_port::run()?,
         "service-vip" => service_vip::run()?,
+        "listen-overflow" => listen_overflow::run()?,
         other => bail!(
             "unknown lab scenario '{other}'; `conntrace lab --list` lists them: {}",
             SCENARIOS.map(|(n, _)| n).join(", ")

@@ -65,6 +65,15 @@ pub fn tuple(
     sink.tuple(info)
 }
 
+pub fn listeners(
+    engine: &mut Engine,
+    sample: &crate::event::Listeners,
+    sink: &mut dyn Sink,
+) -> Result<()> {
+    engine.listeners(sample);
+    sink.listeners(sample)
+}
+
 pub fn cgroup(engine: &mut Engine, info: &CgroupInfo, sink: &mut dyn Sink) -> Result<()> {
     engine.cgroup(info);
     sink.cgroup(info)
@@ -87,6 +96,7 @@ pub fn record(engine: &mut Engine, record: &Record, sink: &mut dyn Sink) -> Resu
         Record::Sockstat(s) => sockstat(engine, s, sink),
         Record::Waiting(w) => waiting(engine, w, sink),
         Record::Tuple(t) => tuple(engine, t, sink),
+        Record::Listeners(l) => listeners(engine, l, sink),
         Record::Cgroup(c) => cgroup(engine, c, sink),
         Record::Pod(p) => pod(engine, p, sink),
         Record::Losses(l) => sink.losses(l),

@@ -66,8 +66,11 @@ struct Pipeline<'a> {
     /// The kernel's tables (time-wait holders, conntrack) for the events that need them.
     tuple_facts: crate::pipeline::tuples::TupleFacts,
     /// Connections awaiting a reply, from the inspection thread; and its threshold.
-    waiting: Option<std::sync::mpsc::Receiver<crate::kernel::diag::Pass>>,
+    waiting: Option<std::sync::mpsc::Receiver<crate::kernel::inspect::Pass>>,
     await_after_ms: u64,
+    /// Each namespace's listen counters as last written, and the previous pass's time.
+    listen_counters: std::collections::HashMap<u32, crate::event::ListenCounters>,
+    last_listen_pass: Option<u64>,
     /// The last snapshot delivered had connections in it.
     waits_shown: bool,
     namespaces_warned: bool,
@@ -324,18 +327,81 @@ impl Pipeline<'_> {
         self.filter.matches_container(container, namespace)
     }
 
+    /// One pass's listeners: the queues whose listener the filters keep, and every
+    /// namespace's counters that moved since the previous pass (all of them the first
+    /// time: the engine's baseline) — written when either is not empty. Namespace
+    /// counters are node facts, like TCP memory: no filter removes them.
+    fn listen_pass(
+        &mut self,
+        mono_ns: u64,
+        queues: Vec<crate::event::ListenQueue>,
+        namespaces: Vec<crate::event::NamespaceListen>,
+        sink: &mut dyn Sink,
+    ) -> Result<()> {
+        let queues: Vec<_> = queues
+            .into_iter()
+            .map(|mut q| {
+                // The thread that called listen(), where the trace saw it.
+                if let Some(l) = self
+                    .engine
+                    .conns
+                    .listener_at(q.local)
+                    .filter(|l| l.owner_known)
+                {
+                    q.pid = l.pid;
+                    q.comm = l.comm.to_string();
+                    q.cgroup = l.cgroup;
+                }
+                q
+            })
+            .filter(|q| {
+                self.filter.matches_conn(q.pid, &q.comm, q.local, q.local)
+                    && self.container_matches(q.cgroup)
+            })
+            .collect();
+        let moved: Vec<_> = namespaces
+            .into_iter()
+            .filter(|n| n.new || self.listen_counters.get(&n.netns) != Some(&n.counters))
+            .collect();
+        if self.listen_counters.len() > 65_536 {
+            self.listen_counters.clear();
+        }
+        for n in &moved {
+            self.listen_counters.insert(n.netns, n.counters);
+        }
+        let interval_ms = self
+            .last_listen_pass
+            .replace(mono_ns)
+            .map_or(0, |before| mono_ns.saturating_sub(before) / 1_000_000);
+        if queues.is_empty() && moved.is_empty() {
+            return Ok(());
+        }
+        let l = crate::event::Listeners {
+            time: self.decoder.clock.wall(mono_ns),
+            mono_ns,
+            interval_ms,
+            queues,
+            namespaces: moved,
+        };
+        dispatch::listeners(&mut self.engine, &l, sink)
+    }
+
     /// Takes the inspection's passes: connections the filters keep, into the engine
     /// and the sink (snapshots with none are not written).
     fn waiting(&mut self, sink: &mut dyn Sink) -> Result<()> {
         let Some(rx) = &self.waiting else {
             return Ok(());
         };
-        while let Ok(crate::kernel::diag::Pass {
+        let passes: Vec<crate::kernel::inspect::Pass> = rx.try_iter().collect();
+        for crate::kernel::inspect::Pass {
             mono_ns,
             mut conns,
+            queues,
+            namespaces,
             namespace_errors,
-        }) = rx.try_recv()
+        } in passes
         {
+            self.listen_pass(mono_ns, queues, namespaces, sink)?;
             if namespace_errors > 0 && !std::mem::replace(&mut self.namespaces_warned, true) {
                 sink.warn("the inspection of open sockets could not enter some network namespaces (it needs CAP_SYS_ADMIN for setns and CAP_SYS_PTRACE for /proc/PID/ns): awaiting-reply covers the namespaces it could enter");
             }
@@ -404,9 +470,12 @@ impl<'a> Pipeline<'a> {
             tuple_facts: crate::pipeline::tuples::TupleFacts::default(),
             waiting: live
                 .await_after
-                .and_then(|after| crate::kernel::diag::spawn(after_ms(after)).ok()),
+                .map_or(Some(None), |after| Some(Some(after_ms(after))))
+                .and_then(|after| crate::kernel::inspect::spawn(after).ok()),
             await_after_ms: live.await_after.map_or(0, after_ms),
             waits_shown: false,
+            listen_counters: std::collections::HashMap::new(),
+            last_listen_pass: None,
             namespaces_warned: false,
             last_losses: crate::event::Losses::default(),
             sighted: std::collections::HashMap::new(),

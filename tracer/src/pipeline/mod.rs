@@ -52,6 +52,10 @@ pub trait Sink {
     fn tuple(&mut self, _info: &crate::event::TupleInfo) -> Result<()> {
         Ok(())
     }
+    /// Listeners' accept queues and listen-drop counters, from one inspection.
+    fn listeners(&mut self, _sample: &crate::event::Listeners) -> Result<()> {
+        Ok(())
+    }
     fn finding(&mut self, finding: &Finding) -> Result<()>;
     /// A cgroup seen for the first time, with its container and pod.
     fn cgroup(&mut self, _info: &crate::k8s::CgroupInfo) -> Result<()> {
@@ -97,6 +101,9 @@ impl<W: std::io::Write> Sink for crate::eventlog::LogWriter<W> {
     }
     fn tuple(&mut self, info: &crate::event::TupleInfo) -> Result<()> {
         Self::tuple(self, info)
+    }
+    fn listeners(&mut self, sample: &crate::event::Listeners) -> Result<()> {
+        Self::listeners(self, sample)
     }
     fn finding(&mut self, finding: &Finding) -> Result<()> {
         Self::finding(self, finding)

@@ -32,6 +32,8 @@ struct Owner {
     cgroup: u64,
     /// This side sent the first FIN: its time-wait socket holds the tuple.
     closed_first: bool,
+    /// The connection got through (a SYN_SENT that closed held no tuple).
+    held: bool,
 }
 
 /// How long a time-wait socket holds its 4-tuple (`TCP_TIMEWAIT_LEN`, fixed).
@@ -62,13 +64,18 @@ impl RecentOwners {
                 new: TcpState::Close,
                 old,
                 ..
-            } if e.owner_known
-                && old != TcpState::Listen
-                // A connect that never got through held no tuple (and a failed
-                // bound connect must not hide the socket that holds it).
-                && old != TcpState::SynSent
-                && e.remote.port() != 0 =>
-            {
+            } if e.owner_known && old != TcpState::Listen && e.remote.port() != 0 => {
+                // A connect that never got through held no tuple: it must not hide
+                // the connection whose time-wait socket does (a failed bound connect
+                // on the same 4-tuple), but its owner still names its own late error.
+                if old == TcpState::SynSent
+                    && self
+                        .by_tuple
+                        .get(&(e.local, e.remote), e.mono_ns)
+                        .is_some_and(|(_, o)| o.held)
+                {
+                    return;
+                }
                 let owner = Owner {
                     pid: e.pid,
                     tid: e.tid,
@@ -83,6 +90,7 @@ impl RecentOwners {
                             | TcpState::Closing
                             | TcpState::TimeWait
                     ),
+                    held: old != TcpState::SynSent,
                 };
                 self.by_tuple.insert((e.local, e.remote), e.mono_ns, owner);
             }
@@ -113,7 +121,10 @@ impl RecentOwners {
         remote: SocketAddr,
         now_ns: u64,
     ) -> Option<crate::event::TupleHolder> {
-        let (closed_ns, o) = self.by_tuple.get(&(local, remote), now_ns)?;
+        let (closed_ns, o) = self
+            .by_tuple
+            .get(&(local, remote), now_ns)
+            .filter(|(_, o)| o.held)?;
         let ago = now_ns.saturating_sub(closed_ns);
         let time_wait = o.closed_first && ago < TIME_WAIT_NS;
         Some(crate::event::TupleHolder {
@@ -178,6 +189,29 @@ mod tests {
         table.observe(&mut late);
         assert_eq!(late.pid, 0);
         assert!(table.is_empty());
+    }
+
+    /// Regression (found by the `refused` lab): on Linux 6.x tcp_reset() reports the
+    /// error after tcp_done(), so a refused connect's ECONNREFUSED comes after its
+    /// close, ownerless; it still takes the connecting process as owner.
+    #[test]
+    fn a_refused_connects_late_error_keeps_its_owner() {
+        let client = Sock::new(1, 42, "curl", "127.0.0.1:40000", "127.0.0.1:9");
+        let mut table = RecentOwners::default();
+        let mut close = client.state(1000, SynSent, Close, 0);
+        table.observe(&mut close);
+        let mut err = client.error(1000, libc::ECONNREFUSED);
+        (err.pid, err.comm, err.owner_known) = (0, String::new(), false);
+        table.observe(&mut err);
+        assert_eq!((err.pid, err.comm.as_str()), (42, "curl"));
+        let local = "127.0.0.1:40000".parse().expect("addr");
+        let remote = "127.0.0.1:9".parse().expect("addr");
+        assert!(
+            table
+                .holder(local, remote, crate::engine::testing::T0 + 1_001_000_000)
+                .is_none(),
+            "a connect that never got through holds no tuple"
+        );
     }
 
     #[test]

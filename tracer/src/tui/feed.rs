@@ -305,6 +305,10 @@ impl Sink for TuiSink {
         self.spooled(|spool| spool.tuple(info))
     }
 
+    fn listeners(&mut self, sample: &crate::event::Listeners) -> Result<()> {
+        self.spooled(|spool| spool.listeners(sample))
+    }
+
     fn finding(&mut self, finding: &Finding) -> Result<()> {
         self.spooled(|spool| spool.finding(finding))
     }
@@ -384,6 +388,7 @@ pub fn replay(path: &Path, mut sink: TuiSink) -> Result<()> {
                 Record::Sockstat(s) => Some(s.mono_ns),
                 Record::Waiting(w) => Some(w.mono_ns),
                 Record::Tuple(t) => Some(t.mono_ns),
+                Record::Listeners(l) => Some(l.mono_ns),
                 Record::Losses(_)
                 | Record::Cgroup(_)
                 | Record::Pod(_)

@@ -126,16 +126,44 @@ fn refused_connect_counts_once_per_socket_with_the_no_socket_reset() {
     assert_eq!(f[0].process.as_ref().map(|p| p.pid), Some(11));
 }
 
+/// Issue 21: a connect whose SYNs go unanswered is a connect timeout (the kernel's
+/// ETIMEDOUT, or the caller giving up), never a stall, and its age runs from the SYN.
 #[test]
-fn async_timeout_of_a_connecting_socket_is_a_connect_error() {
-    let c = Sock::new(3, 11, "app", "10.0.0.1:40000", "10.9.9.9:443");
-    let mut events = vec![c.state(0, Close, SynSent, 0)];
-    events.push(c.state(7000, SynSent, Close, 0));
-    events.push(c.error(7000, libc::ETIMEDOUT));
-    let f = of_kind(&run(&events), Kind::ConnectErrors);
-    assert_eq!(f.len(), 1);
+fn unanswered_syns_are_connect_timeouts_by_kernel_or_caller() {
+    let dest = "10.9.9.9:443";
+    let kernel = Sock::new(3, 11, "app", "10.0.0.1:40000", dest);
+    let mut events = vec![kernel.state(0, Close, SynSent, 0)];
+    for at in [1000, 3000, 7000] {
+        let mut r = kernel.retransmit(at, 0, 1);
+        if let crate::event::EventKind::Retransmit { state, .. } = &mut r.kind {
+            *state = SynSent;
+        }
+        events.push(r);
+    }
+    events.push(kernel.error(15_000, libc::ETIMEDOUT));
+    events.push(kernel.state(15_000, SynSent, Close, 0));
+    // A client with a 1.5 s timeout closes its connecting socket itself.
+    let caller = Sock::new(4, 11, "app", "10.0.0.1:40001", dest);
+    events.push(caller.state(20_000, Close, SynSent, 0));
+    events.push(caller.state(21_500, SynSent, Close, 0));
+    // A connect cancelled at once is no timeout.
+    let quick = Sock::new(5, 11, "app", "10.0.0.1:40002", dest);
+    events.push(quick.state(30_000, Close, SynSent, 0));
+    events.push(quick.state(30_010, SynSent, Close, 0));
+    let engine = run(&events);
+    assert!(of_kind(&engine, Kind::ConnectErrors).is_empty());
+    assert!(
+        of_kind(&engine, Kind::StalledPeer).is_empty(),
+        "never established: no stall"
+    );
+    let f = of_kind(&engine, Kind::ConnectTimeout);
+    assert_eq!(f.len(), 1, "{f:#?}");
     assert_eq!(f[0].severity, Severity::Warning);
-    assert_eq!(f[0].evidence["errno"], "ETIMEDOUT");
+    assert_eq!(f[0].count, 2);
+    assert_eq!(f[0].evidence["by_kernel"], 1);
+    assert_eq!(f[0].evidence["by_caller"], 1);
+    assert_eq!(f[0].evidence["max_wait_ms"], 15_000, "from the SYN");
+    assert_eq!(f[0].evidence["syn_retransmits"], 3);
 }
 
 #[test]

@@ -4,6 +4,7 @@ mod awaiting;
 mod connect;
 mod idle_reuse;
 mod leak_memory;
+mod listen;
 mod stall_rst;
 
 use super::{Config, Engine, Finding, Kind};
