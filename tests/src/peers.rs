@@ -234,6 +234,41 @@ impl PgBouncer {
     }
 }
 
+impl PgBouncer {
+    /// Waits until PostgreSQL runs `n` queries containing `text` (delivered through
+    /// pgbouncer), asking it over its unix socket from inside `ns`; panics after
+    /// `within`. Under TCG a client takes seconds to start: no fixed sleep is safe.
+    pub fn wait_running(&self, ns: &Netns, text: &str, n: u32, within: Duration) {
+        let started = Instant::now();
+        let sql = format!(
+            "select count(*) from pg_stat_activity where state = 'active' and query like '%{text}%' and pid <> pg_backend_pid()"
+        );
+        loop {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &ns.name])
+                .args(AS_POSTGRES)
+                .args(["psql", "-X", "-At", "-h"])
+                .arg(&self.dir)
+                .args(["-U", "postgres", "-d", "postgres", "-c", &sql])
+                .output()
+                .expect("psql");
+            let running: u32 = String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .unwrap_or(0);
+            if running >= n {
+                return;
+            }
+            assert!(
+                started.elapsed() < within,
+                "{running} of {n} queries reached PostgreSQL within {within:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
 impl Drop for PgBouncer {
     fn drop(&mut self) {
         // The daemons go first (fields drop after this body): stop them now so the

@@ -22,8 +22,9 @@ fn psql_workers_hung_on_a_vanished_pgbouncer_are_named_with_when_keepalive_ends_
     let workers: Vec<_> = (0..3)
         .map(|_| psql(&pair.a, VethPair::ADDR_B, "SELECT pg_sleep(60)"))
         .collect();
-    // Let the queries reach PostgreSQL through the pooler, then lose the node.
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // The queries reach PostgreSQL through the pooler; then the node is lost.
+    db.wait_running(&pair.b, "pg_sleep", 3, std::time::Duration::from_mins(1));
+    std::thread::sleep(std::time::Duration::from_millis(300));
     pair.b.exec(&["ip", "link", "set", &pair.link_b, "down"]);
     // Inspections every 2 s: the waits pass 3 s about 4.5 s in.
     std::thread::sleep(std::time::Duration::from_secs(8));

@@ -162,7 +162,7 @@ impl Step {
 /// is, the record shipped on the ring buffer ([`kind::CONN`]): the owner and the
 /// transitions since the last record. The head is a [`RawEvent`] (owner, 4-tuple,
 /// current state, `flags::FINAL` on the last record), so one decoder reads both.
-/// 384 bytes.
+/// 360 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnRecord {
@@ -174,6 +174,9 @@ pub struct ConnRecord {
     /// `tcp_sock.bytes_acked` / `bytes_received` at the record.
     pub bytes_acked: u64,
     pub bytes_received: u64,
+    /// When the socket's entry was made (`bpf_ktime_get_ns()`): with `head.sock`, the
+    /// entry's identity — a freed socket's address is soon another socket's.
+    pub born_ns: u64,
     pub steps: [Step; MAX_STEPS],
 }
 
@@ -181,7 +184,7 @@ impl ConnRecord {
     pub const SIZE: usize = core::mem::size_of::<Self>();
 }
 
-const _: () = assert!(ConnRecord::SIZE == 352);
+const _: () = assert!(ConnRecord::SIZE == 360);
 
 /// `AF_INET` as the kernel numbers it.
 pub const AF_INET: u16 = 2;

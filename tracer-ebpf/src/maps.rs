@@ -16,7 +16,7 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 /// was cloned from) and the transitions not yet shipped; removed at ->CLOSE. A plain
 /// hash map, not LRU: when it is full an insert fails and is counted
 /// (`LOSS_OWNER_MAP`), where an LRU map would evict a live socket's owner without a
-/// trace. Not preallocated (`BPF_F_NO_PREALLOC`): 352 bytes a socket are taken as
+/// trace. Not preallocated (`BPF_F_NO_PREALLOC`): 360 bytes a socket are taken as
 /// sockets come. What comes after ->CLOSE (the error report, a reset sent by
 /// close()) carries the socket's 4-tuple; userspace hands it the owner of the
 /// connection that closed on it.

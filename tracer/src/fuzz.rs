@@ -123,6 +123,7 @@ fn conn_record() -> Vec<u8> {
         srtt_us: 800,
         bytes_acked: 100,
         bytes_received: 2000,
+        born_ns: 1,
         steps: [tracer_common::Step::ZERO; tracer_common::MAX_STEPS],
     };
     rec.head.kind = tracer_common::kind::CONN;

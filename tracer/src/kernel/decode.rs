@@ -131,6 +131,7 @@ pub fn parse_conn(b: &[u8]) -> Result<ConnRecord, DecodeError> {
     let srtt_us = rest.get_u32_le();
     let bytes_acked = rest.get_u64_le();
     let bytes_received = rest.get_u64_le();
+    let born_ns = rest.get_u64_le();
     let mut steps = [Step::ZERO; MAX_STEPS];
     for step in &mut steps {
         step.ts_ns = rest.get_u64_le();
@@ -147,6 +148,7 @@ pub fn parse_conn(b: &[u8]) -> Result<ConnRecord, DecodeError> {
         srtt_us,
         bytes_acked,
         bytes_received,
+        born_ns,
         steps,
     })
 }
@@ -382,6 +384,7 @@ mod tests {
             srtt_us: 8 * 120,
             bytes_acked: 100,
             bytes_received: 2000,
+            born_ns: 6_999_000_000,
             steps,
         }
     }

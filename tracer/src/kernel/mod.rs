@@ -15,6 +15,7 @@ pub mod keepalive;
 pub mod listeners;
 pub mod netstat;
 pub mod probes;
+pub mod sighted;
 pub mod sockstat;
 pub mod support;
 pub mod time;

@@ -75,9 +75,8 @@ struct Pipeline<'a> {
     waits_shown: bool,
     namespaces_warned: bool,
     last_losses: crate::event::Losses,
-    /// Socket -> the last transition already delivered from a read of the kernel's
-    /// records ([`Pipeline::sight`]); the kernel ships those steps again later.
-    sighted: std::collections::HashMap<u64, u64>,
+    /// What reads of the kernel's records ([`Pipeline::sight`]) delivered early.
+    sighted: crate::kernel::sighted::Sighted,
     sight_buf: Vec<tracer_common::ConnRecord>,
     socks: Option<crate::kernel::probes::Socks>,
     /// When an EADDRNOTAVAIL last made the pipeline read every open socket.
@@ -92,16 +91,7 @@ impl Pipeline<'_> {
         if bytes.len() == tracer_common::ConnRecord::SIZE {
             match crate::kernel::decode::parse_conn(bytes) {
                 Ok(mut rec) => {
-                    // The socket's last record also ends what is remembered of it.
-                    let upto = if rec.head.flags & tracer_common::flags::FINAL != 0 {
-                        self.sighted.remove(&rec.head.sock)
-                    } else {
-                        self.sighted.get(&rec.head.sock).copied()
-                    };
-                    if let Some(upto) = upto {
-                        trim(&mut rec, upto);
-                    }
-                    if rec.steps_len > 0 {
+                    if self.sighted.shipped(&mut rec) {
                         self.handle_conn(&rec, sink);
                     }
                 }
@@ -161,23 +151,10 @@ impl Pipeline<'_> {
         let mut buf = std::mem::take(&mut self.sight_buf);
         buf.clear();
         crate::kernel::probes::waiting_records(socks, before, &mut buf);
-        if self.sighted.len() > 262_144 {
-            // Sockets whose last record was lost: forget them, not grow.
-            self.sighted.clear();
-        }
         for rec in &mut buf {
-            if let Some(&upto) = self.sighted.get(&rec.head.sock) {
-                trim(rec, upto);
+            if self.sighted.read(rec) {
+                self.handle_conn(rec, sink);
             }
-            let n = rec.steps_len as usize;
-            if n == 0 {
-                continue;
-            }
-            rec.head.kind = tracer_common::kind::CONN;
-            rec.head.flags = 0;
-            rec.head.new_state = rec.steps[n - 1].new_state;
-            self.sighted.insert(rec.head.sock, rec.steps[n - 1].ts_ns);
-            self.handle_conn(rec, sink);
         }
         self.sight_buf = buf;
     }
@@ -478,7 +455,7 @@ impl<'a> Pipeline<'a> {
             last_listen_pass: None,
             namespaces_warned: false,
             last_losses: crate::event::Losses::default(),
-            sighted: std::collections::HashMap::new(),
+            sighted: crate::kernel::sighted::Sighted::default(),
             sight_buf: Vec::new(),
             socks: None,
             last_full_sight: None,
@@ -621,17 +598,6 @@ pub fn run(
         stats,
         probes,
     })
-}
-
-/// Drops the steps of `rec` at or before `upto` (already delivered).
-fn trim(rec: &mut tracer_common::ConnRecord, upto: u64) {
-    let n = (rec.steps_len as usize).min(tracer_common::MAX_STEPS);
-    let keep = rec.steps[..n]
-        .iter()
-        .position(|s| s.ts_ns > upto)
-        .unwrap_or(n);
-    rec.steps.copy_within(keep..n, 0);
-    rec.steps_len = u32::try_from(n - keep).unwrap_or(0);
 }
 
 /// The losses of a run so far: kernel counters, undecodable records, engine evictions.
