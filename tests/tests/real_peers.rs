@@ -35,7 +35,26 @@ fn psql_workers_hung_on_a_vanished_pgbouncer_are_named_with_when_keepalive_ends_
 
     let report = recording.replayed_report();
     let hung = findings_for(&report, "awaiting-reply", "192.0.2.2:6432");
-    assert_eq!(hung.len(), 1, "{report:#?}");
+    let waits: Vec<String> = recording
+        .log
+        .records
+        .iter()
+        .filter_map(|r| match r {
+            tracer::eventlog::Record::Waiting(w) => Some(format!(
+                "{:?}",
+                w.conns
+                    .iter()
+                    .map(|c| (c.comm.clone(), c.remote, c.waiting_ms))
+                    .collect::<Vec<_>>()
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        hung.len(),
+        1,
+        "{report:#?}\nwaiting records: {waits:#?}\npids {pids:?}"
+    );
     let hung = hung[0];
     assert_eq!(hung["severity"], "critical", "{hung:#}");
     assert_eq!(hung["count"], 3);
