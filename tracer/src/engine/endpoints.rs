@@ -17,6 +17,8 @@ pub struct EndpointStats {
     pub resets_received: u64,
     pub connect_errors: u64,
     pub retransmits: u64,
+    /// A listener's accept queue: queued now, backlog, connection attempts dropped.
+    pub listen: Option<(u32, u32, u64)>,
 }
 
 impl EndpointStats {
@@ -53,6 +55,12 @@ impl Endpoints {
             );
         }
         self.by_endpoint.get_mut(&endpoint)
+    }
+
+    pub fn listen(&mut self, endpoint: SocketAddr, queued: u32, backlog: u32, drops: u64) {
+        if let Some(s) = self.get(endpoint) {
+            s.listen = Some((queued, backlog, drops));
+        }
     }
 
     pub fn idle_close(&mut self, endpoint: SocketAddr, idle_ms: u64) {

@@ -189,6 +189,13 @@ impl ListenOverflow {
         u.last = l.time;
     }
 
+    /// Every listener seen queueing: (address, queued now, backlog, drops so far).
+    pub fn states(&self) -> impl Iterator<Item = (SocketAddr, u32, u32, u64)> + '_ {
+        self.listeners
+            .iter()
+            .map(|((_, local), k)| (*local, k.queued, k.backlog, k.drops))
+    }
+
     pub fn findings(&self, now_ns: u64, out: &mut Vec<Finding>) {
         let ongoing = |at: u64| now_ns.saturating_sub(at) <= ONGOING_MS * 1_000_000;
         for ((netns, local), k) in &self.listeners {

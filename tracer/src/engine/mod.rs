@@ -499,11 +499,19 @@ impl Engine {
             .evaluate(&self.conns, self.now_ns, self.now_wall, &self.cfg);
     }
 
+    /// Listeners seen queueing: (address, queued now, backlog, drops so far).
+    pub fn listener_states(&self) -> Vec<(std::net::SocketAddr, u32, u32, u64)> {
+        self.listen.states().collect()
+    }
+
     /// Feeds one look at the listeners' queues and drop counters.
     pub fn listeners(&mut self, l: &crate::event::Listeners) {
         self.stats.samples += 1;
         self.advance(l.mono_ns, l.time);
         self.listen.sample(l);
+        for (local, queued, backlog, drops) in self.listen.states() {
+            self.endpoints.listen(local, queued, backlog, drops);
+        }
         self.count_evicted();
     }
 

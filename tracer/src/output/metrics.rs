@@ -59,6 +59,11 @@ impl EncodeLabelValue for Addr {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Listener {
+    listener: Addr,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FindingLabels {
     kind: &'static str,
     severity: String,
@@ -93,6 +98,10 @@ pub struct Metrics {
     scrapes_refused: Counter,
     accept_errors: Counter,
     tracked: Gauge,
+    listen_queue: Family<Listener, Gauge>,
+    listen_backlog: Family<Listener, Gauge>,
+    listen_drops: Family<Listener, Counter>,
+    listeners_omitted: Gauge,
     /// Sockets that went SYN_SENT -> CLOSE lately, whose error is a connect error.
     unconnected: VecDeque<u64>,
 }
@@ -112,6 +121,31 @@ pub struct Probed {
     pub scrapes: u64,
     pub scrapes_refused: u64,
     pub accept_errors: u64,
+}
+
+impl Metrics {
+    fn register_listeners(&self, r: &mut Registry) {
+        r.register(
+            "conntrace_listen_queue",
+            "Connections waiting in a listener's accept queue (listeners seen queueing)",
+            self.listen_queue.clone(),
+        );
+        r.register(
+            "conntrace_listen_backlog",
+            "A listener's accept queue limit (its backlog, clamped by somaxconn)",
+            self.listen_backlog.clone(),
+        );
+        r.register(
+            "conntrace_listen_drops",
+            "Connection attempts dropped at a full accept queue, attributed to the listener",
+            self.listen_drops.clone(),
+        );
+        r.register(
+            "conntrace_listen_listeners_omitted",
+            "Listeners seen queueing beyond the label cap, not exported",
+            self.listeners_omitted.clone(),
+        );
+    }
 }
 
 /// Sets a counter that mirrors a total kept elsewhere (kernel, server, engine).
@@ -137,6 +171,10 @@ impl Default for Metrics {
             scrapes_refused: Counter::default(),
             accept_errors: Counter::default(),
             tracked: Gauge::default(),
+            listen_queue: Family::default(),
+            listen_backlog: Family::default(),
+            listen_drops: Family::default(),
+            listeners_omitted: Gauge::default(),
             unconnected: VecDeque::new(),
             registry: Registry::default(),
         };
@@ -171,6 +209,7 @@ impl Default for Metrics {
             "Idle-close observations not kept because the endpoint cap was reached",
             m.endpoints_dropped.clone(),
         );
+        m.register_listeners(r);
         r.register(
             "conntrace_findings_active",
             "Current findings, by kind and severity",
@@ -316,6 +355,24 @@ impl Metrics {
         mirror(&self.accept_errors, probed.accept_errors);
         self.tracked
             .set(i64::try_from(engine.conns.len()).unwrap_or(i64::MAX));
+        let mut listeners = engine.listener_states();
+        // The ones that dropped most, then the fullest, keep their labels.
+        listeners.sort_by_key(|(a, q, _, d)| (std::cmp::Reverse((*d, *q)), *a));
+        let omitted = listeners.len().saturating_sub(MAX_ENDPOINTS);
+        self.listeners_omitted
+            .set(i64::try_from(omitted).unwrap_or(i64::MAX));
+        for (addr, queued, backlog, drops) in listeners.into_iter().take(MAX_ENDPOINTS) {
+            let label = Listener {
+                listener: Addr(addr),
+            };
+            self.listen_queue
+                .get_or_create(&label)
+                .set(i64::from(queued));
+            self.listen_backlog
+                .get_or_create(&label)
+                .set(i64::from(backlog));
+            mirror(&self.listen_drops.get_or_create(&label), drops);
+        }
         let mut s = String::with_capacity(4096);
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
@@ -361,6 +418,33 @@ mod tests {
                 engine.ingest(&e);
             }
         }
+        for (at, overflows) in [(3000, 0), (5000, 25)] {
+            let mono_ns = crate::engine::testing::T0 + at * 1_000_000;
+            engine.listeners(&crate::event::Listeners {
+                time: crate::engine::testing::wall(mono_ns),
+                mono_ns,
+                interval_ms: 2000,
+                queues: vec![crate::event::ListenQueue {
+                    netns: 7,
+                    local: "10.0.0.7:18095".parse().expect("addr"),
+                    queued: 5,
+                    backlog: 4,
+                    pid: 3,
+                    comm: "srv".into(),
+                    cgroup: 0,
+                }],
+                namespaces: vec![crate::event::NamespaceListen {
+                    netns: 7,
+                    counters: crate::event::ListenCounters {
+                        overflows,
+                        drops: overflows,
+                        ..Default::default()
+                    },
+                    somaxconn: 4096,
+                    new: false,
+                }],
+            });
+        }
         let refused = Sock::new(99, 9, "client", "10.0.0.1:40001", "10.0.0.5:9");
         m.observe(&refused.connect_error(1, libc::EADDRNOTAVAIL));
         m.observe(&refused.reset_sent(2, None, "NO_SOCKET"));
@@ -392,6 +476,12 @@ mod tests {
         assert_eq!(text.matches("le=\"+Inf\"").count(), MAX_ENDPOINTS, "capped");
         assert!(text.contains("conntrace_metrics_endpoints_dropped_total 6"));
         assert!(text.contains("conntrace_programs_attached 9"));
+        assert!(
+            text.contains("conntrace_listen_drops_total{listener=\"10.0.0.7:18095\"} 25"),
+            "{text}"
+        );
+        assert!(text.contains("conntrace_listen_queue{listener=\"10.0.0.7:18095\"} 5"));
+        assert!(text.contains("conntrace_listen_backlog{listener=\"10.0.0.7:18095\"} 4"));
         assert!(text.contains("conntrace_events_lost_total{cause=\"ringbuf_full\"} 0"));
         assert!(
             text.ends_with("# EOF\n"),

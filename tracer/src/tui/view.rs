@@ -239,11 +239,17 @@ fn endpoint_row(r: &EndpointRow, hist_width: usize) -> Row<'static> {
         )),
         Cell::from(r.stats.connect_errors.to_string()),
         Cell::from(r.stats.retransmits.to_string()),
+        Cell::from(
+            r.stats
+                .listen
+                .map(|(q, b, drops)| format!("{q}/{b} {drops}"))
+                .unwrap_or_default(),
+        ),
     ])
 }
 
 fn draw_endpoints(frame: &mut Frame, area: Rect, app: &App) {
-    let fixed = 22 + 5 + 7 + 9 + 6 + 7 + 6;
+    let fixed = 22 + 5 + 7 + 9 + 6 + 7 + 6 + 12;
     let hist = usize::from(area.width.saturating_sub(fixed)).clamp(10, 41);
     let header = Row::new(vec![
         "Endpoint",
@@ -253,6 +259,7 @@ fn draw_endpoints(frame: &mut Frame, area: Rect, app: &App) {
         "RST s/r",
         "ConnErr",
         "Retrans",
+        "Queue drops",
     ])
     .style(Style::default().add_modifier(Modifier::BOLD));
     let rows: Vec<Row> = app
@@ -269,6 +276,7 @@ fn draw_endpoints(frame: &mut Frame, area: Rect, app: &App) {
         Constraint::Length(9),
         Constraint::Length(7),
         Constraint::Length(7),
+        Constraint::Length(12),
     ];
     let table = Table::new(rows, widths)
         .header(header)
