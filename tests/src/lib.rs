@@ -61,6 +61,8 @@ pub fn require_root() {
 pub struct Recorder {
     child: Child,
     pub path: PathBuf,
+    /// What conntrace printed on stdout (the findings at exit).
+    pub stdout: PathBuf,
     stderr_lines: std::sync::mpsc::Receiver<String>,
     stderr_seen: Vec<String>,
 }
@@ -73,8 +75,15 @@ impl Recorder {
 
     /// [`Recorder::start`] with extra environment variables.
     pub fn start_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
-        require_root();
         let path = std::env::temp_dir().join(format!("{}.jsonl", unique("conntrace-test-")));
+        Self::start_at(&path, extra, env)
+    }
+
+    /// [`Recorder::start_env`], writing the log at `path`.
+    pub fn start_at(path: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        require_root();
+        let path = path.to_path_buf();
+        let stdout = std::env::temp_dir().join(format!("{}.out", unique("conntrace-test-")));
         let mut child = Command::new(conntrace_bin())
             .args(["record", "-o"])
             .arg(&path)
@@ -82,7 +91,7 @@ impl Recorder {
             .args(extra)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).expect("stdout file"))
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn conntrace record");
@@ -98,6 +107,7 @@ impl Recorder {
         let mut rec = Self {
             child,
             path,
+            stdout,
             stderr_lines: rx,
             stderr_seen: Vec::new(),
         };
@@ -118,6 +128,18 @@ impl Recorder {
                 ),
             }
         }
+    }
+
+    /// SIGINT and wait: the exit status and every line conntrace wrote on stderr.
+    pub fn stop_raw(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        std::thread::sleep(Duration::from_millis(200));
+        // SAFETY: plain syscall on our own child.
+        unsafe { libc::kill(i32::try_from(self.child.id()).expect("pid"), libc::SIGINT) };
+        let status = self.child.wait().expect("wait for conntrace");
+        while let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_secs(2)) {
+            self.stderr_seen.push(line);
+        }
+        (status, std::mem::take(&mut self.stderr_seen))
     }
 
     /// SIGINT, wait for a clean exit, and read the log back.
@@ -153,6 +175,7 @@ impl Drop for Recorder {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.stdout);
     }
 }
 

@@ -544,6 +544,18 @@ pub struct Losses {
     pub undecodable: u64,
     /// Engine table entries evicted or not kept (connections, groups).
     pub engine_evicted: u64,
+    /// Records the log could not take (its disk full or failing): traced and
+    /// diagnosed, not written.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub log_unwritten: u64,
+}
+
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if signature"
+)]
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Losses {
@@ -595,7 +607,14 @@ impl Losses {
             self.owner_map,
             self.connect_map,
             self.engine_evicted,
-        ))
+        ) + &if self.log_unwritten > 0 {
+            format!(
+                "; the log itself misses {} records its disk could not take",
+                self.log_unwritten
+            )
+        } else {
+            String::new()
+        })
     }
 }
 

@@ -45,5 +45,10 @@ pub fn run(args: &RecordArgs) -> Result<()> {
     } else {
         crate::output::term::text(true, &report::render(&findings, report::Format::Text)?);
     }
+    // The diagnosis went on when the disk filled; the exit status says the log did
+    // not keep all of it.
+    if let Some(what) = log.incomplete() {
+        anyhow::bail!("the log {output} is incomplete: {what}");
+    }
     Ok(())
 }

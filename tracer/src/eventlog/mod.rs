@@ -11,7 +11,7 @@
 
 use std::{
     fs::File,
-    io::{BufRead, BufReader, BufWriter, Write},
+    io::{BufRead, BufReader},
     path::Path,
     time::SystemTime,
 };
@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::event::{Event, Sockstat, Waiting};
 
 pub mod jsonl;
+pub mod store;
 
 /// The log format version this build writes.
 ///
@@ -126,8 +127,11 @@ impl std::fmt::Display for LineError {
 }
 
 /// Writes a log.
-pub struct LogWriter<W: Write> {
-    out: BufWriter<W>,
+pub struct LogWriter<W: store::Truncate> {
+    out: store::Store<W>,
+    /// The last losses written, resent with the log's own count when its disk
+    /// comes back.
+    last_losses: crate::event::Losses,
     line: Vec<u8>,
     times: crate::eventlog::jsonl::TimeCache,
     pub events: u64,
@@ -190,10 +194,11 @@ impl LogWriter<File> {
     }
 }
 
-impl<W: Write> LogWriter<W> {
+impl<W: store::Truncate> LogWriter<W> {
     pub fn new(out: W) -> Self {
         Self {
-            out: BufWriter::with_capacity(256 * 1024, out),
+            out: store::Store::new(out),
+            last_losses: crate::event::Losses::default(),
             line: Vec::with_capacity(512),
             times: crate::eventlog::jsonl::TimeCache::default(),
             events: 0,
@@ -219,8 +224,7 @@ impl<W: Write> LogWriter<W> {
         self.line.clear();
         crate::eventlog::jsonl::write_event(&mut self.line, event, &mut self.times);
         self.line.push(b'\n');
-        self.bytes += self.line.len() as u64;
-        self.out.write_all(&self.line).context("writing the log")
+        self.put()
     }
 
     /// A connection record: one line for all of its transitions.
@@ -229,8 +233,7 @@ impl<W: Write> LogWriter<W> {
         self.line.clear();
         crate::eventlog::jsonl::write_conn(&mut self.line, conn, &mut self.times);
         self.line.push(b'\n');
-        self.bytes += self.line.len() as u64;
-        self.out.write_all(&self.line).context("writing the log")
+        self.put()
     }
 
     pub fn cgroup(&mut self, info: &crate::k8s::CgroupInfo) -> Result<()> {
@@ -257,12 +260,24 @@ impl<W: Write> LogWriter<W> {
         self.write_line(&Line { sockstat: sample })
     }
 
+    /// What the recording lost so far, with the records the log itself could not
+    /// take.
     pub fn losses(&mut self, losses: &crate::event::Losses) -> Result<()> {
         #[derive(Serialize)]
         struct Line<'a> {
             losses: &'a crate::event::Losses,
         }
-        self.write_line(&Line { losses })
+        self.last_losses = crate::event::Losses {
+            log_unwritten: self.out.unwritten,
+            ..*losses
+        };
+        let losses = self.last_losses;
+        self.write_line(&Line { losses: &losses })
+    }
+
+    /// What the log lacks (its disk full or failing), if anything.
+    pub fn incomplete(&self) -> Option<String> {
+        self.out.incomplete()
     }
 
     pub fn waiting(&mut self, snapshot: &Waiting) -> Result<()> {
@@ -310,12 +325,29 @@ impl<W: Write> LogWriter<W> {
         self.line.clear();
         serde_json::to_writer(&mut self.line, value)?;
         self.line.push(b'\n');
-        self.bytes += self.line.len() as u64;
-        self.out.write_all(&self.line).context("writing the log")
+        self.put()
     }
 
+    /// The line built in `self.line`, to the store; a log whose disk came back says
+    /// first what it is missing.
+    fn put(&mut self) -> Result<()> {
+        self.bytes += self.line.len() as u64;
+        self.out.push(&self.line);
+        if self.out.recovered() {
+            let line = std::mem::take(&mut self.line);
+            let losses = self.last_losses;
+            let r = self.losses(&losses);
+            self.line = line;
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Writes what is buffered. A failing disk is not an error here: see
+    /// [`LogWriter::incomplete`].
     pub fn flush(&mut self) -> Result<()> {
-        self.out.flush().context("flushing the log")
+        self.out.flush();
+        Ok(())
     }
 }
 
@@ -323,6 +355,10 @@ impl LogWriter<File> {
     /// Flushes and fsyncs: the log is on disk when `record` says it was written.
     pub fn finish(&mut self) -> Result<()> {
         self.flush()?;
+        if self.out.error.is_some() {
+            // Said by `incomplete`; an fsync would only repeat the error.
+            return Ok(());
+        }
         self.out
             .get_ref()
             .sync_all()
@@ -724,7 +760,7 @@ mod tests {
         w.finding(&serde_json::json!({"kind": "idle-close-timeout"}))
             .unwrap();
         w.flush().unwrap();
-        w.out.into_inner().unwrap()
+        w.out.get_ref().clone()
     }
 
     #[test]

@@ -77,7 +77,7 @@ pub trait Sink {
 
 /// A log as a sink (`record`): every record written as it comes, the header once the
 /// programs are attached.
-impl<W: std::io::Write> Sink for crate::eventlog::LogWriter<W> {
+impl<W: crate::eventlog::store::Truncate> Sink for crate::eventlog::LogWriter<W> {
     fn attached(&mut self, probes: &Probes) -> Result<()> {
         match self.pending_header.take() {
             Some(header) => self.header(&header.with_probes(probes)),

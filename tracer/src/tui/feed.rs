@@ -159,13 +159,10 @@ impl TuiSink {
             log_path.display(),
             findings.len(),
             report_path.display(),
-            if self.spool_dropped > 0 {
-                format!(
-                    " ({} records after the first GiB were not kept)",
-                    self.spool_dropped
-                )
-            } else {
-                String::new()
+            match (self.spool_dropped, self.spool.incomplete()) {
+                (_, Some(what)) => format!(" (the spool is incomplete: {what})"),
+                (0, None) => String::new(),
+                (n, None) => format!(" ({n} records after the first GiB were not kept)"),
             }
         ))
     }
@@ -219,16 +216,29 @@ impl TuiSink {
 }
 
 /// Copies the whole spool (read at offsets: the writer's position is untouched).
+/// When the export's disk fills, the export is cut back to its last whole record
+/// and the error says so.
 fn copy_spool(spool: &File, out: &mut File) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt as _;
     let mut buf = vec![0u8; 256 * 1024];
     let mut at = 0u64;
+    // Bytes of the export that end on a whole record.
+    let mut whole = 0u64;
     loop {
         let n = spool.read_at(&mut buf, at)?;
         if n == 0 {
             return Ok(());
         }
-        std::io::Write::write_all(out, &buf[..n])?;
+        if let Err(e) = std::io::Write::write_all(out, &buf[..n]) {
+            let _ = crate::eventlog::store::Truncate::truncate_to(out, whole);
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("{e}; the export was cut back to its last whole record ({whole} bytes)"),
+            ));
+        }
+        if let Some(last) = buf[..n].iter().rposition(|b| *b == b'\n') {
+            whole = at + last as u64 + 1;
+        }
         at += n as u64;
     }
 }
