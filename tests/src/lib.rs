@@ -81,10 +81,43 @@ impl Recorder {
 
     /// [`Recorder::start_env`], writing the log at `path`.
     pub fn start_at(path: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_with(path, extra, env, None)
+    }
+
+    /// [`Recorder::start`] under a file limit of `nofile` (soft and hard), as a
+    /// process of a node with a small `LimitNOFILE` runs.
+    pub fn start_with_nofile(extra: &[&str], nofile: u64) -> Self {
+        let path = std::env::temp_dir().join(format!("{}.jsonl", unique("conntrace-test-")));
+        Self::start_with(&path, extra, &[], Some(nofile))
+    }
+
+    fn start_with(
+        path: &std::path::Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> Self {
         require_root();
         let path = path.to_path_buf();
         let stdout = std::env::temp_dir().join(format!("{}.out", unique("conntrace-test-")));
-        let mut child = Command::new(conntrace_bin())
+        let mut cmd = Command::new(conntrace_bin());
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd
             .args(["record", "-o"])
             .arg(&path)
             .args(["--duration", "120"])

@@ -96,6 +96,7 @@ pub struct Metrics {
     programs: Gauge,
     scrapes: Counter,
     scrapes_refused: Counter,
+    scrapes_reclaimed: Counter,
     accept_errors: Counter,
     tracked: Gauge,
     listen_queue: Family<Listener, Gauge>,
@@ -120,11 +121,17 @@ pub struct Probed {
     /// The HTTP server's own counters.
     pub scrapes: u64,
     pub scrapes_refused: u64,
+    pub scrapes_reclaimed: u64,
     pub accept_errors: u64,
 }
 
 impl Metrics {
     fn register_listeners(&self, r: &mut Registry) {
+        r.register(
+            "conntrace_metrics_connections_reclaimed",
+            "Metrics connections cut to make room: they had sent no request",
+            self.scrapes_reclaimed.clone(),
+        );
         r.register(
             "conntrace_listen_queue",
             "Connections waiting in a listener's accept queue (listeners seen queueing)",
@@ -169,6 +176,7 @@ impl Default for Metrics {
             programs: Gauge::default(),
             scrapes: Counter::default(),
             scrapes_refused: Counter::default(),
+            scrapes_reclaimed: Counter::default(),
             accept_errors: Counter::default(),
             tracked: Gauge::default(),
             listen_queue: Family::default(),
@@ -232,7 +240,7 @@ impl Default for Metrics {
         );
         r.register(
             "conntrace_metrics_connections_refused",
-            "Metrics connections closed at once: the connection limit was reached",
+            "Metrics connections closed at once: the limit was reached and every connection was a live scrape",
             m.scrapes_refused.clone(),
         );
         r.register(
@@ -352,6 +360,7 @@ impl Metrics {
             .set(i64::try_from(probed.programs).unwrap_or(i64::MAX));
         mirror(&self.scrapes, probed.scrapes);
         mirror(&self.scrapes_refused, probed.scrapes_refused);
+        mirror(&self.scrapes_reclaimed, probed.scrapes_reclaimed);
         mirror(&self.accept_errors, probed.accept_errors);
         self.tracked
             .set(i64::try_from(engine.conns.len()).unwrap_or(i64::MAX));

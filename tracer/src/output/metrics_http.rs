@@ -1,8 +1,11 @@
 //! The `--metrics-addr` HTTP server, off the event thread: its own thread and
 //! runtime, hyper for HTTP/1, answering `GET /metrics` from the last page the event
 //! loop rendered (every 200 ms) — a scrape never waits on the engine and the engine
-//! never waits on a scrape. Bounded: at most [`MAX_CONNECTIONS`] at once (more are
-//! closed at once and counted), [`HEADER_TIMEOUT`] to send a request head and
+//! never waits on a scrape. Bounded: as many connections as the process can afford
+//! ([`connection_limit`]: a quarter of its file limit, 64 to 4096, a few KB each);
+//! when full, the oldest connection that has not sent a request is cut to make room
+//! (counted), so idle neighbours cannot blind the scrapes — only a table full of live
+//! scrapes refuses; [`HEADER_TIMEOUT`] to send a request head and
 //! [`CONNECTION_TIMEOUT`] per connection; accept errors (EMFILE) back off instead of
 //! spinning. Anything but `GET /metrics` gets 404 or 405.
 
@@ -19,8 +22,10 @@ use anyhow::{Context as _, Result};
 use http_body_util::Full;
 use hyper::{body::Bytes, Method, Request, Response, StatusCode};
 
-pub const MAX_CONNECTIONS: usize = 32;
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections held at most (see [`connection_limit`]).
+pub const MAX_CONNECTIONS: usize = 4096;
+pub const MIN_CONNECTIONS: usize = 64;
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(3);
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the server did, for its own series.
@@ -28,6 +33,8 @@ pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Counters {
     pub scrapes: AtomicU64,
     pub refused: AtomicU64,
+    /// Connections cut to make room: they had sent no request.
+    pub reclaimed: AtomicU64,
     pub accept_errors: AtomicU64,
 }
 
@@ -76,11 +83,71 @@ pub fn serve(addr: SocketAddr) -> Result<Handle> {
     Ok(handle)
 }
 
+/// One open connection: when it came, whether its request head arrived, and how to
+/// cut it.
+struct Open {
+    since: std::time::Instant,
+    requested: Arc<std::sync::atomic::AtomicBool>,
+    abort: tokio::task::AbortHandle,
+}
+
+/// The connections open now, by arrival number.
+#[derive(Default)]
+struct Table {
+    open: std::collections::BTreeMap<u64, Open>,
+    next: u64,
+}
+
+impl Table {
+    /// Cuts the oldest connection that has sent no request; `false` when every
+    /// connection is busy with a scrape.
+    fn reclaim(&mut self) -> bool {
+        let idle = self
+            .open
+            .iter()
+            .filter(|(_, o)| !o.requested.load(Ordering::Relaxed))
+            .min_by_key(|(_, o)| o.since)
+            .map(|(k, _)| *k);
+        match idle.and_then(|k| self.open.remove(&k)) {
+            Some(o) => {
+                o.abort.abort();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The most connections the server holds: what the process can afford, a quarter of
+/// its file limit (raised to the hard limit at start), between 64 and 4096.
+pub fn connection_limit() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid rlimit for getrlimit/setrlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    usize::try_from(lim.rlim_cur / 4)
+        .unwrap_or(MAX_CONNECTIONS)
+        .clamp(MIN_CONNECTIONS, MAX_CONNECTIONS)
+}
+
 async fn accept_loop(listener: std::net::TcpListener, h: Handle) {
     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
         return;
     };
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let limit = connection_limit();
+    let table = Arc::new(Mutex::new(Table::default()));
     loop {
         let Ok((socket, _)) = listener.accept().await else {
             // EMFILE and friends: wait instead of spinning on the same error.
@@ -88,16 +155,29 @@ async fn accept_loop(listener: std::net::TcpListener, h: Handle) {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            h.counters.refused.fetch_add(1, Ordering::Relaxed);
-            drop(socket);
-            continue;
+        let Ok(mut t) = table.lock() else {
+            return;
         };
-        let h = h.clone();
-        tokio::spawn(async move {
+        // Full: the oldest connection that never sent a request makes room (an idle
+        // neighbour must not blind the scrapes); only a table of live scrapes refuses.
+        if t.open.len() >= limit {
+            if t.reclaim() {
+                h.counters.reclaimed.fetch_add(1, Ordering::Relaxed);
+            } else {
+                h.counters.refused.fetch_add(1, Ordering::Relaxed);
+                drop(socket);
+                continue;
+            }
+        }
+        let id = t.next;
+        t.next += 1;
+        let requested = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (h2, flag, done) = (h.clone(), requested.clone(), table.clone());
+        let task = tokio::spawn(async move {
             let io = hyper_util::rt::TokioIo::new(socket);
             let service = hyper::service::service_fn(move |req| {
-                let h = h.clone();
+                flag.store(true, Ordering::Relaxed);
+                let h = h2.clone();
                 async move { Ok::<_, std::convert::Infallible>(answer(&h, &req)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
@@ -106,8 +186,18 @@ async fn accept_loop(listener: std::net::TcpListener, h: Handle) {
                 .keep_alive(false)
                 .serve_connection(io, service);
             let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
-            drop(permit);
+            if let Ok(mut t) = done.lock() {
+                t.open.remove(&id);
+            }
         });
+        t.open.insert(
+            id,
+            Open {
+                since: std::time::Instant::now(),
+                requested,
+                abort: task.abort_handle(),
+            },
+        );
     }
 }
 

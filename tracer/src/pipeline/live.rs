@@ -263,6 +263,7 @@ impl Pipeline<'_> {
             losses: losses_of(probes, self.stats, &self.engine),
             scrapes: n(&server.scrapes),
             scrapes_refused: n(&server.refused),
+            scrapes_reclaimed: n(&server.reclaimed),
             accept_errors: n(&server.accept_errors),
         };
         m.render(&self.engine, kernel)
