@@ -2,10 +2,12 @@
 //! records the kernel ships on the ring buffer, and the reads of its per-socket map
 //! for connections open longer than a second (a pool's idle sockets, a hung worker,
 //! a port held). A read delivers steps early; the kernel ships them again later, and
-//! those are trimmed. An entry is known by its socket address *and* its birth
-//! (`born_ns`): a freed socket's address is soon another's, and a read of the new
-//! entry must never trim the old one's last record, still on its way through the ring
-//! (seen under TCG: churned connections missing from the log with nothing counted).
+//! exactly those are dropped — by their span of timestamps, not "everything up to
+//! the read": a read can see an entry after a partial record left it and before the
+//! pipeline took that record from the ring, and must not erase its older steps. An
+//! entry is known by its socket address *and* its birth (`born_ns`): a freed socket's
+//! address is soon another's. (Both were seen under TCG: churned connections missing
+//! from the log with nothing counted.)
 
 use std::collections::HashMap;
 
@@ -16,46 +18,64 @@ const CAP: usize = 262_144;
 
 #[derive(Debug, Default)]
 pub struct Sighted {
-    /// (socket, birth) -> the last step delivered from a read.
-    upto: HashMap<(u64, u64), u64>,
+    /// (socket, birth) -> the spans of steps (first, last timestamp) reads delivered,
+    /// not yet shipped through the ring.
+    delivered: HashMap<(u64, u64), Vec<(u64, u64)>>,
 }
 
-/// Drops the steps at or before `upto`.
-fn trim(rec: &mut ConnRecord, upto: u64) {
+/// Spans kept per entry at most (a socket read every 2 s while it stays open, its
+/// spans pruned as the ring catches up); the oldest merge beyond.
+const MAX_SPANS: usize = 16;
+
+/// Drops the steps inside any of `spans`.
+fn drop_delivered(rec: &mut ConnRecord, spans: &[(u64, u64)]) {
     let n = (rec.steps_len as usize).min(MAX_STEPS);
-    let keep = rec.steps[..n]
-        .iter()
-        .position(|s| s.ts_ns > upto)
-        .unwrap_or(n);
-    rec.steps.copy_within(keep..n, 0);
-    rec.steps_len = u32::try_from(n - keep).unwrap_or(0);
+    let mut kept = 0;
+    for i in 0..n {
+        let ts = rec.steps[i].ts_ns;
+        if !spans.iter().any(|(from, to)| (*from..=*to).contains(&ts)) {
+            rec.steps[kept] = rec.steps[i];
+            kept += 1;
+        }
+    }
+    rec.steps_len = u32::try_from(kept).unwrap_or(0);
 }
 
 impl Sighted {
-    /// A record from the ring: what a read delivered already is trimmed; the socket's
-    /// final record ends what is remembered of it. Returns whether steps are left.
+    /// A record from the ring: the steps a read delivered already are dropped (only
+    /// those: a read may have seen the entry after this record left, and its steps
+    /// are newer); the socket's final record ends what is remembered of it. Returns
+    /// whether steps are left.
     pub fn shipped(&mut self, rec: &mut ConnRecord) -> bool {
         let key = (rec.head.sock, rec.born_ns);
-        let upto = if rec.head.flags & flags::FINAL != 0 {
-            self.upto.remove(&key)
-        } else {
-            self.upto.get(&key).copied()
-        };
-        if let Some(upto) = upto {
-            trim(rec, upto);
+        let n = (rec.steps_len as usize).min(MAX_STEPS);
+        let last = n.checked_sub(1).map(|i| rec.steps[i].ts_ns);
+        if rec.head.flags & flags::FINAL != 0 {
+            if let Some(spans) = self.delivered.remove(&key) {
+                drop_delivered(rec, &spans);
+            }
+        } else if let Some(spans) = self.delivered.get_mut(&key) {
+            drop_delivered(rec, spans);
+            // The kernel ships in order: spans up to this record's last step are done.
+            if let Some(last) = last {
+                spans.retain(|(_, to)| *to > last);
+            }
+            if spans.is_empty() {
+                self.delivered.remove(&key);
+            }
         }
         rec.steps_len > 0
     }
 
-    /// A record read from the map: trimmed of what an earlier read delivered, made
-    /// to look as the kernel would ship it, remembered. Returns whether steps are left.
+    /// A record read from the map: its steps not delivered before, made to look as
+    /// the kernel would ship them, remembered. Returns whether steps are left.
     pub fn read(&mut self, rec: &mut ConnRecord) -> bool {
-        if self.upto.len() > CAP {
-            self.upto.clear();
+        if self.delivered.len() > CAP {
+            self.delivered.clear();
         }
         let key = (rec.head.sock, rec.born_ns);
-        if let Some(&upto) = self.upto.get(&key) {
-            trim(rec, upto);
+        if let Some(spans) = self.delivered.get(&key) {
+            drop_delivered(rec, spans);
         }
         let n = (rec.steps_len as usize).min(MAX_STEPS);
         if n == 0 {
@@ -64,7 +84,12 @@ impl Sighted {
         rec.head.kind = kind::CONN;
         rec.head.flags = 0;
         rec.head.new_state = rec.steps[n - 1].new_state;
-        self.upto.insert(key, rec.steps[n - 1].ts_ns);
+        let spans = self.delivered.entry(key).or_default();
+        if spans.len() >= MAX_SPANS {
+            let (from, _) = spans.remove(0);
+            spans[0].0 = from;
+        }
+        spans.push((rec.steps[0].ts_ns, rec.steps[n - 1].ts_ns));
         true
     }
 }
@@ -102,6 +127,22 @@ mod tests {
         assert!(s.shipped(&mut last));
         assert_eq!(last.steps_len, 1);
         assert_eq!(last.steps[0].ts_ns, 300);
+    }
+
+    /// Regression: a read after a partial record left the entry, before the pipeline
+    /// took it from the ring, must not erase that record's older steps.
+    #[test]
+    fn a_read_after_a_partial_ship_leaves_the_shipped_steps_alone() {
+        let mut s = Sighted::default();
+        let mut read = record(0xa, 100, &[400], false);
+        assert!(s.read(&mut read));
+        let mut partial = record(0xa, 100, &[100, 200, 300], false);
+        assert!(s.shipped(&mut partial));
+        assert_eq!(partial.steps_len, 3, "the partial record whole");
+        let mut last = record(0xa, 100, &[400, 500], true);
+        assert!(s.shipped(&mut last));
+        assert_eq!(last.steps_len, 1);
+        assert_eq!(last.steps[0].ts_ns, 500);
     }
 
     /// Regression: socket X closed (its final record still in the ring); Y got X's
