@@ -70,12 +70,22 @@ fn daemonset_has_the_capabilities_and_read_only_mounts_it_needs() {
         );
     }
     assert_eq!(strings(&sc["capabilities"]["drop"]), vec!["ALL"]);
+    // NET_ADMIN: ctnetlink answers only with it — the Service VIP's backend.
+    assert!(caps.iter().any(|c| c == "NET_ADMIN"), "{caps:?}");
     assert!(
-        !caps.iter().any(|c| c == "NET_ADMIN"),
-        "no hook needs NET_ADMIN: {caps:?}"
+        !caps.iter().any(|c| c == "NET_RAW" || c == "SYS_MODULE"),
+        "nothing beyond what a read needs: {caps:?}"
     );
     let mounts = c["volumeMounts"].as_sequence().expect("mounts");
-    for path in ["/sys/kernel/btf", "/sys/kernel/tracing", "/sys/fs/cgroup"] {
+    // What the binary opens on the host (strace of `watch`; docs/kubernetes.md):
+    // BTF, tracefs, cgroupfs, the kernel config for HZ, named network namespaces.
+    for path in [
+        "/sys/kernel/btf",
+        "/sys/kernel/tracing",
+        "/sys/fs/cgroup",
+        "/boot",
+        "/run/netns",
+    ] {
         let m = mounts
             .iter()
             .find(|m| m["mountPath"] == path)
@@ -138,5 +148,15 @@ fn container_command_is_a_real_subcommand() {
     assert!(
         file.contains("ENTRYPOINT [\"/usr/local/bin/conntrace\"]"),
         "image entrypoint matches the manifest"
+    );
+    assert!(
+        file.lines().any(|l| l.trim() == "FROM scratch"),
+        "the image is the static binary alone: no registry to pull from"
+    );
+    // The reference `cargo xtask image` tags.
+    let image = c["image"].as_str().expect("image");
+    assert_eq!(
+        image,
+        format!("ghcr.io/conntrace/conntrace:{}", env!("CARGO_PKG_VERSION"))
     );
 }

@@ -18,6 +18,7 @@ use anyhow::{bail, Context as _, Result};
 mod bench;
 mod dist;
 mod fresh;
+mod image;
 mod matrix;
 mod peers;
 mod storm;
@@ -57,6 +58,7 @@ fn main() -> ExitCode {
             .and_then(|()| test_setup())
             .and_then(|()| matrix::run(&args[1..])),
         Some("fresh") => fresh::run(&args[1..]),
+        Some("image") => setup().and_then(|()| image::run()),
         _ => {
             eprintln!(
                 "usage: cargo xtask setup            install build (as the user) and test (as root) prerequisites\n       \
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
                  cargo xtask dist             the static binary (musl) in target/dist, tried in a busybox-only chroot (as root)\n       \
                  cargo xtask matrix [KERNELS] boot each kernel in qemu and run the root tests there (as root);\n       \
                  \x20                            KERNELS: comma-separated, of 5.10,6.1,6.12,host (default: all)\n       \
+                 cargo xtask image            the container image from the static binary (FROM scratch, podman, no registry)\n       \
                  cargo xtask fresh [DIR]      CI as a new machine runs it: .ci/run in a clone of HEAD with a minimal PATH,\n       \
                  \x20                            its own CARGO_HOME and an empty cache (as root)"
             );
@@ -362,17 +365,21 @@ fn test(args: &[String]) -> Result<()> {
             .args(["build", "-p", "tracer", "--bin", "conntrace"])
             .current_dir(&root),
     )?;
+    // The static binary and the image the DaemonSet runs: a test starts it.
+    let bin = dist::build()?;
+    let image = image::build(&bin)?;
     status(
         Command::new("cargo")
             .args(["test", "--workspace", "--exclude", "tracer-ebpf"])
             .args(&args)
             .env("CONNTRACE_BIN", root.join("target/debug/conntrace"))
+            .env("CONNTRACE_IMAGE", &image)
+            .env("CONTAINERS_CONF", image::containers_conf())
             .current_dir(&root),
     )?;
     if no_matrix {
         return Ok(());
     }
-    let bin = dist::build()?;
     dist::verify_without_glibc(&bin)?;
     matrix::run(&[])
 }
