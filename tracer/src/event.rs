@@ -447,6 +447,32 @@ pub struct TupleHolder {
     pub released_in_ms: Option<u64>,
 }
 
+/// Pooled connections reused after idling, seen by one inspection pass
+/// (`{"reuse": ...}`): how long each sat idle before its process sent on it again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reuses {
+    #[serde(with = "crate::kernel::time::rfc3339")]
+    pub time: std::time::SystemTime,
+    pub mono_ns: u64,
+    pub reuses: Vec<Reuse>,
+}
+
+/// One reuse of an idle connection this node opened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reuse {
+    pub pid: u32,
+    pub comm: String,
+    #[serde(default)]
+    pub cgroup: u64,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// From the connection's last activity (data either way) to the send that reused
+    /// it; exact to a tick when one segment was sent since the previous pass, else the
+    /// idle time the previous pass saw (a lower bound).
+    pub gap_ms: u64,
+    pub exact: bool,
+}
+
 /// One connection awaiting a reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WaitingConn {

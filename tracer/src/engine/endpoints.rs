@@ -19,6 +19,8 @@ pub struct EndpointStats {
     pub retransmits: u64,
     /// A listener's accept queue: queued now, backlog, connection attempts dropped.
     pub listen: Option<(u32, u32, u64)>,
+    /// The longest idle time after which a pool here reused a connection.
+    pub max_reuse_gap_ms: u64,
 }
 
 impl EndpointStats {
@@ -55,6 +57,12 @@ impl Endpoints {
             );
         }
         self.by_endpoint.get_mut(&endpoint)
+    }
+
+    pub fn reuse(&mut self, endpoint: SocketAddr, gap_ms: u64) {
+        if let Some(s) = self.get(endpoint) {
+            s.max_reuse_gap_ms = s.max_reuse_gap_ms.max(gap_ms);
+        }
     }
 
     pub fn listen(&mut self, endpoint: SocketAddr, queued: u32, backlog: u32, drops: u64) {

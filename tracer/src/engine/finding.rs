@@ -30,6 +30,7 @@ pub enum Kind {
     ListenOverflow,
     ConnectTimeout,
     ConntrackFull,
+    KeepaliveNearMiss,
 }
 
 impl Kind {
@@ -47,6 +48,7 @@ impl Kind {
             Self::ListenOverflow => "listen-overflow",
             Self::ConnectTimeout => "connect-timeout",
             Self::ConntrackFull => "conntrack-full",
+            Self::KeepaliveNearMiss => "keepalive-near-miss",
         }
     }
 }

@@ -16,6 +16,7 @@
 //! | [`listen`] | `listen-overflow` (from [`crate::event::Listeners`] samples) |
 //! | [`timeout`] | `connect-timeout` (folded into `listen-overflow` for a listener on this node) |
 //! | [`conntrack_table`] | `conntrack-full` (from the node samples) |
+//! | [`nearmiss`] | `keepalive-near-miss` (from [`crate::event::Reuses`]: the race before it fails) |
 //!
 //! Findings are computed from detector state on demand and sorted, so the same
 //! inputs give the same findings in the same order.
@@ -31,6 +32,7 @@ pub mod idle;
 pub mod leak;
 pub mod listen;
 pub mod memory;
+pub mod nearmiss;
 pub mod reuse;
 pub mod rst;
 pub mod stall;
@@ -107,6 +109,7 @@ pub struct Engine {
     listen: listen::ListenOverflow,
     timeouts: timeout::ConnectTimeouts,
     conntrack: conntrack_table::ConntrackTable,
+    nearmiss: nearmiss::NearMiss,
     pub endpoints: endpoints::Endpoints,
     pub stats: Stats,
     /// Containers and pods by cgroup id, from the `cgroup` records.
@@ -138,6 +141,7 @@ impl Engine {
             listen: listen::ListenOverflow::default(),
             timeouts: timeout::ConnectTimeouts::default(),
             conntrack: conntrack_table::ConntrackTable::default(),
+            nearmiss: nearmiss::NearMiss::default(),
             endpoints: endpoints::Endpoints::default(),
             stats: Stats::default(),
             ports_seen: HashMap::new(),
@@ -287,6 +291,19 @@ impl Engine {
                     }
                 }
             }
+            // A pool retiring an idle connection itself: its own idle timeout.
+            (TcpState::Established, TcpState::FinWait1)
+                if conn.role == Role::Client && idle_ms >= self.cfg.idle_min_ms =>
+            {
+                self.nearmiss.on_pool_close(
+                    conn.pid,
+                    conn.remote,
+                    conn.comm.as_str(),
+                    conn.cgroup,
+                    idle_ms,
+                    e.time,
+                );
+            }
             (TcpState::Established, TcpState::FinWait1) if conn.role == Role::Server => {
                 self.reuse.on_server_close(conn, e, idle_ms);
                 let endpoint = e.local;
@@ -420,7 +437,8 @@ impl Engine {
             + self.leak.dropped
             + self.tuples.dropped
             + self.listen.dropped
-            + self.timeouts.dropped;
+            + self.timeouts.dropped
+            + self.nearmiss.dropped;
     }
 
     fn on_connect_failure(&mut self, e: &Event, errno: Errno) {
@@ -504,6 +522,32 @@ impl Engine {
         self.listen.states().collect()
     }
 
+    /// Feeds one inspection's reuses of idle pooled connections.
+    pub fn reuses(&mut self, r: &crate::event::Reuses) {
+        self.stats.samples += 1;
+        self.advance(r.mono_ns, r.time);
+        for reuse in &r.reuses {
+            self.nearmiss.on_reuse(reuse, r.time);
+            self.endpoints.reuse(reuse.remote, reuse.gap_ms);
+        }
+        self.count_evicted();
+    }
+
+    /// Each pool's longest reuse gap by endpoint (for the metrics).
+    pub fn max_reuse_gaps(&self) -> std::collections::HashMap<std::net::SocketAddr, u64> {
+        let mut m = std::collections::HashMap::new();
+        for (e, gap) in self.nearmiss.max_gaps() {
+            let v = m.entry(e).or_insert(0);
+            *v = gap.max(*v);
+        }
+        m
+    }
+
+    /// The idle-close timeout learned for `endpoint`, if any.
+    pub fn idle_timeout_ms(&self, endpoint: &std::net::SocketAddr) -> Option<u64> {
+        self.idle.estimate_ms(endpoint, &self.cfg)
+    }
+
     /// Feeds one look at the listeners' queues and drop counters.
     pub fn listeners(&mut self, l: &crate::event::Listeners) {
         self.stats.samples += 1;
@@ -541,6 +585,12 @@ impl Engine {
         self.idle.findings(&self.cfg, &mut out);
         self.merge_backends_into_vips(&mut out);
         self.reuse.findings(&self.idle, &self.cfg, &mut out);
+        self.nearmiss.findings(
+            &self.idle,
+            &self.cfg,
+            |pid, endpoint| self.reuse.failed(pid, endpoint),
+            &mut out,
+        );
         self.leak.findings(&self.cfg, &mut out);
         self.memory.findings(&mut out);
         self.connect.findings(&mut out);

@@ -174,6 +174,11 @@ impl ReuseRace {
         f.last = e.time;
     }
 
+    /// Whether `pid`'s requests to `endpoint` already failed on reused connections.
+    pub fn failed(&self, pid: u32, endpoint: SocketAddr) -> bool {
+        self.by_key.contains_key(&(pid, endpoint))
+    }
+
     /// Groups and server closes not kept because a table was full.
     pub fn dropped(&self) -> u64 {
         self.dropped + self.closes.evicted

@@ -100,6 +100,8 @@ pub enum Record {
     Tuple(crate::event::TupleInfo),
     /// Listeners' accept queues and listen-drop counters (`{"listeners": ...}`).
     Listeners(crate::event::Listeners),
+    /// Pooled connections reused after idling (`{"reuse": ...}`).
+    Reuses(crate::event::Reuses),
     /// What the recording had lost so far (`{"losses": ...}`).
     Losses(crate::event::Losses),
     /// A cgroup seen for the first time, with its container and pod (`{"cgroup": ...}`).
@@ -286,6 +288,14 @@ impl<W: store::Truncate> LogWriter<W> {
             waiting: &'a Waiting,
         }
         self.write_line(&Line { waiting: snapshot })
+    }
+
+    pub fn reuses(&mut self, r: &crate::event::Reuses) -> Result<()> {
+        #[derive(Serialize)]
+        struct Line<'a> {
+            reuse: &'a crate::event::Reuses,
+        }
+        self.write_line(&Line { reuse: r })
     }
 
     pub fn listeners(&mut self, sample: &crate::event::Listeners) -> Result<()> {
@@ -507,103 +517,51 @@ impl<R: BufRead> Iterator for LogReader<R> {
     }
 }
 
+/// `{"KEY": VALUE, ...}`: the value under `key` (other keys, from a newer version,
+/// are skipped).
+fn wrapped<T: serde::de::DeserializeOwned>(line: &str, key: &str) -> Result<T, String> {
+    let mut v: serde_json::Value = serde_json::from_str(line).map_err(|e| describe(&e))?;
+    let inner = v
+        .get_mut(key)
+        .map(serde_json::Value::take)
+        .ok_or_else(|| format!("corrupt line (no {key})"))?;
+    serde_json::from_value(inner).map_err(|e| format!("corrupt line ({e})"))
+}
+
 fn parse_record(line: &str) -> Result<Record, String> {
-    if line.starts_with("{\"conn\"") {
-        #[derive(Deserialize)]
-        struct Line {
-            conn: crate::eventlog::jsonl::ConnLine,
+    let key = line
+        .strip_prefix("{\"")
+        .and_then(|rest| rest.split_once('"'))
+        .map(|(k, _)| k);
+    match key {
+        // The bulk of a log: parsed without an intermediate value.
+        Some("conn") => {
+            #[derive(Deserialize)]
+            struct Line {
+                conn: crate::eventlog::jsonl::ConnLine,
+            }
+            serde_json::from_str::<Line>(line)
+                .map_err(|e| describe(&e))
+                .and_then(|l| {
+                    crate::eventlog::jsonl::read_conn(l.conn)
+                        .map_err(|e| format!("corrupt line ({e})"))
+                })
+                .map(Record::Conn)
         }
-        return serde_json::from_str::<Line>(line)
-            .map_err(|e| describe(&e))
-            .and_then(|l| {
-                crate::eventlog::jsonl::read_conn(l.conn).map_err(|e| format!("corrupt line ({e})"))
-            })
-            .map(Record::Conn);
+        Some(k @ "finding") => wrapped(line, k).map(Record::Finding),
+        Some(k @ "findings") => wrapped(line, k).map(Record::FinalFindings),
+        Some(k @ "pod") => wrapped(line, k).map(Record::Pod),
+        Some(k @ "cgroup") => wrapped(line, k).map(Record::Cgroup),
+        Some(k @ "sockstat") => wrapped(line, k).map(Record::Sockstat),
+        Some(k @ "losses") => wrapped(line, k).map(Record::Losses),
+        Some(k @ "waiting") => wrapped(line, k).map(Record::Waiting),
+        Some(k @ "reuse") => wrapped(line, k).map(Record::Reuses),
+        Some(k @ "listeners") => wrapped(line, k).map(Record::Listeners),
+        Some(k @ "tuple") => wrapped(line, k).map(Record::Tuple),
+        _ => serde_json::from_str::<Event>(line)
+            .map(Record::Event)
+            .map_err(|e| describe(&e)),
     }
-    if line.starts_with("{\"finding\"") {
-        #[derive(Deserialize)]
-        struct Line {
-            finding: serde_json::Value,
-        }
-        return serde_json::from_str::<Line>(line)
-            .map(|l| Record::Finding(l.finding))
-            .map_err(|e| describe(&e));
-    }
-    if line.starts_with("{\"findings\"") {
-        #[derive(Deserialize)]
-        struct Line {
-            findings: Vec<serde_json::Value>,
-        }
-        return serde_json::from_str::<Line>(line)
-            .map(|l| Record::FinalFindings(l.findings))
-            .map_err(|e| describe(&e));
-    }
-    if line.starts_with("{\"pod\"") {
-        #[derive(Deserialize)]
-        struct Line {
-            pod: crate::k8s::api::PodInfo,
-        }
-        return serde_json::from_str::<Line>(line)
-            .map(|l| Record::Pod(l.pod))
-            .map_err(|e| describe(&e));
-    }
-    if line.starts_with("{\"cgroup\"") {
-        #[derive(Deserialize)]
-        struct Line {
-            cgroup: crate::k8s::CgroupInfo,
-        }
-        return serde_json::from_str::<Line>(line)
-            .map(|l| Record::Cgroup(l.cgroup))
-            .map_err(|e| describe(&e));
-    }
-    if line.starts_with("{\"sockstat\"") {
-        #[derive(Deserialize)]
-        struct Line {
-            sockstat: Sockstat,
-        }
-        return serde_json::from_str::<Line>(line)
-            .map(|l| Record::Sockstat(l.sockstat))
-            .map_err(|e| describe(&e));
-    }
-    if line.starts_with("{\"losses\"") {
-        #[derive(Deserialize)]
-        struct Line {
-            losses: crate::event::Losses,
-        }
-        return serde_json::from_str::<Line>(line)
-            .map(|l| Record::Losses(l.losses))
-            .map_err(|e| describe(&e));
-    }
-    if line.starts_with("{\"waiting\"") {
-        #[derive(Deserialize)]
-        struct Line {
-            waiting: Waiting,
-        }
-        return serde_json::from_str::<Line>(line)
-            .map(|l| Record::Waiting(l.waiting))
-            .map_err(|e| describe(&e));
-    }
-    if line.starts_with("{\"listeners\"") {
-        #[derive(Deserialize)]
-        struct Line {
-            listeners: crate::event::Listeners,
-        }
-        return serde_json::from_str::<Line>(line)
-            .map(|l| Record::Listeners(l.listeners))
-            .map_err(|e| describe(&e));
-    }
-    if line.starts_with("{\"tuple\"") {
-        #[derive(Deserialize)]
-        struct Line {
-            tuple: crate::event::TupleInfo,
-        }
-        return serde_json::from_str::<Line>(line)
-            .map(|l| Record::Tuple(l.tuple))
-            .map_err(|e| describe(&e));
-    }
-    serde_json::from_str::<Event>(line)
-        .map(Record::Event)
-        .map_err(|e| describe(&e))
 }
 
 fn describe(e: &serde_json::Error) -> String {
@@ -667,6 +625,7 @@ impl Log {
             | Record::Waiting(_)
             | Record::Tuple(_)
             | Record::Listeners(_)
+            | Record::Reuses(_)
             | Record::Losses(_)
             | Record::Cgroup(_)
             | Record::Pod(_)

@@ -51,6 +51,8 @@ pub struct DiagConn {
     /// Bytes of ours the peer acknowledged (+1 for the SYN), bytes received from it.
     pub bytes_acked: u64,
     pub bytes_received: u64,
+    /// Segments with data sent (`tcpi_data_segs_out`, Linux 4.6; 0 where absent).
+    pub data_segs_out: u32,
     /// A listener's accept queue: connections waiting for accept() (`idiag_rqueue`,
     /// `sk_ack_backlog`) and its backlog (`idiag_wqueue`, `sk_max_ack_backlog`).
     pub queued: u32,
@@ -162,6 +164,7 @@ pub fn parse_msg(netns: u32, b: &[u8]) -> Option<DiagConn> {
         rtt_us: 0,
         bytes_acked: 0,
         bytes_received: 0,
+        data_segs_out: 0,
         queued,
         backlog,
     };
@@ -182,6 +185,7 @@ pub fn parse_msg(netns: u32, b: &[u8]) -> Option<DiagConn> {
             conn.rtt_us = u32_at(t, 68)?;
             conn.bytes_acked = u64_at(t, 120)?;
             conn.bytes_received = u64_at(t, 128)?;
+            conn.data_segs_out = u32_at(t, 156).unwrap_or(0);
             info = true;
         }
         at += (len + 3) & !3;

@@ -12,7 +12,7 @@ use std::{
 };
 
 use crate::{
-    event::{ListenQueue, NamespaceListen, WaitingConn},
+    event::{ListenQueue, NamespaceListen, Reuse, WaitingConn},
     kernel::diag::{awaiting, holders, DiagConn, Inspector},
 };
 
@@ -22,6 +22,8 @@ use crate::{
 pub struct Pass {
     pub mono_ns: u64,
     pub conns: Vec<WaitingConn>,
+    /// Connections this node opened that were reused after idling since the last pass.
+    pub reuses: Vec<Reuse>,
     pub queues: Vec<ListenQueue>,
     pub namespaces: Vec<NamespaceListen>,
     pub namespace_errors: u64,
@@ -41,6 +43,38 @@ const INSPECT_MAX_PAUSE: Duration = Duration::from_secs(30);
 const MAX_PER_SNAPSHOT: usize = 256;
 /// Listeners with a queue kept per pass at most (the fullest).
 const MAX_QUEUES: usize = 256;
+/// Reuses reported per pass at most (the longest gaps), and the shortest gap worth one.
+const MAX_REUSES: usize = 256;
+pub const MIN_REUSE_GAP_MS: u64 = 500;
+/// Connections whose last activity is remembered between passes, at most.
+const MAX_TRACKED: usize = 65_536;
+
+/// What the previous pass saw of a connection: when it last sent, when it was last
+/// active (data either way), monotonic ms; and its data segments sent.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    sent_ms: u64,
+    active_ms: u64,
+    data_segs_out: u32,
+}
+
+/// A connection's reuse since the previous pass, if it idled at least
+/// [`MIN_REUSE_GAP_MS`] before sending again: (gap, exact). Times are monotonic ms;
+/// the kernel's are in ticks, so a send within a tick of the previous one is no reuse.
+fn reuse_gap(before: Seen, now: Seen, pass_before_ms: u64) -> Option<(u64, bool)> {
+    if now.sent_ms <= before.sent_ms + 4 {
+        return None;
+    }
+    // One data segment since: that send ended the idle time. More: the first of them
+    // came after the previous pass, whose idle time is then a lower bound.
+    let exact = now.data_segs_out == before.data_segs_out.wrapping_add(1);
+    let gap = if exact {
+        now.sent_ms.saturating_sub(before.active_ms)
+    } else {
+        pass_before_ms.saturating_sub(before.active_ms)
+    };
+    (gap >= MIN_REUSE_GAP_MS).then_some((gap, exact))
+}
 
 /// The process holding a socket, and its descriptor there.
 struct Holder {
@@ -56,6 +90,9 @@ struct Inspection {
     inspector: Inspector,
     owners: HashMap<u64, Holder>,
     after_ms: Option<u64>,
+    /// Client connections as the previous pass saw them, and that pass's time (ms).
+    seen: HashMap<(u32, SocketAddr, SocketAddr), Seen>,
+    last_pass_ms: u64,
 }
 
 impl Inspection {
@@ -86,8 +123,45 @@ impl Inspection {
                 },
             );
         }
-        let live: HashSet<u64> = inodes.iter().copied().collect();
-        self.owners.retain(|ino, _| live.contains(ino));
+    }
+
+    /// Reuses of this node's connections since the previous pass; remembers this
+    /// pass's view for the next.
+    fn reuses<'a>(&mut self, all: &'a [DiagConn], now_ms: u64) -> Vec<(&'a DiagConn, u64, bool)> {
+        let listening: HashSet<(u32, u16)> = all
+            .iter()
+            .filter(|c| c.listening)
+            .map(|c| (c.netns, c.local.port()))
+            .collect();
+        let mut seen = HashMap::with_capacity(self.seen.len().min(MAX_TRACKED));
+        let mut found = Vec::new();
+        for c in all.iter().filter(|c| {
+            !c.listening
+                && c.inode != 0
+                && c.bytes_acked > 1
+                && !listening.contains(&(c.netns, c.local.port()))
+        }) {
+            let now = Seen {
+                sent_ms: now_ms.saturating_sub(u64::from(c.last_data_sent_ms)),
+                active_ms: now_ms
+                    .saturating_sub(u64::from(c.last_data_sent_ms.min(c.last_data_recv_ms))),
+                data_segs_out: c.data_segs_out,
+            };
+            let key = (c.netns, c.local, c.remote);
+            if let Some(before) = self.seen.get(&key) {
+                if let Some((gap, exact)) = reuse_gap(*before, now, self.last_pass_ms) {
+                    found.push((c, gap, exact));
+                }
+            }
+            if seen.len() < MAX_TRACKED {
+                seen.insert(key, now);
+            }
+        }
+        self.seen = seen;
+        self.last_pass_ms = now_ms;
+        found.sort_by_key(|(_, gap, _)| std::cmp::Reverse(*gap));
+        found.truncate(MAX_REUSES);
+        found
     }
 
     fn queue(&self, c: &DiagConn) -> ListenQueue {
@@ -134,6 +208,11 @@ impl Inspection {
     fn pass(&mut self) -> Pass {
         let all = self.inspector.pass();
         let mono_ns = u64::try_from(crate::kernel::time::monotonic_now().as_nanos()).unwrap_or(0);
+        let reused: Vec<(DiagConn, u64, bool)> = self
+            .reuses(&all, mono_ns / 1_000_000)
+            .into_iter()
+            .map(|(c, gap, exact)| (c.clone(), gap, exact))
+            .collect();
         let open: HashSet<(u32, SocketAddr, SocketAddr)> =
             all.iter().map(|c| (c.netns, c.local, c.remote)).collect();
         let mut found = self
@@ -149,11 +228,36 @@ impl Inspection {
             std::cmp::Reverse(u64::from(c.queued) * 1000 / u64::from(c.backlog.max(1)))
         });
         listeners.truncate(MAX_QUEUES);
-        let inodes: Vec<u64> = found.iter().chain(&listeners).map(|c| c.inode).collect();
+        let inodes: Vec<u64> = found
+            .iter()
+            .chain(&listeners)
+            .copied()
+            .chain(reused.iter().map(|(c, _, _)| c))
+            .map(|c| c.inode)
+            .collect();
         self.learn_owners(&inodes);
+        // Owners are kept while their socket is open (a pool's connections are
+        // reused again and again).
+        let open_inodes: HashSet<u64> = all.iter().map(|c| c.inode).collect();
+        self.owners.retain(|ino, _| open_inodes.contains(ino));
         Pass {
             mono_ns,
             conns: found.iter().map(|c| self.waiting(c, &open)).collect(),
+            reuses: reused
+                .iter()
+                .map(|(c, gap, exact)| {
+                    let holder = self.owners.get(&c.inode);
+                    Reuse {
+                        pid: holder.map_or(0, |h| h.pid),
+                        comm: holder.map(|h| h.comm.clone()).unwrap_or_default(),
+                        cgroup: holder.map_or(0, |h| h.cgroup),
+                        local: c.local,
+                        remote: c.remote,
+                        gap_ms: *gap,
+                        exact: *exact,
+                    }
+                })
+                .collect(),
             queues: listeners.iter().map(|c| self.queue(c)).collect(),
             namespaces: self.inspector.listen_counters(),
             namespace_errors: self.inspector.errors,
@@ -177,6 +281,8 @@ pub fn spawn(after_ms: Option<u64>) -> io::Result<std::sync::mpsc::Receiver<Pass
                 proc_root,
                 owners: HashMap::new(),
                 after_ms,
+                seen: HashMap::new(),
+                last_pass_ms: 0,
             };
             // The first pass at once: the namespaces' counters read at the start are
             // the baseline every later drop is counted against.

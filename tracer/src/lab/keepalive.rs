@@ -98,14 +98,34 @@ fn still_open(conn: &TcpStream) -> bool {
     alive
 }
 
+/// How a lab pool uses its connections.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PoolStyle {
+    /// Check a pooled connection before reuse (drop it if the server closed it).
+    pub validate: bool,
+    /// Quiet time between rounds of requests.
+    pub pause: Duration,
+    pub rounds: usize,
+    /// Retire idle connections itself after this long (a pool's own idle timeout).
+    pub retire_after: Option<Duration>,
+}
+
+/// A pool that reuses whatever it holds after 2.5 s: the race.
+pub(super) const NAIVE: PoolStyle = PoolStyle {
+    validate: false,
+    pause: PAUSE,
+    rounds: ROUNDS,
+    retire_after: None,
+};
+
 /// The pool client; returns the requests that failed on a reused connection.
-pub(super) fn client(addr: SocketAddr, validate: bool) -> Result<(u64, u64)> {
+pub(super) fn client(addr: SocketAddr, style: PoolStyle) -> Result<(u64, u64)> {
     let mut pool: Vec<TcpStream> = Vec::new();
     let (mut failed, mut reused) = (0, 0);
-    for round in 0..ROUNDS {
+    for round in 0..style.rounds {
         let mut busy = Vec::new();
         for _ in 0..POOL {
-            let pooled = pool.pop().filter(|c| !validate || still_open(c));
+            let pooled = pool.pop().filter(|c| !style.validate || still_open(c));
             let mut conn = match pooled {
                 Some(c) => {
                     reused += 1;
@@ -124,29 +144,88 @@ pub(super) fn client(addr: SocketAddr, validate: bool) -> Result<(u64, u64)> {
             busy.push(conn);
         }
         pool.extend(busy);
-        if round + 1 < ROUNDS {
-            std::thread::sleep(PAUSE);
+        if round + 1 < style.rounds {
+            match style.retire_after {
+                // The pool's own idle timeout: idle connections closed, new ones next.
+                Some(retire) if retire < style.pause => {
+                    std::thread::sleep(retire);
+                    pool.clear();
+                    std::thread::sleep(style.pause.saturating_sub(retire));
+                }
+                _ => std::thread::sleep(style.pause),
+            }
         }
     }
     Ok((failed, reused))
 }
 
-pub fn run(validate: bool) -> Result<Outcome> {
-    let name = if validate {
-        "healthy-keepalive"
-    } else {
-        "keepalive-race"
+/// Three connections that make one request each and stay idle until the server
+/// closes them (its idle timeout, seen as their peer's FIN).
+fn idle_until_closed(addr: SocketAddr) -> Result<()> {
+    let mut conns = Vec::new();
+    for _ in 0..3 {
+        let mut c = TcpStream::connect(addr)?;
+        request(&mut c)?;
+        conns.push(c);
+    }
+    for mut c in conns {
+        c.set_read_timeout(Some(IDLE_TIMEOUT * 3))?;
+        let mut b = [0u8; 16];
+        let _ = c.read(&mut b);
+    }
+    Ok(())
+}
+
+/// The keep-alive scenarios: the race, its healthy control, a near miss that has
+/// not failed yet, and a pool that retires idle connections first.
+pub fn run(name: &str) -> Result<Outcome> {
+    let (style, how) = match name {
+        "healthy-keepalive" => (
+            PoolStyle {
+                validate: true,
+                ..NAIVE
+            },
+            "that validates on borrow",
+        ),
+        "keepalive-near-miss" => (
+            PoolStyle {
+                pause: Duration::from_millis(1700),
+                rounds: 7,
+                ..NAIVE
+            },
+            "that never validates, but pauses only 1.70 s",
+        ),
+        "keepalive-safe" => (
+            PoolStyle {
+                pause: Duration::from_millis(1500),
+                rounds: 5,
+                retire_after: Some(Duration::from_secs(1)),
+                ..NAIVE
+            },
+            "that retires connections idle for 1.00 s itself",
+        ),
+        _ => (NAIVE, "that never validates"),
     };
     let addr = server()?;
     say(name, &format!(
-        "server {addr} closes idle keep-alive connections after {:.2} s; a pool of {POOL} {} reuses them after {:.2} s idle",
+        "server {addr} closes idle keep-alive connections after {:.2} s; a pool of {POOL} {how} reuses them after {:.2} s idle",
         IDLE_TIMEOUT.as_secs_f64(),
-        if validate { "that validates on borrow" } else { "that never validates" },
-        PAUSE.as_secs_f64()
+        style.pause.as_secs_f64()
     ));
-    let (failed, reused) = spawn("pool-client", move || client(addr, validate))?
+    // Other clients' connections left idle show the server's timeout (as a node's
+    // other traffic does): the near-miss and safe pools never let it close theirs.
+    let monitors = if name == "keepalive-near-miss" || name == "keepalive-safe" {
+        Some(spawn("lab-monitor", move || idle_until_closed(addr))?)
+    } else {
+        None
+    };
+    let (failed, reused) = spawn("pool-client", move || client(addr, style))?
         .join()
         .map_err(|_| anyhow::anyhow!("the pool client panicked"))??;
+    if let Some(m) = monitors {
+        m.join()
+            .map_err(|_| anyhow::anyhow!("the monitor panicked"))??;
+    }
     say(
         name,
         &format!("client saw {failed} failed requests on reused connections ({reused} reused)"),

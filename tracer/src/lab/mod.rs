@@ -18,9 +18,11 @@ use anyhow::{bail, Result};
 use crate::commands::cli::LabArgs;
 
 /// Name, what it reproduces.
-pub const SCENARIOS: [(&str, &str); 10] = [
+pub const SCENARIOS: [(&str, &str); 12] = [
     ("keepalive-race", "an HTTP server closing idle keep-alive connections after 2 s, and a naive pool that reuses them (incident 1)"),
     ("healthy-keepalive", "the same server with a pool that validates connections before reuse: the negative control"),
+    ("keepalive-near-miss", "the same server with a pool that reuses after 1.70 s: no failure yet, 0.30 s from one (record with the default inspection)"),
+    ("keepalive-safe", "the same server with a pool that retires connections idle for 1.00 s itself: safe"),
     ("close-wait-leak", "a server that never closes connections its clients closed (incident 2)"),
     ("refused", "connects to a port nothing listens on (incident 3)"),
     ("port-exhaustion", "a client holding connections until the ephemeral port range runs out: EADDRNOTAVAIL (incident 5, in a network namespace)"),
@@ -59,8 +61,9 @@ pub fn run(args: &LabArgs) -> Result<()> {
             }
         })?;
     let outcome = match name {
-        "keepalive-race" => keepalive::run(false)?,
-        "healthy-keepalive" => keepalive::run(true)?,
+        "keepalive-race" | "healthy-keepalive" | "keepalive-near-miss" | "keepalive-safe" => {
+            keepalive::run(name)?
+        }
         "close-wait-leak" => simple::close_wait_leak()?,
         "refused" => simple::refused()?,
         "port-exhaustion" => netns::port_exhaustion()?,

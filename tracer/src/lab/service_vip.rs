@@ -81,7 +81,9 @@ pub fn run() -> Result<Outcome> {
     ));
     let vip = VIP.parse()?;
     let (failed, reused) = a
-        .spawn("pool-client", move || keepalive::client(vip, false))
+        .spawn("pool-client", move || {
+            keepalive::client(vip, keepalive::NAIVE)
+        })
         .and_then(join)?;
     say(
         name,

@@ -74,6 +74,11 @@ pub fn listeners(
     sink.listeners(sample)
 }
 
+pub fn reuses(engine: &mut Engine, r: &crate::event::Reuses, sink: &mut dyn Sink) -> Result<()> {
+    engine.reuses(r);
+    sink.reuses(r)
+}
+
 pub fn cgroup(engine: &mut Engine, info: &CgroupInfo, sink: &mut dyn Sink) -> Result<()> {
     engine.cgroup(info);
     sink.cgroup(info)
@@ -97,6 +102,7 @@ pub fn record(engine: &mut Engine, record: &Record, sink: &mut dyn Sink) -> Resu
         Record::Waiting(w) => waiting(engine, w, sink),
         Record::Tuple(t) => tuple(engine, t, sink),
         Record::Listeners(l) => listeners(engine, l, sink),
+        Record::Reuses(r) => reuses(engine, r, sink),
         Record::Cgroup(c) => cgroup(engine, c, sink),
         Record::Pod(p) => pod(engine, p, sink),
         Record::Losses(l) => sink.losses(l),

@@ -364,6 +364,41 @@ impl Pipeline<'_> {
         dispatch::listeners(&mut self.engine, &l, sink)
     }
 
+    /// One pass's reuses of idle pooled connections: the owner the trace saw open
+    /// the connection (its thread), else /proc's holder; those the filters keep.
+    fn reuse_pass(
+        &mut self,
+        mono_ns: u64,
+        mut reuses: Vec<crate::event::Reuse>,
+        sink: &mut dyn Sink,
+    ) -> Result<()> {
+        for r in &mut reuses {
+            if let Some(t) = self
+                .engine
+                .conns
+                .client_conn(r.local, r.remote)
+                .filter(|t| t.owner_known)
+            {
+                r.pid = t.pid;
+                r.comm = t.comm.to_string();
+                r.cgroup = t.cgroup;
+            }
+        }
+        reuses.retain(|r| {
+            self.filter.matches_conn(r.pid, &r.comm, r.local, r.remote)
+                && self.container_matches(r.cgroup)
+        });
+        if reuses.is_empty() {
+            return Ok(());
+        }
+        let r = crate::event::Reuses {
+            time: self.decoder.clock.wall(mono_ns),
+            mono_ns,
+            reuses,
+        };
+        dispatch::reuses(&mut self.engine, &r, sink)
+    }
+
     /// Takes the inspection's passes: connections the filters keep, into the engine
     /// and the sink (snapshots with none are not written).
     fn waiting(&mut self, sink: &mut dyn Sink) -> Result<()> {
@@ -374,12 +409,14 @@ impl Pipeline<'_> {
         for crate::kernel::inspect::Pass {
             mono_ns,
             mut conns,
+            reuses,
             queues,
             namespaces,
             namespace_errors,
         } in passes
         {
             self.listen_pass(mono_ns, queues, namespaces, sink)?;
+            self.reuse_pass(mono_ns, reuses, sink)?;
             if namespace_errors > 0 && !std::mem::replace(&mut self.namespaces_warned, true) {
                 sink.warn("the inspection of open sockets could not enter some network namespaces (it needs CAP_SYS_ADMIN for setns and CAP_SYS_PTRACE for /proc/PID/ns): awaiting-reply covers the namespaces it could enter");
             }

@@ -56,6 +56,10 @@ pub trait Sink {
     fn listeners(&mut self, _sample: &crate::event::Listeners) -> Result<()> {
         Ok(())
     }
+    /// Pooled connections reused after idling, from one inspection.
+    fn reuses(&mut self, _r: &crate::event::Reuses) -> Result<()> {
+        Ok(())
+    }
     fn finding(&mut self, finding: &Finding) -> Result<()>;
     /// A cgroup seen for the first time, with its container and pod.
     fn cgroup(&mut self, _info: &crate::k8s::CgroupInfo) -> Result<()> {
@@ -104,6 +108,9 @@ impl<W: crate::eventlog::store::Truncate> Sink for crate::eventlog::LogWriter<W>
     }
     fn listeners(&mut self, sample: &crate::event::Listeners) -> Result<()> {
         Self::listeners(self, sample)
+    }
+    fn reuses(&mut self, r: &crate::event::Reuses) -> Result<()> {
+        Self::reuses(self, r)
     }
     fn finding(&mut self, finding: &Finding) -> Result<()> {
         Self::finding(self, finding)

@@ -319,6 +319,10 @@ impl Sink for TuiSink {
         self.spooled(|spool| spool.listeners(sample))
     }
 
+    fn reuses(&mut self, r: &crate::event::Reuses) -> Result<()> {
+        self.spooled(|spool| spool.reuses(r))
+    }
+
     fn finding(&mut self, finding: &Finding) -> Result<()> {
         self.spooled(|spool| spool.finding(finding))
     }
@@ -399,6 +403,7 @@ pub fn replay(path: &Path, mut sink: TuiSink) -> Result<()> {
                 Record::Waiting(w) => Some(w.mono_ns),
                 Record::Tuple(t) => Some(t.mono_ns),
                 Record::Listeners(l) => Some(l.mono_ns),
+                Record::Reuses(r) => Some(r.mono_ns),
                 Record::Losses(_)
                 | Record::Cgroup(_)
                 | Record::Pod(_)

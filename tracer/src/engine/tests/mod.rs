@@ -5,6 +5,7 @@ mod connect;
 mod idle_reuse;
 mod leak_memory;
 mod listen;
+mod nearmiss;
 mod stall_rst;
 
 use super::{Config, Engine, Finding, Kind};
