@@ -244,8 +244,8 @@ pub fn netlink_socket(protocol: i32, timeout: Duration) -> io::Result<OwnedFd> {
     // SAFETY: fd is a new, valid descriptor nobody else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let tv = libc::timeval {
-        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(2),
-        tv_usec: libc::suseconds_t::from(timeout.subsec_micros()),
+        tv_sec: timeout.as_secs().try_into().unwrap_or(2),
+        tv_usec: timeout.subsec_micros().into(),
     };
     // SAFETY: a valid timeval for SO_RCVTIMEO.
     unsafe {
