@@ -201,3 +201,106 @@ fn nginx_under_wrk_churn_raises_nothing() {
         );
     }
 }
+
+/// A pool of `http.client` connections that reuses them every `pause` seconds for
+/// `rounds` rounds, then leaves them idle until the server closes them; prints the
+/// requests that failed.
+const PAUSING_POOL: &str = r"
+import http.client, sys, time
+host, port = sys.argv[1].rsplit(':', 1)
+pause, rounds = float(sys.argv[2]), int(sys.argv[3])
+def get(c):
+    c.request('GET', '/'); r = c.getresponse(); r.read()
+pool = [http.client.HTTPConnection(host, int(port), timeout=5) for _ in range(3)]
+failed = 0
+for i in range(rounds):
+    for j, c in enumerate(pool):
+        try:
+            get(c)
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            failed += 1
+            c.close()
+            pool[j] = http.client.HTTPConnection(host, int(port), timeout=5)
+            get(pool[j])
+    if i + 1 < rounds:
+        time.sleep(pause)
+time.sleep(4)
+print(failed, flush=True)
+";
+
+/// Issue 25: the keep-alive race predicted before it fails, against uvicorn (idle
+/// timeout 3 s): a pool reusing after 2.5 s has not failed yet and is warned about
+/// with its margin; one reusing after 1 s is not; Java 17's HttpClient with its own
+/// keep-alive timeout of 2 s (it closes idle connections after about 1.2 s) is named
+/// safe.
+#[test]
+fn a_pool_reusing_near_uvicorns_timeout_is_warned_before_it_fails() {
+    let server = "192.0.2.2:8000";
+    let pair = VethPair::new();
+    let _uvicorn = uvicorn(&pair.b, server, 3);
+    let rec = Recorder::start(&[]);
+    let mut near = Python::spawn(Some(&pair.a.name), PAUSING_POOL, &[server, "2.5", "5"]);
+    let mut far = Python::spawn(Some(&pair.a.name), PAUSING_POOL, &[server, "1.0", "5"]);
+    let java = std::process::Command::new("ip")
+        .args(["netns", "exec", &pair.a.name, "java"])
+        .arg("-Djdk.httpclient.keepalive.timeout=2")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/peers/Pool.java"))
+        .args([&format!("http://{server}/"), "5", "2000"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("java (Debian's openjdk-17)");
+    let java_pid = java.id();
+    let (near_failed, far_failed) = (near.line(), far.line());
+    let java_out = java.wait_with_output().expect("java");
+    let (near_pid, far_pid) = (near.pid(), far.pid());
+    near.wait();
+    far.wait();
+    let recording = rec.stop();
+    assert_eq!(
+        (near_failed.as_str(), far_failed.as_str()),
+        ("0", "0"),
+        "no pool has failed yet"
+    );
+    assert_eq!(String::from_utf8_lossy(&java_out.stdout).trim(), "0");
+
+    let report = recording.replayed_report();
+    let of = |pid: u32| -> Vec<&Value> {
+        findings_for(&report, "keepalive-near-miss", server)
+            .into_iter()
+            .filter(|f| f["process"]["pid"] == pid)
+            .collect()
+    };
+    let warned = of(near_pid);
+    assert_eq!(warned.len(), 1, "{report:#?}");
+    let w = warned[0];
+    assert_eq!(w["severity"], "warning", "{w:#}");
+    let timeout = w["evidence"]["server_idle_timeout_ms"]
+        .as_u64()
+        .expect("timeout");
+    assert!((3000..=3100).contains(&timeout), "uvicorn's 3 s: {w:#}");
+    let gap = w["evidence"]["max_reuse_gap_ms"].as_u64().expect("gap");
+    assert!(
+        (2400..3000).contains(&gap),
+        "reused after about 2.5 s: {w:#}"
+    );
+    assert_eq!(w["evidence"]["margin_ms"], timeout - gap);
+    assert!(
+        of(far_pid).is_empty(),
+        "reuse after 1 s is far from 3 s: {report:#?}"
+    );
+    let safe = of(java_pid);
+    assert_eq!(safe.len(), 1, "Java named safe: {report:#?}");
+    assert_eq!(safe[0]["severity"], "info", "{:#}", safe[0]);
+    let pool = safe[0]["evidence"]["pool_idle_timeout_ms"]
+        .as_u64()
+        .expect("pool timeout");
+    assert!(
+        (1000..1600).contains(&pool),
+        "Java's 1 s keep-alive timeout: {:#}",
+        safe[0]
+    );
+    assert!(
+        findings_for(&report, "keepalive-reuse-race", server).is_empty(),
+        "nothing failed: {report:#?}"
+    );
+}

@@ -1,5 +1,5 @@
 //! The tests' peers that are real software no one here wrote: PostgreSQL, pgbouncer
-//! and psql, nftables (a Service's DNAT), nginx and wrk from Debian; uvicorn from PyPI, in a venv
+//! and psql, nftables (a Service's DNAT), nginx and wrk, Java 17 from Debian; uvicorn from PyPI, in a venv
 //! of the project's own made by the system's python3 (a session's pyenv or pip
 //! `--user` installs are never relied on). The venv's interpreter reaches the tests
 //! as `CONNTRACE_PEER_PYTHON`.
@@ -82,6 +82,8 @@ pub fn install() -> Result<PathBuf> {
         ("psql", "postgresql-client"),
         ("nginx", "nginx-light"),
         ("wrk", "wrk"),
+        // Java 17's HttpClient as a pool (single-file source launch needs javac)
+        ("javac", "openjdk-17-jdk-headless"),
     ])?;
     if !have_postgres_server() {
         apt_get_install(&["postgresql"])?;

@@ -103,6 +103,8 @@ pub struct Metrics {
     listen_backlog: Family<Listener, Gauge>,
     listen_drops: Family<Listener, Counter>,
     listeners_omitted: Gauge,
+    keepalive_timeout: Family<Endpoint, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    max_reuse_gap: Family<Endpoint, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Sockets that went SYN_SENT -> CLOSE lately, whose error is a connect error.
     unconnected: VecDeque<u64>,
 }
@@ -131,6 +133,16 @@ impl Metrics {
             "conntrace_metrics_connections_reclaimed",
             "Metrics connections cut to make room: they had sent no request",
             self.scrapes_reclaimed.clone(),
+        );
+        r.register(
+            "conntrace_keepalive_server_timeout_seconds",
+            "An endpoint's idle-close timeout, where pools reuse connections to it",
+            self.keepalive_timeout.clone(),
+        );
+        r.register(
+            "conntrace_keepalive_max_reuse_gap_seconds",
+            "The longest idle time after which a pool reused a connection to the endpoint",
+            self.max_reuse_gap.clone(),
         );
         r.register(
             "conntrace_listen_queue",
@@ -183,6 +195,8 @@ impl Default for Metrics {
             listen_backlog: Family::default(),
             listen_drops: Family::default(),
             listeners_omitted: Gauge::default(),
+            keepalive_timeout: Family::default(),
+            max_reuse_gap: Family::default(),
             unconnected: VecDeque::new(),
             registry: Registry::default(),
         };
@@ -364,6 +378,23 @@ impl Metrics {
         mirror(&self.accept_errors, probed.accept_errors);
         self.tracked
             .set(i64::try_from(engine.conns.len()).unwrap_or(i64::MAX));
+        let mut gaps: Vec<(SocketAddr, u64)> = engine.max_reuse_gaps().into_iter().collect();
+        gaps.sort_by_key(|(e, g)| (std::cmp::Reverse(*g), *e));
+        for (endpoint, gap) in gaps.into_iter().take(MAX_ENDPOINTS) {
+            let label = Endpoint {
+                endpoint: Addr(endpoint),
+            };
+            #[expect(clippy::cast_precision_loss, reason = "seconds for display")]
+            self.max_reuse_gap
+                .get_or_create(&label)
+                .set(gap as f64 / 1000.0);
+            if let Some(t) = engine.idle_timeout_ms(&endpoint) {
+                #[expect(clippy::cast_precision_loss, reason = "seconds for display")]
+                self.keepalive_timeout
+                    .get_or_create(&label)
+                    .set(t as f64 / 1000.0);
+            }
+        }
         let mut listeners = engine.listener_states();
         // The ones that dropped most, then the fullest, keep their labels.
         listeners.sort_by_key(|(a, q, _, d)| (std::cmp::Reverse((*d, *q)), *a));

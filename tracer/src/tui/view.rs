@@ -239,6 +239,14 @@ fn endpoint_row(r: &EndpointRow, hist_width: usize) -> Row<'static> {
         )),
         Cell::from(r.stats.connect_errors.to_string()),
         Cell::from(r.stats.retransmits.to_string()),
+        Cell::from(if r.stats.max_reuse_gap_ms > 0 {
+            format!(
+                "{:.2}s",
+                Duration::from_millis(r.stats.max_reuse_gap_ms).as_secs_f64()
+            )
+        } else {
+            String::new()
+        }),
         Cell::from(
             r.stats
                 .listen
@@ -249,7 +257,7 @@ fn endpoint_row(r: &EndpointRow, hist_width: usize) -> Row<'static> {
 }
 
 fn draw_endpoints(frame: &mut Frame, area: Rect, app: &App) {
-    let fixed = 22 + 5 + 7 + 9 + 6 + 7 + 6 + 12;
+    let fixed = 22 + 5 + 7 + 9 + 6 + 7 + 6 + 8 + 12;
     let hist = usize::from(area.width.saturating_sub(fixed)).clamp(10, 41);
     let header = Row::new(vec![
         "Endpoint",
@@ -259,6 +267,7 @@ fn draw_endpoints(frame: &mut Frame, area: Rect, app: &App) {
         "RST s/r",
         "ConnErr",
         "Retrans",
+        "Reuse<=",
         "Queue drops",
     ])
     .style(Style::default().add_modifier(Modifier::BOLD));
@@ -276,6 +285,7 @@ fn draw_endpoints(frame: &mut Frame, area: Rect, app: &App) {
         Constraint::Length(9),
         Constraint::Length(7),
         Constraint::Length(7),
+        Constraint::Length(8),
         Constraint::Length(12),
     ];
     let table = Table::new(rows, widths)
