@@ -85,7 +85,7 @@ struct Holder {
 }
 
 /// The inspection's state between passes.
-struct Inspection {
+pub struct Inspection {
     proc_root: PathBuf,
     inspector: Inspector,
     owners: HashMap<u64, Holder>,
@@ -205,7 +205,22 @@ impl Inspection {
         }
     }
 
-    fn pass(&mut self) -> Pass {
+    /// An inspection of `/proc`'s processes' namespaces; `after_ms`: report waits
+    /// from this long (`None`: none).
+    pub fn new(after_ms: Option<u64>) -> Self {
+        let proc_root = PathBuf::from("/proc");
+        Self {
+            inspector: Inspector::new(&proc_root),
+            proc_root,
+            owners: HashMap::new(),
+            after_ms,
+            seen: HashMap::new(),
+            last_pass_ms: 0,
+        }
+    }
+
+    /// One pass: every namespace dumped, waits, reuses, queues and counters.
+    pub fn pass(&mut self) -> Pass {
         let all = self.inspector.pass();
         let mono_ns = u64::try_from(crate::kernel::time::monotonic_now().as_nanos()).unwrap_or(0);
         let reused: Vec<(DiagConn, u64, bool)> = self
@@ -275,15 +290,7 @@ pub fn spawn(after_ms: Option<u64>) -> io::Result<std::sync::mpsc::Receiver<Pass
     std::thread::Builder::new()
         .name("conntrace-diag".to_owned())
         .spawn(move || {
-            let proc_root = PathBuf::from("/proc");
-            let mut inspection = Inspection {
-                inspector: Inspector::new(&proc_root),
-                proc_root,
-                owners: HashMap::new(),
-                after_ms,
-                seen: HashMap::new(),
-                last_pass_ms: 0,
-            };
+            let mut inspection = Inspection::new(after_ms);
             // The first pass at once: the namespaces' counters read at the start are
             // the baseline every later drop is counted against.
             let mut pause = Duration::ZERO;
