@@ -226,6 +226,19 @@ impl Drop for Recording {
 }
 
 impl Recording {
+    /// What the recording said it lost (its last `losses` line).
+    pub fn losses(&self) -> tracer::event::Losses {
+        self.log
+            .records
+            .iter()
+            .rev()
+            .find_map(|r| match r {
+                tracer::eventlog::Record::Losses(l) => Some(*l),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
     /// Whether the recording's kernel lacked `fact` (the header's degraded facts, see
     /// `tracer::kernel::support`): tests expect what the kernel can give, and say so.
     pub fn degraded(&self, fact: &str) -> bool {

@@ -297,7 +297,10 @@ fn a_full_accept_queue_is_named_from_either_end() {
     assert_eq!(f.len(), 1, "{report:#?}");
     let f = &f[0];
     assert_eq!(f["severity"], "critical", "{f:#}");
-    assert_eq!(f["process"]["comm"], "stalled-srv");
+    // The thread that called listen(), from the trace — also for the last pass, whose
+    // dump may predate the listener's close (regression: seen once in CI as the
+    // process's name).
+    assert_eq!(f["process"]["comm"], "stalled-srv", "{f:#}");
     assert_eq!(f["evidence"]["backlog"], 4);
     assert!(f["evidence"]["queued"].as_u64() >= Some(4), "{f:#}");
     assert!(

@@ -440,12 +440,14 @@ impl ConnTable {
         })
     }
 
-    /// The listener this trace saw listen() on `local`, still open.
+    /// The listener this trace saw listen() on `local`, open or closed within the
+    /// table's grace period (an inspection's dump may predate its close, whose record
+    /// the pipeline took first).
     pub fn listener_at(&self, local: SocketAddr) -> Option<&Conn> {
         self.listening
             .get(&local)
             .and_then(|sock| self.map.get(sock))
-            .filter(|c| c.role == Role::Listener && c.local == local && c.is_open())
+            .filter(|c| c.role == Role::Listener && c.local == local)
     }
 
     /// Whether a connection this node opened (`connect`) holds `local -> remote`:
