@@ -126,16 +126,7 @@ fn a_flooded_metrics_endpoint_costs_no_event_and_recovers() {
         .into_iter()
         .filter(|e| e.remote.port() == service_port && is_transition(e, "CLOSE", "SYN_SENT"))
         .count();
-    let lost = recording
-        .log
-        .records
-        .iter()
-        .rev()
-        .find_map(|r| match r {
-            tracer::eventlog::Record::Losses(l) => Some(*l),
-            _ => None,
-        })
-        .expect("a losses line");
+    let lost = recording.losses();
     assert_eq!(lost.events(), 0, "{lost:?}");
     assert_eq!(
         opened,

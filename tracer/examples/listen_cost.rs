@@ -4,20 +4,7 @@
 //! removed at the end), then reads are timed in CPU time. As root:
 //! `cargo run --release --example listen_cost -- 100 1000`.
 
-use std::{path::Path, process::Command, time::Duration};
-
-fn cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid timespec for the call.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
-    Duration::new(
-        u64::try_from(ts.tv_sec).unwrap_or(0),
-        u32::try_from(ts.tv_nsec).unwrap_or(0),
-    )
-}
+use std::{path::Path, process::Command};
 
 const ROUNDS: u32 = 20;
 
@@ -35,12 +22,12 @@ fn main() {
         }
         let mut inspector = tracer::kernel::diag::Inspector::new(Path::new("/proc"));
         let _ = inspector.pass();
-        let started = cpu_time();
+        let started = tracer::kernel::diag::thread_cpu_time();
         let mut seen = 0;
         for _ in 0..ROUNDS {
             seen = inspector.listen_counters().len();
         }
-        let per = cpu_time().saturating_sub(started) / ROUNDS;
+        let per = tracer::kernel::diag::thread_cpu_time().saturating_sub(started) / ROUNDS;
         println!(
             "{seen} namespaces: {:.2} ms of CPU per read of every namespace's counters ({:.1} µs each)",
             per.as_secs_f64() * 1000.0,

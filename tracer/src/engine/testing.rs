@@ -209,3 +209,41 @@ pub fn sockstat(at_ms: u64, mem_pages: u64, tcp_mem: [u64; 3]) -> Sockstat {
         conntrack: None,
     }
 }
+
+/// An inspection's look at one listener (namespace 7, somaxconn 4096) at `at_ms`:
+/// `queued`/`backlog`, and the namespace's cumulative overflows.
+pub fn listeners(
+    at_ms: u64,
+    local: &str,
+    (queued, backlog): (u32, u32),
+    overflows: u64,
+) -> crate::event::Listeners {
+    let mono_ns = T0 + at_ms * 1_000_000;
+    crate::event::Listeners {
+        time: wall(mono_ns),
+        mono_ns,
+        interval_ms: 2000,
+        queues: (queued > 0)
+            .then(|| crate::event::ListenQueue {
+                netns: 7,
+                local: addr(local),
+                queued,
+                backlog,
+                pid: 300,
+                comm: "srv".into(),
+                cgroup: 0,
+            })
+            .into_iter()
+            .collect(),
+        namespaces: vec![crate::event::NamespaceListen {
+            netns: 7,
+            counters: crate::event::ListenCounters {
+                overflows,
+                drops: overflows,
+                ..Default::default()
+            },
+            somaxconn: 4096,
+            new: false,
+        }],
+    }
+}

@@ -315,7 +315,7 @@ fn socket_in(path: &Path) -> io::Result<(OwnedFd, Namespace)> {
 }
 
 /// The calling thread's CPU time (user and system).
-fn thread_cpu_time() -> Duration {
+pub fn thread_cpu_time() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

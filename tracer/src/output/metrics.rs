@@ -459,31 +459,12 @@ mod tests {
             }
         }
         for (at, overflows) in [(3000, 0), (5000, 25)] {
-            let mono_ns = crate::engine::testing::T0 + at * 1_000_000;
-            engine.listeners(&crate::event::Listeners {
-                time: crate::engine::testing::wall(mono_ns),
-                mono_ns,
-                interval_ms: 2000,
-                queues: vec![crate::event::ListenQueue {
-                    netns: 7,
-                    local: "10.0.0.7:18095".parse().expect("addr"),
-                    queued: 5,
-                    backlog: 4,
-                    pid: 3,
-                    comm: "srv".into(),
-                    cgroup: 0,
-                }],
-                namespaces: vec![crate::event::NamespaceListen {
-                    netns: 7,
-                    counters: crate::event::ListenCounters {
-                        overflows,
-                        drops: overflows,
-                        ..Default::default()
-                    },
-                    somaxconn: 4096,
-                    new: false,
-                }],
-            });
+            engine.listeners(&crate::engine::testing::listeners(
+                at,
+                "10.0.0.7:18095",
+                (5, 4),
+                overflows,
+            ));
         }
         let refused = Sock::new(99, 9, "client", "10.0.0.1:40001", "10.0.0.5:9");
         m.observe(&refused.connect_error(1, libc::EADDRNOTAVAIL));

@@ -364,6 +364,20 @@ impl Pipeline<'_> {
         dispatch::listeners(&mut self.engine, &l, sink)
     }
 
+    /// The owner of a connection this node opened, where the trace saw it open (it
+    /// names the thread); the inspection's /proc holder stands otherwise.
+    fn traced_owner(
+        &self,
+        local: std::net::SocketAddr,
+        remote: std::net::SocketAddr,
+    ) -> Option<(u32, String, u64)> {
+        self.engine
+            .conns
+            .client_conn(local, remote)
+            .filter(|t| t.owner_known)
+            .map(|t| (t.pid, t.comm.to_string(), t.cgroup))
+    }
+
     /// One pass's reuses of idle pooled connections: the owner the trace saw open
     /// the connection (its thread), else /proc's holder; those the filters keep.
     fn reuse_pass(
@@ -373,15 +387,8 @@ impl Pipeline<'_> {
         sink: &mut dyn Sink,
     ) -> Result<()> {
         for r in &mut reuses {
-            if let Some(t) = self
-                .engine
-                .conns
-                .client_conn(r.local, r.remote)
-                .filter(|t| t.owner_known)
-            {
-                r.pid = t.pid;
-                r.comm = t.comm.to_string();
-                r.cgroup = t.cgroup;
+            if let Some((pid, comm, cgroup)) = self.traced_owner(r.local, r.remote) {
+                (r.pid, r.comm, r.cgroup) = (pid, comm, cgroup);
             }
         }
         reuses.retain(|r| {
@@ -420,18 +427,9 @@ impl Pipeline<'_> {
             if namespace_errors > 0 && !std::mem::replace(&mut self.namespaces_warned, true) {
                 sink.warn("the inspection of open sockets could not enter some network namespaces (it needs CAP_SYS_ADMIN for setns and CAP_SYS_PTRACE for /proc/PID/ns): awaiting-reply covers the namespaces it could enter");
             }
-            // The process from the trace where it saw the connection open (it names
-            // the thread); /proc's fd holder otherwise.
             for c in &mut conns {
-                if let Some(t) = self
-                    .engine
-                    .conns
-                    .client_conn(c.local, c.remote)
-                    .filter(|t| t.owner_known)
-                {
-                    c.pid = t.pid;
-                    c.comm = t.comm.to_string();
-                    c.cgroup = t.cgroup;
+                if let Some((pid, comm, cgroup)) = self.traced_owner(c.local, c.remote) {
+                    (c.pid, c.comm, c.cgroup) = (pid, comm, cgroup);
                 }
             }
             conns.retain(|c| {

@@ -113,31 +113,12 @@ fn endpoints_view_shows_the_idle_close_spike() {
 fn endpoints_view_shows_a_full_accept_queue() {
     let (mut engine, tail) = incident();
     for (at, overflows) in [(9_000, 10), (11_000, 35)] {
-        let mono_ns = crate::engine::testing::T0 + at * 1_000_000;
-        engine.listeners(&crate::event::Listeners {
-            time: crate::engine::testing::wall(mono_ns),
-            mono_ns,
-            interval_ms: 2000,
-            queues: vec![crate::event::ListenQueue {
-                netns: 7,
-                local: "10.0.0.9:5432".parse().expect("addr"),
-                queued: 5,
-                backlog: 4,
-                pid: 300,
-                comm: "postgres".into(),
-                cgroup: 0,
-            }],
-            namespaces: vec![crate::event::NamespaceListen {
-                netns: 7,
-                counters: crate::event::ListenCounters {
-                    overflows,
-                    drops: overflows,
-                    ..Default::default()
-                },
-                somaxconn: 4096,
-                new: false,
-            }],
-        });
+        engine.listeners(&crate::engine::testing::listeners(
+            at,
+            "10.0.0.9:5432",
+            (5, 4),
+            overflows,
+        ));
     }
     let mut app = App::new(false);
     app.on_snapshot(snapshot::build(&engine, &tail, "", SortKey::Age, header()));

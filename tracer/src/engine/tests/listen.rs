@@ -3,11 +3,11 @@
 use super::of_kind;
 use crate::{
     engine::{
-        testing::{addr, sockstat, wall, Sock, T0},
+        testing::{listeners, sockstat, Sock},
         Config, Engine, Kind, Severity,
     },
     event::{
-        ConntrackStats, ListenCounters, ListenQueue, Listeners, NamespaceListen,
+        ConntrackStats, Listeners,
         TcpState::{Close, SynSent},
     },
 };
@@ -15,34 +15,11 @@ use crate::{
 const LISTENER: &str = "10.237.0.2:18095";
 
 fn pass(at_ms: u64, queued: u32, overflows: u64) -> Listeners {
-    let mono_ns = T0 + at_ms * 1_000_000;
-    Listeners {
-        time: wall(mono_ns),
-        mono_ns,
-        interval_ms: 2000,
-        queues: (queued > 0)
-            .then(|| ListenQueue {
-                netns: 7,
-                local: addr(LISTENER),
-                queued,
-                backlog: 4,
-                pid: 300,
-                comm: "stalled-srv".into(),
-                cgroup: 0,
-            })
-            .into_iter()
-            .collect(),
-        namespaces: vec![NamespaceListen {
-            netns: 7,
-            counters: ListenCounters {
-                overflows,
-                drops: overflows,
-                ..ListenCounters::default()
-            },
-            somaxconn: 4096,
-            new: false,
-        }],
+    let mut l = listeners(at_ms, LISTENER, (queued, 4), overflows);
+    for q in &mut l.queues {
+        q.comm = "stalled-srv".into();
     }
+    l
 }
 
 #[test]
