@@ -54,6 +54,22 @@ pub struct NearMiss {
     pub dropped: u64,
 }
 
+/// The pool's own idle timeout from the idle times of its closes: a tight cluster
+/// when there is one, else the first quartile — an eviction timer closes at its
+/// timeout or a little after, while a process exiting or dropping its pool closes
+/// later, never sooner.
+fn pool_timeout(closes_ms: &[u64]) -> Option<u64> {
+    if closes_ms.len() < POOL_SAMPLES {
+        return None;
+    }
+    if let Some(c) = cluster(closes_ms).filter(|c| c.samples >= POOL_SAMPLES) {
+        return Some(c.estimate_ms);
+    }
+    let mut v = closes_ms.to_vec();
+    v.sort_unstable();
+    Some(v[v.len() / 4])
+}
+
 /// `value` is at least [`DANGER`] of `of`.
 fn in_danger(value: u64, of: u64) -> bool {
     value.saturating_mul(DANGER.1) >= of.saturating_mul(DANGER.0)
@@ -141,18 +157,7 @@ impl NearMiss {
             if failed(*pid, *endpoint) {
                 continue;
             }
-            let pool = (g.pool_closes_ms.len() >= POOL_SAMPLES).then(|| {
-                cluster(&g.pool_closes_ms)
-                    .filter(|c| c.samples >= POOL_SAMPLES)
-                    .map_or_else(
-                        || {
-                            let mut v = g.pool_closes_ms.clone();
-                            v.sort_unstable();
-                            v[v.len() / 2]
-                        },
-                        |c| c.estimate_ms,
-                    )
-            });
+            let pool = pool_timeout(&g.pool_closes_ms);
             let process = Process::new(*pid, &g.comm, g.cgroup);
             let danger_ms = timeout * DANGER.0 / DANGER.1;
             let near = g
