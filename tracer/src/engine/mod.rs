@@ -444,11 +444,15 @@ impl Engine {
     fn on_connect_failure(&mut self, e: &Event, errno: Errno) {
         // A bound source port: the socket holding the 4-tuple, open (this table) or
         // closed with its time-wait socket still there (a `tuple` record).
+        // A time-wait socket the kernel reported closing on the tuple is the surer
+        // fact: a table entry whose close was not seen may look open.
         let held_by = (e.local.port() != 0)
             .then(|| {
-                self.conns
-                    .holder_of(e.local, e.remote, e.sock)
-                    .or_else(|| self.tuples.holder(e.local, e.remote).cloned())
+                let closed = self.tuples.holder(e.local, e.remote).cloned();
+                match closed {
+                    Some(h) if h.state == TcpState::TimeWait => Some(h),
+                    _ => self.conns.holder_of(e.local, e.remote, e.sock).or(closed),
+                }
             })
             .flatten();
         self.endpoints.connect_error(e.remote);

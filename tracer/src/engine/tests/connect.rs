@@ -69,6 +69,12 @@ fn bound_source_port_names_the_socket_holding_the_tuple() {
 #[test]
 fn bound_port_held_in_time_wait_names_its_closed_connection() {
     let mut engine = crate::engine::Engine::new(Config::default());
+    // A table entry on the same tuple whose close was never seen (a socket of another
+    // process at a reused address, seen in CI): the kernel's time-wait fact wins.
+    let stale = Sock::new(7, 99, "lab-client", "10.0.0.1:5000", "10.0.0.8:80");
+    for e in stale.connect(0) {
+        engine.ingest(&e);
+    }
     let failing = Sock::new(2, 6, "haproxy", "10.0.0.1:5000", "10.0.0.8:80");
     let e = failing.connect_error(10, libc::EADDRNOTAVAIL);
     engine.tuple(&crate::event::TupleInfo {
