@@ -418,25 +418,38 @@ fn run_one(
     std::fs::write(&script, guest_script(&out, bin, tests))?;
     let started = Instant::now();
     let mut hung = None;
+    let mut retried_boot = false;
     if let Some((vng, vmlinuz)) = vm {
         eprintln!("xtask: booting {} (qemu, TCG)", vmlinuz.display());
         // A guest that hangs (its kernel, or qemu) must not hold CI past its limit:
         // it is stopped, and its row says so with what it had finished.
-        let ran = piped(
-            Command::new("timeout")
-                .args(["--kill-after=30", &GUEST_LIMIT.as_secs().to_string()])
-                .arg(vng)
-                // vng starts virtme-run (and the guest's helpers) through the shell's
-                // PATH: the venv's bin/ must come first, or a fresh machine finds none.
-                .env("PATH", venv_path(vng))
-                .arg("-r")
-                .arg(vmlinuz)
-                .args(["--disable-kvm", "-m", "3G", "--cpus", "2"])
-                .arg(format!("--rwdir={}", out.display()))
-                .arg("--exec")
-                .arg(format!("sh {}", script.display()))
-                .current_dir(workspace_root()),
-        );
+        let boot = || {
+            piped(
+                Command::new("timeout")
+                    .args(["--kill-after=30", &GUEST_LIMIT.as_secs().to_string()])
+                    .arg(vng)
+                    // vng starts virtme-run (and the guest's helpers) through the
+                    // shell's PATH: the venv's bin/ must come first, or a fresh machine
+                    // finds none.
+                    .env("PATH", venv_path(vng))
+                    .arg("-r")
+                    .arg(vmlinuz)
+                    .args(["--disable-kvm", "-m", "3G", "--cpus", "2"])
+                    .arg(format!("--rwdir={}", out.display()))
+                    .arg("--exec")
+                    .arg(format!("sh {}", script.display()))
+                    .current_dir(workspace_root()),
+            )
+        };
+        let mut ran = boot();
+        // A guest that never reached its script (vng exited before `check` wrote
+        // anything: seen once, 6 s after the boot began, on a fresh machine) is
+        // booted once more; the table says so.
+        if ran.is_err() && !out.join("check.txt").exists() {
+            eprintln!("xtask: the {name} guest did not start; booting it once more");
+            retried_boot = true;
+            ran = boot();
+        }
         if let Err(e) = ran {
             eprintln!("xtask: the {name} guest did not finish: {e:#}");
             hung = Some(format!(
@@ -478,6 +491,10 @@ fn run_one(
         details: Vec::new(),
     };
     tally(&mut row, &out, tests);
+    if retried_boot {
+        row.retried
+            .push("the guest's boot (it did not start the first time)".to_owned());
+    }
     if let Some(why) = hung {
         // Tests that never reported count as failed.
         let reported = row.passed + row.failed;
