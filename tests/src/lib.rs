@@ -233,7 +233,7 @@ impl Recording {
             .iter()
             .rev()
             .find_map(|r| match r {
-                tracer::eventlog::Record::Losses(l) => Some(*l),
+                tracer::event::Record::Losses(l) => Some(*l),
                 _ => None,
             })
             .unwrap_or_default()
@@ -307,7 +307,7 @@ impl Recording {
             .iter()
             .rev()
             .find_map(|r| match r {
-                tracer::eventlog::Record::FinalFindings(f) => Some(f.clone()),
+                tracer::event::Record::FinalFindings(f) => Some(f.clone()),
                 _ => None,
             })
             .expect("the log ends with the live findings")

@@ -128,7 +128,7 @@ fn connections_from_a_kubelet_cgroup_carry_pod_and_container() {
         .records
         .iter()
         .find_map(|r| match r {
-            tracer::eventlog::Record::Cgroup(c)
+            tracer::event::Record::Cgroup(c)
                 if c.container.pod_uid.as_deref() == Some(cg.pod_uid.as_str()) =>
             {
                 Some(c.clone())
@@ -162,6 +162,6 @@ fn connections_from_a_kubelet_cgroup_carry_pod_and_container() {
         .log
         .records
         .iter()
-        .any(|r| matches!(r, tracer::eventlog::Record::Pod(p) if p.uid == cg.pod_uid)));
+        .any(|r| matches!(r, tracer::event::Record::Pod(p) if p.uid == cg.pod_uid)));
     assert_eq!(refused[0]["process"]["container"], cg.container_id.as_str());
 }

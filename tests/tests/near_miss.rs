@@ -78,7 +78,7 @@ fn a_pool_reusing_near_uvicorns_timeout_is_warned_before_it_fails() {
         .records
         .iter()
         .filter_map(|r| match r {
-            tracer::eventlog::Record::Reuses(r) => Some(format!(
+            tracer::event::Record::Reuses(r) => Some(format!(
                 "{} {:?}",
                 r.mono_ns / 1_000_000,
                 r.reuses

@@ -40,7 +40,7 @@ fn psql_workers_hung_on_a_vanished_pgbouncer_are_named_with_when_keepalive_ends_
         .records
         .iter()
         .filter_map(|r| match r {
-            tracer::eventlog::Record::Waiting(w) => Some(format!(
+            tracer::event::Record::Waiting(w) => Some(format!(
                 "{:?}",
                 w.conns
                     .iter()

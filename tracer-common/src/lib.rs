@@ -459,4 +459,24 @@ mod user {
     unsafe impl aya::Pod for super::Owner {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ConnRecord {}
+
+    /// The bytes of a wire type as the kernel writes them (tests and seeds build
+    /// records in code).
+    pub trait AsBytes: aya::Pod {
+        fn as_bytes(&self) -> &[u8] {
+            // SAFETY: a Pod is plain data with no uninitialised bytes (see above);
+            // the slice borrows `self` for its size.
+            unsafe {
+                core::slice::from_raw_parts(
+                    core::ptr::from_ref(self).cast::<u8>(),
+                    core::mem::size_of_val(self),
+                )
+            }
+        }
+    }
+
+    impl<T: aya::Pod> AsBytes for T {}
 }
+
+#[cfg(feature = "user")]
+pub use user::AsBytes;

@@ -1,4 +1,4 @@
-//! Long fuzzing runs: `cargo run --release --example fuzz -- SECS [TARGET...]` runs
+//! Long fuzzing runs: `cargo run --release --features fuzz --example fuzz -- SECS [TARGET...]` runs
 //! each target (all by default) for SECS seconds and prints executions, rate and
 //! crashes (inputs saved in target/fuzz-crashes/). See `tracer::fuzz`.
 

@@ -97,13 +97,24 @@ fn main() {
         let mut holders = hold(sockets);
         // The whole pass as the inspection thread makes it: the dumps, waits, each
         // client connection's reuse bookkeeping, listeners and their counters.
-        let mut inspection = tracer::kernel::inspect::Inspection::new(Some(30_000));
+        let mut inspection = tracer::kernel::inspect::Inspection::new(
+            Some(30_000),
+            tracer::kernel::time::KernelClock::detect().expect("clock"),
+        );
         let _ = inspection.pass(); // namespaces found, sockets made
         let passes = 5;
         let (cpu0, wall0) = (cpu_time(), Instant::now());
         let mut waiting = 0;
         for _ in 0..passes {
-            waiting = inspection.pass().conns.len();
+            waiting = inspection
+                .pass()
+                .records
+                .iter()
+                .map(|r| match r {
+                    tracer::event::Record::Waiting(w) => w.conns.len(),
+                    _ => 0,
+                })
+                .sum();
         }
         let cpu = cpu_time().saturating_sub(cpu0) / passes;
         let wall = wall0.elapsed() / passes;

@@ -10,7 +10,7 @@
 //! deleted, duplicated and spliced runs, truncation) by a seeded xorshift generator,
 //! so a run is reproducible. A target fails when it panics; the input is saved to
 //! `target/fuzz-crashes/`. The unit tests run every target briefly (CI's smoke run);
-//! `cargo run --release --example fuzz -- SECS [TARGET]` runs them for longer.
+//! `cargo run --release --features fuzz --example fuzz -- SECS [TARGET]` runs them for longer.
 
 use std::{
     io::Cursor,
@@ -43,7 +43,7 @@ fn log_target(b: &[u8]) {
     let mut engine = crate::engine::Engine::new(crate::engine::Config::default());
     let mut sink = crate::pipeline::dispatch::Findings::default();
     for record in reader.flatten() {
-        let _ = crate::pipeline::dispatch::record(&mut engine, &record, &mut sink);
+        let _ = crate::pipeline::dispatch::dispatch(&mut engine, None, &record, &mut sink);
     }
     let losses = sink.losses;
     let findings = engine.findings();
@@ -58,20 +58,14 @@ fn log_target(b: &[u8]) {
 }
 
 fn decoder_target(b: &[u8]) {
-    let decoder = crate::kernel::decode::Decoder {
-        clock: crate::kernel::time::KernelClock {
-            boot: std::time::UNIX_EPOCH,
-            hz: 250,
-        },
-        reset_reasons: vec!["NOT_SPECIFIED".into(), "NO_SOCKET".into()],
-    };
+    let decoder = crate::kernel::decode::Decoder::sample();
     let mut line = Vec::new();
     let mut times = crate::eventlog::jsonl::TimeCache::default();
     match decoder.decode(b) {
-        Ok(crate::kernel::decode::Decoded::Event(e)) => {
+        Ok(crate::event::Record::Event(e)) => {
             crate::eventlog::jsonl::write_event(&mut line, &e, &mut times);
         }
-        Ok(crate::kernel::decode::Decoded::Conn(c)) => {
+        Ok(crate::event::Record::Conn(c)) => {
             // What the log writes must read back as what was decoded.
             crate::eventlog::jsonl::write_conn(&mut line, &c, &mut times);
             let value: serde_json::Value = serde_json::from_slice(&line).expect("valid JSON");
@@ -80,6 +74,7 @@ fn decoder_target(b: &[u8]) {
             let back = crate::eventlog::jsonl::read_conn(body).expect("reads back");
             assert_eq!(back, c, "{}", String::from_utf8_lossy(&line));
         }
+        Ok(other) => panic!("the decoder made a {other:?}"),
         Err(_) => {}
     }
 }
@@ -102,14 +97,7 @@ fn raw_events() -> Vec<Vec<u8>> {
             ev.send_idle_jiffies = 1250;
             ev.reason = 1;
             ev.errno = 111;
-            // SAFETY: RawEvent is repr(C) plain data with explicit padding.
-            unsafe {
-                std::slice::from_raw_parts(
-                    (&raw const ev).cast::<u8>(),
-                    tracer_common::RawEvent::SIZE,
-                )
-            }
-            .to_vec()
+            tracer_common::AsBytes::as_bytes(&ev).to_vec()
         })
         .chain(std::iter::once(conn_record()))
         .collect()
@@ -145,14 +133,7 @@ fn conn_record() -> Vec<u8> {
         step.send_idle_jiffies = 100 * i;
         step.recv_idle_jiffies = 50 * i;
     }
-    // SAFETY: ConnRecord is repr(C) plain data with explicit padding.
-    unsafe {
-        std::slice::from_raw_parts(
-            (&raw const rec).cast::<u8>(),
-            tracer_common::ConnRecord::SIZE,
-        )
-    }
-    .to_vec()
+    tracer_common::AsBytes::as_bytes(&rec).to_vec()
 }
 
 fn btf_target(b: &[u8]) {

@@ -18,12 +18,14 @@
 //! ```
 //!
 //! Beside them: [`k8s`] (the pod and container of a cgroup), [`signals`] (stopping
-//! cleanly from the first moment) and [`fuzz`] (mutation fuzzing of every parser).
+//! cleanly from the first moment) and, with the `fuzz` feature,
+//! `fuzz` (mutation fuzzing of every parser; its smoke run is a unit test).
 
 pub mod commands;
 pub mod engine;
 pub mod event;
 pub mod eventlog;
+#[cfg(any(test, feature = "fuzz"))]
 pub mod fuzz;
 pub mod k8s;
 pub mod kernel;

@@ -60,7 +60,7 @@ pub fn replay(path: &Path, cfg: Config) -> Result<Replay> {
         let t = std::time::Instant::now();
         for record in batch.drain(..) {
             // The sink keeps nothing that can fail.
-            let _ = dispatch::record(engine, &record, &mut sink);
+            let _ = dispatch::dispatch(engine, None, &record, &mut sink);
         }
         engine_time += t.elapsed();
     };
@@ -96,7 +96,7 @@ pub fn replay(path: &Path, cfg: Config) -> Result<Replay> {
 pub fn run(path: &Path, format: Format, stats: bool) -> Result<()> {
     let replay = replay(path, Config::default())?;
     if stats {
-        let e = &replay.engine.stats;
+        let e = replay.engine.stats();
         let rate = |d: std::time::Duration| {
             #[expect(clippy::cast_precision_loss, reason = "a rate for display")]
             let r = e.events as f64 / d.as_secs_f64().max(1e-9);
@@ -110,7 +110,7 @@ pub fn run(path: &Path, format: Format, stats: bool) -> Result<()> {
             rate(replay.read_time),
             replay.engine_time.as_secs_f64(),
             rate(replay.engine_time),
-            replay.engine.conns.len(),
+            replay.engine.conns().len(),
             e.evicted,
         );
     }

@@ -9,7 +9,7 @@ use crate::{
     commands::cli::WatchArgs,
     commands::report,
     engine::Finding,
-    event::{Event, Sockstat},
+    event::Record,
     pipeline::{live, Sink},
 };
 
@@ -33,21 +33,18 @@ impl StdoutSink {
 }
 
 impl Sink for StdoutSink {
-    fn event(&mut self, event: &Event) -> Result<()> {
+    fn record(&mut self, record: &Record) -> Result<()> {
         if !self.verbose {
             return Ok(());
         }
-        let line = if self.json {
-            format!(
-                "{}\n",
+        for event in record.events() {
+            let line = if self.json {
                 serde_json::to_string(&serde_json::json!({ "event": event }))?
-            )
-        } else {
-            format!("{}\n", serde_json::to_string(event)?)
-        };
-        self.write(&line)
-    }
-    fn sockstat(&mut self, _: &Sockstat) -> Result<()> {
+            } else {
+                serde_json::to_string(&event)?
+            };
+            self.write(&format!("{line}\n"))?;
+        }
         Ok(())
     }
     fn finding(&mut self, finding: &Finding) -> Result<()> {

@@ -97,9 +97,9 @@ pub struct Finding {
     pub process: Option<Process>,
     /// The occurrences the summary counts.
     pub count: u64,
-    #[serde(with = "crate::kernel::time::rfc3339")]
+    #[serde(with = "crate::event::rfc3339")]
     pub first_seen: SystemTime,
-    #[serde(with = "crate::kernel::time::rfc3339")]
+    #[serde(with = "crate::event::rfc3339")]
     pub last_seen: SystemTime,
     /// Kind-specific; durations end in `_ms`, errnos are names.
     pub evidence: BTreeMap<String, serde_json::Value>,

@@ -44,7 +44,7 @@ use std::{collections::HashMap, time::SystemTime};
 pub use conn::{Comm, Conn, ConnTable, Role};
 pub use finding::{Finding, Kind, Process, Severity};
 
-use crate::event::{Direction, Errno, Event, EventKind, Sockstat, TcpState, Waiting};
+use crate::event::{Direction, Errno, Event, EventKind, Record, Sockstat, TcpState, Waiting};
 
 /// Thresholds; each detector documents how it uses them.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,10 +93,10 @@ pub struct Stats {
 
 /// The engine.
 pub struct Engine {
-    pub cfg: Config,
+    cfg: Config,
     now_ns: u64,
     now_wall: SystemTime,
-    pub conns: ConnTable,
+    conns: ConnTable,
     idle: idle::IdleClose,
     reuse: reuse::ReuseRace,
     leak: leak::CloseWaitLeak,
@@ -110,8 +110,8 @@ pub struct Engine {
     timeouts: timeout::ConnectTimeouts,
     conntrack: conntrack_table::ConntrackTable,
     nearmiss: nearmiss::NearMiss,
-    pub endpoints: endpoints::Endpoints,
-    pub stats: Stats,
+    endpoints: endpoints::Endpoints,
+    stats: Stats,
     /// Containers and pods by cgroup id, from the `cgroup` records.
     cgroups: HashMap<u64, crate::k8s::ContainerRef>,
     /// Pod names by UID, from the `pod` records.
@@ -149,6 +149,77 @@ impl Engine {
             pods: HashMap::new(),
             reported: HashMap::new(),
         }
+    }
+
+    /// Feeds one record, whatever its source (live or a log): its events, snapshot or
+    /// sample to the detectors that take it. Findings in a log are not taken back:
+    /// the engine finds them again from the records.
+    pub fn record(&mut self, record: &Record) {
+        match record {
+            Record::Event(e) => self.ingest(e),
+            Record::Conn(c) => c.events().for_each(|e| self.ingest(&e)),
+            Record::Sockstat(s) => self.sample(s),
+            Record::Waiting(w) => self.waiting(w),
+            Record::Tuple(t) => self.tuple(t),
+            Record::Listeners(l) => self.listeners(l),
+            Record::Reuses(r) => self.reuses(r),
+            Record::Cgroup(c) => self.cgroup(c),
+            Record::Pod(p) => self.pod(p),
+            Record::Losses(_) | Record::Finding(_) | Record::FinalFindings(_) => {}
+        }
+    }
+
+    /// Owners the trace saw, given to what the inspection found through /proc (a
+    /// socket's holder there is a process; the trace names the thread that opened
+    /// the connection or called listen()).
+    pub fn attribute(&self, record: &mut Record) {
+        let traced = |local, remote| {
+            self.conns
+                .client_conn(local, remote)
+                .filter(|t| t.owner_known)
+                .map(|t| (t.pid, t.comm.to_string(), t.cgroup))
+        };
+        match record {
+            Record::Waiting(w) => {
+                for c in &mut w.conns {
+                    if let Some(owner) = traced(c.local, c.remote) {
+                        (c.pid, c.comm, c.cgroup) = owner;
+                    }
+                }
+            }
+            Record::Reuses(r) => {
+                for r in &mut r.reuses {
+                    if let Some(owner) = traced(r.local, r.remote) {
+                        (r.pid, r.comm, r.cgroup) = owner;
+                    }
+                }
+            }
+            Record::Listeners(l) => {
+                for q in &mut l.queues {
+                    if let Some(l) = self.conns.listener_at(q.local).filter(|l| l.owner_known) {
+                        (q.pid, q.comm, q.cgroup) = (l.pid, l.comm.to_string(), l.cgroup);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The connection table.
+    pub fn conns(&self) -> &ConnTable {
+        &self.conns
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    pub fn endpoints(&self) -> &endpoints::Endpoints {
+        &self.endpoints
     }
 
     /// The engine's clock: the latest input's monotonic and wall time.
@@ -423,7 +494,7 @@ impl Engine {
     }
 
     /// What the kernel's tables said of a 4-tuple.
-    pub fn tuple(&mut self, t: &crate::event::TupleInfo) {
+    fn tuple(&mut self, t: &crate::event::TupleInfo) {
         self.advance(t.mono_ns, t.time);
         self.tuples.learn(t);
         self.count_evicted();
@@ -498,21 +569,21 @@ impl Engine {
     }
 
     /// Learns which container and pod a cgroup is.
-    pub fn cgroup(&mut self, info: &crate::k8s::CgroupInfo) {
+    fn cgroup(&mut self, info: &crate::k8s::CgroupInfo) {
         if !info.container.is_empty() && self.cgroups.len() < 65_536 {
             self.cgroups.insert(info.id, info.container.clone());
         }
     }
 
     /// Learns a pod's name and namespace.
-    pub fn pod(&mut self, info: &crate::k8s::api::PodInfo) {
+    fn pod(&mut self, info: &crate::k8s::api::PodInfo) {
         if self.pods.len() < 65_536 || self.pods.contains_key(&info.uid) {
             self.pods.insert(info.uid.clone(), info.clone());
         }
     }
 
     /// Feeds one node sample; also the engine's periodic tick (leak ages).
-    pub fn sample(&mut self, s: &Sockstat) {
+    fn sample(&mut self, s: &Sockstat) {
         self.stats.samples += 1;
         self.advance(s.mono_ns, s.time);
         self.memory.sample(s, &self.conns);
@@ -527,7 +598,7 @@ impl Engine {
     }
 
     /// Feeds one inspection's reuses of idle pooled connections.
-    pub fn reuses(&mut self, r: &crate::event::Reuses) {
+    fn reuses(&mut self, r: &crate::event::Reuses) {
         self.stats.samples += 1;
         self.advance(r.mono_ns, r.time);
         for reuse in &r.reuses {
@@ -553,7 +624,7 @@ impl Engine {
     }
 
     /// Feeds one look at the listeners' queues and drop counters.
-    pub fn listeners(&mut self, l: &crate::event::Listeners) {
+    fn listeners(&mut self, l: &crate::event::Listeners) {
         self.stats.samples += 1;
         self.advance(l.mono_ns, l.time);
         self.listen.sample(l);
@@ -564,7 +635,7 @@ impl Engine {
     }
 
     /// Feeds one snapshot of connections awaiting a reply.
-    pub fn waiting(&mut self, w: &Waiting) {
+    fn waiting(&mut self, w: &Waiting) {
         self.stats.samples += 1;
         self.advance(w.mono_ns, w.time);
         self.awaiting.snapshot(w);

@@ -247,3 +247,37 @@ pub fn listeners(
         }],
     }
 }
+
+/// A connection of `pid` ("worker") awaiting a reply for `waiting_ms`.
+pub fn waiting_conn(
+    pid: u32,
+    local: &str,
+    remote: &str,
+    waiting_ms: u64,
+    keepalive: bool,
+) -> crate::event::WaitingConn {
+    crate::event::WaitingConn {
+        pid,
+        comm: "worker".to_owned(),
+        cgroup: 0,
+        local: addr(local),
+        remote: addr(remote),
+        waiting_ms,
+        last_recv_ms: waiting_ms + 50,
+        keepalive,
+        last_ack_ms: None,
+        keepalive_settings: None,
+        peer_here: false,
+    }
+}
+
+/// An inspection's awaiting-reply snapshot at `at_ms` (threshold 30 s).
+pub fn waiting(at_ms: u64, conns: Vec<crate::event::WaitingConn>) -> crate::event::Waiting {
+    let mono_ns = T0 + at_ms * 1_000_000;
+    crate::event::Waiting {
+        time: wall(mono_ns),
+        mono_ns,
+        after_ms: 30_000,
+        conns,
+    }
+}

@@ -266,7 +266,7 @@ pub fn read_conn(value: ConnLine) -> Result<Conn, String> {
 /// The JSON shape of a connection line.
 #[derive(serde::Deserialize)]
 pub struct ConnLine {
-    #[serde(with = "crate::kernel::time::rfc3339")]
+    #[serde(with = "crate::event::rfc3339")]
     t: SystemTime,
     ns: u64,
     sk: String,

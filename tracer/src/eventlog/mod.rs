@@ -19,7 +19,8 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Event, Sockstat, Waiting};
+use crate::event::Event;
+pub use crate::event::Record;
 
 pub mod jsonl;
 pub mod store;
@@ -42,9 +43,9 @@ pub struct Header {
     pub kernel: String,
     #[serde(default)]
     pub hz: u32,
-    #[serde(with = "crate::kernel::time::rfc3339")]
+    #[serde(with = "crate::event::rfc3339")]
     pub boot_time: SystemTime,
-    #[serde(with = "crate::kernel::time::rfc3339")]
+    #[serde(with = "crate::event::rfc3339")]
     pub started: SystemTime,
     #[serde(default)]
     pub conntrace_version: String,
@@ -84,35 +85,6 @@ impl Header {
             degraded: Vec::new(),
         }
     }
-}
-
-/// One line after the header.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Record {
-    Event(Event),
-    /// A socket's transitions shipped together (`{"conn": ...}`, version 2).
-    Conn(crate::event::Conn),
-    /// A node TCP memory sample (`{"sockstat": ...}`).
-    Sockstat(Sockstat),
-    /// Connections awaiting a reply at one inspection (`{"waiting": ...}`).
-    Waiting(Waiting),
-    /// What the kernel's tables said of one 4-tuple (`{"tuple": ...}`).
-    Tuple(crate::event::TupleInfo),
-    /// Listeners' accept queues and listen-drop counters (`{"listeners": ...}`).
-    Listeners(crate::event::Listeners),
-    /// Pooled connections reused after idling (`{"reuse": ...}`).
-    Reuses(crate::event::Reuses),
-    /// What the recording had lost so far (`{"losses": ...}`).
-    Losses(crate::event::Losses),
-    /// A cgroup seen for the first time, with its container and pod (`{"cgroup": ...}`).
-    Cgroup(crate::k8s::CgroupInfo),
-    /// A pod's name and namespace from the Kubernetes API (`{"pod": ...}`).
-    Pod(crate::k8s::api::PodInfo),
-    /// A finding as the engine wrote it (`{"finding": ...}`).
-    Finding(serde_json::Value),
-    /// Every finding of the live engine when recording stopped (`{"findings": [...]}`),
-    /// the last line of a complete log.
-    FinalFindings(Vec<serde_json::Value>),
 }
 
 /// A line that could not be read, by number (the header is line 1).
@@ -238,43 +210,25 @@ impl<W: store::Truncate> LogWriter<W> {
         self.put()
     }
 
-    pub fn cgroup(&mut self, info: &crate::k8s::CgroupInfo) -> Result<()> {
-        #[derive(Serialize)]
-        struct Line<'a> {
-            cgroup: &'a crate::k8s::CgroupInfo,
+    /// One record, as its line: events and connections through the hot-path encoder,
+    /// the others as `{"KEY": VALUE}`.
+    pub fn record(&mut self, record: &Record) -> Result<()> {
+        match record {
+            Record::Event(e) => self.event(e),
+            Record::Conn(c) => self.conn(c),
+            Record::Losses(l) => self.losses(l),
+            other => self.write_line(other),
         }
-        self.write_line(&Line { cgroup: info })
-    }
-
-    pub fn pod(&mut self, info: &crate::k8s::api::PodInfo) -> Result<()> {
-        #[derive(Serialize)]
-        struct Line<'a> {
-            pod: &'a crate::k8s::api::PodInfo,
-        }
-        self.write_line(&Line { pod: info })
-    }
-
-    pub fn sockstat(&mut self, sample: &Sockstat) -> Result<()> {
-        #[derive(Serialize)]
-        struct Line<'a> {
-            sockstat: &'a Sockstat,
-        }
-        self.write_line(&Line { sockstat: sample })
     }
 
     /// What the recording lost so far, with the records the log itself could not
     /// take.
     pub fn losses(&mut self, losses: &crate::event::Losses) -> Result<()> {
-        #[derive(Serialize)]
-        struct Line<'a> {
-            losses: &'a crate::event::Losses,
-        }
         self.last_losses = crate::event::Losses {
             log_unwritten: self.out.unwritten,
             ..*losses
         };
-        let losses = self.last_losses;
-        self.write_line(&Line { losses: &losses })
+        self.write_line(&Record::Losses(self.last_losses))
     }
 
     /// What the log lacks (its disk full or failing), if anything.
@@ -282,53 +236,25 @@ impl<W: store::Truncate> LogWriter<W> {
         self.out.incomplete()
     }
 
-    pub fn waiting(&mut self, snapshot: &Waiting) -> Result<()> {
-        #[derive(Serialize)]
-        struct Line<'a> {
-            waiting: &'a Waiting,
-        }
-        self.write_line(&Line { waiting: snapshot })
-    }
-
-    pub fn reuses(&mut self, r: &crate::event::Reuses) -> Result<()> {
-        #[derive(Serialize)]
-        struct Line<'a> {
-            reuse: &'a crate::event::Reuses,
-        }
-        self.write_line(&Line { reuse: r })
-    }
-
-    pub fn listeners(&mut self, sample: &crate::event::Listeners) -> Result<()> {
-        #[derive(Serialize)]
-        struct Line<'a> {
-            listeners: &'a crate::event::Listeners,
-        }
-        self.write_line(&Line { listeners: sample })
-    }
-
-    pub fn tuple(&mut self, info: &crate::event::TupleInfo) -> Result<()> {
-        #[derive(Serialize)]
-        struct Line<'a> {
-            tuple: &'a crate::event::TupleInfo,
-        }
-        self.write_line(&Line { tuple: info })
-    }
-
     /// The live engine's findings at exit.
     pub fn final_findings<T: Serialize>(&mut self, findings: &[T]) -> Result<()> {
-        #[derive(Serialize)]
-        struct Line<'a, T> {
-            findings: &'a [T],
-        }
-        self.write_line(&Line { findings })
+        self.write_keyed("findings", &findings)
     }
 
+    /// A finding as the engine made it (`{"finding": ...}`).
     pub fn finding(&mut self, finding: &impl Serialize) -> Result<()> {
-        #[derive(Serialize)]
-        struct Line<'a, T> {
-            finding: &'a T,
-        }
-        self.write_line(&Line { finding })
+        self.write_keyed("finding", finding)
+    }
+
+    /// `{"KEY": VALUE}` (a finding keeps its fields in the engine's order).
+    fn write_keyed(&mut self, key: &str, value: &impl Serialize) -> Result<()> {
+        self.line.clear();
+        self.line.extend_from_slice(b"{\"");
+        self.line.extend_from_slice(key.as_bytes());
+        self.line.extend_from_slice(b"\":");
+        serde_json::to_writer(&mut self.line, value)?;
+        self.line.extend_from_slice(b"}\n");
+        self.put()
     }
 
     fn write_line(&mut self, value: &impl Serialize) -> Result<()> {
@@ -517,17 +443,6 @@ impl<R: BufRead> Iterator for LogReader<R> {
     }
 }
 
-/// `{"KEY": VALUE, ...}`: the value under `key` (other keys, from a newer version,
-/// are skipped).
-fn wrapped<T: serde::de::DeserializeOwned>(line: &str, key: &str) -> Result<T, String> {
-    let mut v: serde_json::Value = serde_json::from_str(line).map_err(|e| describe(&e))?;
-    let inner = v
-        .get_mut(key)
-        .map(serde_json::Value::take)
-        .ok_or_else(|| format!("corrupt line (no {key})"))?;
-    serde_json::from_value(inner).map_err(|e| format!("corrupt line ({e})"))
-}
-
 fn parse_record(line: &str) -> Result<Record, String> {
     let key = line
         .strip_prefix("{\"")
@@ -548,16 +463,18 @@ fn parse_record(line: &str) -> Result<Record, String> {
                 })
                 .map(Record::Conn)
         }
-        Some(k @ "finding") => wrapped(line, k).map(Record::Finding),
-        Some(k @ "findings") => wrapped(line, k).map(Record::FinalFindings),
-        Some(k @ "pod") => wrapped(line, k).map(Record::Pod),
-        Some(k @ "cgroup") => wrapped(line, k).map(Record::Cgroup),
-        Some(k @ "sockstat") => wrapped(line, k).map(Record::Sockstat),
-        Some(k @ "losses") => wrapped(line, k).map(Record::Losses),
-        Some(k @ "waiting") => wrapped(line, k).map(Record::Waiting),
-        Some(k @ "reuse") => wrapped(line, k).map(Record::Reuses),
-        Some(k @ "listeners") => wrapped(line, k).map(Record::Listeners),
-        Some(k @ "tuple") => wrapped(line, k).map(Record::Tuple),
+        // `{"KEY": VALUE, ...}`: the value under the key; other keys (from a newer
+        // version) are skipped.
+        Some(k) if Record::KEYS.contains(&k) => {
+            let mut map: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(line).map_err(|e| describe(&e))?;
+            let value = map
+                .remove(k)
+                .ok_or_else(|| format!("corrupt line (no {k})"))?;
+            let one = serde_json::Map::from_iter([(k.to_owned(), value)]);
+            serde_json::from_value(serde_json::Value::Object(one))
+                .map_err(|e| format!("corrupt line ({e})"))
+        }
         _ => serde_json::from_str::<Event>(line)
             .map(Record::Event)
             .map_err(|e| describe(&e)),
@@ -593,16 +510,7 @@ impl Log {
                 Err(e) => errors.push(e),
             }
         }
-        let events = records
-            .iter()
-            .flat_map(|r| -> Box<dyn Iterator<Item = Event> + '_> {
-                match r {
-                    Record::Event(e) => Box::new(std::iter::once(e.clone())),
-                    Record::Conn(c) => Box::new(c.events()),
-                    _ => Box::new(std::iter::empty()),
-                }
-            })
-            .collect();
+        let events = records.iter().flat_map(Record::events).collect();
         Ok(Self {
             header: reader.header,
             records,
@@ -620,17 +528,7 @@ impl Log {
     pub fn conns(&self) -> impl Iterator<Item = &crate::event::Conn> {
         self.records.iter().filter_map(|r| match r {
             Record::Conn(c) => Some(c),
-            Record::Event(_)
-            | Record::Sockstat(_)
-            | Record::Waiting(_)
-            | Record::Tuple(_)
-            | Record::Listeners(_)
-            | Record::Reuses(_)
-            | Record::Losses(_)
-            | Record::Cgroup(_)
-            | Record::Pod(_)
-            | Record::Finding(_)
-            | Record::FinalFindings(_) => None,
+            _ => None,
         })
     }
 }

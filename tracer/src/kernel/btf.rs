@@ -272,10 +272,9 @@ impl Btf {
     }
 }
 
-/// For tests and fuzzing (a seed).
-#[doc(hidden)]
-/// Builds a tiny BTF blob: `struct outer { int a; union { int b; struct inner c; }; }`
+/// For tests and fuzzing (a seed): builds a tiny BTF blob: `struct outer { int a; union { int b; struct inner c; }; }`
 /// with `struct inner { int x; int y; }`, and `enum color { RED = 1, BLUE = 7 }`.
+#[cfg(any(test, feature = "fuzz"))]
 pub fn tiny_sample() -> Vec<u8> {
     let strings = b"\0int\0outer\0a\0b\0c\0inner\0x\0y\0color\0RED\0BLUE\0".to_vec();
     let off = |s: &str| -> u32 {

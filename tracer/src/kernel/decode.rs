@@ -7,15 +7,20 @@ use bytes::Buf as _;
 use tracer_common::{flags, kind, owner_src, ConnRecord, RawEvent, Step, AF_INET6, MAX_STEPS};
 
 use crate::{
-    event::{Closer, Conn, Direction, Errno, Event, EventKind, TcpState, Totals},
+    event::{Closer, Conn, Direction, Errno, Event, EventKind, Record, TcpState, Totals},
     kernel::time::KernelClock,
 };
 
-/// One decoded ring-buffer record.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Decoded {
-    Event(Event),
-    Conn(Conn),
+/// One ring-buffer record as the kernel wrote it, parsed field by field (on the
+/// stack, one at a time: the size difference is the wire's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed one at a time, never stored"
+)]
+pub enum Wire {
+    Event(RawEvent),
+    Conn(ConnRecord),
 }
 
 /// Why a record could not be decoded.
@@ -153,18 +158,43 @@ pub fn parse_conn(b: &[u8]) -> Result<ConnRecord, DecodeError> {
     })
 }
 
-impl Decoder {
-    /// Decodes one ring-buffer record.
-    pub fn decode(&self, bytes: &[u8]) -> Result<Decoded, DecodeError> {
-        if bytes.len() == ConnRecord::SIZE {
-            let rec = parse_conn(bytes)?;
-            if rec.head.kind != kind::CONN {
-                return Err(DecodeError::Kind(rec.head.kind));
-            }
-            return self.convert_conn(&rec).map(Decoded::Conn);
+/// Parses one ring-buffer record by its size, checking a connection record's kind.
+pub fn parse(bytes: &[u8]) -> Result<Wire, DecodeError> {
+    if bytes.len() == ConnRecord::SIZE {
+        let rec = parse_conn(bytes)?;
+        if rec.head.kind != kind::CONN {
+            return Err(DecodeError::Kind(rec.head.kind));
         }
-        let raw = parse_raw(bytes)?;
-        self.convert(&raw).map(Decoded::Event)
+        return Ok(Wire::Conn(rec));
+    }
+    parse_raw(bytes).map(Wire::Event)
+}
+
+impl Decoder {
+    /// A decoder for records built in code: boot at 2023-11-14T22:13:20Z, HZ 250,
+    /// two reset reasons.
+    #[cfg(any(test, feature = "fuzz"))]
+    pub fn sample() -> Self {
+        Self {
+            clock: KernelClock {
+                boot: std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000),
+                hz: 250,
+            },
+            reset_reasons: vec!["NOT_SPECIFIED".into(), "NO_SOCKET".into()],
+        }
+    }
+
+    /// Decodes one ring-buffer record: an event, or a connection's transitions.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Record, DecodeError> {
+        self.convert_wire(&parse(bytes)?)
+    }
+
+    /// Converts a parsed record.
+    pub fn convert_wire(&self, wire: &Wire) -> Result<Record, DecodeError> {
+        match wire {
+            Wire::Event(raw) => self.convert(raw).map(Record::Event),
+            Wire::Conn(rec) => self.convert_conn(rec).map(Record::Conn),
+        }
     }
 
     /// Converts a parsed connection record. Times are kept to the microsecond (and
@@ -322,38 +352,28 @@ impl Decoder {
 mod tests {
     use std::time::{Duration, SystemTime};
 
+    use tracer_common::AsBytes as _;
+
     use super::*;
 
     /// The wire bytes of `raw`, as the BPF program writes them (little-endian host).
     fn wire(raw: &RawEvent) -> Vec<u8> {
-        // SAFETY: RawEvent is repr(C) plain data with explicit padding.
-        unsafe { std::slice::from_raw_parts(std::ptr::from_ref(raw).cast::<u8>(), RawEvent::SIZE) }
-            .to_vec()
+        raw.as_bytes().to_vec()
     }
 
     fn decoder() -> Decoder {
-        Decoder {
-            clock: KernelClock {
-                boot: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
-                hz: 250,
-            },
-            reset_reasons: vec!["NOT_SPECIFIED".into(), "NO_SOCKET".into()],
-        }
+        Decoder::sample()
     }
 
     fn decode_event(bytes: &[u8]) -> Result<Event, DecodeError> {
         match decoder().decode(bytes)? {
-            Decoded::Event(e) => Ok(e),
-            Decoded::Conn(c) => panic!("a connection record: {c:?}"),
+            Record::Event(e) => Ok(e),
+            other => panic!("not an event: {other:?}"),
         }
     }
 
     fn conn_wire(rec: &ConnRecord) -> Vec<u8> {
-        // SAFETY: ConnRecord is repr(C) plain data with explicit padding.
-        unsafe {
-            std::slice::from_raw_parts(std::ptr::from_ref(rec).cast::<u8>(), ConnRecord::SIZE)
-        }
-        .to_vec()
+        rec.as_bytes().to_vec()
     }
 
     /// A client's whole connection: SYN_SENT, ESTABLISHED 41 µs later, its own
@@ -393,7 +413,7 @@ mod tests {
     fn connection_record_decodes_to_its_transitions() {
         let rec = client_conn();
         assert_eq!(parse_conn(&conn_wire(&rec)).unwrap(), rec);
-        let Decoded::Conn(c) = decoder().decode(&conn_wire(&rec)).unwrap() else {
+        let Record::Conn(c) = decoder().decode(&conn_wire(&rec)).unwrap() else {
             panic!("not a connection");
         };
         assert_eq!(c.mono_ns, 5_000_000_000, "to the microsecond");

@@ -12,20 +12,21 @@ use std::{
 };
 
 use crate::{
-    event::{ListenQueue, NamespaceListen, Reuse, WaitingConn},
-    kernel::diag::{awaiting, holders, DiagConn, Inspector},
+    event::{ListenCounters, ListenQueue, Listeners, Record, Reuse, Reuses, Waiting, WaitingConn},
+    kernel::{
+        diag::{awaiting, holders, DiagConn, Inspector},
+        time::KernelClock,
+    },
 };
 
-/// One inspection's result: its CLOCK_MONOTONIC time, the connections awaiting a
-/// reply, the listeners with something in their accept queue, every namespace's
-/// listen counters, and how many namespaces could not be inspected so far.
+/// One inspection's records, in this order: the listeners (those with something in
+/// their accept queue, and every namespace's counters that moved since the previous
+/// pass — all of them the first time: the engine's baseline), when either is not
+/// empty; the connections this node opened that were reused after idling, when any
+/// were; the connections awaiting a reply (`after_ms` given), even none. Owners are
+/// /proc's holders. With how many namespaces could not be inspected so far.
 pub struct Pass {
-    pub mono_ns: u64,
-    pub conns: Vec<WaitingConn>,
-    /// Connections this node opened that were reused after idling since the last pass.
-    pub reuses: Vec<Reuse>,
-    pub queues: Vec<ListenQueue>,
-    pub namespaces: Vec<NamespaceListen>,
+    pub records: Vec<Record>,
     pub namespace_errors: u64,
 }
 
@@ -93,6 +94,10 @@ pub struct Inspection {
     /// Client connections as the previous pass saw them, and that pass's time (ms).
     seen: HashMap<(u32, SocketAddr, SocketAddr), Seen>,
     last_pass_ms: u64,
+    clock: KernelClock,
+    /// Each namespace's listen counters as last sent, and the previous pass's time.
+    listen_counters: HashMap<u32, ListenCounters>,
+    last_listen_pass: Option<u64>,
 }
 
 impl Inspection {
@@ -207,7 +212,7 @@ impl Inspection {
 
     /// An inspection of `/proc`'s processes' namespaces; `after_ms`: report waits
     /// from this long (`None`: none).
-    pub fn new(after_ms: Option<u64>) -> Self {
+    pub fn new(after_ms: Option<u64>, clock: KernelClock) -> Self {
         let proc_root = PathBuf::from("/proc");
         Self {
             inspector: Inspector::new(&proc_root),
@@ -216,7 +221,39 @@ impl Inspection {
             after_ms,
             seen: HashMap::new(),
             last_pass_ms: 0,
+            clock,
+            listen_counters: HashMap::new(),
+            last_listen_pass: None,
         }
+    }
+
+    /// The listeners' record of a pass, if something queued or a counter moved.
+    fn listeners(&mut self, mono_ns: u64, queues: Vec<ListenQueue>) -> Option<Record> {
+        let moved: Vec<_> = self
+            .inspector
+            .listen_counters()
+            .into_iter()
+            .filter(|n| n.new || self.listen_counters.get(&n.netns) != Some(&n.counters))
+            .collect();
+        if self.listen_counters.len() > 65_536 {
+            self.listen_counters.clear();
+        }
+        for n in &moved {
+            self.listen_counters.insert(n.netns, n.counters);
+        }
+        let interval_ms = self
+            .last_listen_pass
+            .replace(mono_ns)
+            .map_or(0, |before| mono_ns.saturating_sub(before) / 1_000_000);
+        (!queues.is_empty() || !moved.is_empty()).then(|| {
+            Record::Listeners(Listeners {
+                time: self.clock.wall(mono_ns),
+                mono_ns,
+                interval_ms,
+                queues,
+                namespaces: moved,
+            })
+        })
     }
 
     /// One pass: every namespace dumped, waits, reuses, queues and counters.
@@ -255,26 +292,42 @@ impl Inspection {
         // reused again and again).
         let open_inodes: HashSet<u64> = all.iter().map(|c| c.inode).collect();
         self.owners.retain(|ino, _| open_inodes.contains(ino));
+        let time = self.clock.wall(mono_ns);
+        let conns = found.iter().map(|c| self.waiting(c, &open)).collect();
+        let reused_now: Vec<Reuse> = reused
+            .iter()
+            .map(|(c, gap, exact)| {
+                let holder = self.owners.get(&c.inode);
+                Reuse {
+                    pid: holder.map_or(0, |h| h.pid),
+                    comm: holder.map(|h| h.comm.clone()).unwrap_or_default(),
+                    cgroup: holder.map_or(0, |h| h.cgroup),
+                    local: c.local,
+                    remote: c.remote,
+                    gap_ms: *gap,
+                    exact: *exact,
+                }
+            })
+            .collect();
+        let queues = listeners.iter().map(|c| self.queue(c)).collect();
+        let mut records: Vec<Record> = self.listeners(mono_ns, queues).into_iter().collect();
+        if !reused_now.is_empty() {
+            records.push(Record::Reuses(Reuses {
+                time,
+                mono_ns,
+                reuses: reused_now,
+            }));
+        }
+        if let Some(after_ms) = self.after_ms {
+            records.push(Record::Waiting(Waiting {
+                time,
+                mono_ns,
+                after_ms,
+                conns,
+            }));
+        }
         Pass {
-            mono_ns,
-            conns: found.iter().map(|c| self.waiting(c, &open)).collect(),
-            reuses: reused
-                .iter()
-                .map(|(c, gap, exact)| {
-                    let holder = self.owners.get(&c.inode);
-                    Reuse {
-                        pid: holder.map_or(0, |h| h.pid),
-                        comm: holder.map(|h| h.comm.clone()).unwrap_or_default(),
-                        cgroup: holder.map_or(0, |h| h.cgroup),
-                        local: c.local,
-                        remote: c.remote,
-                        gap_ms: *gap,
-                        exact: *exact,
-                    }
-                })
-                .collect(),
-            queues: listeners.iter().map(|c| self.queue(c)).collect(),
-            namespaces: self.inspector.listen_counters(),
+            records,
             namespace_errors: self.inspector.errors,
         }
     }
@@ -285,12 +338,15 @@ impl Inspection {
 /// reply (none when `after_ms` is `None`) and listeners with the CLOCK_MONOTONIC time
 /// of the pass. Owners come from `/proc/*/fd` (looked up only for sockets not seen
 /// before). The thread ends when the receiver is dropped.
-pub fn spawn(after_ms: Option<u64>) -> io::Result<std::sync::mpsc::Receiver<Pass>> {
+pub fn spawn(
+    after_ms: Option<u64>,
+    clock: KernelClock,
+) -> io::Result<std::sync::mpsc::Receiver<Pass>> {
     let (tx, rx) = std::sync::mpsc::sync_channel(4);
     std::thread::Builder::new()
         .name("conntrace-diag".to_owned())
         .spawn(move || {
-            let mut inspection = Inspection::new(after_ms);
+            let mut inspection = Inspection::new(after_ms, clock);
             // The first pass at once: the namespaces' counters read at the start are
             // the baseline every later drop is counted against.
             let mut pause = Duration::ZERO;

@@ -272,6 +272,16 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts a record's kernel events (other records reach the metrics through the
+    /// engine).
+    pub fn record(&mut self, record: &crate::event::Record) {
+        match record {
+            crate::event::Record::Event(e) => self.observe(e),
+            crate::event::Record::Conn(c) => c.events().for_each(|e| self.observe(&e)),
+            _ => {}
+        }
+    }
+
     pub fn observe(&mut self, e: &Event) {
         self.events.inc();
         match &e.kind {
@@ -377,7 +387,7 @@ impl Metrics {
         mirror(&self.scrapes_reclaimed, probed.scrapes_reclaimed);
         mirror(&self.accept_errors, probed.accept_errors);
         self.tracked
-            .set(i64::try_from(engine.conns.len()).unwrap_or(i64::MAX));
+            .set(i64::try_from(engine.conns().len()).unwrap_or(i64::MAX));
         let mut gaps: Vec<(SocketAddr, u64)> = engine.max_reuse_gaps().into_iter().collect();
         gaps.sort_by_key(|(e, g)| (std::cmp::Reverse(*g), *e));
         for (endpoint, gap) in gaps.into_iter().take(MAX_ENDPOINTS) {
@@ -459,11 +469,8 @@ mod tests {
             }
         }
         for (at, overflows) in [(3000, 0), (5000, 25)] {
-            engine.listeners(&crate::engine::testing::listeners(
-                at,
-                "10.0.0.7:18095",
-                (5, 4),
-                overflows,
+            engine.record(&crate::event::Record::Listeners(
+                crate::engine::testing::listeners(at, "10.0.0.7:18095", (5, 4), overflows),
             ));
         }
         let refused = Sock::new(99, 9, "client", "10.0.0.1:40001", "10.0.0.5:9");

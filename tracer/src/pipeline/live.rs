@@ -8,9 +8,9 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     engine::{Config, Engine},
-    event::{Event, EventKind, Sockstat},
-    kernel::decode::Decoded,
+    event::{EventKind, Record, Sockstat},
     kernel::probes::{EventStream, Probes},
+    kernel::records::KernelRecords,
     kernel::sockstat,
     kernel::time::{monotonic_now, KernelClock},
     pipeline::{dispatch, filter::Filter, Sink},
@@ -43,18 +43,20 @@ const DRAIN_EVERY: Duration = Duration::from_millis(50);
 /// How often new findings are looked for.
 const POLL_EVERY: Duration = Duration::from_millis(200);
 /// How often the kernel's per-socket records are read for connections whose
-/// transitions have waited there longer than [`SIGHT_AFTER`].
-const SIGHT_EVERY: Duration = Duration::from_secs(2);
-const SIGHT_AFTER: Duration = Duration::from_secs(1);
+/// transitions have waited there longer than [`OPEN_AFTER`].
+const OPEN_EVERY: Duration = Duration::from_secs(2);
+const OPEN_AFTER: Duration = Duration::from_secs(1);
 
 fn sample_now(clock: &KernelClock) -> Result<Sockstat> {
     let mono = u64::try_from(monotonic_now().as_nanos()).unwrap_or(u64::MAX);
     sockstat::read(mono, clock.wall(mono))
 }
 
-/// Decoded events through the filter into the engine and the sink.
+/// Records from every live source through attribution and the filters into the
+/// engine and the sink: the kernel's ([`KernelRecords`]), the inspection's, the
+/// node sampler's, the pod watcher's.
 struct Pipeline<'a> {
-    decoder: &'a crate::kernel::decode::Decoder,
+    kernel: KernelRecords,
     attributor: crate::k8s::Attributor,
     /// Pod names from the API, when in a cluster.
     pods: Option<std::sync::mpsc::Receiver<Result<Vec<crate::k8s::api::PodInfo>, String>>>,
@@ -65,136 +67,116 @@ struct Pipeline<'a> {
     recent: crate::pipeline::recent::RecentOwners,
     /// The kernel's tables (time-wait holders, conntrack) for the events that need them.
     tuple_facts: crate::pipeline::tuples::TupleFacts,
-    /// Connections awaiting a reply, from the inspection thread; and its threshold.
-    waiting: Option<std::sync::mpsc::Receiver<crate::kernel::inspect::Pass>>,
-    await_after_ms: u64,
-    /// Each namespace's listen counters as last written, and the previous pass's time.
-    listen_counters: std::collections::HashMap<u32, crate::event::ListenCounters>,
-    last_listen_pass: Option<u64>,
-    /// The last snapshot delivered had connections in it.
+    /// The inspection thread's passes.
+    inspection: Option<std::sync::mpsc::Receiver<crate::kernel::inspect::Pass>>,
+    /// The last awaiting-reply snapshot delivered had connections in it.
     waits_shown: bool,
     namespaces_warned: bool,
     last_losses: crate::event::Losses,
-    /// What reads of the kernel's records ([`Pipeline::sight`]) delivered early.
-    sighted: crate::kernel::sighted::Sighted,
-    sight_buf: Vec<tracer_common::ConnRecord>,
-    socks: Option<crate::kernel::probes::Socks>,
     /// When an EADDRNOTAVAIL last made the pipeline read every open socket.
-    last_full_sight: Option<Duration>,
+    last_full_read: Option<Duration>,
+    reads: Vec<Record>,
     engine: Engine,
     stats: LiveStats,
     failure: Option<anyhow::Error>,
 }
 
-impl Pipeline<'_> {
-    fn handle(&mut self, bytes: &[u8], sink: &mut dyn Sink) {
-        if bytes.len() == tracer_common::ConnRecord::SIZE {
-            match crate::kernel::decode::parse_conn(bytes) {
-                Ok(mut rec) => {
-                    if self.sighted.shipped(&mut rec) {
-                        self.handle_conn(&rec, sink);
-                    }
-                }
-                Err(_) => self.stats.undecodable += 1,
-            }
-            return;
-        }
-        match self.decoder.decode(bytes) {
-            Ok(Decoded::Event(mut event)) => {
-                // Out of local ports: every open connection is a holder the finding
-                // names, so all of them are read from the kernel first (once a
-                // second at most), not only those open longer than SIGHT_AFTER.
-                if matches!(event.kind, EventKind::Connect { errno, .. } if errno.0 == libc::EADDRNOTAVAIL)
-                {
-                    let now = monotonic_now();
-                    if self
-                        .last_full_sight
-                        .is_none_or(|t| now.saturating_sub(t) >= Duration::from_secs(1))
-                    {
-                        self.last_full_sight = Some(now);
-                        self.sight(Duration::ZERO, sink);
-                    }
-                }
-                // Before the filters: a time-wait socket's reset takes its connection's owner.
-                self.recent.observe(&mut event);
-                if self.admit(
-                    event.pid,
-                    &event.comm,
-                    event.local,
-                    event.remote,
-                    event.cgroup,
-                    sink,
-                ) {
-                    self.stats.delivered += 1;
-                    self.tuple_facts_of(std::slice::from_ref(&event), sink);
-                    let r = dispatch::event(&mut self.engine, self.metrics.as_mut(), &event, sink);
-                    if let Err(e) = r {
-                        self.failure.get_or_insert(e);
-                    }
-                }
-            }
-            Ok(Decoded::Conn(_)) => unreachable!("connection records are parsed above"),
-            Err(_) => self.stats.undecodable += 1,
+impl<'a> Pipeline<'a> {
+    /// A pipeline with the kernel's records as its only source; [`run`] adds the others.
+    fn new(kernel: KernelRecords, filter: &'a Filter) -> Self {
+        Self {
+            kernel,
+            attributor: crate::k8s::Attributor::new(),
+            pods: None,
+            pod_names: std::collections::HashMap::new(),
+            api_warned: false,
+            metrics: None,
+            filter,
+            recent: crate::pipeline::recent::RecentOwners::default(),
+            tuple_facts: crate::pipeline::tuples::TupleFacts::default(),
+            inspection: None,
+            waits_shown: false,
+            namespaces_warned: false,
+            last_losses: crate::event::Losses::default(),
+            last_full_read: None,
+            reads: Vec::new(),
+            engine: Engine::new(Config::default()),
+            stats: LiveStats::default(),
+            failure: None,
         }
     }
+}
 
-    /// Connections whose transitions have waited in the kernel past [`SIGHT_AFTER`]
-    /// (open connections: a pool's idle sockets, a hung worker's query, a port
-    /// held): delivered now as the kernel would ship them, and remembered so the
-    /// kernel's later record of the same steps is not delivered twice.
-    fn sight(&mut self, after: Duration, sink: &mut dyn Sink) {
-        let Some(socks) = &self.socks else {
+impl Pipeline<'_> {
+    /// One ring-buffer record.
+    fn ring(&mut self, bytes: &[u8], sink: &mut dyn Sink) {
+        let Some(record) = self.kernel.from_ring(bytes) else {
             return;
         };
-        let now = monotonic_now();
-        let before = u64::try_from(now.saturating_sub(after).as_nanos()).unwrap_or(0);
-        let mut buf = std::mem::take(&mut self.sight_buf);
-        buf.clear();
-        crate::kernel::probes::waiting_records(socks, before, &mut buf);
-        for rec in &mut buf {
-            if self.sighted.read(rec) {
-                self.handle_conn(rec, sink);
+        // Out of local ports: every open connection is a holder the finding names, so
+        // all of them are read from the kernel first (once a second at most), not
+        // only those open longer than OPEN_AFTER.
+        if let Record::Event(e) = &record {
+            if matches!(e.kind, EventKind::Connect { errno, .. } if errno.0 == libc::EADDRNOTAVAIL)
+            {
+                let now = monotonic_now();
+                if self
+                    .last_full_read
+                    .is_none_or(|t| now.saturating_sub(t) >= Duration::from_secs(1))
+                {
+                    self.last_full_read = Some(now);
+                    self.open_conns(Duration::ZERO, sink);
+                }
             }
         }
-        self.sight_buf = buf;
+        self.traffic(record, sink);
     }
 
-    fn handle_conn(&mut self, rec: &tracer_common::ConnRecord, sink: &mut dyn Sink) {
-        match self.decoder.convert_conn(rec) {
-            Ok(conn) => {
-                let mut events: Vec<Event> = conn.events().collect();
-                for e in &mut events {
-                    self.recent.observe(e);
-                }
-                if self.admit(
-                    conn.pid,
-                    &conn.comm,
-                    conn.local,
-                    conn.remote,
-                    conn.cgroup,
-                    sink,
-                ) {
-                    self.stats.delivered += events.len() as u64;
-                    self.tuple_facts_of(&events, sink);
-                    let metrics = self.metrics.as_mut();
-                    if let Err(e) = dispatch::conn(&mut self.engine, metrics, &conn, &events, sink)
-                    {
-                        self.failure.get_or_insert(e);
-                    }
-                }
-            }
-            Err(_) => self.stats.undecodable += 1,
+    /// Connections whose transitions have waited in the kernel past `after` (open
+    /// connections: a pool's idle sockets, a hung worker's query, a port held),
+    /// delivered now; the kernel's later record of the same steps is not delivered
+    /// twice.
+    fn open_conns(&mut self, after: Duration, sink: &mut dyn Sink) {
+        let mut reads = std::mem::take(&mut self.reads);
+        self.kernel.open_conns(after, &mut reads);
+        for record in reads.drain(..) {
+            self.traffic(record, sink);
         }
+        self.reads = reads;
     }
 
-    /// What the kernel's tables add to these events, dispatched before them.
-    fn tuple_facts_of(&mut self, events: &[Event], sink: &mut dyn Sink) {
-        for e in events {
-            if let Some(info) = self.tuple_facts.of(e, &mut self.recent) {
-                if let Err(err) = dispatch::tuple(&mut self.engine, &info, sink) {
-                    self.failure.get_or_insert(err);
-                }
+    /// A kernel event or connection: owners of resets from recently closed sockets
+    /// restored (before the filters), filtered, the kernel's tables asked where it
+    /// needs them, dispatched.
+    fn traffic(&mut self, mut record: Record, sink: &mut dyn Sink) {
+        let (pid, comm, local, remote, cgroup) = match &mut record {
+            Record::Event(e) => {
+                self.recent.observe(e);
+                (e.pid, e.comm.clone(), e.local, e.remote, e.cgroup)
             }
+            Record::Conn(c) => {
+                for mut e in c.events() {
+                    self.recent.observe(&mut e);
+                }
+                (c.pid, c.comm.clone(), c.local, c.remote, c.cgroup)
+            }
+            _ => return,
+        };
+        if !self.admit(pid, &comm, local, remote, cgroup, sink) {
+            return;
+        }
+        for e in record.events() {
+            self.stats.delivered += 1;
+            if let Some(info) = self.tuple_facts.of(&e, &mut self.recent) {
+                self.dispatch(&Record::Tuple(info), sink);
+            }
+        }
+        self.dispatch(&record, sink);
+    }
+
+    fn dispatch(&mut self, record: &Record, sink: &mut dyn Sink) {
+        if let Err(e) = dispatch::dispatch(&mut self.engine, self.metrics.as_mut(), record, sink) {
+            self.failure.get_or_insert(e);
         }
     }
 
@@ -214,9 +196,7 @@ impl Pipeline<'_> {
             return false;
         }
         if let Some(info) = self.attributor.first_sight(cgroup) {
-            if let Err(e) = dispatch::cgroup(&mut self.engine, &info, sink) {
-                self.failure.get_or_insert(e);
-            }
+            self.dispatch(&Record::Cgroup(info), sink);
         }
         if !self.container_matches(cgroup) {
             self.stats.filtered += 1;
@@ -225,28 +205,98 @@ impl Pipeline<'_> {
         true
     }
 
+    /// Whether an owner and 4-tuple pass the filters (`--pid`, `--comm`, `--port`,
+    /// `--cidr`, and the container's).
+    fn keeps(
+        &self,
+        pid: u32,
+        comm: &str,
+        local: std::net::SocketAddr,
+        remote: std::net::SocketAddr,
+        cgroup: u64,
+    ) -> bool {
+        self.filter.matches_conn(pid, comm, local, remote) && self.container_matches(cgroup)
+    }
+
+    /// An inspection's record, trimmed to what the filters keep: whether anything is
+    /// left to deliver. Namespace counters are node facts, like TCP memory: no filter
+    /// removes them. An empty awaiting-reply snapshot is delivered only when it ends
+    /// waits the last one showed.
+    fn trim(&mut self, record: &mut Record) -> bool {
+        match record {
+            Record::Waiting(w) => {
+                w.conns
+                    .retain(|c| self.keeps(c.pid, &c.comm, c.local, c.remote, c.cgroup));
+                let shown = !w.conns.is_empty();
+                std::mem::replace(&mut self.waits_shown, shown) || shown
+            }
+            Record::Reuses(r) => {
+                r.reuses
+                    .retain(|r| self.keeps(r.pid, &r.comm, r.local, r.remote, r.cgroup));
+                !r.reuses.is_empty()
+            }
+            Record::Listeners(l) => {
+                l.queues
+                    .retain(|q| self.keeps(q.pid, &q.comm, q.local, q.local, q.cgroup));
+                !l.queues.is_empty() || !l.namespaces.is_empty()
+            }
+            _ => true,
+        }
+    }
+
+    /// A record of the inspection: owners the trace saw given to it, trimmed to the
+    /// filters, dispatched.
+    fn inspected(&mut self, mut record: Record, sink: &mut dyn Sink) {
+        self.engine.attribute(&mut record);
+        if self.trim(&mut record) {
+            self.dispatch(&record, sink);
+        }
+    }
+
+    /// Takes the inspection's passes.
+    fn inspection(&mut self, sink: &mut dyn Sink) {
+        let Some(rx) = &self.inspection else {
+            return;
+        };
+        let passes: Vec<crate::kernel::inspect::Pass> = rx.try_iter().collect();
+        for pass in passes {
+            if pass.namespace_errors > 0 && !std::mem::replace(&mut self.namespaces_warned, true) {
+                sink.warn("the inspection of open sockets could not enter some network namespaces (it needs CAP_SYS_ADMIN for setns and CAP_SYS_PTRACE for /proc/PID/ns): awaiting-reply covers the namespaces it could enter");
+            }
+            for record in pass.records {
+                self.inspected(record, sink);
+            }
+        }
+    }
+
     /// A node sample. A failed read of /proc is counted and said once, not fatal.
-    fn sample(&mut self, sink: &mut dyn Sink) -> Result<()> {
-        match sample_now(&self.decoder.clock) {
-            Ok(s) => dispatch::sockstat(&mut self.engine, &s, sink),
+    fn sample(&mut self, sink: &mut dyn Sink) {
+        match sample_now(&self.kernel.decoder().clock) {
+            Ok(s) => self.dispatch(&Record::Sockstat(s), sink),
             Err(e) => {
                 self.stats.sample_errors += 1;
                 if self.stats.sample_errors == 1 {
                     sink.warn(&format!("reading node TCP memory failed: {e:#}; tcp-memory-pressure pauses until it reads again"));
                 }
-                Ok(())
             }
         }
     }
 
     /// What was lost so far, written when it changed.
-    fn losses(&mut self, probes: &Probes, sink: &mut dyn Sink, always: bool) -> Result<()> {
-        let now = losses_of(probes, self.stats, &self.engine);
+    fn losses(&mut self, probes: &Probes, sink: &mut dyn Sink, always: bool) {
+        let now = losses_of(probes, self.stats_now(), &self.engine);
         if always || now != self.last_losses {
             self.last_losses = now;
-            sink.losses(&now)?;
+            self.dispatch(&Record::Losses(now), sink);
         }
-        Ok(())
+    }
+
+    /// The run's counters, the kernel reader's undecodable records included.
+    fn stats_now(&self) -> LiveStats {
+        LiveStats {
+            undecodable: self.kernel.undecodable,
+            ..self.stats
+        }
     }
 
     fn metrics_text(
@@ -260,7 +310,7 @@ impl Pipeline<'_> {
         let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         let kernel = crate::output::metrics::Probed {
             programs: probes.attached.len(),
-            losses: losses_of(probes, self.stats, &self.engine),
+            losses: losses_of(probes, self.stats_now(), &self.engine),
             scrapes: n(&server.scrapes),
             scrapes_refused: n(&server.refused),
             scrapes_reclaimed: n(&server.reclaimed),
@@ -270,17 +320,18 @@ impl Pipeline<'_> {
     }
 
     /// Takes what the Kubernetes API watcher found since the last look.
-    fn pods(&mut self, sink: &mut dyn Sink) -> Result<()> {
+    fn pods(&mut self, sink: &mut dyn Sink) {
         let Some(rx) = &self.pods else {
-            return Ok(());
+            return;
         };
-        while let Ok(update) = rx.try_recv() {
+        let updates: Vec<_> = rx.try_iter().collect();
+        for update in updates {
             match update {
                 Ok(pods) => {
                     for p in pods {
                         if self.pod_names.get(&p.uid) != Some(&p) {
-                            dispatch::pod(&mut self.engine, &p, sink)?;
-                            self.pod_names.insert(p.uid.clone(), p);
+                            self.pod_names.insert(p.uid.clone(), p.clone());
+                            self.dispatch(&Record::Pod(p), sink);
                         }
                     }
                 }
@@ -292,7 +343,6 @@ impl Pipeline<'_> {
                 Err(_) => {}
             }
         }
-        Ok(())
     }
 
     /// `--pod`, `--container`, `--namespace` against the container of `cgroup`.
@@ -305,156 +355,9 @@ impl Pipeline<'_> {
         self.filter.matches_container(container, namespace)
     }
 
-    /// One pass's listeners: the queues whose listener the filters keep, and every
-    /// namespace's counters that moved since the previous pass (all of them the first
-    /// time: the engine's baseline) — written when either is not empty. Namespace
-    /// counters are node facts, like TCP memory: no filter removes them.
-    fn listen_pass(
-        &mut self,
-        mono_ns: u64,
-        queues: Vec<crate::event::ListenQueue>,
-        namespaces: Vec<crate::event::NamespaceListen>,
-        sink: &mut dyn Sink,
-    ) -> Result<()> {
-        let queues: Vec<_> = queues
-            .into_iter()
-            .map(|mut q| {
-                // The thread that called listen(), where the trace saw it.
-                if let Some(l) = self
-                    .engine
-                    .conns
-                    .listener_at(q.local)
-                    .filter(|l| l.owner_known)
-                {
-                    q.pid = l.pid;
-                    q.comm = l.comm.to_string();
-                    q.cgroup = l.cgroup;
-                }
-                q
-            })
-            .filter(|q| {
-                self.filter.matches_conn(q.pid, &q.comm, q.local, q.local)
-                    && self.container_matches(q.cgroup)
-            })
-            .collect();
-        let moved: Vec<_> = namespaces
-            .into_iter()
-            .filter(|n| n.new || self.listen_counters.get(&n.netns) != Some(&n.counters))
-            .collect();
-        if self.listen_counters.len() > 65_536 {
-            self.listen_counters.clear();
-        }
-        for n in &moved {
-            self.listen_counters.insert(n.netns, n.counters);
-        }
-        let interval_ms = self
-            .last_listen_pass
-            .replace(mono_ns)
-            .map_or(0, |before| mono_ns.saturating_sub(before) / 1_000_000);
-        if queues.is_empty() && moved.is_empty() {
-            return Ok(());
-        }
-        let l = crate::event::Listeners {
-            time: self.decoder.clock.wall(mono_ns),
-            mono_ns,
-            interval_ms,
-            queues,
-            namespaces: moved,
-        };
-        dispatch::listeners(&mut self.engine, &l, sink)
-    }
-
-    /// The owner of a connection this node opened, where the trace saw it open (it
-    /// names the thread); the inspection's /proc holder stands otherwise.
-    fn traced_owner(
-        &self,
-        local: std::net::SocketAddr,
-        remote: std::net::SocketAddr,
-    ) -> Option<(u32, String, u64)> {
-        self.engine
-            .conns
-            .client_conn(local, remote)
-            .filter(|t| t.owner_known)
-            .map(|t| (t.pid, t.comm.to_string(), t.cgroup))
-    }
-
-    /// One pass's reuses of idle pooled connections: the owner the trace saw open
-    /// the connection (its thread), else /proc's holder; those the filters keep.
-    fn reuse_pass(
-        &mut self,
-        mono_ns: u64,
-        mut reuses: Vec<crate::event::Reuse>,
-        sink: &mut dyn Sink,
-    ) -> Result<()> {
-        for r in &mut reuses {
-            if let Some((pid, comm, cgroup)) = self.traced_owner(r.local, r.remote) {
-                (r.pid, r.comm, r.cgroup) = (pid, comm, cgroup);
-            }
-        }
-        reuses.retain(|r| {
-            self.filter.matches_conn(r.pid, &r.comm, r.local, r.remote)
-                && self.container_matches(r.cgroup)
-        });
-        if reuses.is_empty() {
-            return Ok(());
-        }
-        let r = crate::event::Reuses {
-            time: self.decoder.clock.wall(mono_ns),
-            mono_ns,
-            reuses,
-        };
-        dispatch::reuses(&mut self.engine, &r, sink)
-    }
-
-    /// Takes the inspection's passes: connections the filters keep, into the engine
-    /// and the sink (snapshots with none are not written).
-    fn waiting(&mut self, sink: &mut dyn Sink) -> Result<()> {
-        let Some(rx) = &self.waiting else {
-            return Ok(());
-        };
-        let passes: Vec<crate::kernel::inspect::Pass> = rx.try_iter().collect();
-        for crate::kernel::inspect::Pass {
-            mono_ns,
-            mut conns,
-            reuses,
-            queues,
-            namespaces,
-            namespace_errors,
-        } in passes
-        {
-            self.listen_pass(mono_ns, queues, namespaces, sink)?;
-            self.reuse_pass(mono_ns, reuses, sink)?;
-            if namespace_errors > 0 && !std::mem::replace(&mut self.namespaces_warned, true) {
-                sink.warn("the inspection of open sockets could not enter some network namespaces (it needs CAP_SYS_ADMIN for setns and CAP_SYS_PTRACE for /proc/PID/ns): awaiting-reply covers the namespaces it could enter");
-            }
-            for c in &mut conns {
-                if let Some((pid, comm, cgroup)) = self.traced_owner(c.local, c.remote) {
-                    (c.pid, c.comm, c.cgroup) = (pid, comm, cgroup);
-                }
-            }
-            conns.retain(|c| {
-                self.filter.matches_conn(c.pid, &c.comm, c.local, c.remote)
-                    && self.container_matches(c.cgroup)
-            });
-            // An empty pass is written only when it ends waits the last one showed.
-            if conns.is_empty() && !std::mem::take(&mut self.waits_shown) {
-                continue;
-            }
-            self.waits_shown = !conns.is_empty();
-            let w = crate::event::Waiting {
-                time: self.decoder.clock.wall(mono_ns),
-                mono_ns,
-                after_ms: self.await_after_ms,
-                conns,
-            };
-            dispatch::waiting(&mut self.engine, &w, sink)?;
-        }
-        Ok(())
-    }
-
     fn poll(&mut self, sink: &mut dyn Sink) -> Result<()> {
-        self.pods(sink)?;
-        self.waiting(sink)?;
+        self.pods(sink);
+        self.inspection(sink);
         for f in self.engine.poll_new() {
             sink.finding(&f)?;
         }
@@ -464,42 +367,6 @@ impl Pipeline<'_> {
 
 fn after_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-impl<'a> Pipeline<'a> {
-    fn new(decoder: &'a crate::kernel::decode::Decoder, filter: &'a Filter, live: Options) -> Self {
-        Self {
-            decoder,
-            attributor: crate::k8s::Attributor::new(),
-            pods: crate::k8s::api::ApiConfig::from_env()
-                .map(|cfg| crate::k8s::api::spawn_watcher(cfg, crate::k8s::api::REFRESH)),
-            pod_names: std::collections::HashMap::new(),
-            api_warned: false,
-            metrics: live
-                .metrics_addr
-                .map(|_| crate::output::metrics::Metrics::default()),
-            filter,
-            recent: crate::pipeline::recent::RecentOwners::default(),
-            tuple_facts: crate::pipeline::tuples::TupleFacts::default(),
-            waiting: live
-                .await_after
-                .map_or(Some(None), |after| Some(Some(after_ms(after))))
-                .and_then(|after| crate::kernel::inspect::spawn(after).ok()),
-            await_after_ms: live.await_after.map_or(0, after_ms),
-            waits_shown: false,
-            listen_counters: std::collections::HashMap::new(),
-            last_listen_pass: None,
-            namespaces_warned: false,
-            last_losses: crate::event::Losses::default(),
-            sighted: crate::kernel::sighted::Sighted::default(),
-            sight_buf: Vec::new(),
-            socks: None,
-            last_full_sight: None,
-            engine: Engine::new(Config::default()),
-            stats: LiveStats::default(),
-            failure: None,
-        }
-    }
 }
 
 /// The outcome of a live run.
@@ -544,13 +411,17 @@ pub fn run(
     );
     let _ = probes.seed_listeners(&listeners);
     let ring = probes.take_ring()?;
-    let decoder = probes.decoder.clone();
+    let kernel = KernelRecords::new(probes.decoder.clone(), probes.take_socks().ok());
+    let clock = probes.decoder.clock;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the event loop")?;
-    let mut pipe = Pipeline::new(&decoder, filter, live);
-    pipe.socks = probes.take_socks().ok();
+    let mut pipe = Pipeline::new(kernel, filter);
+    pipe.metrics = metrics_addr.map(|_| crate::output::metrics::Metrics::default());
+    pipe.pods = crate::k8s::api::ApiConfig::from_env()
+        .map(|cfg| crate::k8s::api::spawn_watcher(cfg, crate::k8s::api::REFRESH));
+    pipe.inspection = crate::kernel::inspect::spawn(live.await_after.map(after_ms), clock).ok();
     runtime.block_on(async {
         let mut stream = EventStream::new(ring)?;
         // Served from its own thread, from the page published here 5 times a second.
@@ -574,29 +445,29 @@ pub fn run(
         // The kernel side wakes the reader only past 1 MiB unread (see tracer-ebpf's
         // emit); below that the ring is drained on this timer.
         let mut drains = tokio::time::interval(DRAIN_EVERY);
-        let mut sights = tokio::time::interval(SIGHT_EVERY);
+        let mut open_reads = tokio::time::interval(OPEN_EVERY);
         sink.attached(&probes)?;
         on_attached(&probes);
         publish(&pipe, &probes);
         loop {
             tokio::select! {
-                r = stream.drain_with(|b| pipe.handle(b, sink)) => { r?; }
+                r = stream.drain_with(|b| pipe.ring(b, sink)) => { r?; }
                 _ = drains.tick() => {
-                    stream.drain_now(|b| pipe.handle(b, sink));
+                    stream.drain_now(|b| pipe.ring(b, sink));
                     probes.flush_kernel_log();
                     // SIGINT, SIGTERM, SIGHUP or a closed output pipe (crate::signals).
                     if crate::signals::requested().is_some() {
                         break;
                     }
                 }
-                _ = sights.tick() => {
+                _ = open_reads.tick() => {
                     // What the ring holds first: the kernel's records are older.
-                    stream.drain_now(|b| pipe.handle(b, sink));
-                    pipe.sight(SIGHT_AFTER, sink);
+                    stream.drain_now(|b| pipe.ring(b, sink));
+                    pipe.open_conns(OPEN_AFTER, sink);
                 }
                 _ = samples.tick() => {
-                    pipe.sample(sink)?;
-                    pipe.losses(&probes, sink, false)?;
+                    pipe.sample(sink);
+                    pipe.losses(&probes, sink, false);
                 }
                 _ = polls.tick() => {
                     pipe.poll(sink)?;
@@ -612,19 +483,18 @@ pub fn run(
             }
         }
         // Everything still in the ring reaches the log before it closes.
-        while stream.drain_now(|b| pipe.handle(b, sink)) == crate::kernel::probes::MAX_PER_DRAIN {}
+        while stream.drain_now(|b| pipe.ring(b, sink)) == crate::kernel::probes::MAX_PER_DRAIN {}
         probes.flush_kernel_log();
         // A last sample closes the run, so a replay ends on the same clock; the
         // losses line is always written at the end.
-        pipe.sample(sink)?;
+        pipe.sample(sink);
         pipe.poll(sink)?;
-        pipe.losses(&probes, sink, true)
+        pipe.losses(&probes, sink, true);
+        Ok::<_, anyhow::Error>(())
     })?;
+    let stats = pipe.stats_now();
     let Pipeline {
-        engine,
-        stats,
-        failure,
-        ..
+        engine, failure, ..
     } = pipe;
     if let Some(e) = failure {
         return Err(e);
@@ -640,7 +510,7 @@ pub fn run(
 pub fn losses_of(probes: &Probes, stats: LiveStats, engine: &Engine) -> crate::event::Losses {
     crate::event::Losses {
         undecodable: stats.undecodable,
-        engine_evicted: engine.stats.evicted,
+        engine_evicted: engine.stats().evicted,
         ..probes.losses().unwrap_or_default()
     }
 }
@@ -652,4 +522,204 @@ pub fn loss_line(run: &LiveRun) -> String {
         losses_of(&run.probes, run.stats, &run.engine).counts(),
         run.stats.filtered,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use tracer_common::{flags, kind, AsBytes as _, ConnRecord, RawEvent, Step, MAX_STEPS};
+
+    use super::*;
+    use crate::{
+        engine::testing::{listeners, waiting, waiting_conn, Sock},
+        event::TcpState,
+    };
+
+    /// What reached the sink.
+    #[derive(Default)]
+    struct Kept(Vec<Record>);
+
+    impl Sink for Kept {
+        fn record(&mut self, record: &Record) -> Result<()> {
+            self.0.push(record.clone());
+            Ok(())
+        }
+        fn finding(&mut self, _: &crate::engine::Finding) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Kept {
+        fn events(&self) -> Vec<crate::event::Event> {
+            self.0.iter().flat_map(Record::events).collect()
+        }
+    }
+
+    /// A pipeline with no kernel and the filters `set` sets, and a sink.
+    fn pipeline(set: impl FnOnce(&mut Filter)) -> (Pipeline<'static>, Kept) {
+        let mut filter = Filter::default();
+        set(&mut filter);
+        let kernel = KernelRecords::new(crate::kernel::decode::Decoder::sample(), None);
+        (
+            Pipeline::new(kernel, Box::leak(Box::new(filter))),
+            Kept::default(),
+        )
+    }
+
+    /// The kernel's record of an IPv4 socket of `curl` to 10.0.0.9:80, with `steps`
+    /// (timestamp ms, old, new state).
+    fn conn_record(sock: u64, steps: &[(u64, u8, u8)], last: bool) -> ConnRecord {
+        let mut head = RawEvent::ZERO;
+        head.kind = kind::CONN;
+        head.flags = if last { flags::FINAL } else { 0 };
+        head.sock = sock;
+        head.family = 2;
+        head.pid = 7;
+        head.comm[..4].copy_from_slice(b"curl");
+        head.owner_src = tracer_common::owner_src::SOCKET;
+        head.saddr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        head.daddr[..4].copy_from_slice(&[10, 0, 0, 9]);
+        head.sport = 40_000;
+        head.dport = 80;
+        let mut rec = ConnRecord {
+            head,
+            steps_len: u32::try_from(steps.len()).expect("steps"),
+            srtt_us: 0,
+            bytes_acked: 0,
+            bytes_received: 0,
+            born_ns: 1,
+            steps: [Step::ZERO; MAX_STEPS],
+        };
+        for (step, &(ms, old, new)) in rec.steps.iter_mut().zip(steps) {
+            step.ts_ns = ms * 1_000_000;
+            step.old_state = old;
+            step.new_state = new;
+        }
+        rec
+    }
+
+    #[test]
+    fn the_filters_keep_events_by_owner_and_count_the_rest() {
+        let (mut pipe, mut sink) = pipeline(|f| f.comm = Some("curl".into()));
+        let curl = Sock::new(1, 7, "curl", "10.0.0.1:40000", "10.0.0.9:80");
+        let wget = Sock::new(2, 8, "wget", "10.0.0.1:40001", "10.0.0.9:80");
+        for e in curl.connect(0).into_iter().chain(wget.connect(0)) {
+            pipe.traffic(Record::Event(e), &mut sink);
+        }
+        let kept = sink.events();
+        assert!(!kept.is_empty());
+        assert!(kept.iter().all(|e| e.comm == "curl"), "{kept:?}");
+        assert_eq!(pipe.stats.delivered, kept.len() as u64);
+        assert_eq!(pipe.stats.filtered, wget.connect(0).len() as u64);
+        // The engine saw what the sink saw, nothing filtered.
+        assert_eq!(pipe.engine.stats().events, kept.len() as u64);
+    }
+
+    #[test]
+    fn a_connection_read_early_from_the_map_is_not_delivered_twice() {
+        let (mut pipe, mut sink) = pipeline(|_| {});
+        // SYN_SENT and ESTABLISHED read from the map while the connection is open...
+        let open = conn_record(0xffff_0001, &[(1_000, 7, 2), (1_001, 2, 1)], false);
+        let read = pipe.kernel.from_map(open).expect("new steps");
+        pipe.traffic(read, &mut sink);
+        // ...then the kernel ships its whole life at the close.
+        let life = [
+            (1_000, 7, 2),
+            (1_001, 2, 1),
+            (6_000, 1, 4),
+            (6_001, 4, 5),
+            (6_002, 5, 7),
+        ];
+        pipe.ring(conn_record(0xffff_0001, &life, true).as_bytes(), &mut sink);
+        let news: Vec<TcpState> = sink
+            .events()
+            .iter()
+            .map(|e| match e.kind {
+                EventKind::State { new, .. } => new,
+                _ => panic!("not a transition: {e:?}"),
+            })
+            .collect();
+        assert_eq!(
+            news,
+            [
+                TcpState::SynSent,
+                TcpState::Established,
+                TcpState::FinWait1,
+                TcpState::FinWait2,
+                TcpState::Close
+            ],
+            "each step once"
+        );
+        assert_eq!(pipe.stats.delivered, 5);
+        // A record whose steps were all delivered is not delivered at all.
+        let again = conn_record(0xffff_0002, &[(7_000, 7, 2)], false);
+        let read = pipe.kernel.from_map(again).expect("new steps");
+        pipe.traffic(read, &mut sink);
+        let records = sink.0.len();
+        pipe.ring(
+            conn_record(0xffff_0002, &[(7_000, 7, 2)], false).as_bytes(),
+            &mut sink,
+        );
+        assert_eq!(sink.0.len(), records);
+        // Bytes that are no record are counted, not delivered.
+        pipe.ring(&[1, 2, 3], &mut sink);
+        assert_eq!(pipe.stats_now().undecodable, 1);
+        assert_eq!(sink.0.len(), records);
+    }
+
+    #[test]
+    fn an_inspection_is_trimmed_to_the_filters() {
+        let (mut pipe, mut sink) = pipeline(|f| f.port = Some(5432));
+        let db = waiting_conn(9, "10.0.0.1:40001", "10.0.0.7:5432", 31_000, false);
+        let web = waiting_conn(9, "10.0.0.1:40002", "10.0.0.8:80", 31_000, false);
+        pipe.inspected(
+            Record::Waiting(waiting(40_000, vec![db.clone(), web.clone()])),
+            &mut sink,
+        );
+        let Some(Record::Waiting(w)) = sink.0.last() else {
+            panic!("no snapshot: {:?}", sink.0);
+        };
+        assert_eq!(w.conns, [db]);
+        // Nothing kept: delivered once, to end the waits shown, then no more.
+        for at in [42_000, 44_000] {
+            pipe.inspected(Record::Waiting(waiting(at, vec![web.clone()])), &mut sink);
+        }
+        let snapshots: Vec<usize> = sink
+            .0
+            .iter()
+            .filter_map(|r| match r {
+                Record::Waiting(w) => Some(w.conns.len()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(snapshots, [1, 0]);
+        // A listener the filters remove goes; its namespace's counters stay.
+        let mut l = listeners(46_000, "10.0.0.5:8080", (5, 4), 3);
+        pipe.inspected(Record::Listeners(l.clone()), &mut sink);
+        let Some(Record::Listeners(kept)) = sink.0.last() else {
+            panic!("no listeners: {:?}", sink.0);
+        };
+        assert!(kept.queues.is_empty());
+        assert_eq!(kept.namespaces, l.namespaces);
+        l.namespaces.clear();
+        let records = sink.0.len();
+        pipe.inspected(Record::Listeners(l), &mut sink);
+        assert_eq!(sink.0.len(), records, "nothing left to deliver");
+    }
+
+    #[test]
+    fn the_inspection_names_the_thread_the_trace_saw_and_filters_by_it() {
+        let (mut pipe, mut sink) = pipeline(|f| f.pid = Some(41));
+        let worker = Sock::new(1, 41, "worker", "10.0.0.1:40001", "10.0.0.7:5432");
+        for e in worker.connect(0) {
+            pipe.traffic(Record::Event(e), &mut sink);
+        }
+        // /proc names the process (pid 40); the trace saw thread 41 open it.
+        let seen = waiting_conn(40, "10.0.0.1:40001", "10.0.0.7:5432", 31_000, false);
+        pipe.inspected(Record::Waiting(waiting(40_000, vec![seen])), &mut sink);
+        let Some(Record::Waiting(w)) = sink.0.last() else {
+            panic!("no snapshot: {:?}", sink.0);
+        };
+        assert_eq!(w.conns.len(), 1);
+        assert_eq!(w.conns[0].pid, 41);
+    }
 }

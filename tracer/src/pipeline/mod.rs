@@ -18,7 +18,7 @@ use anyhow::Result;
 
 use crate::{
     engine::{Engine, Finding},
-    event::{Event, Sockstat},
+    event::Record,
     kernel::probes::Probes,
 };
 
@@ -29,45 +29,13 @@ pub trait Sink {
     fn attached(&mut self, _probes: &Probes) -> Result<()> {
         Ok(())
     }
-    fn event(&mut self, event: &Event) -> Result<()>;
-    /// A connection record (already fed to the engine as `events`, the transitions
-    /// it lists); by default the sink takes those events one by one.
-    fn conn(&mut self, _conn: &crate::event::Conn, events: &[Event]) -> Result<()> {
-        events.iter().try_for_each(|e| self.event(e))
-    }
-    fn sockstat(&mut self, sample: &Sockstat) -> Result<()>;
+    /// One record, after the engine took it.
+    fn record(&mut self, record: &Record) -> Result<()>;
+    /// A finding the engine made, when first made and whenever its count grew.
+    fn finding(&mut self, finding: &Finding) -> Result<()>;
     /// Whether this sink shows BPF run time (kernel-wide statistics are then on).
     fn shows_bpf_run_time(&self) -> bool {
         false
-    }
-    /// What was lost so far (when it changed, and at the end).
-    fn losses(&mut self, _losses: &crate::event::Losses) -> Result<()> {
-        Ok(())
-    }
-    /// Connections awaiting a reply, from one inspection.
-    fn waiting(&mut self, _snapshot: &crate::event::Waiting) -> Result<()> {
-        Ok(())
-    }
-    /// What the kernel's tables said of one 4-tuple.
-    fn tuple(&mut self, _info: &crate::event::TupleInfo) -> Result<()> {
-        Ok(())
-    }
-    /// Listeners' accept queues and listen-drop counters, from one inspection.
-    fn listeners(&mut self, _sample: &crate::event::Listeners) -> Result<()> {
-        Ok(())
-    }
-    /// Pooled connections reused after idling, from one inspection.
-    fn reuses(&mut self, _r: &crate::event::Reuses) -> Result<()> {
-        Ok(())
-    }
-    fn finding(&mut self, finding: &Finding) -> Result<()>;
-    /// A cgroup seen for the first time, with its container and pod.
-    fn cgroup(&mut self, _info: &crate::k8s::CgroupInfo) -> Result<()> {
-        Ok(())
-    }
-    /// A pod named by the Kubernetes API.
-    fn pod(&mut self, _info: &crate::k8s::api::PodInfo) -> Result<()> {
-        Ok(())
     }
     /// Something degraded (printed once by the headless commands).
     fn warn(&mut self, message: &str) {
@@ -88,37 +56,10 @@ impl<W: crate::eventlog::store::Truncate> Sink for crate::eventlog::LogWriter<W>
             None => Ok(()),
         }
     }
-    fn event(&mut self, event: &Event) -> Result<()> {
-        Self::event(self, event)
-    }
-    fn conn(&mut self, conn: &crate::event::Conn, _events: &[Event]) -> Result<()> {
-        Self::conn(self, conn)
-    }
-    fn sockstat(&mut self, sample: &Sockstat) -> Result<()> {
-        Self::sockstat(self, sample)
-    }
-    fn losses(&mut self, losses: &crate::event::Losses) -> Result<()> {
-        Self::losses(self, losses)
-    }
-    fn waiting(&mut self, snapshot: &crate::event::Waiting) -> Result<()> {
-        Self::waiting(self, snapshot)
-    }
-    fn tuple(&mut self, info: &crate::event::TupleInfo) -> Result<()> {
-        Self::tuple(self, info)
-    }
-    fn listeners(&mut self, sample: &crate::event::Listeners) -> Result<()> {
-        Self::listeners(self, sample)
-    }
-    fn reuses(&mut self, r: &crate::event::Reuses) -> Result<()> {
-        Self::reuses(self, r)
+    fn record(&mut self, record: &Record) -> Result<()> {
+        Self::record(self, record)
     }
     fn finding(&mut self, finding: &Finding) -> Result<()> {
         Self::finding(self, finding)
-    }
-    fn cgroup(&mut self, info: &crate::k8s::CgroupInfo) -> Result<()> {
-        Self::cgroup(self, info)
-    }
-    fn pod(&mut self, info: &crate::k8s::api::PodInfo) -> Result<()> {
-        Self::pod(self, info)
     }
 }

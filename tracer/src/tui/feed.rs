@@ -18,8 +18,9 @@ use super::{
 use crate::{
     commands::report,
     engine::{Config, Engine, Finding},
-    event::{Event, Sockstat},
-    eventlog::{self, LogReader, LogWriter, Record},
+    event::Event,
+    event::Record,
+    eventlog::{self, LogReader, LogWriter},
     kernel::probes::Probes,
     pipeline::{dispatch, Sink},
 };
@@ -192,7 +193,7 @@ impl TuiSink {
             lost: if probes.is_some() {
                 self.losses.total()
             } else {
-                engine.stats.evicted + self.losses.events()
+                engine.stats().evicted + self.losses.events()
             },
             programs: 0,
             bpf_cpu_pct: None,
@@ -278,61 +279,22 @@ impl Sink for TuiSink {
         self.spool().map(|_| ())
     }
 
-    fn event(&mut self, event: &Event) -> Result<()> {
-        self.events += 1;
-        if self.tail.len() == TAIL {
-            self.tail.pop_front();
-        }
-        self.tail.push_back(event.clone());
-        self.spooled(|spool| spool.event(event))
-    }
-
-    fn conn(&mut self, conn: &crate::event::Conn, events: &[Event]) -> Result<()> {
-        for event in events {
+    fn record(&mut self, record: &Record) -> Result<()> {
+        for event in record.events() {
             self.events += 1;
             if self.tail.len() == TAIL {
                 self.tail.pop_front();
             }
-            self.tail.push_back(event.clone());
+            self.tail.push_back(event);
         }
-        self.spooled(|spool| spool.conn(conn))
-    }
-
-    fn sockstat(&mut self, sample: &Sockstat) -> Result<()> {
-        self.spooled(|spool| spool.sockstat(sample))
-    }
-
-    fn losses(&mut self, losses: &crate::event::Losses) -> Result<()> {
-        self.losses = *losses;
-        self.spooled(|spool| spool.losses(losses))
-    }
-
-    fn waiting(&mut self, snapshot: &crate::event::Waiting) -> Result<()> {
-        self.spooled(|spool| spool.waiting(snapshot))
-    }
-
-    fn tuple(&mut self, info: &crate::event::TupleInfo) -> Result<()> {
-        self.spooled(|spool| spool.tuple(info))
-    }
-
-    fn listeners(&mut self, sample: &crate::event::Listeners) -> Result<()> {
-        self.spooled(|spool| spool.listeners(sample))
-    }
-
-    fn reuses(&mut self, r: &crate::event::Reuses) -> Result<()> {
-        self.spooled(|spool| spool.reuses(r))
+        if let Record::Losses(l) = record {
+            self.losses = *l;
+        }
+        self.spooled(|spool| spool.record(record))
     }
 
     fn finding(&mut self, finding: &Finding) -> Result<()> {
         self.spooled(|spool| spool.finding(finding))
-    }
-
-    fn cgroup(&mut self, info: &crate::k8s::CgroupInfo) -> Result<()> {
-        self.spooled(|spool| spool.cgroup(info))
-    }
-
-    fn pod(&mut self, info: &crate::k8s::api::PodInfo) -> Result<()> {
-        self.spooled(|spool| spool.pod(info))
     }
 
     fn warn(&mut self, message: &str) {
@@ -396,32 +358,17 @@ pub fn replay(path: &Path, mut sink: TuiSink) -> Result<()> {
                     Some(Ok(r)) => r,
                 },
             };
-            let mono = match &record {
-                Record::Event(e) => Some(e.mono_ns),
-                Record::Conn(c) => Some(c.mono_ns),
-                Record::Sockstat(s) => Some(s.mono_ns),
-                Record::Waiting(w) => Some(w.mono_ns),
-                Record::Tuple(t) => Some(t.mono_ns),
-                Record::Listeners(l) => Some(l.mono_ns),
-                Record::Reuses(r) => Some(r.mono_ns),
-                Record::Losses(_)
-                | Record::Cgroup(_)
-                | Record::Pod(_)
-                | Record::Finding(_)
-                | Record::FinalFindings(_) => None,
-            };
-            if let Some(m) = mono {
-                let first = *first_mono.get_or_insert_with(|| {
+            if let Some(m) = record.mono_ns() {
+                first_mono.get_or_insert_with(|| {
                     anchor = (Instant::now(), m);
                     m
                 });
-                let _ = first;
                 if !to_end && m > log_now(anchor, speed) {
                     pending = Some(record);
                     break;
                 }
             }
-            dispatch::record(&mut engine, &record, &mut sink)?;
+            dispatch::dispatch(&mut engine, None, &record, &mut sink)?;
         }
         if last_publish.elapsed() >= Duration::from_millis(100) {
             let pct = if done {

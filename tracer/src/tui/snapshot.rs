@@ -234,7 +234,11 @@ fn timelines(findings: &[Finding], tail: &VecDeque<Event>) -> Vec<Vec<String>> {
 
 fn endpoint_rows(engine: &Engine, findings: &[Finding], filter: &str) -> Vec<EndpointRow> {
     let mut open: HashMap<SocketAddr, u32> = HashMap::new();
-    for c in engine.conns.iter().filter(|c| c.is_open() && c.established) {
+    for c in engine
+        .conns()
+        .iter()
+        .filter(|c| c.is_open() && c.established)
+    {
         *open.entry(c.server_endpoint()).or_default() += 1;
     }
     let estimates: HashMap<&str, u64> = findings
@@ -248,7 +252,7 @@ fn endpoint_rows(engine: &Engine, findings: &[Finding], filter: &str) -> Vec<End
         })
         .collect();
     let mut rows: Vec<EndpointRow> = engine
-        .endpoints
+        .endpoints()
         .by_endpoint
         .iter()
         .map(|(e, s)| (e, e.to_string(), s))
@@ -282,7 +286,7 @@ fn endpoint_rows(engine: &Engine, findings: &[Finding], filter: &str) -> Vec<End
 fn connection_rows(engine: &Engine, filter: &str, sort: SortKey) -> (Vec<ConnRow>, usize) {
     let (now, _) = engine.now();
     let mut conns: Vec<&Conn> = engine
-        .conns
+        .conns()
         .iter()
         .filter(|c| c.is_open() && c.role != Role::Listener)
         .filter(|c| {

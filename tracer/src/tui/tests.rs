@@ -113,11 +113,8 @@ fn endpoints_view_shows_the_idle_close_spike() {
 fn endpoints_view_shows_a_full_accept_queue() {
     let (mut engine, tail) = incident();
     for (at, overflows) in [(9_000, 10), (11_000, 35)] {
-        engine.listeners(&crate::engine::testing::listeners(
-            at,
-            "10.0.0.9:5432",
-            (5, 4),
-            overflows,
+        engine.record(&crate::event::Record::Listeners(
+            crate::engine::testing::listeners(at, "10.0.0.9:5432", (5, 4), overflows),
         ));
     }
     let mut app = App::new(false);
@@ -131,25 +128,12 @@ fn endpoints_view_shows_a_full_accept_queue() {
 fn connections_view_sorted_by_idle() {
     let (mut engine, tail) = incident();
     // The inspection saw the worker awaiting a reply for 31 s.
-    let mono_ns = crate::engine::testing::T0 + 9_000_000_000;
-    engine.waiting(&crate::event::Waiting {
-        time: crate::engine::testing::wall(mono_ns),
-        mono_ns,
-        after_ms: 30_000,
-        conns: vec![crate::event::WaitingConn {
-            pid: 77,
-            comm: "worker".into(),
-            cgroup: 0,
-            local: "10.0.0.1:41000".parse().expect("addr"),
-            remote: "10.0.0.9:5432".parse().expect("addr"),
-            waiting_ms: 31_000,
-            last_recv_ms: 31_200,
-            keepalive: false,
-            last_ack_ms: None,
-            keepalive_settings: None,
-            peer_here: false,
-        }],
-    });
+    let mut conn =
+        crate::engine::testing::waiting_conn(77, "10.0.0.1:41000", "10.0.0.9:5432", 31_000, false);
+    conn.last_recv_ms = 31_200;
+    engine.record(&crate::event::Record::Waiting(
+        crate::engine::testing::waiting(9_000, vec![conn]),
+    ));
     let mut app = App::new(false);
     app.sort = SortKey::Idle;
     app.on_snapshot(snapshot::build(&engine, &tail, "", SortKey::Idle, header()));

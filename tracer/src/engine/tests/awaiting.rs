@@ -1,36 +1,9 @@
 use crate::{
-    engine::{
-        testing::{addr, wall, T0},
-        Config, Engine, Kind, Severity,
-    },
-    event::{KeepaliveSettings, SettingsSource, Waiting, WaitingConn},
+    engine::{Config, Engine, Kind, Severity},
+    event::{KeepaliveSettings, SettingsSource, WaitingConn},
 };
 
-fn conn(pid: u32, local: &str, remote: &str, waiting_ms: u64, keepalive: bool) -> WaitingConn {
-    WaitingConn {
-        pid,
-        comm: "worker".to_owned(),
-        cgroup: 0,
-        local: addr(local),
-        remote: addr(remote),
-        waiting_ms,
-        last_recv_ms: waiting_ms + 50,
-        keepalive,
-        last_ack_ms: None,
-        keepalive_settings: None,
-        peer_here: false,
-    }
-}
-
-fn snapshot(at_ms: u64, conns: Vec<WaitingConn>) -> Waiting {
-    let mono_ns = T0 + at_ms * 1_000_000;
-    Waiting {
-        time: wall(mono_ns),
-        mono_ns,
-        after_ms: 30_000,
-        conns,
-    }
-}
+use crate::engine::testing::{waiting as snapshot, waiting_conn as conn};
 
 fn awaiting(engine: &Engine) -> Vec<crate::engine::Finding> {
     engine

@@ -17,7 +17,7 @@ use tracer_common::{flags, kind, ConnRecord, MAX_STEPS};
 const CAP: usize = 262_144;
 
 #[derive(Debug, Default)]
-pub struct Sighted {
+pub struct Delivered {
     /// (socket, birth) -> the spans of steps (first, last timestamp) reads delivered,
     /// not yet shipped through the ring.
     delivered: HashMap<(u64, u64), Vec<(u64, u64)>>,
@@ -41,7 +41,7 @@ fn drop_delivered(rec: &mut ConnRecord, spans: &[(u64, u64)]) {
     rec.steps_len = u32::try_from(kept).unwrap_or(0);
 }
 
-impl Sighted {
+impl Delivered {
     /// A record from the ring: the steps a read delivered already are dropped (only
     /// those: a read may have seen the entry after this record left, and its steps
     /// are newer); the socket's final record ends what is remembered of it. Returns
@@ -120,7 +120,7 @@ mod tests {
 
     #[test]
     fn a_read_delivers_early_and_the_shipped_copy_is_trimmed() {
-        let mut s = Sighted::default();
+        let mut s = Delivered::default();
         let mut read = record(0xa, 100, &[100, 200], false);
         assert!(s.read(&mut read));
         let mut last = record(0xa, 100, &[100, 200, 300], true);
@@ -133,7 +133,7 @@ mod tests {
     /// took it from the ring, must not erase that record's older steps.
     #[test]
     fn a_read_after_a_partial_ship_leaves_the_shipped_steps_alone() {
-        let mut s = Sighted::default();
+        let mut s = Delivered::default();
         let mut read = record(0xa, 100, &[400], false);
         assert!(s.read(&mut read));
         let mut partial = record(0xa, 100, &[100, 200, 300], false);
@@ -149,7 +149,7 @@ mod tests {
     /// address and was read. X's record must arrive whole.
     #[test]
     fn the_next_socket_at_an_address_does_not_trim_the_last_ones_record() {
-        let mut s = Sighted::default();
+        let mut s = Delivered::default();
         let mut y = record(0xa, 5_000, &[5_000, 6_000], false);
         assert!(s.read(&mut y));
         let mut x = record(0xa, 1_000, &[1_000, 1_500, 2_000], true);

@@ -1,15 +1,23 @@
-//! The exported event type: what the decoder yields, the log stores and the engine
-//! consumes. Kept apart from the `repr(C)` wire type in `tracer-common`.
+//! The data model every layer shares: [`Record`] (what flows from a source to the
+//! engine and a sink, and what the log stores) and what it carries — [`Event`],
+//! [`Conn`], the inspection's and the sampler's snapshots, [`Losses`] — with their
+//! time format ([`rfc3339`]). Kept apart from the `repr(C)` wire types in
+//! `tracer-common`.
 
 use std::{fmt, net::SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
+mod record;
+pub mod rfc3339;
+
+pub use record::Record;
+
 /// One connection-lifecycle fact.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// Wall-clock time, RFC 3339 with milliseconds.
-    #[serde(with = "crate::kernel::time::rfc3339")]
+    #[serde(with = "crate::event::rfc3339")]
     pub time: std::time::SystemTime,
     /// CLOCK_MONOTONIC nanoseconds (the kernel's timestamp): ordering and durations.
     pub mono_ns: u64,
@@ -296,7 +304,7 @@ impl Conn {
 /// replay sees the same samples the live run saw.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sockstat {
-    #[serde(with = "crate::kernel::time::rfc3339")]
+    #[serde(with = "crate::event::rfc3339")]
     pub time: std::time::SystemTime,
     pub mono_ns: u64,
     pub tcp_inuse: u64,
@@ -337,7 +345,7 @@ pub struct ConntrackStats {
 /// replay sees what the live run saw.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Listeners {
-    #[serde(with = "crate::kernel::time::rfc3339")]
+    #[serde(with = "crate::event::rfc3339")]
     pub time: std::time::SystemTime,
     pub mono_ns: u64,
     /// Since the previous inspection: the counters' changes happened within it.
@@ -400,7 +408,7 @@ pub struct ListenCounters {
 /// run saw.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Waiting {
-    #[serde(with = "crate::kernel::time::rfc3339")]
+    #[serde(with = "crate::event::rfc3339")]
     pub time: std::time::SystemTime,
     pub mono_ns: u64,
     /// The threshold the inspection used.
@@ -414,7 +422,7 @@ pub struct Waiting {
 /// translated destination (a Service VIP, by DNAT) really reached.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TupleInfo {
-    #[serde(with = "crate::kernel::time::rfc3339")]
+    #[serde(with = "crate::event::rfc3339")]
     pub time: std::time::SystemTime,
     pub mono_ns: u64,
     /// The connection's own view: this node's end, and the destination it dialled.
@@ -451,7 +459,7 @@ pub struct TupleHolder {
 /// (`{"reuse": ...}`): how long each sat idle before its process sent on it again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reuses {
-    #[serde(with = "crate::kernel::time::rfc3339")]
+    #[serde(with = "crate::event::rfc3339")]
     pub time: std::time::SystemTime,
     pub mono_ns: u64,
     pub reuses: Vec<Reuse>,
