@@ -7,7 +7,7 @@
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     path::PathBuf,
-    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
@@ -48,6 +48,44 @@ pub fn conntrace_bin() -> PathBuf {
 }
 
 /// Panics unless running as root (the kernel programs need it).
+/// Runs conntrace with `args` to completion (no input).
+pub fn run_conntrace(args: &[&str]) -> Output {
+    Command::new(conntrace_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run conntrace")
+}
+
+/// Runs a command that must succeed (its stderr shown when it does not); its output.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A failed run's stderr, asserted to be one line naming each of `parts`.
+pub fn one_clear_error(out: &Output, parts: &[&str]) -> String {
+    assert!(!out.status.success(), "it succeeded");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(parts.iter().all(|p| err.contains(p)), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    err
+}
+
+/// A port free on loopback right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
 pub fn require_root() {
     // SAFETY: plain syscall.
     let euid = unsafe { libc::geteuid() };
@@ -274,15 +312,10 @@ impl Recording {
 
     /// `conntrace report FILE --format json`, parsed: the findings array.
     pub fn report_json(&self) -> Vec<serde_json::Value> {
-        let out = Command::new(conntrace_bin())
-            .args(["report", "--format", "json"])
-            .arg(&self.path)
-            .output()
-            .expect("run conntrace report");
-        assert!(
-            out.status.success(),
-            "report failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = run_ok(
+            Command::new(conntrace_bin())
+                .args(["report", "--format", "json"])
+                .arg(&self.path),
         );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report is JSON");
         v["findings"].as_array().expect("findings array").clone()
@@ -323,6 +356,17 @@ impl Recording {
             .events()
             .filter(|e| e.local.port() == port)
             .collect()
+    }
+
+    /// The first `old -> new` of a socket on local port `port` (with remote port
+    /// `peer`, if given); fails showing that port's events when there is none.
+    pub fn transition(&self, port: u16, peer: Option<u16>, old: &str, new: &str) -> &Event {
+        let on_port = self.by_local_port(port);
+        on_port
+            .iter()
+            .copied()
+            .find(|e| peer.is_none_or(|p| e.remote.port() == p) && is_transition(e, old, new))
+            .unwrap_or_else(|| panic!("no {old} -> {new} on :{port}:\n{}", self.dump(&on_port)))
     }
 
     /// One clock tick in milliseconds, from the log header.
@@ -555,6 +599,23 @@ pub fn run_lab(name: &str) -> LabResult {
 }
 
 /// Findings of one kind for one endpoint.
+/// A finding's evidence `key`, a number.
+pub fn evidence_u64(finding: &serde_json::Value, key: &str) -> u64 {
+    finding["evidence"][key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {key} in {finding:#}"))
+}
+
+/// Asserts a finding's summary contains `part`, showing the finding when not.
+pub fn summary_has(finding: &serde_json::Value, part: &str) {
+    assert!(
+        finding["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains(part)),
+        "{finding:#}"
+    );
+}
+
 pub fn findings_for<'a>(
     findings: &'a [serde_json::Value],
     kind: &str,

@@ -160,17 +160,12 @@ impl PgBouncer {
         chown(&dir);
         let bin = postgres_bin();
         let data = dir.join("data");
-        let initdb = Command::new(AS_POSTGRES[0])
-            .args(&AS_POSTGRES[1..])
-            .arg(bin.join("initdb"))
-            .args(["-A", "trust", "-U", "postgres", "-D"])
-            .arg(&data)
-            .output()
-            .expect("initdb");
-        assert!(
-            initdb.status.success(),
-            "initdb failed: {}",
-            String::from_utf8_lossy(&initdb.stderr)
+        crate::run_ok(
+            Command::new(AS_POSTGRES[0])
+                .args(&AS_POSTGRES[1..])
+                .arg(bin.join("initdb"))
+                .args(["-A", "trust", "-U", "postgres", "-D"])
+                .arg(&data),
         );
         let log = dir.join("postgres.log");
         let mut postgres = Daemon::new(

@@ -3,14 +3,7 @@
 
 use std::process::{Command, Output};
 
-use tests::{conntrace_bin, require_root};
-
-fn run(args: &[&str]) -> Output {
-    Command::new(conntrace_bin())
-        .args(args)
-        .output()
-        .expect("run conntrace")
-}
+use tests::{conntrace_bin, one_clear_error, require_root, run_conntrace as run};
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -25,13 +18,7 @@ fn unwritable_output_names_the_path_and_the_remedy() {
         "--duration",
         "1",
     ]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(
-        err.contains("/nonexistent-dir/x.jsonl") && err.contains("writable"),
-        "{err}"
-    );
-    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    one_clear_error(&out, &["/nonexistent-dir/x.jsonl", "writable"]);
 }
 
 #[test]
@@ -67,11 +54,5 @@ fn not_root_says_what_privilege_is_missing() {
         .output()
         .expect("run setpriv");
     let _ = std::fs::remove_file(&path);
-    assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(
-        err.contains("needs root") && err.contains("CAP_BPF"),
-        "{err}"
-    );
-    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    one_clear_error(&out, &["needs root", "CAP_BPF"]);
 }

@@ -11,15 +11,9 @@ use std::{
     time::Duration,
 };
 
-use tests::{conntrace_bin, require_root, unique, Python, Recorder};
-
-fn run(args: &[&str]) -> Output {
-    Command::new(conntrace_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run conntrace")
-}
+use tests::{
+    conntrace_bin, one_clear_error, require_root, run_conntrace as run, unique, Python, Recorder,
+};
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -168,12 +162,7 @@ fn bad_durations_are_refused_before_loading() {
 fn an_endless_line_is_one_clear_error_with_bounded_memory() {
     let out = run(&["report", "/dev/zero"]);
     assert_eq!(out.status.code(), Some(1));
-    let err = stderr(&out);
-    assert!(
-        err.contains("longer than") && err.contains("/dev/zero"),
-        "{err}"
-    );
-    assert_eq!(err.lines().count(), 1, "{err}");
+    one_clear_error(&out, &["longer than", "/dev/zero"]);
 }
 
 #[test]
@@ -297,16 +286,7 @@ fn ctrl_c_in_lab_removes_its_namespaces() {
         .spawn()
         .expect("spawn lab");
     let pid = child.id();
-    let prefix = format!("ctlab-{pid}-");
-    let ours = || -> Vec<String> {
-        std::fs::read_dir("/run/netns")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n.starts_with(&prefix))
-            .collect()
-    };
+    let ours = || tracer::lab::netns::of_process(pid);
     // Wait until the scenario has made its namespaces, then interrupt it.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while ours().len() < 2 {

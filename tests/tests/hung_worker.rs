@@ -8,7 +8,7 @@
 //! its probes end it (the kernel's 2 h default: a hang; 20 s + 3 x 5 s: info).
 
 use serde_json::Value;
-use tests::{findings_for, Python, Recorder, VethPair};
+use tests::{evidence_u64, findings_for, Python, Recorder, VethPair};
 
 /// The database in namespace b: answers three statements, then takes a query and
 /// never answers it (ports 5432, 5433, 5434).
@@ -136,9 +136,7 @@ fn workers_waiting_on_a_vanished_peer_are_named_and_nothing_else_is() {
         default_keepalive["evidence"]["keepalive_settings_from"],
         "socket"
     );
-    let ends = default_keepalive["evidence"]["keepalive_ends_in_ms"]
-        .as_u64()
-        .expect("ends");
+    let ends = evidence_u64(default_keepalive, "keepalive_ends_in_ms");
     assert!(
         (7_860_000..=7_875_000).contains(&ends),
         "7200 s + 9 x 75 s less the wait: {ends}"

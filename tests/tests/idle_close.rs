@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use tests::{is_transition, Python, Recorder};
+use tests::{Python, Recorder};
 use tracer::event::{Closer, EventKind};
 
 const CLIENT: &str = r"
@@ -21,6 +21,16 @@ while s.recv(100):
     pass
 s.close()
 ";
+
+/// A transition's idle time and who closed first.
+fn idle_and_closer(e: &tracer::event::Event) -> (u64, Option<Closer>) {
+    match e.kind {
+        EventKind::State {
+            idle_ms, closed_by, ..
+        } => (idle_ms, closed_by),
+        _ => unreachable!("a transition"),
+    }
+}
 
 #[test]
 fn idle_close_after_1500ms_is_measured_to_the_tick() {
@@ -41,31 +51,17 @@ fn idle_close_after_1500ms_is_measured_to_the_tick() {
     let recording = rec.stop();
 
     let tick = recording.tick_ms();
-    let on_client = recording.by_local_port(client_port);
-    let close_wait = on_client
-        .iter()
-        .find(|e| is_transition(e, "ESTABLISHED", "CLOSE_WAIT"))
-        .unwrap_or_else(|| {
-            panic!(
-                "no CLOSE_WAIT for the client:\n{}",
-                recording.dump(&on_client)
-            )
-        });
-    let EventKind::State {
-        idle_ms, closed_by, ..
-    } = &close_wait.kind
-    else {
-        unreachable!()
-    };
+    let close_wait = recording.transition(client_port, None, "ESTABLISHED", "CLOSE_WAIT");
+    let (idle_ms, closed_by) = idle_and_closer(close_wait);
     // Exact to the jiffies from below; later by this thread's wake-up from its sleep
     // (up to ~16 ms in a 2-CPU TCG guest of the kernel matrix).
     assert!(
-        *idle_ms + 2 * tick >= 1500 && *idle_ms <= 1500 + 2 * tick + 50,
+        idle_ms + 2 * tick >= 1500 && idle_ms <= 1500 + 2 * tick + 50,
         "client idle {idle_ms} ms, expected 1500 ms (- {} ms, + {} ms and 50 ms wake-up)",
         2 * tick,
         2 * tick
     );
-    assert_eq!(*closed_by, Some(Closer::Peer));
+    assert_eq!(closed_by, Some(Closer::Peer));
     assert_eq!(
         close_wait.pid, client_pid,
         "owner is the connecting process"
@@ -73,27 +69,13 @@ fn idle_close_after_1500ms_is_measured_to_the_tick() {
     assert!(close_wait.owner_known);
     assert_eq!(close_wait.remote.port(), port);
 
-    let on_server = recording.by_local_port(port);
-    let fin_wait = on_server
-        .iter()
-        .find(|e| e.remote.port() == client_port && is_transition(e, "ESTABLISHED", "FIN_WAIT1"))
-        .unwrap_or_else(|| {
-            panic!(
-                "no FIN_WAIT1 for the server:\n{}",
-                recording.dump(&on_server)
-            )
-        });
-    let EventKind::State {
-        idle_ms, closed_by, ..
-    } = &fin_wait.kind
-    else {
-        unreachable!()
-    };
+    let fin_wait = recording.transition(port, Some(client_port), "ESTABLISHED", "FIN_WAIT1");
+    let (idle_ms, closed_by) = idle_and_closer(fin_wait);
     assert!(
-        *idle_ms + 2 * tick >= 1500 && *idle_ms <= 1500 + 2 * tick + 50,
+        idle_ms + 2 * tick >= 1500 && idle_ms <= 1500 + 2 * tick + 50,
         "server idle {idle_ms} ms"
     );
-    assert_eq!(*closed_by, Some(Closer::Local));
+    assert_eq!(closed_by, Some(Closer::Local));
     assert_eq!(
         fin_wait.pid,
         std::process::id(),

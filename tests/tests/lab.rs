@@ -158,15 +158,20 @@ fn refused_connects_and_the_resets_sent_for_them() {
     }
 }
 
-#[test]
-fn port_exhaustion_is_eaddrnotavail_with_the_ports_in_use() {
-    let (lab, _rec, report) = record_lab("port-exhaustion");
-    let errors: Vec<&Value> = findings_for(&report, "connect-errors", &lab.endpoint)
+/// The one connect-errors finding of the lab's process.
+fn connect_errors_of<'a>(report: &'a [Value], lab: &LabResult) -> &'a Value {
+    let errors: Vec<&Value> = findings_for(report, "connect-errors", &lab.endpoint)
         .into_iter()
         .filter(|f| f["process"]["pid"] == lab.pid)
         .collect();
     assert_eq!(errors.len(), 1, "{report:#?}");
-    let f = errors[0];
+    errors[0]
+}
+
+#[test]
+fn port_exhaustion_is_eaddrnotavail_with_the_ports_in_use() {
+    let (lab, _rec, report) = record_lab("port-exhaustion");
+    let f = connect_errors_of(&report, &lab);
     assert_eq!(f["severity"], "critical");
     assert_eq!(f["evidence"]["errno"], "EADDRNOTAVAIL");
     assert_eq!(f["count"], lab.count);
@@ -225,12 +230,7 @@ fn hung_peer_workers_are_awaiting_a_reply_together() {
 fn a_bound_port_held_by_its_own_time_wait_is_named_with_the_holder() {
     let (lab, _rec, report) = record_lab("bound-port");
     assert_eq!(lab.count, 3, "{}", lab.stdout);
-    let errors: Vec<&Value> = findings_for(&report, "connect-errors", &lab.endpoint)
-        .into_iter()
-        .filter(|f| f["process"]["pid"] == lab.pid)
-        .collect();
-    assert_eq!(errors.len(), 1, "{report:#?}");
-    let f = errors[0];
+    let f = connect_errors_of(&report, &lab);
     assert_eq!(f["severity"], "critical");
     assert_eq!(f["count"], lab.count);
     assert_eq!(f["evidence"]["errno"], "EADDRNOTAVAIL");

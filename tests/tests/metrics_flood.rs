@@ -12,15 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tests::{is_transition, Recorder};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+use tests::{free_port, is_transition, Recorder};
 
 fn get(port: u16, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;

@@ -5,9 +5,9 @@
 
 use serde_json::Value;
 use tests::{
-    findings_for,
+    evidence_u64, findings_for,
     peers::{psql, service, uvicorn, PgBouncer},
-    Python, Recorder, VethPair,
+    summary_has, Python, Recorder, VethPair,
 };
 
 /// Three psql workers run a long query through pgbouncer; the pooler's node vanishes
@@ -72,19 +72,12 @@ fn psql_workers_hung_on_a_vanished_pgbouncer_are_named_with_when_keepalive_ends_
     assert_eq!(hung["evidence"]["keepalive"], true);
     assert_eq!(hung["evidence"]["keepalive_settings_from"], "socket");
     assert_eq!(hung["evidence"]["keepalive_idle_ms"], 7_200_000);
-    let ends = hung["evidence"]["keepalive_ends_in_ms"]
-        .as_u64()
-        .expect("ends");
+    let ends = evidence_u64(hung, "keepalive_ends_in_ms");
     assert!(
         (7_800_000..=7_875_000).contains(&ends),
         "libpq's keepalive ends the wait after 7200 s + 9 x 75 s: {ends} ms left"
     );
-    assert!(
-        hung["summary"]
-            .as_str()
-            .is_some_and(|s| s.contains("until then it hangs")),
-        "{hung:#}"
-    );
+    summary_has(hung, "until then it hangs");
     // pgbouncer's own connections to PostgreSQL wait on pg_sleep: their peer is
     // alive beside them (same namespace), so never a critical alarm.
     for f in findings_for(&report, "awaiting-reply", "127.0.0.1:5432") {
@@ -147,12 +140,7 @@ fn uvicorn_behind_a_service_vip_races_once_with_the_backend_named() {
     assert_eq!(race["process"]["pid"], racing_pid, "{race:#}");
     assert_eq!(race["count"], failed);
     assert_eq!(race["evidence"]["backends"], serde_json::json!([pod]));
-    assert!(
-        race["summary"]
-            .as_str()
-            .is_some_and(|s| s.contains("(-> backend 192.0.2.2:8000)")),
-        "{race:#}"
-    );
+    summary_has(race, "(-> backend 192.0.2.2:8000)");
     assert!(
         findings_for(&report, "keepalive-reuse-race", pod).is_empty(),
         "the server's view of the same failures is not counted again: {report:#?}"

@@ -35,16 +35,7 @@ impl Tmux {
     }
 
     fn run(&self, args: &[&str]) -> String {
-        let out = Command::new("tmux")
-            .args(["-L", &self.socket])
-            .args(args)
-            .output()
-            .expect("run tmux");
-        assert!(
-            out.status.success(),
-            "tmux {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = tests::run_ok(Command::new("tmux").args(["-L", &self.socket]).args(args));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 

@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{have, output, status, storm, workspace_root};
+use crate::{have, output, storm, workspace_root};
 
 const PORT: u16 = 18089;
 const ROUNDS: usize = 5;
@@ -49,17 +49,7 @@ fn bench_packages() -> Result<()> {
     .filter(|(bin, _)| !have(bin))
     .map(|(_, pkg)| *pkg)
     .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    eprintln!("xtask bench: installing {}", missing.join(" "));
-    status(Command::new("apt-get").args(["update", "-qq"]))?;
-    status(
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    crate::apt_get_install(&missing)
 }
 
 /// nginx on 127.0.0.1:PORT answering `ok`, two workers.
@@ -510,13 +500,8 @@ struct Bench {
 pub fn run() -> Result<()> {
     bench_packages()?;
     let root = workspace_root();
-    status(
-        Command::new("cargo")
-            .args(["build", "--release", "-p", "tracer", "--bin", "conntrace"])
-            .current_dir(&root),
-    )?;
     let mut b = Bench {
-        bin: root.join("target/release/conntrace"),
+        bin: crate::build_release()?,
         dir: root.join("target/bench"),
         figures: Vec::new(),
         log: String::new(),

@@ -286,15 +286,20 @@ fn tracefs() {
     }
 }
 
-fn run(args: &[String]) -> Result<()> {
-    let args = args.strip_prefix(&["--".to_owned()]).unwrap_or(args);
+/// `cargo build --release` of conntrace; its path.
+pub(crate) fn build_release() -> Result<PathBuf> {
     let root = workspace_root();
     status(
         Command::new("cargo")
             .args(["build", "--release", "-p", "tracer", "--bin", "conntrace"])
             .current_dir(&root),
     )?;
-    let bin = root.join("target/release/conntrace");
+    Ok(root.join("target/release/conntrace"))
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let args = args.strip_prefix(&["--".to_owned()]).unwrap_or(args);
+    let bin = build_release()?;
     // Built as the invoking user (their rustup and cargo); run as root. Through sudo
     // when not root already, as aya's template does: `sudo cargo xtask run` would
     // fail for anyone whose Rust is installed per user (root's PATH has no cargo).

@@ -281,3 +281,21 @@ pub fn waiting(at_ms: u64, conns: Vec<crate::event::WaitingConn>) -> crate::even
         conns,
     }
 }
+
+/// Asserts that `text` contains `part`, showing the whole text when it does not.
+/// `starts_with` / `ends_with` before the part test the text's ends.
+macro_rules! assert_has {
+    ($text:expr, starts_with $part:expr) => {{
+        let text: &str = &$text;
+        assert!(text.starts_with($part), "{text}");
+    }};
+    ($text:expr, ends_with $part:expr) => {{
+        let text: &str = &$text;
+        assert!(text.ends_with($part), "{text}");
+    }};
+    ($text:expr, $part:expr) => {{
+        let text: &str = &$text;
+        assert!(text.contains($part), "{text}");
+    }};
+}
+pub(crate) use assert_has;

@@ -30,51 +30,55 @@ enum Hook {
     Classic(&'static str, &'static str),
 }
 
+/// A tp_btf program named as its tracepoint.
+const fn btf(name: &'static str, degraded: &'static str) -> (&'static str, Hook, &'static str) {
+    (name, Hook::Btf(name), degraded)
+}
+
+/// A classic tracepoint's program named as the tracepoint.
+const fn classic(
+    category: &'static str,
+    name: &'static str,
+    degraded: &'static str,
+) -> (&'static str, Hook, &'static str) {
+    (name, Hook::Classic(category, name), degraded)
+}
+
 /// Every program, its hook, and what is degraded without it.
 const PROGRAMS: [(&str, Hook, &str); 9] = [
-    (
-        "inet_sock_set_state",
-        Hook::Btf("inet_sock_set_state"),
-        "everything (state changes)",
-    ),
-    (
+    btf("inet_sock_set_state", "everything (state changes)"),
+    btf(
         "inet_sk_error_report",
-        Hook::Btf("inet_sk_error_report"),
         "asynchronous connect errors (connect-errors, stalled-peer)",
     ),
-    (
+    btf(
         "tcp_receive_reset",
-        Hook::Btf("tcp_receive_reset"),
         "resets received (keepalive-reuse-race, rst-storm)",
     ),
-    (
-        "tcp_retransmit_skb",
-        Hook::Btf("tcp_retransmit_skb"),
-        "retransmits (stalled-peer)",
-    ),
-    (
+    btf("tcp_retransmit_skb", "retransmits (stalled-peer)"),
+    classic(
+        "tcp",
         "tcp_send_reset",
-        Hook::Classic("tcp", "tcp_send_reset"),
         "resets sent (connection-refused, rst-storm)",
     ),
-    (
+    classic(
+        "syscalls",
         "sys_enter_connect",
-        Hook::Classic("syscalls", "sys_enter_connect"),
         "synchronous connect errors (connect-errors, EADDRNOTAVAIL)",
     ),
-    (
+    classic(
+        "syscalls",
         "sys_exit_connect",
-        Hook::Classic("syscalls", "sys_exit_connect"),
         "synchronous connect errors (connect-errors, EADDRNOTAVAIL)",
     ),
-    (
+    classic(
+        "syscalls",
         "sys_exit_accept4",
-        Hook::Classic("syscalls", "sys_exit_accept4"),
         "owner of accepted connections",
     ),
-    (
+    classic(
+        "syscalls",
         "sys_exit_accept",
-        Hook::Classic("syscalls", "sys_exit_accept"),
         "owner of accepted connections",
     ),
 ];

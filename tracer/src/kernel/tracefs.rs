@@ -115,21 +115,7 @@ pub fn offset_of(fields: &[Field], tracepoint: &str, field: &str) -> Result<u32>
 mod tests {
     use super::*;
 
-    const SEND_RESET: &str = "name: tcp_send_reset
-ID: 2280
-format:
-\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
-\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
-
-\tfield:const void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;
-\tfield:const void * skaddr;\toffset:16;\tsize:8;\tsigned:0;
-\tfield:int state;\toffset:24;\tsize:4;\tsigned:1;
-\tfield:enum sk_rst_reason reason;\toffset:28;\tsize:4;\tsigned:0;
-\tfield:__u8 saddr[28];\toffset:32;\tsize:28;\tsigned:0;
-\tfield:__u8 daddr[28];\toffset:60;\tsize:28;\tsigned:0;
-
-print fmt: \"skbaddr=%p\"
-";
+    const SEND_RESET: &str = include_str!("../../fuzz/corpus/tracefs/tcp_send_reset-6.18");
 
     #[test]
     fn parses_pointer_enum_and_array_fields() {

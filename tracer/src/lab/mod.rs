@@ -9,7 +9,7 @@
 mod bound_port;
 mod keepalive;
 mod listen_overflow;
-mod netns;
+pub mod netns;
 mod service_vip;
 mod simple;
 

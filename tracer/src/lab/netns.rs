@@ -32,15 +32,22 @@ fn ip(args: &[&str]) -> Result<()> {
 /// Deletes every namespace this process made (on a signal, from another thread:
 /// the scenario's own drops will not run); returns how many.
 pub fn remove_all() -> usize {
-    let prefix = format!("ctlab-{}-", std::process::id());
+    of_process(std::process::id())
+        .iter()
+        .filter(|n| ip(&["netns", "del", n]).is_ok())
+        .count()
+}
+
+/// The named namespaces the lab of process `pid` made and has not removed yet.
+pub fn of_process(pid: u32) -> Vec<String> {
+    let prefix = format!("ctlab-{pid}-");
     std::fs::read_dir("/run/netns")
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().into_string().ok())
         .filter(|n| n.starts_with(&prefix))
-        .filter(|n| ip(&["netns", "del", n]).is_ok())
-        .count()
+        .collect()
 }
 
 /// A network namespace with loopback up; deleted on drop.

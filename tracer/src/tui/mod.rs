@@ -165,13 +165,7 @@ pub fn run_live(filter: &FilterArgs, live_args: crate::commands::cli::LiveArgs) 
             .map_err(|_| anyhow!("the engine thread panicked"))?
             .and(Err(anyhow!("the engine stopped before attaching")));
     }
-    let result = ui_loop(App::new(false), &snap_rx, &cmd_tx);
-    drop(cmd_tx);
-    drop(snap_rx);
-    let engine_result = engine
-        .join()
-        .map_err(|_| anyhow!("the engine thread panicked"))?;
-    result.and(engine_result)
+    run_ui(App::new(false), snap_rx, cmd_tx, engine)
 }
 
 /// `conntrace replay FILE`: the same UI on a recorded log.
@@ -192,7 +186,17 @@ pub fn run_replay(path: &Path) -> Result<()> {
         .name("engine".into())
         .spawn(move || feed::replay(&owned, sink))
         .context("starting the engine thread")?;
-    let result = ui_loop(App::new(true), &snap_rx, &cmd_tx);
+    run_ui(App::new(true), snap_rx, cmd_tx, engine)
+}
+
+/// The UI on this thread until it quits, then the engine thread's outcome.
+fn run_ui(
+    app: App,
+    snap_rx: Receiver<Snapshot>,
+    cmd_tx: Sender<Command>,
+    engine: std::thread::JoinHandle<Result<()>>,
+) -> Result<()> {
+    let result = ui_loop(app, &snap_rx, &cmd_tx);
     drop(cmd_tx);
     drop(snap_rx);
     let engine_result = engine

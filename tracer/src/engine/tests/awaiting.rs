@@ -1,9 +1,17 @@
+use crate::engine::testing::assert_has;
 use crate::{
     engine::{Config, Engine, Kind, Severity},
     event::{KeepaliveSettings, SettingsSource, WaitingConn},
 };
 
 use crate::engine::testing::{waiting as snapshot, waiting_conn as conn};
+
+/// An engine that took one snapshot.
+fn waited(at_ms: u64, conns: Vec<WaitingConn>) -> Engine {
+    let mut engine = Engine::new(Config::default());
+    engine.waiting(&snapshot(at_ms, conns));
+    engine
+}
 
 fn awaiting(engine: &Engine) -> Vec<crate::engine::Finding> {
     engine
@@ -36,17 +44,12 @@ fn several_connections_silent_together_are_critical() {
     assert_eq!(f[0].endpoint, db);
     assert_eq!(f[0].evidence["silent_together"], 3);
     assert_eq!(f[0].evidence["waiting_ms"], 42_400);
-    assert!(
-        f[0].summary.contains("the signature of a vanished peer"),
-        "{}",
-        f[0].summary
-    );
+    assert_has!(f[0].summary, "the signature of a vanished peer");
 }
 
 #[test]
 fn a_lone_wait_is_a_warning_and_keepalive_makes_it_info() {
-    let mut engine = Engine::new(Config::default());
-    engine.waiting(&snapshot(
+    let engine = waited(
         50_000,
         vec![
             // Two to one peer, but their waits began 20 s apart: two slow queries.
@@ -54,7 +57,7 @@ fn a_lone_wait_is_a_warning_and_keepalive_makes_it_info() {
             conn(9, "10.0.0.1:40002", "10.0.0.7:5432", 25_000, false),
             conn(9, "10.0.0.1:40003", "10.0.0.8:6379", 31_000, true),
         ],
-    ));
+    );
     let f = awaiting(&engine);
     assert_eq!(f.len(), 2);
     let db = f
@@ -68,7 +71,7 @@ fn a_lone_wait_is_a_warning_and_keepalive_makes_it_info() {
         .find(|f| f.endpoint == "10.0.0.8:6379")
         .expect("redis");
     assert_eq!(redis.severity, Severity::Info);
-    assert!(redis.summary.contains("keepalive on"), "{}", redis.summary);
+    assert_has!(redis.summary, "keepalive on");
 }
 
 #[test]
@@ -107,10 +110,9 @@ fn with_keepalive(mut c: WaitingConn, idle_s: u64, intvl_s: u64, probes: u32) ->
 
 #[test]
 fn keepalive_that_ends_the_wait_in_hours_is_a_hang_not_info() {
-    let mut engine = Engine::new(Config::default());
     let bouncer = "10.0.0.7:6432";
     // libpq's default: SO_KEEPALIVE with the kernel's 2 h idle, 9 probes 75 s apart.
-    engine.waiting(&snapshot(
+    let engine = waited(
         100_000,
         vec![
             with_keepalive(
@@ -126,7 +128,7 @@ fn keepalive_that_ends_the_wait_in_hours_is_a_hang_not_info() {
                 9,
             ),
         ],
-    ));
+    );
     let f = awaiting(&engine);
     assert_eq!(f.len(), 1);
     assert_eq!(f[0].severity, Severity::Critical, "{}", f[0].summary);
@@ -135,39 +137,28 @@ fn keepalive_that_ends_the_wait_in_hours_is_a_hang_not_info() {
         .as_u64()
         .expect("ends");
     assert_eq!(ends, 7_875_000 - 39_960);
-    assert!(
-        f[0].summary
-            .contains("keepalive on, but its probes end the wait only in 2 h 10 min"),
-        "{}",
-        f[0].summary
+    assert_has!(
+        f[0].summary,
+        "keepalive on, but its probes end the wait only in 2 h 10 min"
     );
-    assert!(
-        f[0].summary.contains("idle 2 h + 9 x 1 min 15 s"),
-        "{}",
-        f[0].summary
-    );
+    assert_has!(f[0].summary, "idle 2 h + 9 x 1 min 15 s");
     assert_eq!(f[0].evidence["keepalive_probes"], 9);
 }
 
 #[test]
 fn keepalive_that_ends_the_wait_within_minutes_ranks_info() {
-    let mut engine = Engine::new(Config::default());
     let redis = "10.0.0.8:6379";
-    engine.waiting(&snapshot(
+    let engine = waited(
         100_000,
         vec![
             with_keepalive(conn(9, "10.0.0.1:40001", redis, 40_000, false), 30, 5, 3),
             with_keepalive(conn(9, "10.0.0.1:40002", redis, 40_000, false), 30, 5, 3),
         ],
-    ));
+    );
     let f = awaiting(&engine);
     assert_eq!(f[0].severity, Severity::Info, "{}", f[0].summary);
     assert_eq!(f[0].evidence["keepalive_ends_in_ms"], 5_040);
-    assert!(
-        f[0].summary.contains("its probes end the wait in 5 s"),
-        "{}",
-        f[0].summary
-    );
+    assert_has!(f[0].summary, "its probes end the wait in 5 s");
 }
 
 #[test]
@@ -202,17 +193,11 @@ fn separate_worker_processes_silent_together_are_one_critical_group() {
     assert_eq!(f[0].severity, Severity::Critical);
     assert_eq!(f[0].count, 3);
     assert_eq!(f[0].evidence["pids"], serde_json::json!([101, 102, 103]));
-    assert!(
-        f[0].summary
-            .starts_with("3 connections from psql (pids 101, 102, 103) to 192.0.2.2:6432"),
-        "{}",
-        f[0].summary
-    );
+    assert_has!(f[0].summary, starts_with "3 connections from psql (pids 101, 102, 103) to 192.0.2.2:6432");
 }
 
 #[test]
 fn a_peer_whose_end_is_open_in_the_same_namespace_is_slow_not_gone() {
-    let mut engine = Engine::new(Config::default());
     let db = "127.0.0.1:5432";
     let conns = (0..3)
         .map(|i| {
@@ -221,13 +206,9 @@ fn a_peer_whose_end_is_open_in_the_same_namespace_is_slow_not_gone() {
             c
         })
         .collect();
-    engine.waiting(&snapshot(100_000, conns));
+    let engine = waited(100_000, conns);
     let f = awaiting(&engine);
     assert_eq!(f[0].severity, Severity::Info, "{}", f[0].summary);
     assert_eq!(f[0].evidence["peer_here"], true);
-    assert!(
-        f[0].summary.contains("slow or stuck, not gone"),
-        "{}",
-        f[0].summary
-    );
+    assert_has!(f[0].summary, "slow or stuck, not gone");
 }

@@ -1,4 +1,5 @@
 use super::{of_kind, run};
+use crate::engine::testing::assert_has;
 use crate::{
     engine::{testing::Sock, Kind, Severity},
     event::{Event, TcpState::*},
@@ -35,7 +36,7 @@ fn idle_timeout_is_the_cluster_median_within_a_tick() {
     assert_eq!(f[0].evidence["spread_ms"], 8);
     assert_eq!(f[0].evidence["samples"], 4);
     assert_eq!(f[0].evidence["idle_closes_seen"], 6);
-    assert!(f[0].summary.contains("after 5.00 s"), "{}", f[0].summary);
+    assert_has!(f[0].summary, "after 5.00 s");
     assert!(
         of_kind(&engine, Kind::KeepaliveReuseRace).is_empty(),
         "no reuse, no race"
@@ -192,16 +193,8 @@ fn server_vantage_names_the_clients_that_reused_what_it_closed() {
     );
     assert_eq!(r.evidence["reset_reasons"]["TCP_TIMEWAIT_SOCKET"], 6);
     assert_eq!(r.evidence["raced_fin"], 0);
-    assert!(
-        r.summary.starts_with("clients at 10.0.1.1, 10.0.1.2 reused connections 6 times after this server, uvicorn (pid 77), closed them at 5.00 s idle"),
-        "{}",
-        r.summary
-    );
-    assert!(
-        r.recommendation.contains("below 5.00 s"),
-        "{}",
-        r.recommendation
-    );
+    assert_has!(r.summary, starts_with "clients at 10.0.1.1, 10.0.1.2 reused connections 6 times after this server, uvicorn (pid 77), closed them at 5.00 s idle");
+    assert_has!(r.recommendation, "below 5.00 s");
     assert!(r.recommendation.contains("raise the keep-alive timeout"));
 }
 
@@ -284,11 +277,9 @@ fn the_race_behind_a_service_vip_counts_once_and_names_the_backend() {
     assert_eq!(f[0].count, 3);
     assert_eq!(f[0].endpoint, VIP);
     assert_eq!(f[0].evidence["backends"], serde_json::json!([POD]));
-    assert!(
-        f[0].summary
-            .contains("to 10.96.0.50:80 (-> backend 10.238.0.2:8000)"),
-        "{}",
-        f[0].summary
+    assert_has!(
+        f[0].summary,
+        "to 10.96.0.50:80 (-> backend 10.238.0.2:8000)"
     );
     let idle = of_kind(&engine, Kind::IdleCloseTimeout);
     assert_eq!(idle.len(), 1, "{idle:#?}");

@@ -1,4 +1,5 @@
 use super::of_kind;
+use crate::engine::testing::assert_has;
 use crate::{
     engine::{
         testing::{sockstat, Sock},
@@ -9,17 +10,22 @@ use crate::{
 
 const MEM: [u64; 3] = [1000, 2000, 3000];
 
+/// The `i`th connection the worker (pid 77) accepted.
+fn worker(i: u16) -> Sock {
+    Sock::new(
+        u64::from(i) + 1,
+        77,
+        "worker",
+        "10.0.0.5:6379",
+        &format!("10.0.0.9:{}", 40000 + i),
+    )
+}
+
 /// `n` accepted connections of pid 77 whose peers close at 0 ms.
 fn leaking(n: u16) -> Engine {
     let mut engine = Engine::new(Config::default());
     for i in 0..n {
-        let s = Sock::new(
-            u64::from(i) + 1,
-            77,
-            "worker",
-            "10.0.0.5:6379",
-            &format!("10.0.0.9:{}", 40000 + i),
-        );
+        let s = worker(i);
         for e in s.accepted(0) {
             engine.ingest(&e);
         }
@@ -44,12 +50,7 @@ fn sockets_older_than_the_threshold_are_a_leak() {
     assert_eq!(f[0].endpoint, "10.0.0.5:6379");
     assert_eq!(f[0].evidence["oldest_ms"], 6000);
     assert_eq!(f[0].evidence["growth_per_min"], 120.0, "0 -> 4 in 2 s");
-    assert!(
-        f[0].summary
-            .starts_with("worker (pid 77) holds 4 sockets in CLOSE_WAIT"),
-        "{}",
-        f[0].summary
-    );
+    assert_has!(f[0].summary, starts_with "worker (pid 77) holds 4 sockets in CLOSE_WAIT");
 }
 
 #[test]
@@ -64,13 +65,7 @@ fn a_resolved_leak_keeps_its_peak() {
     let mut engine = leaking(3);
     engine.sample(&sockstat(6_000, 10, MEM));
     for i in 0..3u16 {
-        let s = Sock::new(
-            u64::from(i) + 1,
-            77,
-            "worker",
-            "10.0.0.5:6379",
-            &format!("10.0.0.9:{}", 40000 + i),
-        );
+        let s = worker(i);
         engine.ingest(&s.state(7_000, CloseWait, LastAck, 7000));
     }
     engine.sample(&sockstat(8_000, 10, MEM));

@@ -1,5 +1,7 @@
 //! `listen-overflow`, `connect-timeout` folded into it, `conntrack-full`.
 
+use crate::engine::testing::assert_has;
+
 use super::of_kind;
 use crate::{
     engine::{
@@ -44,11 +46,7 @@ fn drops_at_a_full_queue_name_the_listener_and_fold_the_clients_timeouts() {
     assert_eq!(f.evidence["drops_per_s"], 12.5);
     assert_eq!(f.evidence["full_for_ms"], 2000);
     assert_eq!(f.evidence["client_timeouts"], 1);
-    assert!(
-        f.summary.starts_with("listener 10.237.0.2:18095 of stalled-srv (pid 300) dropped 25 connection attempts: its accept queue is full (5/4 queued, full for 2.00 s)"),
-        "{}",
-        f.summary
-    );
+    assert_has!(f.summary, starts_with "listener 10.237.0.2:18095 of stalled-srv (pid 300) dropped 25 connection attempts: its accept queue is full (5/4 queued, full for 2.00 s)");
     assert!(
         of_kind(&engine, Kind::ConnectTimeout).is_empty(),
         "one incident, one finding"

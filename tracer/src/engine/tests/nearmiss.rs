@@ -1,5 +1,7 @@
 //! `keepalive-near-miss`: the keep-alive race predicted before it fails.
 
+use crate::engine::testing::assert_has;
+
 use super::of_kind;
 use crate::{
     engine::{
@@ -68,11 +70,7 @@ fn reuse_gaps_near_the_servers_timeout_are_a_near_miss_with_the_margin() {
         "{}",
         f[0].summary
     );
-    assert!(
-        f[0].recommendation.contains("below 4.00 s"),
-        "{}",
-        f[0].recommendation
-    );
+    assert_has!(f[0].recommendation, "below 4.00 s");
 }
 
 #[test]
@@ -104,7 +102,7 @@ fn a_pool_that_retires_idle_connections_first_is_named_safe() {
     assert_eq!(f.len(), 1, "{f:#?}");
     assert_eq!(f[0].severity, Severity::Info);
     assert_eq!(f[0].evidence["pool_idle_timeout_ms"], 2001);
-    assert!(f[0].summary.contains("safe"), "{}", f[0].summary);
+    assert_has!(f[0].summary, "safe");
 }
 
 #[test]

@@ -1,4 +1,5 @@
 use super::{of_kind, run};
+use crate::engine::testing::assert_has;
 use crate::{
     engine::{testing::Sock, Config, Engine, Kind, Severity},
     event::TcpState::*,
@@ -26,11 +27,7 @@ fn retransmits_without_ack_past_the_threshold_are_a_stall() {
     assert_eq!(f[0].evidence["retransmits"], 5);
     assert_eq!(f[0].evidence["timed_out"], 1);
     assert_eq!(f[0].evidence["keepalive"], false);
-    assert!(
-        f[0].summary.contains("keepalive and TCP_USER_TIMEOUT off"),
-        "{}",
-        f[0].summary
-    );
+    assert_has!(f[0].summary, "keepalive and TCP_USER_TIMEOUT off");
 }
 
 #[test]
@@ -99,18 +96,8 @@ fn orphans_retransmitting_their_close_are_info_and_workers_still_critical() {
         Some(1)
     );
     assert_eq!(orphans.evidence["max_orphans"], 65536);
-    assert!(
-        orphans
-            .summary
-            .starts_with("2 orphaned sockets still retransmitting their close to 10.0.0.7:9000"),
-        "{}",
-        orphans.summary
-    );
-    assert!(
-        orphans.summary.contains("nobody waits on them"),
-        "{}",
-        orphans.summary
-    );
+    assert_has!(orphans.summary, starts_with "2 orphaned sockets still retransmitting their close to 10.0.0.7:9000");
+    assert_has!(orphans.summary, "nobody waits on them");
 }
 
 #[test]
