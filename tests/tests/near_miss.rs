@@ -83,7 +83,7 @@ fn a_pool_reusing_near_uvicorns_timeout_is_warned_before_it_fails() {
                 r.mono_ns / 1_000_000,
                 r.reuses
                     .iter()
-                    .map(|u| (u.pid, u.gap_ms, u.exact))
+                    .map(|u| (u.process.pid, u.gap_ms, u.exact))
                     .collect::<Vec<_>>()
             )),
             _ => None,

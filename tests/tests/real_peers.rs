@@ -44,7 +44,7 @@ fn psql_workers_hung_on_a_vanished_pgbouncer_are_named_with_when_keepalive_ends_
                 "{:?}",
                 w.conns
                     .iter()
-                    .map(|c| (c.comm.clone(), c.remote, c.waiting_ms))
+                    .map(|c| (c.process.comm.clone(), c.remote, c.waiting_ms))
                     .collect::<Vec<_>>()
             )),
             _ => None,

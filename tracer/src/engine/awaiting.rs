@@ -100,7 +100,7 @@ impl Awaiting {
         let mut groups: HashMap<Key, Vec<&crate::event::WaitingConn>> = HashMap::new();
         for c in &w.conns {
             groups
-                .entry((c.comm.clone(), c.cgroup, c.remote))
+                .entry((c.process.comm.clone(), c.process.cgroup, c.remote))
                 .or_default()
                 .push(c);
         }
@@ -141,7 +141,7 @@ impl Awaiting {
             g.peer_here_all &= peer_here_all;
             for c in &conns {
                 if g.pids.len() < MAX_PIDS {
-                    g.pids.insert(c.pid);
+                    g.pids.insert(c.process.pid);
                 }
             }
             g.waiting_ms = g.waiting_ms.max(waiting_ms);

@@ -431,9 +431,11 @@ impl ConnTable {
         holders.sort_by_key(|c| c.sock);
         holders.first().map(|c| crate::event::TupleHolder {
             state: c.state,
-            pid: c.pid,
-            comm: c.comm.to_string(),
-            cgroup: c.cgroup,
+            process: crate::event::Process {
+                pid: c.pid,
+                comm: c.comm.to_string(),
+                cgroup: c.cgroup,
+            },
             closed_ago_ms: None,
             first_fin: None,
             released_in_ms: None,

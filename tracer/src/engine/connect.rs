@@ -266,7 +266,11 @@ impl Group {
             let _ = write!(summary, ": its bound source {local} -> {remote} is held");
             match &self.held_by {
                 Some(h) => {
-                    let _ = write!(summary, " by {} (pid {}) in {}", h.comm, h.pid, h.state);
+                    let _ = write!(
+                        summary,
+                        " by {} (pid {}) in {}",
+                        h.process.comm, h.process.pid, h.state
+                    );
                     if let Some(ago) = h.closed_ago_ms {
                         let by = if h.first_fin.as_deref() == Some("local") {
                             "this side closed first"

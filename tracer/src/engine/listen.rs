@@ -93,9 +93,9 @@ impl ListenOverflow {
                 continue;
             }
             let k = self.listeners.entry(key).or_insert_with(|| Listener {
-                pid: q.pid,
-                comm: q.comm.clone(),
-                cgroup: q.cgroup,
+                pid: q.process.pid,
+                comm: q.process.comm.clone(),
+                cgroup: q.process.cgroup,
                 queued: 0,
                 backlog: q.backlog,
                 max_queued: 0,
@@ -110,9 +110,9 @@ impl ListenOverflow {
                 first: l.time,
                 last: l.time,
             });
-            if q.pid != 0 {
-                (k.pid, k.cgroup) = (q.pid, q.cgroup);
-                k.comm.clone_from(&q.comm);
+            if q.process.pid != 0 {
+                (k.pid, k.cgroup) = (q.process.pid, q.process.cgroup);
+                k.comm.clone_from(&q.process.comm);
             }
             k.queued = q.queued;
             k.backlog = q.backlog;

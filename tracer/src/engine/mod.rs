@@ -173,31 +173,32 @@ impl Engine {
     /// socket's holder there is a process; the trace names the thread that opened
     /// the connection or called listen()).
     pub fn attribute(&self, record: &mut Record) {
-        let traced = |local, remote| {
-            self.conns
-                .client_conn(local, remote)
-                .filter(|t| t.owner_known)
-                .map(|t| (t.pid, t.comm.to_string(), t.cgroup))
+        let traced = |t: &conn::Conn| {
+            t.owner_known.then(|| crate::event::Process {
+                pid: t.pid,
+                comm: t.comm.to_string(),
+                cgroup: t.cgroup,
+            })
         };
         match record {
             Record::Waiting(w) => {
                 for c in &mut w.conns {
-                    if let Some(owner) = traced(c.local, c.remote) {
-                        (c.pid, c.comm, c.cgroup) = owner;
+                    if let Some(p) = self.conns.client_conn(c.local, c.remote).and_then(traced) {
+                        c.process = p;
                     }
                 }
             }
             Record::Reuses(r) => {
                 for r in &mut r.reuses {
-                    if let Some(owner) = traced(r.local, r.remote) {
-                        (r.pid, r.comm, r.cgroup) = owner;
+                    if let Some(p) = self.conns.client_conn(r.local, r.remote).and_then(traced) {
+                        r.process = p;
                     }
                 }
             }
             Record::Listeners(l) => {
                 for q in &mut l.queues {
-                    if let Some(l) = self.conns.listener_at(q.local).filter(|l| l.owner_known) {
-                        (q.pid, q.comm, q.cgroup) = (l.pid, l.comm.to_string(), l.cgroup);
+                    if let Some(p) = self.conns.listener_at(q.local).and_then(traced) {
+                        q.process = p;
                     }
                 }
             }

@@ -105,7 +105,13 @@ impl NearMiss {
     }
 
     pub fn on_reuse(&mut self, r: &Reuse, at: SystemTime) {
-        let Some(g) = self.group(r.pid, r.remote, &r.comm, r.cgroup, at) else {
+        let Some(g) = self.group(
+            r.process.pid,
+            r.remote,
+            &r.process.comm,
+            r.process.cgroup,
+            at,
+        ) else {
             return;
         };
         g.reuses += 1;

@@ -229,9 +229,11 @@ pub fn listeners(
                 local: addr(local),
                 queued,
                 backlog,
-                pid: 300,
-                comm: "srv".into(),
-                cgroup: 0,
+                process: crate::event::Process {
+                    pid: 300,
+                    comm: "srv".into(),
+                    cgroup: 0,
+                },
             })
             .into_iter()
             .collect(),
@@ -257,9 +259,11 @@ pub fn waiting_conn(
     keepalive: bool,
 ) -> crate::event::WaitingConn {
     crate::event::WaitingConn {
-        pid,
-        comm: "worker".to_owned(),
-        cgroup: 0,
+        process: crate::event::Process {
+            pid,
+            comm: "worker".to_owned(),
+            cgroup: 0,
+        },
         local: addr(local),
         remote: addr(remote),
         waiting_ms,

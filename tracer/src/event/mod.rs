@@ -354,6 +354,16 @@ pub struct Listeners {
     pub namespaces: Vec<NamespaceListen>,
 }
 
+/// A process as the inspection or the kernel's tables name it: the holder of a
+/// socket (its lowest pid, from /proc) or the thread the trace saw own it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Process {
+    pub pid: u32,
+    pub comm: String,
+    #[serde(default)]
+    pub cgroup: u64,
+}
+
 /// A listener's accept queue at one inspection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListenQueue {
@@ -363,11 +373,9 @@ pub struct ListenQueue {
     /// `somaxconn`): full when `queued` reaches `backlog`.
     pub queued: u32,
     pub backlog: u32,
-    /// The process holding the listening socket (0: none found).
-    pub pid: u32,
-    pub comm: String,
-    #[serde(default)]
-    pub cgroup: u64,
+    /// The process holding the socket (pid 0: none found).
+    #[serde(flatten)]
+    pub process: Process,
 }
 
 /// One network namespace's listen counters.
@@ -440,10 +448,8 @@ pub struct TupleInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TupleHolder {
     pub state: TcpState,
-    pub pid: u32,
-    pub comm: String,
-    #[serde(default)]
-    pub cgroup: u64,
+    #[serde(flatten)]
+    pub process: Process,
     /// How long ago the holding connection closed, and which end sent the first FIN
     /// (`"local"`: this node, so its time-wait socket holds the tuple).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -468,10 +474,8 @@ pub struct Reuses {
 /// One reuse of an idle connection this node opened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reuse {
-    pub pid: u32,
-    pub comm: String,
-    #[serde(default)]
-    pub cgroup: u64,
+    #[serde(flatten)]
+    pub process: Process,
     pub local: SocketAddr,
     pub remote: SocketAddr,
     /// From the connection's last activity (data either way) to the send that reused
@@ -484,11 +488,9 @@ pub struct Reuse {
 /// One connection awaiting a reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WaitingConn {
-    /// The process holding the socket (lowest pid); 0 when none was found.
-    pub pid: u32,
-    pub comm: String,
-    #[serde(default)]
-    pub cgroup: u64,
+    /// The process holding the socket (the lowest pid; 0: none found).
+    #[serde(flatten)]
+    pub process: Process,
     pub local: SocketAddr,
     pub remote: SocketAddr,
     /// Since our last data was sent (and acknowledged): how long we have waited.

@@ -634,6 +634,76 @@ mod tests {
     }
 
     #[test]
+    fn every_kind_of_record_reads_back_as_written() {
+        use crate::engine::testing::{listeners, sockstat, waiting, waiting_conn, wall, T0};
+        let mut reuse_of = waiting_conn(9, "10.0.0.1:40001", "10.0.0.7:80", 0, false);
+        reuse_of.process.cgroup = 42;
+        let records = vec![
+            Record::Sockstat(sockstat(1_000, 10, [1, 2, 3])),
+            Record::Waiting(waiting(2_000, vec![reuse_of.clone()])),
+            Record::Listeners(listeners(3_000, "10.0.0.5:80", (5, 4), 7)),
+            Record::Reuses(crate::event::Reuses {
+                time: wall(T0),
+                mono_ns: T0,
+                reuses: vec![crate::event::Reuse {
+                    process: reuse_of.process.clone(),
+                    local: reuse_of.local,
+                    remote: reuse_of.remote,
+                    gap_ms: 4_000,
+                    exact: true,
+                }],
+            }),
+            Record::Tuple(crate::event::TupleInfo {
+                time: wall(T0),
+                mono_ns: T0,
+                local: reuse_of.local,
+                remote: reuse_of.remote,
+                holder: Some(crate::event::TupleHolder {
+                    state: TcpState::TimeWait,
+                    process: reuse_of.process.clone(),
+                    closed_ago_ms: Some(5),
+                    first_fin: Some("local".into()),
+                    released_in_ms: Some(59_995),
+                }),
+                backend: Some("10.0.0.8:8080".parse().unwrap()),
+            }),
+            Record::Cgroup(crate::k8s::CgroupInfo {
+                id: 42,
+                path: "/kubepods/pod1/abc".into(),
+                container: crate::k8s::ContainerRef {
+                    runtime: Some("containerd".into()),
+                    container_id: Some("abc".into()),
+                    pod_uid: Some("1".into()),
+                    qos: None,
+                },
+            }),
+            Record::Pod(crate::k8s::api::PodInfo {
+                uid: "1".into(),
+                namespace: "default".into(),
+                name: "web-1".into(),
+            }),
+            Record::Losses(crate::event::Losses {
+                ringbuf_full: 3,
+                ..Default::default()
+            }),
+        ];
+        let mut w = LogWriter::new(Vec::new());
+        w.header(&header()).unwrap();
+        for r in &records {
+            w.record(r).unwrap();
+        }
+        w.flush().unwrap();
+        let text = String::from_utf8(w.out.get_ref().clone()).unwrap();
+        // The process of a snapshot is flat in its line, as before it had a type.
+        assert!(text.contains("\"pid\":9,\"comm\":\"worker\",\"cgroup\":42"), "{text}");
+        let back: Vec<Record> = LogReader::new(text.as_bytes())
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(back, records);
+    }
+
+    #[test]
     fn truncated_last_line_keeps_every_good_line() {
         let mut bytes = written();
         bytes.truncate(bytes.len() - 15);

@@ -12,7 +12,10 @@ use std::{
 };
 
 use crate::{
-    event::{ListenCounters, ListenQueue, Listeners, Record, Reuse, Reuses, Waiting, WaitingConn},
+    event::{
+        ListenCounters, ListenQueue, Listeners, Process, Record, Reuse, Reuses, Waiting,
+        WaitingConn,
+    },
     kernel::{
         diag::{awaiting, holders, DiagConn, Inspector},
         time::KernelClock,
@@ -79,10 +82,8 @@ fn reuse_gap(before: Seen, now: Seen, pass_before_ms: u64) -> Option<(u64, bool)
 
 /// The process holding a socket, and its descriptor there.
 struct Holder {
-    pid: u32,
+    process: Process,
     fd: i32,
-    comm: String,
-    cgroup: u64,
 }
 
 /// The inspection's state between passes.
@@ -121,10 +122,8 @@ impl Inspection {
             self.owners.insert(
                 ino,
                 Holder {
-                    pid,
+                    process: Process { pid, comm, cgroup },
                     fd,
-                    comm,
-                    cgroup,
                 },
             );
         }
@@ -176,9 +175,7 @@ impl Inspection {
             local: c.local,
             queued: c.queued,
             backlog: c.backlog,
-            pid: holder.map_or(0, |h| h.pid),
-            comm: holder.map(|h| h.comm.clone()).unwrap_or_default(),
-            cgroup: holder.map_or(0, |h| h.cgroup),
+            process: holder.map(|h| h.process.clone()).unwrap_or_default(),
         }
     }
 
@@ -191,14 +188,14 @@ impl Inspection {
             .keepalive_timer
             .then(|| {
                 holder
-                    .and_then(|h| crate::kernel::keepalive::of_socket(h.pid, h.fd, c.inode).ok())
+                    .and_then(|h| {
+                        crate::kernel::keepalive::of_socket(h.process.pid, h.fd, c.inode).ok()
+                    })
                     .or_else(|| self.inspector.namespace_keepalive(c.netns))
             })
             .flatten();
         WaitingConn {
-            pid: holder.map_or(0, |h| h.pid),
-            comm: holder.map(|h| h.comm.clone()).unwrap_or_default(),
-            cgroup: holder.map_or(0, |h| h.cgroup),
+            process: holder.map(|h| h.process.clone()).unwrap_or_default(),
             local: c.local,
             remote: c.remote,
             waiting_ms: u64::from(c.last_data_sent_ms),
@@ -299,9 +296,7 @@ impl Inspection {
             .map(|(c, gap, exact)| {
                 let holder = self.owners.get(&c.inode);
                 Reuse {
-                    pid: holder.map_or(0, |h| h.pid),
-                    comm: holder.map(|h| h.comm.clone()).unwrap_or_default(),
-                    cgroup: holder.map_or(0, |h| h.cgroup),
+                    process: holder.map(|h| h.process.clone()).unwrap_or_default(),
                     local: c.local,
                     remote: c.remote,
                     gap_ms: *gap,

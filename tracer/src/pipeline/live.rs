@@ -209,13 +209,11 @@ impl Pipeline<'_> {
     /// `--cidr`, and the container's).
     fn keeps(
         &self,
-        pid: u32,
-        comm: &str,
+        p: &crate::event::Process,
         local: std::net::SocketAddr,
         remote: std::net::SocketAddr,
-        cgroup: u64,
     ) -> bool {
-        self.filter.matches_conn(pid, comm, local, remote) && self.container_matches(cgroup)
+        self.filter.matches_conn(p.pid, &p.comm, local, remote) && self.container_matches(p.cgroup)
     }
 
     /// An inspection's record, trimmed to what the filters keep: whether anything is
@@ -226,18 +224,18 @@ impl Pipeline<'_> {
         match record {
             Record::Waiting(w) => {
                 w.conns
-                    .retain(|c| self.keeps(c.pid, &c.comm, c.local, c.remote, c.cgroup));
+                    .retain(|c| self.keeps(&c.process, c.local, c.remote));
                 let shown = !w.conns.is_empty();
                 std::mem::replace(&mut self.waits_shown, shown) || shown
             }
             Record::Reuses(r) => {
                 r.reuses
-                    .retain(|r| self.keeps(r.pid, &r.comm, r.local, r.remote, r.cgroup));
+                    .retain(|r| self.keeps(&r.process, r.local, r.remote));
                 !r.reuses.is_empty()
             }
             Record::Listeners(l) => {
                 l.queues
-                    .retain(|q| self.keeps(q.pid, &q.comm, q.local, q.local, q.cgroup));
+                    .retain(|q| self.keeps(&q.process, q.local, q.local));
                 !l.queues.is_empty() || !l.namespaces.is_empty()
             }
             _ => true,
@@ -720,6 +718,6 @@ mod tests {
             panic!("no snapshot: {:?}", sink.0);
         };
         assert_eq!(w.conns.len(), 1);
-        assert_eq!(w.conns[0].pid, 41);
+        assert_eq!(w.conns[0].process.pid, 41);
     }
 }

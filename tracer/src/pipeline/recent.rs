@@ -133,9 +133,11 @@ impl RecentOwners {
             } else {
                 TcpState::Close
             },
-            pid: o.pid,
-            comm: o.comm.clone(),
-            cgroup: o.cgroup,
+            process: crate::event::Process {
+                pid: o.pid,
+                comm: o.comm.clone(),
+                cgroup: o.cgroup,
+            },
             closed_ago_ms: Some(ago / 1_000_000),
             first_fin: Some(if o.closed_first { "local" } else { "peer" }.to_owned()),
             released_in_ms: time_wait.then(|| (TIME_WAIT_NS - ago) / 1_000_000),
@@ -230,7 +232,10 @@ mod tests {
         let h = table
             .holder(local, remote, crate::engine::testing::T0 + 3_002_000_000)
             .expect("held");
-        assert_eq!((h.state, h.pid, h.comm.as_str()), (TimeWait, 42, "proxy"));
+        assert_eq!(
+            (h.state, h.process.pid, h.process.comm.as_str()),
+            (TimeWait, 42, "proxy")
+        );
         assert_eq!(h.closed_ago_ms, Some(2000));
         assert_eq!(h.released_in_ms, Some(58_000));
         assert_eq!(h.first_fin.as_deref(), Some("local"));

@@ -184,7 +184,7 @@ fn separate_worker_processes_silent_together_are_one_critical_group() {
     let mut conns = Vec::new();
     for (pid, port) in [(101, 40001), (102, 40002), (103, 40003)] {
         let mut c = conn(pid, &format!("192.0.2.1:{port}"), bouncer, 8_000, false);
-        c.comm = "psql".into();
+        c.process.comm = "psql".into();
         conns.push(c);
     }
     engine.waiting(&snapshot(100_000, conns));

@@ -85,9 +85,11 @@ fn bound_port_held_in_time_wait_names_its_closed_connection() {
         remote: e.remote,
         holder: Some(crate::event::TupleHolder {
             state: TimeWait,
-            pid: 6,
-            comm: "haproxy".into(),
-            cgroup: 0,
+            process: crate::event::Process {
+                pid: 6,
+                comm: "haproxy".into(),
+                cgroup: 0,
+            },
             closed_ago_ms: Some(1_500),
             first_fin: Some("local".into()),
             released_in_ms: Some(58_500),

@@ -19,7 +19,7 @@ const LISTENER: &str = "10.237.0.2:18095";
 fn pass(at_ms: u64, queued: u32, overflows: u64) -> Listeners {
     let mut l = listeners(at_ms, LISTENER, (queued, 4), overflows);
     for q in &mut l.queues {
-        q.comm = "stalled-srv".into();
+        q.process.comm = "stalled-srv".into();
     }
     l
 }

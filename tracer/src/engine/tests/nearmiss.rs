@@ -42,9 +42,11 @@ fn reuses(engine: &mut Engine, at_ms: u64, gaps: &[u64]) {
             .iter()
             .zip(0u16..)
             .map(|(gap, i)| Reuse {
-                pid: 42,
-                comm: "pool".into(),
-                cgroup: 0,
+                process: crate::event::Process {
+                    pid: 42,
+                    comm: "pool".into(),
+                    cgroup: 0,
+                },
                 local: format!("10.0.0.1:{}", 40000 + i).parse().expect("addr"),
                 remote: SERVER.parse().expect("addr"),
                 gap_ms: *gap,
