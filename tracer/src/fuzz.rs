@@ -48,12 +48,11 @@ fn log_target(b: &[u8]) {
     let losses = sink.losses;
     let findings = engine.findings();
     for format in [
-        crate::commands::report::Format::Text,
-        crate::commands::report::Format::Markdown,
-        crate::commands::report::Format::Json,
+        crate::output::report::Format::Text,
+        crate::output::report::Format::Markdown,
+        crate::output::report::Format::Json,
     ] {
-        let _ =
-            crate::commands::report::render_limited(&findings, &header, losses.as_ref(), format);
+        let _ = crate::output::report::render_limited(&findings, &header, losses.as_ref(), format);
     }
 }
 

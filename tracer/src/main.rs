@@ -15,12 +15,17 @@ fn main() -> ExitCode {
             .exit()
     });
     let result = match &command {
-        Command::Tui(args) => tracer::tui::run_live(&args.filter, args.live),
+        Command::Tui(args) => {
+            tracer::tui::run_live(args.filter.to_filter(), args.live.options(false))
+        }
         Command::Replay(args) => tracer::tui::run_replay(&args.file),
         Command::Record(args) => tracer::commands::record::run(args),
         Command::Watch(args) => tracer::commands::watch::run(args),
         Command::Report(args) => tracer::commands::report::run(&args.file, args.format, args.stats),
-        Command::Lab(args) => tracer::lab::run(args),
+        Command::Lab(args) => tracer::lab::run(match &args.scenario {
+            Some(name) if !args.list => tracer::lab::Options::Run(name),
+            _ => tracer::lab::Options::List,
+        }),
         Command::Check(args) => tracer::commands::check::run(args.live),
     };
     match result {

@@ -138,14 +138,20 @@ pub struct LiveArgs {
     pub await_after: AwaitAfter,
 }
 
+/// A kernel program's diagnostic on stderr, escaped.
+fn kernel_diagnostic(text: &str) {
+    crate::errln!("conntrace: kernel {}", crate::text::printable(text));
+}
+
 impl LiveArgs {
-    /// What the live pipeline takes from these flags.
-    pub fn options(&self) -> crate::pipeline::live::Options {
+    /// What the live pipeline takes from these flags; `verbose`: the kernel
+    /// programs' diagnostics on stderr too.
+    pub fn options(&self, verbose: bool) -> crate::pipeline::live::Options {
         crate::pipeline::live::Options {
-            attach: crate::kernel::probes::Attach {
+            attach: crate::kernel::session::Attach {
                 syscall_hooks: self.syscall_hooks,
                 every_transition: self.every_transition,
-                diagnostics: false,
+                diagnostics: verbose.then_some(kernel_diagnostic as fn(&str)),
             },
             metrics_addr: self.metrics_addr,
             await_after: self.await_after.0,
@@ -289,7 +295,7 @@ pub struct ReportArgs {
     /// A log written by `conntrace record`.
     pub file: PathBuf,
     #[arg(long, value_enum, default_value = "text")]
-    pub format: crate::commands::report::Format,
+    pub format: crate::output::report::Format,
     /// Also print to stderr how long reading and the engine took (events/s).
     #[arg(long)]
     pub stats: bool,

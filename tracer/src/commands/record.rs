@@ -5,14 +5,14 @@ use anyhow::Result;
 
 use crate::{
     commands::cli::RecordArgs,
-    commands::report,
     eventlog::{Header, LogWriter},
-    kernel::probes,
+    kernel::session,
+    output::report,
     pipeline::live,
 };
 
 pub fn run(args: &RecordArgs) -> Result<()> {
-    probes::check_privileges()?;
+    session::check_privileges()?;
     // Open the output before loading anything, so a bad path fails fast.
     let clock = crate::kernel::time::KernelClock::detect()?;
     let mut log = LogWriter::create(&args.output, args.force)?
@@ -21,11 +21,7 @@ pub fn run(args: &RecordArgs) -> Result<()> {
     let run = live::run(
         &args.filter.to_filter(),
         args.duration,
-        {
-            let mut o = args.live.options();
-            o.attach.diagnostics = args.verbose;
-            o
-        },
+        args.live.options(args.verbose),
         &mut log,
         |probes| live::announce(probes, &format!("recording to {output}")),
     )?;

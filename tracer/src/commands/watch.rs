@@ -7,9 +7,9 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     commands::cli::WatchArgs,
-    commands::report,
     engine::Finding,
     event::Record,
+    output::report,
     pipeline::{live, Sink},
 };
 
@@ -72,11 +72,7 @@ pub fn run(args: &WatchArgs) -> Result<()> {
     let run = live::run(
         &args.filter.to_filter(),
         args.duration,
-        {
-            let mut o = args.live.options();
-            o.attach.diagnostics = args.verbose;
-            o
-        },
+        args.live.options(args.verbose),
         &mut sink,
         |probes| live::announce(probes, "watching"),
     )?;

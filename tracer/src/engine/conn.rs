@@ -110,7 +110,7 @@ pub enum Role {
     clippy::struct_excessive_bools,
     reason = "independent facts about one connection"
 )]
-pub struct Conn {
+pub struct Tracked {
     pub sock: u64,
     pub generation: u64,
     pub role: Role,
@@ -145,7 +145,7 @@ pub struct Conn {
     counted_remote: bool,
 }
 
-impl Conn {
+impl Tracked {
     fn new(e: &Event, role: Role, generation: u64, now: u64) -> Self {
         Self {
             sock: e.sock,
@@ -216,7 +216,7 @@ impl Conn {
 
 /// Connections by socket, at most `cap`; every eviction is counted.
 pub struct ConnTable {
-    map: FxMap<u64, Conn>,
+    map: FxMap<u64, Tracked>,
     closed: VecDeque<(u64, u64, u64)>,
     open_by_remote: FxMap<SocketAddr, u32>,
     /// Connections this node opened, by (local, remote): the other end of a
@@ -254,11 +254,11 @@ impl ConnTable {
         self.map.is_empty()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Conn> {
+    pub fn iter(&self) -> impl Iterator<Item = &Tracked> {
         self.map.values()
     }
 
-    pub fn get(&self, sock: u64) -> Option<&Conn> {
+    pub fn get(&self, sock: u64) -> Option<&Tracked> {
         self.map.get(&sock)
     }
 
@@ -269,7 +269,7 @@ impl ConnTable {
         }
         self.make_room(now);
         self.next_generation += 1;
-        let conn = Conn::new(e, role, self.next_generation, now);
+        let conn = Tracked::new(e, role, self.next_generation, now);
         if role == Role::Listener {
             let other_open = self
                 .listening
@@ -286,7 +286,7 @@ impl ConnTable {
 
     /// The connection of `e`, created (role unknown) when first seen; addresses and
     /// owner are brought up to date.
-    pub fn touch(&mut self, e: &Event, now: u64) -> Option<&mut Conn> {
+    pub fn touch(&mut self, e: &Event, now: u64) -> Option<&mut Tracked> {
         if e.sock == 0 {
             return None;
         }
@@ -296,7 +296,7 @@ impl ConnTable {
             self.next_generation += 1;
             self.map.insert(
                 e.sock,
-                Conn::new(e, Role::Unknown, self.next_generation, now),
+                Tracked::new(e, Role::Unknown, self.next_generation, now),
             );
         }
         let conn = self.map.get_mut(&e.sock)?;
@@ -350,7 +350,7 @@ impl ConnTable {
     }
 
     /// Drops what the indexes hold for a connection leaving the table.
-    fn uncount(&mut self, conn: &Conn) {
+    fn uncount(&mut self, conn: &Tracked) {
         if conn.counted_remote {
             uncount(&mut self.open_by_remote, conn.remote);
         }
@@ -423,7 +423,7 @@ impl ConnTable {
         remote: SocketAddr,
         except: u64,
     ) -> Option<crate::event::TupleHolder> {
-        let mut holders: Vec<&Conn> = self
+        let mut holders: Vec<&Tracked> = self
             .map
             .values()
             .filter(|c| c.sock != except && c.is_open() && c.local == local && c.remote == remote)
@@ -445,7 +445,7 @@ impl ConnTable {
     /// The listener this trace saw listen() on `local`, open or closed within the
     /// table's grace period (an inspection's dump may predate its close, whose record
     /// the pipeline took first).
-    pub fn listener_at(&self, local: SocketAddr) -> Option<&Conn> {
+    pub fn listener_at(&self, local: SocketAddr) -> Option<&Tracked> {
         self.listening
             .get(&local)
             .and_then(|sock| self.map.get(sock))
@@ -459,7 +459,7 @@ impl ConnTable {
     }
 
     /// The connection this node opened on `local -> remote`, if traced.
-    pub fn client_conn(&self, local: SocketAddr, remote: SocketAddr) -> Option<&Conn> {
+    pub fn client_conn(&self, local: SocketAddr, remote: SocketAddr) -> Option<&Tracked> {
         self.by_tuple
             .get(&(local, remote))
             .and_then(|sock| self.map.get(sock))

@@ -41,7 +41,7 @@ pub mod tuples;
 
 use std::{collections::HashMap, time::SystemTime};
 
-pub use conn::{Comm, Conn, ConnTable, Role};
+pub use conn::{Comm, ConnTable, Role, Tracked};
 pub use finding::{Finding, Kind, Process, Severity};
 
 use crate::event::{Direction, Errno, Event, EventKind, Record, Sockstat, TcpState, Waiting};
@@ -173,7 +173,7 @@ impl Engine {
     /// socket's holder there is a process; the trace names the thread that opened
     /// the connection or called listen()).
     pub fn attribute(&self, record: &mut Record) {
-        let traced = |t: &conn::Conn| {
+        let traced = |t: &conn::Tracked| {
             t.owner_known.then(|| crate::event::Process {
                 pid: t.pid,
                 comm: t.comm.to_string(),

@@ -27,7 +27,7 @@ use std::{
 };
 
 use super::{
-    conn::{Conn, Role},
+    conn::{Role, Tracked},
     expiring::ExpiringMap,
     finding::{secs, Finding, Involved, Kind, Process, Severity},
     idle::IdleClose,
@@ -114,7 +114,7 @@ fn median(v: &[u64]) -> Option<u64> {
 impl ReuseRace {
     pub fn on_reset(
         &mut self,
-        conn: &mut Conn,
+        conn: &mut Tracked,
         e: &Event,
         state: TcpState,
         (recv_idle_ms, estimate_ms): (u64, Option<u64>),
@@ -185,7 +185,7 @@ impl ReuseRace {
     }
 
     /// A server closed an accepted connection after `idle_ms` quiet.
-    pub fn on_server_close(&mut self, conn: &Conn, e: &Event, idle_ms: u64) {
+    pub fn on_server_close(&mut self, conn: &Tracked, e: &Event, idle_ms: u64) {
         let close = ServerClose {
             pid: conn.pid,
             comm: conn.comm.to_string(),

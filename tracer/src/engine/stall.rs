@@ -17,7 +17,7 @@
 use std::{collections::HashMap, time::SystemTime};
 
 use super::{
-    conn::Conn,
+    conn::Tracked,
     finding::{secs, Finding, Involved, Kind, Process, Severity},
     Config,
 };
@@ -78,7 +78,7 @@ pub struct Stalls {
 }
 
 impl Stalls {
-    fn group(&mut self, key: Key, conn: &Conn, at: SystemTime) -> Option<&mut Group> {
+    fn group(&mut self, key: Key, conn: &Tracked, at: SystemTime) -> Option<&mut Group> {
         if !self.by_key.contains_key(&key) && self.by_key.len() >= MAX_GROUPS {
             self.dropped += 1;
             return None;
@@ -90,7 +90,7 @@ impl Stalls {
         )
     }
 
-    pub fn on_retransmit(&mut self, conn: &mut Conn, e: &Event, cfg: &Config) {
+    pub fn on_retransmit(&mut self, conn: &mut Tracked, e: &Event, cfg: &Config) {
         let EventKind::Retransmit {
             ack_idle_ms,
             orphan,
@@ -130,7 +130,7 @@ impl Stalls {
     }
 
     /// A retransmit of a socket its application has closed: nobody waits on it.
-    fn on_orphan(&mut self, conn: &mut Conn, e: &Event, ack_idle_ms: u64, cfg: &Config) {
+    fn on_orphan(&mut self, conn: &mut Tracked, e: &Event, ack_idle_ms: u64, cfg: &Config) {
         if conn.stalled && !conn.orphan_stalled {
             // A worker's stalled connection, now closed by its process.
             if let Some(g) = self
@@ -161,7 +161,7 @@ impl Stalls {
         g.last = e.time;
     }
 
-    pub fn on_timeout(&mut self, conn: &mut Conn) {
+    pub fn on_timeout(&mut self, conn: &mut Tracked) {
         if conn.stalled && !std::mem::replace(&mut conn.timed_out, true) {
             if let Some(g) = self
                 .by_key

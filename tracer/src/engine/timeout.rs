@@ -14,7 +14,7 @@
 use std::{collections::HashMap, net::SocketAddr, time::SystemTime};
 
 use super::{
-    conn::Conn,
+    conn::Tracked,
     finding::{secs, Finding, Involved, Kind, Process, Severity},
 };
 use crate::event::Event;
@@ -46,7 +46,7 @@ pub struct ConnectTimeouts {
 impl ConnectTimeouts {
     /// `conn` gave up connecting at `e`: the kernel (`by_kernel`, ETIMEDOUT) or its
     /// caller.
-    pub fn on_timeout(&mut self, conn: &Conn, e: &Event, by_kernel: bool) {
+    pub fn on_timeout(&mut self, conn: &Tracked, e: &Event, by_kernel: bool) {
         let key = (conn.pid, conn.remote);
         if !self.by_key.contains_key(&key) && self.by_key.len() >= MAX_GROUPS {
             self.dropped += 1;
@@ -76,7 +76,7 @@ impl ConnectTimeouts {
 
     /// Whether `conn` waited long enough (or retransmitted its SYN) to count when its
     /// caller closes it still connecting.
-    pub fn abandoned(conn: &Conn, now_ns: u64) -> bool {
+    pub fn abandoned(conn: &Tracked, now_ns: u64) -> bool {
         conn.syn_retransmits > 0 || now_ns.saturating_sub(conn.opened_ns) >= MIN_WAIT_MS * 1_000_000
     }
 

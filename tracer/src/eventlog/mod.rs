@@ -60,7 +60,7 @@ pub struct Header {
 impl Header {
     /// What the kernel programs of a live run could and could not attach.
     #[must_use]
-    pub fn with_probes(mut self, probes: &crate::kernel::probes::Probes) -> Self {
+    pub fn with_probes(mut self, probes: &crate::kernel::session::KernelSession) -> Self {
         self.programs = probes.attached.iter().map(|&p| p.to_owned()).collect();
         self.degraded.clone_from(&probes.degraded);
         self
@@ -695,7 +695,10 @@ mod tests {
         w.flush().unwrap();
         let text = String::from_utf8(w.out.get_ref().clone()).unwrap();
         // The process of a snapshot is flat in its line, as before it had a type.
-        assert!(text.contains("\"pid\":9,\"comm\":\"worker\",\"cgroup\":42"), "{text}");
+        assert!(
+            text.contains("\"pid\":9,\"comm\":\"worker\",\"cgroup\":42"),
+            "{text}"
+        );
         let back: Vec<Record> = LogReader::new(text.as_bytes())
             .unwrap()
             .collect::<Result<_, _>>()

@@ -1,6 +1,6 @@
 //! Everything that touches the running kernel: what it offers ([`support`], [`btf`],
 //! [`tracefs`]), loading and attaching the programs and reading their ring buffer and
-//! socket map ([`probes`]), turning their bytes into [`crate::event::Record`]s
+//! socket map ([`session`]), turning their bytes into [`crate::event::Record`]s
 //! ([`decode`]; [`records`] with the socket map's early reads, each step delivered
 //! once by [`delivered`]), and the kernel's own tables read from userspace: listening sockets
 //! ([`listeners`]), open connections through `sock_diag` ([`diag`]) with their
@@ -16,8 +16,8 @@ pub mod inspect;
 pub mod keepalive;
 pub mod listeners;
 pub mod netstat;
-pub mod probes;
 pub mod records;
+pub mod session;
 pub mod sockstat;
 pub mod support;
 pub mod time;

@@ -14,7 +14,7 @@ use crate::{
     kernel::{
         decode::{self, Decoder, Wire},
         delivered::Delivered,
-        probes::Socks,
+        session::Socks,
         time::monotonic_now,
     },
 };
@@ -90,7 +90,7 @@ impl KernelRecords {
         let before = u64::try_from(now.saturating_sub(after).as_nanos()).unwrap_or(0);
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
-        crate::kernel::probes::waiting_records(socks, before, &mut buf);
+        crate::kernel::session::waiting_records(socks, before, &mut buf);
         for rec in buf.drain(..) {
             out.extend(self.from_map(rec));
         }

@@ -15,8 +15,6 @@ mod simple;
 
 use anyhow::{bail, Result};
 
-use crate::commands::cli::LabArgs;
-
 /// Name, what it reproduces.
 pub const SCENARIOS: [(&str, &str); 12] = [
     ("keepalive-race", "an HTTP server closing idle keep-alive connections after 2 s, and a naive pool that reuses them (incident 1)"),
@@ -39,14 +37,25 @@ pub struct Outcome {
     pub count: u64,
 }
 
-pub fn run(args: &LabArgs) -> Result<()> {
-    if args.list {
-        for (name, what) in SCENARIOS {
-            crate::outln!("{name:<18} {what}");
+/// What a lab is asked to do.
+#[derive(Debug, Clone, Copy)]
+pub enum Options<'a> {
+    /// Print the scenarios.
+    List,
+    /// Run one scenario by name.
+    Run(&'a str),
+}
+
+pub fn run(options: Options<'_>) -> Result<()> {
+    let name = match options {
+        Options::List => {
+            for (name, what) in SCENARIOS {
+                crate::outln!("{name:<18} {what}");
+            }
+            return Ok(());
         }
-        return Ok(());
-    }
-    let name = args.scenario.as_deref().unwrap_or_default();
+        Options::Run(name) => name,
+    };
     std::thread::Builder::new()
         .name("lab-signals".into())
         .spawn(|| loop {

@@ -9,8 +9,8 @@ use anyhow::{Context as _, Result};
 use crate::{
     engine::{Config, Engine},
     event::{EventKind, Record, Sockstat},
-    kernel::probes::{EventStream, Probes},
     kernel::records::KernelRecords,
+    kernel::session::{EventStream, KernelSession},
     kernel::sockstat,
     kernel::time::{monotonic_now, KernelClock},
     pipeline::{dispatch, filter::Filter, Sink},
@@ -19,7 +19,7 @@ use crate::{
 /// How a live run traces and what it serves (the command line's live flags).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Options {
-    pub attach: crate::kernel::probes::Attach,
+    pub attach: crate::kernel::session::Attach,
     /// Serve Prometheus metrics here.
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Report connections awaiting a reply this long (`None`: no inspection).
@@ -281,7 +281,7 @@ impl Pipeline<'_> {
     }
 
     /// What was lost so far, written when it changed.
-    fn losses(&mut self, probes: &Probes, sink: &mut dyn Sink, always: bool) {
+    fn losses(&mut self, probes: &KernelSession, sink: &mut dyn Sink, always: bool) {
         let now = losses_of(probes, self.stats_now(), &self.engine);
         if always || now != self.last_losses {
             self.last_losses = now;
@@ -299,7 +299,7 @@ impl Pipeline<'_> {
 
     fn metrics_text(
         &self,
-        probes: &Probes,
+        probes: &KernelSession,
         server: &crate::output::metrics_http::Counters,
     ) -> String {
         let Some(m) = &self.metrics else {
@@ -371,12 +371,12 @@ fn after_ms(d: Duration) -> u64 {
 pub struct LiveRun {
     pub engine: Engine,
     pub stats: LiveStats,
-    pub probes: Probes,
+    pub probes: KernelSession,
 }
 
 /// The headless commands' start line on stderr, after the kernel's degraded facts:
 /// `conntrace: 5 programs attached in 212 ms; recording to f.jsonl (Ctrl-C to stop)`.
-pub fn announce(probes: &Probes, doing: &str) {
+pub fn announce(probes: &KernelSession, doing: &str) {
     for warning in probes.warnings() {
         crate::errln!("conntrace: warning: {warning}");
     }
@@ -394,10 +394,10 @@ pub fn run(
     duration: Option<f64>,
     live: Options,
     sink: &mut dyn Sink,
-    on_attached: impl FnOnce(&Probes),
+    on_attached: impl FnOnce(&KernelSession),
 ) -> Result<LiveRun> {
     let metrics_addr = live.metrics_addr;
-    let mut probes = Probes::load(live.attach)?;
+    let mut probes = KernelSession::load(live.attach)?;
     if sink.shows_bpf_run_time() {
         probes.enable_run_time_stats();
     }
@@ -426,7 +426,7 @@ pub fn run(
         let server = metrics_addr
             .map(crate::output::metrics_http::serve)
             .transpose()?;
-        let publish = |pipe: &Pipeline, probes: &Probes| {
+        let publish = |pipe: &Pipeline, probes: &KernelSession| {
             if let Some(s) = &server {
                 s.publish(pipe.metrics_text(probes, &s.counters));
             }
@@ -481,7 +481,7 @@ pub fn run(
             }
         }
         // Everything still in the ring reaches the log before it closes.
-        while stream.drain_now(|b| pipe.ring(b, sink)) == crate::kernel::probes::MAX_PER_DRAIN {}
+        while stream.drain_now(|b| pipe.ring(b, sink)) == crate::kernel::session::MAX_PER_DRAIN {}
         probes.flush_kernel_log();
         // A last sample closes the run, so a replay ends on the same clock; the
         // losses line is always written at the end.
@@ -505,7 +505,11 @@ pub fn run(
 }
 
 /// The losses of a run so far: kernel counters, undecodable records, engine evictions.
-pub fn losses_of(probes: &Probes, stats: LiveStats, engine: &Engine) -> crate::event::Losses {
+pub fn losses_of(
+    probes: &KernelSession,
+    stats: LiveStats,
+    engine: &Engine,
+) -> crate::event::Losses {
     crate::event::Losses {
         undecodable: stats.undecodable,
         engine_evicted: engine.stats().evicted,

@@ -19,14 +19,14 @@ use anyhow::Result;
 use crate::{
     engine::{Engine, Finding},
     event::Record,
-    kernel::probes::Probes,
+    kernel::session::KernelSession,
 };
 
 /// Where records go after the engine: the log (`record`), stdout (`watch`), the UI
 /// (live and replayed), nothing (`report`).
 pub trait Sink {
     /// Called once the programs are attached, before any record.
-    fn attached(&mut self, _probes: &Probes) -> Result<()> {
+    fn attached(&mut self, _probes: &KernelSession) -> Result<()> {
         Ok(())
     }
     /// One record, after the engine took it.
@@ -42,7 +42,7 @@ pub trait Sink {
         crate::errln!("conntrace: warning: {message}");
     }
     /// Called after each look for new findings (5 times a second); `true` stops the run.
-    fn tick(&mut self, _engine: &Engine, _probes: &Probes) -> Result<bool> {
+    fn tick(&mut self, _engine: &Engine, _probes: &KernelSession) -> Result<bool> {
         Ok(false)
     }
 }
@@ -50,7 +50,7 @@ pub trait Sink {
 /// A log as a sink (`record`): every record written as it comes, the header once the
 /// programs are attached.
 impl<W: crate::eventlog::store::Truncate> Sink for crate::eventlog::LogWriter<W> {
-    fn attached(&mut self, probes: &Probes) -> Result<()> {
+    fn attached(&mut self, probes: &KernelSession) -> Result<()> {
         match self.pending_header.take() {
             Some(header) => self.header(&header.with_probes(probes)),
             None => Ok(()),

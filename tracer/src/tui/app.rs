@@ -48,7 +48,7 @@ pub enum Mode {
 
 /// Requests to the engine thread.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Command {
+pub enum UiCommand {
     Filter(String),
     Sort(SortKey),
     /// Pause or resume playback (replay) or intake of new frames (live).
@@ -120,7 +120,7 @@ impl App {
     }
 
     /// Handles one key; returns what the engine thread must do.
-    pub fn on_key(&mut self, key: KeyEvent) -> Vec<Command> {
+    pub fn on_key(&mut self, key: KeyEvent) -> Vec<UiCommand> {
         if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
             self.quit = true;
             return vec![];
@@ -133,7 +133,7 @@ impl App {
                         self.filter = std::mem::take(text);
                         self.mode = Mode::Normal;
                         self.selected = [0; 4];
-                        return vec![Command::Filter(self.filter.clone())];
+                        return vec![UiCommand::Filter(self.filter.clone())];
                     }
                     KeyCode::Backspace => {
                         text.pop();
@@ -172,19 +172,19 @@ impl App {
             KeyCode::Char('?') => self.mode = Mode::Help,
             KeyCode::Char('s') => {
                 self.sort = self.sort.next();
-                return vec![Command::Sort(self.sort)];
+                return vec![UiCommand::Sort(self.sort)];
             }
             KeyCode::Char('p' | ' ') => {
                 self.paused = !self.paused;
-                return vec![Command::Pause(self.paused)];
+                return vec![UiCommand::Pause(self.paused)];
             }
-            KeyCode::Char('e') => return vec![Command::Export],
-            KeyCode::Char('+' | '=') if self.replay => return vec![Command::Speed(2.0)],
-            KeyCode::Char('-') if self.replay => return vec![Command::Speed(0.5)],
-            KeyCode::Char('G') if self.replay => return vec![Command::JumpToEnd],
+            KeyCode::Char('e') => return vec![UiCommand::Export],
+            KeyCode::Char('+' | '=') if self.replay => return vec![UiCommand::Speed(2.0)],
+            KeyCode::Char('-') if self.replay => return vec![UiCommand::Speed(0.5)],
+            KeyCode::Char('G') if self.replay => return vec![UiCommand::JumpToEnd],
             KeyCode::Esc if !self.filter.is_empty() => {
                 self.filter.clear();
-                return vec![Command::Filter(String::new())];
+                return vec![UiCommand::Filter(String::new())];
             }
             _ => {}
         }
@@ -212,12 +212,12 @@ mod tests {
         assert_eq!(app.mode, Mode::Filter("8080".into()));
         assert_eq!(
             app.on_key(key(KeyCode::Enter)),
-            vec![Command::Filter("8080".into())]
+            vec![UiCommand::Filter("8080".into())]
         );
         assert_eq!(app.filter, "8080");
         assert_eq!(
             app.on_key(key(KeyCode::Esc)),
-            vec![Command::Filter(String::new())]
+            vec![UiCommand::Filter(String::new())]
         );
     }
 
@@ -231,7 +231,7 @@ mod tests {
         assert_eq!(app.view, View::Events);
         assert_eq!(
             app.on_key(key(KeyCode::Char('G'))),
-            vec![Command::JumpToEnd]
+            vec![UiCommand::JumpToEnd]
         );
         app.on_key(key(KeyCode::Char('q')));
         assert!(app.quit);

@@ -12,16 +12,16 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use super::{
-    app::Command,
+    app::UiCommand,
     snapshot::{self, Header, SortKey},
 };
 use crate::{
-    commands::report,
     engine::{Config, Engine, Finding},
     event::Event,
     event::Record,
     eventlog::{self, LogReader, LogWriter},
-    kernel::probes::Probes,
+    kernel::session::KernelSession,
+    output::report,
     pipeline::{dispatch, Sink},
 };
 
@@ -51,7 +51,7 @@ pub struct TuiSink {
     pub paused: bool,
     status: Option<String>,
     snapshots: SyncSender<super::snapshot::Snapshot>,
-    commands: Receiver<Command>,
+    commands: Receiver<UiCommand>,
     source: String,
     events: u64,
     rate: (Instant, u64, f64),
@@ -64,7 +64,7 @@ impl TuiSink {
         source: String,
         header: &eventlog::Header,
         snapshots: SyncSender<super::snapshot::Snapshot>,
-        commands: Receiver<Command>,
+        commands: Receiver<UiCommand>,
         export_dir: PathBuf,
     ) -> Result<Self> {
         let nanos = std::time::SystemTime::now()
@@ -102,21 +102,21 @@ impl TuiSink {
 
     /// Applies UI commands; returns those the caller acts on (playback), or `None`
     /// when the UI has gone.
-    pub fn commands(&mut self, engine: &Engine) -> Option<Vec<Command>> {
+    pub fn commands(&mut self, engine: &Engine) -> Option<Vec<UiCommand>> {
         let mut playback = Vec::new();
         loop {
             match self.commands.try_recv() {
-                Ok(Command::Filter(f)) => self.filter = f,
-                Ok(Command::Sort(s)) => self.sort = s,
-                Ok(Command::Export) => {
+                Ok(UiCommand::Filter(f)) => self.filter = f,
+                Ok(UiCommand::Sort(s)) => self.sort = s,
+                Ok(UiCommand::Export) => {
                     self.status = Some(match self.export(engine) {
                         Ok(msg) => msg,
                         Err(e) => format!("export failed: {e:#}"),
                     });
                 }
-                Ok(Command::Pause(p)) => {
+                Ok(UiCommand::Pause(p)) => {
                     self.paused = p;
-                    playback.push(Command::Pause(p));
+                    playback.push(UiCommand::Pause(p));
                 }
                 Ok(c) => playback.push(c),
                 Err(TryRecvError::Empty) => return Some(playback),
@@ -169,7 +169,7 @@ impl TuiSink {
     }
 
     /// Builds and hands a snapshot to the UI (dropped if the UI is behind).
-    pub fn publish(&mut self, engine: &Engine, playback: String, probes: Option<&Probes>) {
+    pub fn publish(&mut self, engine: &Engine, playback: String, probes: Option<&KernelSession>) {
         let now = Instant::now();
         let (t0, n0, rate) = self.rate;
         let dt = now.duration_since(t0).as_secs_f64();
@@ -272,7 +272,7 @@ impl Sink for TuiSink {
         true
     }
 
-    fn attached(&mut self, probes: &Probes) -> Result<()> {
+    fn attached(&mut self, probes: &KernelSession) -> Result<()> {
         if let Some(header) = self.unwritten_header.take() {
             self.unwritten_header = Some(header.with_probes(probes));
         }
@@ -301,7 +301,7 @@ impl Sink for TuiSink {
         self.status = Some(format!("warning: {message}"));
     }
 
-    fn tick(&mut self, engine: &Engine, probes: &Probes) -> Result<bool> {
+    fn tick(&mut self, engine: &Engine, probes: &KernelSession) -> Result<bool> {
         if self.commands(engine).is_none() {
             return Ok(true);
         }
@@ -332,13 +332,13 @@ pub fn replay(path: &Path, mut sink: TuiSink) -> Result<()> {
         };
         for c in commands {
             match c {
-                Command::Speed(f) => {
+                UiCommand::Speed(f) => {
                     let at = log_now(anchor, speed);
                     speed = (speed * f).clamp(0.125, 1024.0);
                     anchor = (Instant::now(), at);
                 }
-                Command::JumpToEnd => to_end = true,
-                Command::Pause(false) => anchor = (Instant::now(), anchor.1),
+                UiCommand::JumpToEnd => to_end = true,
+                UiCommand::Pause(false) => anchor = (Instant::now(), anchor.1),
                 _ => {}
             }
         }

@@ -3,7 +3,7 @@
 //! Two threads: the engine thread ([`feed`]) owns the engine, the probes or the
 //! replayed log, and a spool of everything seen (for export); it sends
 //! [`snapshot::Snapshot`]s. The UI thread only draws the latest snapshot ([`view`],
-//! at most 20 frames a second) and turns keys into [`app::Command`]s. Rendering
+//! at most 20 frames a second) and turns keys into [`app::UiCommand`]s. Rendering
 //! does no I/O and holds no locks.
 
 pub mod app;
@@ -24,11 +24,15 @@ use anyhow::{anyhow, Context as _, Result};
 use crossterm::event::{self, Event as TermEvent, KeyEventKind};
 
 use self::{
-    app::{App, Command},
+    app::{App, UiCommand},
     feed::TuiSink,
     snapshot::Snapshot,
 };
-use crate::{commands::cli::FilterArgs, eventlog, kernel::probes, pipeline::live};
+use crate::{
+    eventlog,
+    kernel::session,
+    pipeline::{filter::Filter, live},
+};
 
 const FRAME: Duration = Duration::from_millis(50);
 
@@ -67,7 +71,11 @@ fn terminal_input(ms: i32) -> Option<bool> {
     Some(p.revents & libc::POLLIN != 0)
 }
 
-fn ui_loop(mut app: App, snapshots: &Receiver<Snapshot>, commands: &Sender<Command>) -> Result<()> {
+fn ui_loop(
+    mut app: App,
+    snapshots: &Receiver<Snapshot>,
+    commands: &Sender<UiCommand>,
+) -> Result<()> {
     let mut terminal = Terminal::new();
     let started = Instant::now();
     let mut frames = 0u64;
@@ -134,8 +142,8 @@ fn export_dir() -> std::path::PathBuf {
 }
 
 /// `conntrace` / `conntrace tui`: the UI on live kernel events.
-pub fn run_live(filter: &FilterArgs, live_args: crate::commands::cli::LiveArgs) -> Result<()> {
-    probes::check_privileges()?;
+pub fn run_live(filter: Filter, options: live::Options) -> Result<()> {
+    session::check_privileges()?;
     let clock = crate::kernel::time::KernelClock::detect()?;
     let header = eventlog::Header::for_this_host(clock.hz, clock.boot);
     let (snap_tx, snap_rx) = mpsc::sync_channel(2);
@@ -147,13 +155,12 @@ pub fn run_live(filter: &FilterArgs, live_args: crate::commands::cli::LiveArgs) 
         cmd_rx,
         export_dir(),
     )?;
-    let filter = filter.to_filter();
     let (ready_tx, ready_rx) = mpsc::channel();
     let engine = std::thread::Builder::new()
         .name("engine".into())
         .spawn(move || {
             let mut sink = sink;
-            live::run(&filter, None, live_args.options(), &mut sink, |_| {
+            live::run(&filter, None, options, &mut sink, |_| {
                 let _ = ready_tx.send(());
             })
             .map(|_| ())
@@ -193,7 +200,7 @@ pub fn run_replay(path: &Path) -> Result<()> {
 fn run_ui(
     app: App,
     snap_rx: Receiver<Snapshot>,
-    cmd_tx: Sender<Command>,
+    cmd_tx: Sender<UiCommand>,
     engine: std::thread::JoinHandle<Result<()>>,
 ) -> Result<()> {
     let result = ui_loop(app, &snap_rx, &cmd_tx);

@@ -8,7 +8,7 @@ use std::{
 };
 
 use crate::{
-    engine::{endpoints::EndpointStats, Conn, Engine, Finding, Kind, Role},
+    engine::{endpoints::EndpointStats, Engine, Finding, Kind, Role, Tracked},
     event::{Event, EventKind, TcpState},
 };
 
@@ -285,7 +285,7 @@ fn endpoint_rows(engine: &Engine, findings: &[Finding], filter: &str) -> Vec<End
 /// and how many matched. Only the rows shipped are formatted.
 fn connection_rows(engine: &Engine, filter: &str, sort: SortKey) -> (Vec<ConnRow>, usize) {
     let (now, _) = engine.now();
-    let mut conns: Vec<&Conn> = engine
+    let mut conns: Vec<&Tracked> = engine
         .conns()
         .iter()
         .filter(|c| c.is_open() && c.role != Role::Listener)
@@ -298,7 +298,7 @@ fn connection_rows(engine: &Engine, filter: &str, sort: SortKey) -> (Vec<ConnRow
         })
         .collect();
     let total = conns.len();
-    let order = |a: &&Conn, b: &&Conn| {
+    let order = |a: &&Tracked, b: &&Tracked| {
         let by = match sort {
             SortKey::Age => a.opened_ns.cmp(&b.opened_ns),
             SortKey::Idle => a.last_ns.cmp(&b.last_ns),

@@ -83,8 +83,9 @@ const PROGRAMS: [(&str, Hook, &str); 9] = [
     ),
 ];
 
-/// Loaded, attached programs.
-pub struct Probes {
+/// The loaded kernel session: the programs attached, the facts degraded, the ring
+/// buffer and socket map until taken, the decoder for their records.
+pub struct KernelSession {
     ebpf: Ebpf,
     /// Names of the attached programs.
     pub attached: Vec<&'static str>,
@@ -100,21 +101,18 @@ pub struct Probes {
     kernel_log: Option<aya_log::EbpfLogger<KernelLog>>,
 }
 
-/// Prints the kernel programs' diagnostics (aya-log records) on stderr, escaped.
+/// Hands the kernel programs' diagnostics (aya-log records) to the caller's
+/// callback as `LEVEL: TEXT` (the text as the kernel wrote it: the caller escapes).
 #[derive(Debug, Clone, Copy)]
-pub struct KernelLog;
+pub struct KernelLog(fn(&str));
 
 impl log::Log for KernelLog {
     fn enabled(&self, _: &log::Metadata<'_>) -> bool {
         true
     }
     fn log(&self, record: &log::Record<'_>) {
-        let text = record.args().to_string();
-        crate::errln!(
-            "conntrace: kernel {}: {}",
-            record.level().as_str().to_ascii_lowercase(),
-            crate::text::printable(&text)
-        );
+        let level = record.level().as_str().to_ascii_lowercase();
+        (self.0)(&format!("{level}: {}", record.args()));
     }
     fn flush(&self) {}
 }
@@ -148,9 +146,9 @@ pub struct Attach {
     pub syscall_hooks: bool,
     /// One event per TCP state transition instead of connection records.
     pub every_transition: bool,
-    /// The programs' diagnostics (a failed kernel read: which program, which error)
-    /// on stderr; off, their log statements are skipped in the kernel.
-    pub diagnostics: bool,
+    /// Where the programs' diagnostics go (a failed kernel read: which program,
+    /// which error); `None`: their log statements are skipped in the kernel.
+    pub diagnostics: Option<fn(&str)>,
 }
 
 /// Field offsets the programs need, from BTF and the reset record of this kernel
@@ -228,10 +226,10 @@ fn reset_reasons(btf: &Btf) -> Vec<String> {
     names
 }
 
-impl Probes {
+impl KernelSession {
     /// Checks privileges, computes offsets, loads and attaches every program.
     /// Programs other than the state tracker may fail to attach: they are listed in
-    /// [`Probes::degraded`] with what is lost, and the rest keeps running.
+    /// [`KernelSession::degraded`] with what is lost, and the rest keeps running.
     ///
     /// Without `--syscall-hooks` the `syscalls/*` tracepoints stay detached and the
     /// state tracker infers EADDRNOTAVAIL instead; `--every-transition` makes every
@@ -275,7 +273,7 @@ impl Probes {
         let aya_btf = aya::Btf::from_sys_fs().context("reading kernel BTF for tp_btf programs")?;
         // aya-log's level in the programs: warn with -v, else off (0), so a log
         // statement costs one load and compare, on failure paths only.
-        let log_level: u8 = if what.diagnostics { 2 } else { 0 };
+        let log_level: u8 = if what.diagnostics.is_some() { 2 } else { 0 };
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&aya_btf))
             .override_global("OFFSETS", &offsets, true)
@@ -329,7 +327,7 @@ impl Probes {
         }
         let kernel_log = what
             .diagnostics
-            .then(|| aya_log::EbpfLogger::init_with_logger(&mut ebpf, KernelLog))
+            .map(|say| aya_log::EbpfLogger::init_with_logger(&mut ebpf, KernelLog(say)))
             .transpose()
             .context("reading the kernel programs' log (aya-log)")?;
         Ok(Self {
