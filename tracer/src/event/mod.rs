@@ -13,37 +13,108 @@ pub mod rfc3339;
 
 pub use record::Record;
 
-/// One connection-lifecycle fact.
+/// One connection-lifecycle fact. In the log (and `watch -v`) through [`EventLine`]:
+/// the keys a connection line uses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(into = "EventLine", from = "EventLine")]
 pub struct Event {
     /// Wall-clock time, RFC 3339 with milliseconds.
-    #[serde(with = "crate::event::rfc3339")]
     pub time: std::time::SystemTime,
     /// CLOCK_MONOTONIC nanoseconds (the kernel's timestamp): ordering and durations.
     pub mono_ns: u64,
-    #[serde(flatten)]
     pub kind: EventKind,
     /// Owner process id (tgid); 0 when unknown.
     pub pid: u32,
     /// Owner thread id.
-    #[serde(default)]
     pub tid: u32,
     /// Owner command name.
     pub comm: String,
     /// cgroup v2 id of the owner.
-    #[serde(default)]
     pub cgroup: u64,
     /// `true` when pid/comm are the socket's owner (connect, listen, accept);
     /// `false` when the socket predates the trace: then pid/comm are the process
     /// acting on it in a system call (close, shutdown), or pid 0 and an empty comm
     /// for events raised in softirq or timer context.
-    #[serde(default)]
     pub owner_known: bool,
     /// Socket identity, stable for the socket's life (kernel `struct sock` address).
-    #[serde(with = "hex_u64")]
     pub sock: u64,
     pub local: SocketAddr,
     pub remote: SocketAddr,
+}
+
+/// An event as a log line (version 3): `t`, `ns`, `type` and its fields, `sk`,
+/// `pid`, `tid` (only when not `pid`), `comm`, `cg` (only when set), `own` (only when
+/// false), `l`, `r` — the keys of a `conn` line. Versions 1 and 2 (`time`,
+/// `mono_ns`, `sock`, `cgroup`, `owner_known`, `local`, `remote`, every field
+/// always) read too.
+#[derive(Serialize, Deserialize)]
+struct EventLine {
+    #[serde(rename = "t", alias = "time", with = "crate::event::rfc3339")]
+    time: std::time::SystemTime,
+    #[serde(rename = "ns", alias = "mono_ns")]
+    mono_ns: u64,
+    #[serde(flatten)]
+    kind: EventKind,
+    #[serde(rename = "sk", alias = "sock", with = "hex_u64")]
+    sock: u64,
+    pid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tid: Option<u32>,
+    comm: String,
+    #[serde(
+        rename = "cg",
+        alias = "cgroup",
+        default,
+        skip_serializing_if = "is_zero"
+    )]
+    cgroup: u64,
+    #[serde(
+        rename = "own",
+        alias = "owner_known",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    owner_known: Option<bool>,
+    #[serde(rename = "l", alias = "local")]
+    local: SocketAddr,
+    #[serde(rename = "r", alias = "remote")]
+    remote: SocketAddr,
+}
+
+impl From<Event> for EventLine {
+    fn from(e: Event) -> Self {
+        Self {
+            time: e.time,
+            mono_ns: e.mono_ns,
+            kind: e.kind,
+            sock: e.sock,
+            tid: (e.tid != e.pid).then_some(e.tid),
+            pid: e.pid,
+            comm: e.comm,
+            cgroup: e.cgroup,
+            owner_known: (!e.owner_known).then_some(false),
+            local: e.local,
+            remote: e.remote,
+        }
+    }
+}
+
+impl From<EventLine> for Event {
+    fn from(l: EventLine) -> Self {
+        Self {
+            time: l.time,
+            mono_ns: l.mono_ns,
+            kind: l.kind,
+            pid: l.pid,
+            tid: l.tid.unwrap_or(l.pid),
+            comm: l.comm,
+            cgroup: l.cgroup,
+            owner_known: l.owner_known.unwrap_or(true),
+            sock: l.sock,
+            local: l.local,
+            remote: l.remote,
+        }
+    }
 }
 
 /// What happened, with the fields of that kind.
@@ -304,8 +375,9 @@ impl Conn {
 /// replay sees the same samples the live run saw.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sockstat {
-    #[serde(with = "crate::event::rfc3339")]
+    #[serde(rename = "t", alias = "time", with = "crate::event::rfc3339")]
     pub time: std::time::SystemTime,
+    #[serde(rename = "ns", alias = "mono_ns")]
     pub mono_ns: u64,
     pub tcp_inuse: u64,
     pub tcp_orphan: u64,
@@ -345,8 +417,9 @@ pub struct ConntrackStats {
 /// replay sees what the live run saw.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Listeners {
-    #[serde(with = "crate::event::rfc3339")]
+    #[serde(rename = "t", alias = "time", with = "crate::event::rfc3339")]
     pub time: std::time::SystemTime,
+    #[serde(rename = "ns", alias = "mono_ns")]
     pub mono_ns: u64,
     /// Since the previous inspection: the counters' changes happened within it.
     pub interval_ms: u64,
@@ -360,7 +433,7 @@ pub struct Listeners {
 pub struct Process {
     pub pid: u32,
     pub comm: String,
-    #[serde(default)]
+    #[serde(rename = "cg", alias = "cgroup", default)]
     pub cgroup: u64,
 }
 
@@ -368,6 +441,7 @@ pub struct Process {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListenQueue {
     pub netns: u32,
+    #[serde(rename = "l", alias = "local")]
     pub local: SocketAddr,
     /// Connections waiting for accept(), and the listen backlog (after the clamp to
     /// `somaxconn`): full when `queued` reaches `backlog`.
@@ -416,8 +490,9 @@ pub struct ListenCounters {
 /// run saw.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Waiting {
-    #[serde(with = "crate::event::rfc3339")]
+    #[serde(rename = "t", alias = "time", with = "crate::event::rfc3339")]
     pub time: std::time::SystemTime,
+    #[serde(rename = "ns", alias = "mono_ns")]
     pub mono_ns: u64,
     /// The threshold the inspection used.
     pub after_ms: u64,
@@ -430,11 +505,14 @@ pub struct Waiting {
 /// translated destination (a Service VIP, by DNAT) really reached.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TupleInfo {
-    #[serde(with = "crate::event::rfc3339")]
+    #[serde(rename = "t", alias = "time", with = "crate::event::rfc3339")]
     pub time: std::time::SystemTime,
+    #[serde(rename = "ns", alias = "mono_ns")]
     pub mono_ns: u64,
     /// The connection's own view: this node's end, and the destination it dialled.
+    #[serde(rename = "l", alias = "local")]
     pub local: SocketAddr,
+    #[serde(rename = "r", alias = "remote")]
     pub remote: SocketAddr,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holder: Option<TupleHolder>,
@@ -465,8 +543,9 @@ pub struct TupleHolder {
 /// (`{"reuse": ...}`): how long each sat idle before its process sent on it again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reuses {
-    #[serde(with = "crate::event::rfc3339")]
+    #[serde(rename = "t", alias = "time", with = "crate::event::rfc3339")]
     pub time: std::time::SystemTime,
+    #[serde(rename = "ns", alias = "mono_ns")]
     pub mono_ns: u64,
     pub reuses: Vec<Reuse>,
 }
@@ -476,7 +555,9 @@ pub struct Reuses {
 pub struct Reuse {
     #[serde(flatten)]
     pub process: Process,
+    #[serde(rename = "l", alias = "local")]
     pub local: SocketAddr,
+    #[serde(rename = "r", alias = "remote")]
     pub remote: SocketAddr,
     /// From the connection's last activity (data either way) to the send that reused
     /// it; exact to a tick when one segment was sent since the previous pass, else the
@@ -491,7 +572,9 @@ pub struct WaitingConn {
     /// The process holding the socket (the lowest pid; 0: none found).
     #[serde(flatten)]
     pub process: Process,
+    #[serde(rename = "l", alias = "local")]
     pub local: SocketAddr,
+    #[serde(rename = "r", alias = "remote")]
     pub remote: SocketAddr,
     /// Since our last data was sent (and acknowledged): how long we have waited.
     pub waiting_ms: u64,

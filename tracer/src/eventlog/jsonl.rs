@@ -1,6 +1,7 @@
-//! A hand-written JSON encoder for [`Event`], the log's hot path: the same JSON
-//! serde writes (a test holds them equal), without serde's flatten machinery and
-//! with the RFC 3339 second prefix cached. Reading stays with serde.
+//! A hand-written JSON encoder for [`Event`] and [`Conn`], the log's hot path: for
+//! an event the same JSON serde writes (a test holds them equal), without serde's
+//! flatten machinery and with the RFC 3339 second prefix cached. Reading stays with
+//! serde. Both use the same keys for the socket and its owner.
 
 use std::{io::Write as _, time::SystemTime};
 
@@ -91,6 +92,26 @@ fn hex(out: &mut Vec<u8>, v: u64) {
     }
 }
 
+/// `sk`, `pid`, `tid` (only when not `pid`), `comm`, `cg` (only when set), `own`
+/// (only when false): the socket and its owner, in events and connection lines alike.
+fn owner(out: &mut Vec<u8>, sock: u64, pid: u32, tid: u32, comm: &str, cgroup: u64, known: bool) {
+    out.extend_from_slice(b",\"sk\":\"");
+    hex(out, sock);
+    out.push(b'"');
+    num(out, "pid", pid);
+    if tid != pid {
+        num(out, "tid", tid);
+    }
+    out.extend_from_slice(b",\"comm\":");
+    let _ = serde_json::to_writer(&mut *out, comm);
+    if cgroup != 0 {
+        num(out, "cg", cgroup);
+    }
+    if !known {
+        boolean(out, "own", false);
+    }
+}
+
 /// Appends `e` as one JSON object (no newline).
 pub fn write_event(out: &mut Vec<u8>, e: &Event, times: &mut TimeCache) {
     let Event {
@@ -106,10 +127,10 @@ pub fn write_event(out: &mut Vec<u8>, e: &Event, times: &mut TimeCache) {
         local,
         remote,
     } = e;
-    out.extend_from_slice(b"{\"time\":\"");
+    out.extend_from_slice(b"{\"t\":\"");
     times.write(out, *time);
     out.push(b'"');
-    num(out, "mono_ns", *mono_ns);
+    num(out, "ns", *mono_ns);
     plain(out, "type", kind.name());
     match kind {
         EventKind::State {
@@ -179,17 +200,9 @@ pub fn write_event(out: &mut Vec<u8>, e: &Event, times: &mut TimeCache) {
         }
         EventKind::Accept { state } => plain(out, "state", state.as_str()),
     }
-    num(out, "pid", *pid);
-    num(out, "tid", *tid);
-    out.extend_from_slice(b",\"comm\":");
-    let _ = serde_json::to_writer(&mut *out, comm);
-    num(out, "cgroup", *cgroup);
-    boolean(out, "owner_known", *owner_known);
-    out.extend_from_slice(b",\"sock\":\"");
-    hex(out, *sock);
-    out.push(b'"');
-    addr(out, "local", local);
-    addr(out, "remote", remote);
+    owner(out, *sock, *pid, *tid, comm, *cgroup, *owner_known);
+    addr(out, "l", local);
+    addr(out, "r", remote);
     out.push(b'}');
 }
 
@@ -203,21 +216,7 @@ pub fn write_conn(out: &mut Vec<u8>, c: &Conn, times: &mut TimeCache) {
     times.write(out, c.time);
     out.push(b'"');
     num(out, "ns", c.mono_ns);
-    out.extend_from_slice(b",\"sk\":\"");
-    hex(out, c.sock);
-    out.push(b'"');
-    num(out, "pid", c.pid);
-    if c.tid != c.pid {
-        num(out, "tid", c.tid);
-    }
-    out.extend_from_slice(b",\"comm\":");
-    let _ = serde_json::to_writer(&mut *out, &c.comm);
-    if c.cgroup != 0 {
-        num(out, "cg", c.cgroup);
-    }
-    if !c.owner_known {
-        boolean(out, "own", false);
-    }
+    owner(out, c.sock, c.pid, c.tid, &c.comm, c.cgroup, c.owner_known);
     addr(out, "l", &c.local);
     addr(out, "r", &c.remote);
     plain(out, "h", &c.history());

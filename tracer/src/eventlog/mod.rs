@@ -1,8 +1,9 @@
 //! The event log: JSON Lines, a header line then one record per line.
 //!
 //! ```text
-//! {"conntrace_log":1,"host":"node-1","kernel":"6.18.44","hz":250,"boot_time":"...","started":"..."}
-//! {"time":"...","mono_ns":123,"type":"state","old":"ESTABLISHED","new":"CLOSE_WAIT",...}
+//! {"conntrace_log":3,"host":"node-1","kernel":"6.18.44","hz":250,"boot_time":"...","started":"..."}
+//! {"conn":{"t":"...","ns":123,"sk":"0x...","pid":7,"comm":"curl","l":"...","r":"...","h":"C>SS E+41 ..."}}
+//! {"t":"...","ns":124,"type":"reset","direction":"received",...,"sk":"0x...","pid":7,...}
 //! {"finding":{...}}
 //! ```
 //!
@@ -31,7 +32,10 @@ pub mod store;
 /// - 2: adds `{"conn": ...}` lines, one per connection (plus one per moment it had
 ///   to be seen live), standing for the state transitions they list; the default.
 ///   A version 2 log written with `--every-transition` has version 1's lines only.
-pub const LOG_VERSION: u32 = 2;
+/// - 3: one style: every line names the time, the socket, its owner and its ends as
+///   a `conn` line does (`t`, `ns`, `sk`, `pid`, `tid`, `comm`, `cg`, `own`, `l`, `r`),
+///   with the same defaults left out. Versions 1 and 2 still read.
+pub const LOG_VERSION: u32 = 3;
 
 /// First line of a log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -633,6 +637,17 @@ mod tests {
         assert_eq!(records, expected);
     }
 
+    /// A log of `records` after the test header, as text.
+    fn written_records(records: &[Record]) -> String {
+        let mut w = LogWriter::new(Vec::new());
+        w.header(&header()).unwrap();
+        for r in records {
+            w.record(r).unwrap();
+        }
+        w.flush().unwrap();
+        String::from_utf8(w.out.get_ref().clone()).unwrap()
+    }
+
     #[test]
     fn every_kind_of_record_reads_back_as_written() {
         use crate::engine::testing::{listeners, sockstat, waiting, waiting_conn, wall, T0};
@@ -687,16 +702,10 @@ mod tests {
                 ..Default::default()
             }),
         ];
-        let mut w = LogWriter::new(Vec::new());
-        w.header(&header()).unwrap();
-        for r in &records {
-            w.record(r).unwrap();
-        }
-        w.flush().unwrap();
-        let text = String::from_utf8(w.out.get_ref().clone()).unwrap();
-        // The process of a snapshot is flat in its line, as before it had a type.
+        let text = written_records(&records);
+        // The process of a snapshot is flat in its line, keyed as in a conn line.
         assert!(
-            text.contains("\"pid\":9,\"comm\":\"worker\",\"cgroup\":42"),
+            text.contains("\"pid\":9,\"comm\":\"worker\",\"cg\":42"),
             "{text}"
         );
         let back: Vec<Record> = LogReader::new(text.as_bytes())
@@ -737,8 +746,8 @@ mod tests {
         let text = String::from_utf8(written()).unwrap();
         let text = text
             .replacen(
-                "\"conntrace_log\":2",
-                "\"conntrace_log\":3,\"future\":true",
+                &format!("\"conntrace_log\":{LOG_VERSION}"),
+                &format!("\"conntrace_log\":{},\"future\":true", LOG_VERSION + 1),
                 1,
             )
             .replace("\"comm\":\"curl\"", "\"comm\":\"curl\",\"pod\":\"web-1\"");
@@ -750,7 +759,7 @@ mod tests {
     #[test]
     fn version_1_logs_still_read() {
         let text = String::from_utf8(written()).unwrap().replacen(
-            "\"conntrace_log\":2",
+            &format!("\"conntrace_log\":{LOG_VERSION}"),
             "\"conntrace_log\":1",
             1,
         );
@@ -759,6 +768,48 @@ mod tests {
         let records: Vec<Record> = reader.map(Result::unwrap).collect();
         let expected: Vec<Record> = events().into_iter().map(Record::Event).collect();
         assert_eq!(records[..expected.len()], expected[..]);
+    }
+
+    /// Lines as versions 1 and 2 wrote them (long keys, every field) read as the
+    /// same records as this version's.
+    #[test]
+    fn older_versions_long_keys_read_as_today() {
+        let old = r#"{"conntrace_log":2,"host":"h","kernel":"k","hz":250,"boot_time":"2023-11-14T22:13:20.000Z","started":"2023-11-14T22:15:00.000Z"}
+{"time":"2023-11-14T22:13:21.001Z","mono_ns":1000000,"type":"connect","errno":"ECONNREFUSED","state":"CLOSE","pid":7,"tid":8,"comm":"curl","cgroup":1,"owner_known":true,"sock":"0xffff888100000040","local":"127.0.0.1:40000","remote":"[::1]:80"}
+{"time":"2023-11-14T22:13:21.002Z","mono_ns":2000000,"type":"reset","direction":"received","state":null,"idle_ms":0,"recv_idle_ms":0,"syn":false,"pid":0,"tid":0,"comm":"","cgroup":0,"owner_known":false,"sock":"0x1","local":"127.0.0.1:40000","remote":"127.0.0.1:80"}
+{"waiting":{"time":"2023-11-14T22:13:22.000Z","mono_ns":3000000,"after_ms":30000,"conns":[{"pid":9,"comm":"worker","cgroup":4,"local":"10.0.0.1:40001","remote":"10.0.0.7:80","waiting_ms":31000,"last_recv_ms":31050,"keepalive":false}]}}
+"#;
+        let records: Vec<Record> = LogReader::new(old.as_bytes())
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let text = written_records(&records);
+        for long in [
+            "\"mono_ns\"",
+            "\"sock\"",
+            "\"local\"",
+            "\"cgroup\"",
+            "\"owner_known\"",
+        ] {
+            assert!(!text.contains(long), "{long} in {text}");
+        }
+        let again: Vec<Record> = LogReader::new(text.as_bytes())
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(again, records);
+        let Record::Event(e) = &records[0] else {
+            panic!("{records:?}")
+        };
+        assert_eq!((e.pid, e.tid, e.cgroup, e.owner_known), (7, 8, 1, true));
+        let Record::Event(rst) = &records[1] else {
+            panic!("{records:?}")
+        };
+        assert_eq!((rst.pid, rst.tid, rst.owner_known), (0, 0, false));
+        let Record::Waiting(w) = &records[2] else {
+            panic!("{records:?}")
+        };
+        assert_eq!((w.conns[0].process.cgroup, w.mono_ns), (4, 3_000_000));
     }
 
     #[test]
