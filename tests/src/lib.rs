@@ -77,6 +77,25 @@ pub fn one_clear_error(out: &Output, parts: &[&str]) -> String {
     err
 }
 
+/// A Python client's script: it connects to `host`:`port` (Python expressions),
+/// sends `hello` first if given, prints its local port, then runs `body` with the
+/// socket as `s` (socket, sys and time imported).
+pub fn python_client(
+    host: &str,
+    port: &str,
+    timeout: u32,
+    hello: Option<&str>,
+    body: &str,
+) -> String {
+    let hello = hello
+        .map(|h| format!("s.sendall(b'{h}')\n"))
+        .unwrap_or_default();
+    format!(
+        "import socket, sys, time\ns = socket.create_connection(({host}, {port}), timeout={timeout})\n{hello}print(s.getsockname()[1])\n{}",
+        body.trim_start()
+    )
+}
+
 /// A port free on loopback right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

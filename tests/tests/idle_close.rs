@@ -12,15 +12,16 @@ use tests::{Python, Recorder};
 use tracer::event::{Closer, EventKind};
 
 const CLIENT: &str = r"
-import socket, sys
-s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))
-print(s.getsockname()[1])
 s.sendall(b'GET / HTTP/1.1\r\n\r\n')
 s.recv(100)
 while s.recv(100):
     pass
 s.close()
 ";
+
+fn client() -> String {
+    tests::python_client("'127.0.0.1'", "int(sys.argv[1])", 30, None, CLIENT)
+}
 
 /// A transition's idle time and who closed first.
 fn idle_and_closer(e: &tracer::event::Event) -> (u64, Option<Closer>) {
@@ -37,7 +38,7 @@ fn idle_close_after_1500ms_is_measured_to_the_tick() {
     let rec = Recorder::start(&[]);
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let mut client = Python::spawn(None, CLIENT, &[&port.to_string()]);
+    let mut client = Python::spawn(None, &client(), &[&port.to_string()]);
     let (mut conn, _) = listener.accept().expect("accept");
     let client_port: u16 = client.line().parse().expect("port");
     let mut buf = [0u8; 64];

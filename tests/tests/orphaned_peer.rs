@@ -24,10 +24,6 @@ time.sleep(60)
 /// Sends its request when told, then either gives up after 0.5 s (closes and exits)
 /// or waits for the answer (argv[1] == 'wait') until the test stops it.
 const CLIENT: &str = r"
-import socket, sys, time
-s = socket.create_connection(('192.0.2.2', 9000), timeout=30)
-s.sendall(b'hello')
-print(s.getsockname()[1])
 sys.stdin.readline()
 s.sendall(b'x' * 1000)
 if sys.argv[1] == 'wait':
@@ -43,6 +39,10 @@ else:
     print('gave up')
 ";
 
+fn client() -> String {
+    tests::python_client("'192.0.2.2'", "9000", 30, Some("hello"), CLIENT)
+}
+
 fn stalled(report: &[Value]) -> Vec<&Value> {
     findings_for(report, "stalled-peer", "192.0.2.2:9000")
 }
@@ -53,9 +53,9 @@ fn an_orphan_retransmitting_its_close_is_info_and_a_blocked_worker_critical() {
     let rec = Recorder::start(&[]);
     let mut server = Python::spawn(Some(&pair.b.name), SERVER, &[]);
     assert_eq!(server.line(), "listening");
-    let mut quitter = Python::spawn(Some(&pair.a.name), CLIENT, &["quit"]);
+    let mut quitter = Python::spawn(Some(&pair.a.name), &client(), &["quit"]);
     let _ = quitter.line();
-    let mut worker = Python::spawn(Some(&pair.a.name), CLIENT, &["wait"]);
+    let mut worker = Python::spawn(Some(&pair.a.name), &client(), &["wait"]);
     let _ = worker.line();
     assert_eq!(server.line(), "accepted");
     // The peer vanishes: its address is gone, segments to it are dropped unanswered.

@@ -11,9 +11,6 @@ use tests::{Python, Recorder};
 use tracer::event::{Direction, EventKind, TcpState};
 
 const CLIENT: &str = r"
-import socket, sys, time
-s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))
-print(s.getsockname()[1])
 s.sendall(b'first')
 s.recv(100)
 sys.stdin.readline()
@@ -31,12 +28,16 @@ except OSError:
 print('done')
 ";
 
+fn client() -> String {
+    tests::python_client("'127.0.0.1'", "int(sys.argv[1])", 30, None, CLIENT)
+}
+
 #[test]
 fn write_in_close_wait_gets_a_reset_attributed_to_the_client() {
     let rec = Recorder::start(&[]);
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let mut client = Python::spawn(None, CLIENT, &[&port.to_string()]);
+    let mut client = Python::spawn(None, &client(), &[&port.to_string()]);
     let (mut conn, _) = listener.accept().expect("accept");
     let client_port: u16 = client.line().parse().expect("port");
     let mut buf = [0u8; 64];

@@ -17,15 +17,15 @@ time.sleep(30)
 ";
 
 const CLIENT: &str = r"
-import socket, sys, time
-s = socket.create_connection(('192.0.2.2', 9000), timeout=5)
-s.sendall(b'hello')
-print(s.getsockname()[1])
 sys.stdin.readline()
 s.sendall(b'x' * 1000)
 time.sleep(6)
 print('done')
 ";
+
+fn client() -> String {
+    tests::python_client("'192.0.2.2'", "9000", 5, Some("hello"), CLIENT)
+}
 
 #[test]
 fn vanished_peer_shows_retransmits_for_the_connection() {
@@ -33,7 +33,7 @@ fn vanished_peer_shows_retransmits_for_the_connection() {
     let rec = Recorder::start(&[]);
     let mut server = Python::spawn(Some(&pair.b.name), SERVER, &[]);
     assert_eq!(server.line(), "listening");
-    let mut client = Python::spawn(Some(&pair.a.name), CLIENT, &[]);
+    let mut client = Python::spawn(Some(&pair.a.name), &client(), &[]);
     let client_port: u16 = client.line().parse().expect("port");
     pair.b.exec(&["ip", "link", "set", &pair.link_b, "down"]);
     client.send("go");

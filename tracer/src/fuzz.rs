@@ -41,7 +41,7 @@ fn log_target(b: &[u8]) {
     };
     let header = reader.header.clone();
     let mut engine = crate::engine::Engine::new(crate::engine::Config::default());
-    let mut sink = crate::pipeline::dispatch::Findings::default();
+    let mut sink = crate::pipeline::dispatch::LastLosses::default();
     for record in reader.flatten() {
         let _ = crate::pipeline::dispatch::dispatch(&mut engine, None, &record, &mut sink);
     }

@@ -48,7 +48,7 @@ pub fn replay(path: &Path, cfg: Config) -> Result<Replay> {
     let mut bad_total = 0u64;
     let mut engine_time = std::time::Duration::ZERO;
     let mut batch = Vec::with_capacity(BATCH);
-    let mut sink = dispatch::Findings::default();
+    let mut sink = dispatch::LastLosses::default();
     let mut run = |batch: &mut Vec<Record>, engine: &mut Engine| {
         let t = std::time::Instant::now();
         for record in batch.drain(..) {

@@ -198,20 +198,22 @@ impl EventKind {
 /// A socket's state transitions, shipped together by the kernel (log `{"conn": …}`):
 /// at ->CLOSE the whole connection in one record, with its totals; earlier when
 /// something about it must be seen live (a close after idling, a reset, an error, a
-/// retransmit) or when userspace reads the kernel's map for open connections. The engine takes it as the [`EventKind::State`]
-/// events it stands for ([`Conn::events`]), live and replayed alike.
+/// retransmit) or when userspace reads the kernel's map for open connections. The
+/// engine takes it as the [`EventKind::State`] events it stands for ([`Conn::events`]), live and replayed alike.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Conn {
     /// Wall-clock time of the first step, to the millisecond.
     pub time: std::time::SystemTime,
     /// CLOCK_MONOTONIC of the first step, to the microsecond.
     pub mono_ns: u64,
+    /// The socket and its owner, in the order of its log line (`sk`, `pid`, `tid`,
+    /// `comm`, `cg`, `own`, `l`, `r`); as in [`Event`].
+    pub sock: u64,
     pub pid: u32,
     pub tid: u32,
     pub comm: String,
     pub cgroup: u64,
     pub owner_known: bool,
-    pub sock: u64,
     pub local: SocketAddr,
     pub remote: SocketAddr,
     /// The transitions, oldest first.

@@ -27,11 +27,11 @@ pub fn dispatch(
 /// A sink that keeps only the last `losses` record: replaying a log for its
 /// findings (`report`, the fuzzer).
 #[derive(Debug, Default)]
-pub struct Findings {
+pub struct LastLosses {
     pub losses: Option<crate::event::Losses>,
 }
 
-impl Sink for Findings {
+impl Sink for LastLosses {
     fn record(&mut self, record: &Record) -> Result<()> {
         if let Record::Losses(l) = record {
             self.losses = Some(*l);
