@@ -7,44 +7,7 @@ use std::{
 
 use crate::event::{Event, TcpState};
 
-/// A command name held inline (the kernel's are at most 15 bytes): no allocation
-/// per connection.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Comm {
-    len: u8,
-    bytes: [u8; 16],
-}
-
-impl Comm {
-    pub fn new(s: &str) -> Self {
-        let mut end = s.len().min(16);
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        let mut bytes = [0u8; 16];
-        bytes[..end].copy_from_slice(&s.as_bytes()[..end]);
-        Self {
-            len: u8::try_from(end).unwrap_or(16),
-            bytes,
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("")
-    }
-}
-
-impl std::fmt::Display for Comm {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::fmt::Debug for Comm {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}", self.as_str())
-    }
-}
+pub use crate::event::Comm;
 
 /// FxHash (rustc's): socket ids are already well spread kernel addresses, and the
 /// table is on the hot path of every event, where SipHash costs more than it buys.

@@ -86,7 +86,7 @@ impl ConnectFailures {
             let r = self.refused.entry(destination).or_default();
             r.connects += 1;
             r.socks.add(e.sock, e.local);
-            let client = (e.pid, e.comm.clone(), e.cgroup);
+            let client = (e.pid, e.comm.to_string(), e.cgroup);
             if r.clients.len() < MAX_CLIENTS || r.clients.contains_key(&client) {
                 *r.clients.entry(client).or_default() += 1;
             }
@@ -99,7 +99,7 @@ impl ConnectFailures {
             return;
         }
         let g = self.errors.entry(key).or_insert_with(|| Group {
-            comm: e.comm.clone(),
+            comm: e.comm.to_string(),
             cgroup: e.cgroup,
             count: 0,
             held_by: None,

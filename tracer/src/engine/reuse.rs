@@ -27,7 +27,7 @@ use std::{
 };
 
 use super::{
-    conn::{Role, Tracked},
+    conn::{Comm, Role, Tracked},
     expiring::ExpiringMap,
     finding::{secs, Finding, Involved, Kind, Process, Severity},
     idle::IdleClose,
@@ -48,7 +48,7 @@ const MAX_CLIENTS: usize = 16;
 #[derive(Debug, Clone)]
 struct ServerClose {
     pid: u32,
-    comm: String,
+    comm: Comm,
     cgroup: u64,
     sock: u64,
     idle_ms: u64,
@@ -188,7 +188,7 @@ impl ReuseRace {
     pub fn on_server_close(&mut self, conn: &Tracked, e: &Event, idle_ms: u64) {
         let close = ServerClose {
             pid: conn.pid,
-            comm: conn.comm.to_string(),
+            comm: conn.comm,
             cgroup: conn.cgroup,
             sock: conn.sock,
             idle_ms,
@@ -227,7 +227,7 @@ impl ReuseRace {
             return;
         }
         let g = self.server_side.entry(key).or_insert_with(|| ServerSide {
-            comm: close.comm.clone(),
+            comm: close.comm.to_string(),
             cgroup: close.cgroup,
             count: 0,
             raced: 0,

@@ -50,7 +50,7 @@ impl Sock {
             kind,
             pid: self.pid,
             tid: self.pid,
-            comm: self.comm.to_owned(),
+            comm: self.comm.into(),
             cgroup: 1,
             owner_known: true,
             sock: self.sock,

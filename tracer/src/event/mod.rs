@@ -8,9 +8,11 @@ use std::{fmt, net::SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
+mod comm;
 mod record;
 pub mod rfc3339;
 
+pub use comm::Comm;
 pub use record::Record;
 
 /// One connection-lifecycle fact. In the log (and `watch -v`) through [`EventLine`]:
@@ -28,7 +30,7 @@ pub struct Event {
     /// Owner thread id.
     pub tid: u32,
     /// Owner command name.
-    pub comm: String,
+    pub comm: Comm,
     /// cgroup v2 id of the owner.
     pub cgroup: u64,
     /// `true` when pid/comm are the socket's owner (connect, listen, accept);
@@ -60,7 +62,7 @@ struct EventLine {
     pid: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     tid: Option<u32>,
-    comm: String,
+    comm: Comm,
     #[serde(
         rename = "cg",
         alias = "cgroup",
@@ -211,7 +213,7 @@ pub struct Conn {
     pub sock: u64,
     pub pid: u32,
     pub tid: u32,
-    pub comm: String,
+    pub comm: Comm,
     pub cgroup: u64,
     pub owner_known: bool,
     pub local: SocketAddr,
@@ -252,67 +254,82 @@ pub struct Totals {
 impl Conn {
     /// The state events this record stands for, in order.
     pub fn events(&self) -> impl Iterator<Item = Event> + '_ {
-        self.steps.iter().map(move |s| {
-            let after = std::time::Duration::from_micros(s.after_us);
-            let closed_by = match (s.old, s.new) {
-                (TcpState::Established, TcpState::CloseWait) => Some(Closer::Peer),
-                (TcpState::Established, TcpState::FinWait1) => Some(Closer::Local),
-                _ => None,
-            };
-            Event {
-                time: self.time + after,
-                mono_ns: self
-                    .mono_ns
-                    .saturating_add(s.after_us.saturating_mul(1_000)),
-                kind: EventKind::State {
-                    old: s.old,
-                    new: s.new,
-                    idle_ms: s.send_idle_ms.min(s.recv_idle_ms),
-                    send_idle_ms: s.send_idle_ms,
-                    recv_idle_ms: s.recv_idle_ms,
-                    closed_by,
-                    retrans: s.retrans,
-                },
-                pid: self.pid,
-                tid: self.tid,
-                comm: self.comm.clone(),
-                cgroup: self.cgroup,
-                owner_known: self.owner_known,
-                sock: self.sock,
-                local: self.local,
-                remote: self.remote,
-            }
-        })
+        self.steps.iter().map(|s| self.event(s))
+    }
+
+    /// One of this record's steps as the transition event it stands for.
+    pub fn event(&self, s: &Step) -> Event {
+        let after = std::time::Duration::from_micros(s.after_us);
+        let closed_by = match (s.old, s.new) {
+            (TcpState::Established, TcpState::CloseWait) => Some(Closer::Peer),
+            (TcpState::Established, TcpState::FinWait1) => Some(Closer::Local),
+            _ => None,
+        };
+        Event {
+            time: self.time + after,
+            mono_ns: self
+                .mono_ns
+                .saturating_add(s.after_us.saturating_mul(1_000)),
+            kind: EventKind::State {
+                old: s.old,
+                new: s.new,
+                idle_ms: s.send_idle_ms.min(s.recv_idle_ms),
+                send_idle_ms: s.send_idle_ms,
+                recv_idle_ms: s.recv_idle_ms,
+                closed_by,
+                retrans: s.retrans,
+            },
+            pid: self.pid,
+            tid: self.tid,
+            comm: self.comm,
+            cgroup: self.cgroup,
+            owner_known: self.owner_known,
+            sock: self.sock,
+            local: self.local,
+            remote: self.remote,
+        }
     }
 
     /// The history in the log's short form: `SS E+41 FW1+1203~0/0 C+1215`: each
     /// state ([`TcpState::short`]), `+µs` after the first, `~send/recv` idle ms when
     /// the old state had carried data, `!n` retransmits when any.
     pub fn history(&self) -> String {
-        use std::fmt::Write as _;
-        let mut out = String::with_capacity(8 * self.steps.len());
+        let mut out = Vec::with_capacity(8 * self.steps.len());
+        self.write_history(&mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// [`Conn::history`] appended to a line being built (the log's hot path: no
+    /// formatting machinery, no allocation).
+    pub fn write_history(&self, out: &mut Vec<u8>) {
+        let mut num = itoa::Buffer::new();
         let mut prev: Option<TcpState> = None;
-        for s in &self.steps {
-            if !out.is_empty() {
-                out.push(' ');
+        for (i, s) in self.steps.iter().enumerate() {
+            if i > 0 {
+                out.push(b' ');
             }
             // The old state is the previous step's new one, written only when not.
             if prev != Some(s.old) {
-                let _ = write!(out, "{}>", s.old.short());
+                out.extend_from_slice(s.old.short().as_bytes());
+                out.push(b'>');
             }
-            out.push_str(s.new.short());
+            out.extend_from_slice(s.new.short().as_bytes());
             if s.after_us != 0 {
-                let _ = write!(out, "+{}", s.after_us);
+                out.push(b'+');
+                out.extend_from_slice(num.format(s.after_us).as_bytes());
             }
             if s.send_idle_ms != 0 || s.recv_idle_ms != 0 {
-                let _ = write!(out, "~{}/{}", s.send_idle_ms, s.recv_idle_ms);
+                out.push(b'~');
+                out.extend_from_slice(num.format(s.send_idle_ms).as_bytes());
+                out.push(b'/');
+                out.extend_from_slice(num.format(s.recv_idle_ms).as_bytes());
             }
             if s.retrans != 0 {
-                let _ = write!(out, "!{}", s.retrans);
+                out.push(b'!');
+                out.extend_from_slice(num.format(s.retrans).as_bytes());
             }
             prev = Some(s.new);
         }
-        out
     }
 
     /// Parses [`Conn::history`]; the first step must name its old state.

@@ -219,7 +219,9 @@ pub fn write_conn(out: &mut Vec<u8>, c: &Conn, times: &mut TimeCache) {
     owner(out, c.sock, c.pid, c.tid, &c.comm, c.cgroup, c.owner_known);
     addr(out, "l", &c.local);
     addr(out, "r", &c.remote);
-    plain(out, "h", &c.history());
+    out.extend_from_slice(b",\"h\":\"");
+    c.write_history(out);
+    out.push(b'"');
     if let Some(t) = &c.totals {
         out.extend_from_slice(b",\"end\":{\"tx\":");
         out.extend_from_slice(itoa::Buffer::new().format(t.bytes_acked).as_bytes());
@@ -245,7 +247,7 @@ pub fn read_conn(value: ConnLine) -> Result<Conn, String> {
         mono_ns: value.ns,
         pid: value.pid,
         tid: value.tid.unwrap_or(value.pid),
-        comm: value.comm,
+        comm: value.comm.into(),
         cgroup: value.cg,
         owner_known: value.own,
         sock,

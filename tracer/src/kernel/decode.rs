@@ -3,11 +3,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use bytes::Buf as _;
-use tracer_common::{flags, kind, owner_src, ConnRecord, RawEvent, Step, AF_INET6, MAX_STEPS};
+use tracer_common::{flags, kind, owner_src, ConnRecord, RawEvent, AF_INET6, MAX_STEPS};
 
 use crate::{
-    event::{Closer, Conn, Direction, Errno, Event, EventKind, Record, TcpState, Totals},
+    event::{Closer, Comm, Conn, Direction, Errno, Event, EventKind, Record, TcpState, Totals},
     kernel::time::KernelClock,
 };
 
@@ -59,46 +58,27 @@ pub struct Decoder {
     pub reset_reasons: Vec<String>,
 }
 
-/// Parses the wire layout field by field (little-endian, as the BPF target writes it).
-pub fn parse_raw(mut b: &[u8]) -> Result<RawEvent, DecodeError> {
-    if b.len() != RawEvent::SIZE {
+// The programs are built for `bpfel` and their records read in place: this host
+// must be little-endian too (every platform conntrace ships for is).
+const _: () = assert!(
+    cfg!(target_endian = "little"),
+    "conntrace reads the kernel's little-endian records in place"
+);
+
+/// A wire type from exactly its size in bytes.
+fn read_pod<T: aya::Pod>(b: &[u8]) -> Result<T, DecodeError> {
+    if b.len() != std::mem::size_of::<T>() {
         return Err(DecodeError::Size(b.len()));
     }
-    let arr16 = |b: &mut &[u8]| {
-        let mut a = [0u8; 16];
-        b.copy_to_slice(&mut a);
-        a
-    };
-    Ok(RawEvent {
-        ts_ns: b.get_u64_le(),
-        sock: b.get_u64_le(),
-        cgroup_id: b.get_u64_le(),
-        jiffies: b.get_u64_le(),
-        pid: b.get_u32_le(),
-        tid: b.get_u32_le(),
-        kind: b.get_u8(),
-        family: b.get_u8(),
-        old_state: b.get_u8(),
-        new_state: b.get_u8(),
-        sport: b.get_u16_le(),
-        dport: b.get_u16_le(),
-        saddr: arr16(&mut b),
-        daddr: arr16(&mut b),
-        comm: arr16(&mut b),
-        send_idle_jiffies: b.get_u32_le(),
-        recv_idle_jiffies: b.get_u32_le(),
-        ack_idle_jiffies: b.get_u32_le(),
-        errno: b.get_i32_le(),
-        reason: b.get_u32_le(),
-        retrans: b.get_u32_le(),
-        packets_out: b.get_u32_le(),
-        user_timeout_ms: b.get_u32_le(),
-        owner_src: b.get_u8(),
-        flags: b.get_u8(),
-        rto_count: b.get_u8(),
-        seg_flags: b.get_u8(),
-        pad: [0; 4],
-    })
+    // SAFETY: `b` holds exactly `size_of::<T>()` bytes, read unaligned; `T` is plain
+    // data (repr(C) integers and byte arrays with explicit padding: every bit pattern
+    // is a value), written by the BPF programs in this host's byte order.
+    Ok(unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<T>()) })
+}
+
+/// Parses an event as the programs wrote it.
+pub fn parse_raw(b: &[u8]) -> Result<RawEvent, DecodeError> {
+    read_pod(b)
 }
 
 const TCP_SYN: u8 = 0x02;
@@ -120,42 +100,14 @@ fn owner_known(src: u8) -> bool {
     src == owner_src::SOCKET || src == owner_src::LISTENER
 }
 
-fn comm(raw: [u8; 16]) -> String {
+fn comm(raw: [u8; 16]) -> Comm {
     let len = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    String::from_utf8_lossy(&raw[..len]).into_owned()
+    Comm::new(&String::from_utf8_lossy(&raw[..len]))
 }
 
-/// Parses a [`ConnRecord`] (its head, then the steps).
+/// Parses a connection record as the programs wrote it (its head, then the steps).
 pub fn parse_conn(b: &[u8]) -> Result<ConnRecord, DecodeError> {
-    if b.len() != ConnRecord::SIZE {
-        return Err(DecodeError::Size(b.len()));
-    }
-    let head = parse_raw(&b[..RawEvent::SIZE])?;
-    let mut rest = &b[RawEvent::SIZE..];
-    let steps_len = rest.get_u32_le();
-    let srtt_us = rest.get_u32_le();
-    let bytes_acked = rest.get_u64_le();
-    let bytes_received = rest.get_u64_le();
-    let born_ns = rest.get_u64_le();
-    let mut steps = [Step::ZERO; MAX_STEPS];
-    for step in &mut steps {
-        step.ts_ns = rest.get_u64_le();
-        step.send_idle_jiffies = rest.get_u32_le();
-        step.recv_idle_jiffies = rest.get_u32_le();
-        step.retrans = rest.get_u32_le();
-        step.old_state = rest.get_u8();
-        step.new_state = rest.get_u8();
-        rest.advance(2);
-    }
-    Ok(ConnRecord {
-        head,
-        steps_len,
-        srtt_us,
-        bytes_acked,
-        bytes_received,
-        born_ns,
-        steps,
-    })
+    read_pod(b)
 }
 
 /// Parses one ring-buffer record by its size, checking a connection record's kind.
@@ -352,7 +304,7 @@ impl Decoder {
 mod tests {
     use std::time::{Duration, SystemTime};
 
-    use tracer_common::AsBytes as _;
+    use tracer_common::{AsBytes as _, Step};
 
     use super::*;
 

@@ -14,9 +14,20 @@ pub fn dispatch(
     record: &Record,
     sink: &mut dyn Sink,
 ) -> Result<()> {
-    engine.record(record);
-    if let Some(m) = metrics {
-        m.record(record);
+    match (record, metrics) {
+        // A connection's transitions made once for the engine and the metrics.
+        (Record::Conn(c), Some(m)) => {
+            for e in c.events() {
+                engine.ingest(&e);
+                m.observe(&e);
+            }
+        }
+        (record, metrics) => {
+            engine.record(record);
+            if let Some(m) = metrics {
+                m.record(record);
+            }
+        }
     }
     match record {
         Record::Finding(_) | Record::FinalFindings(_) => Ok(()),

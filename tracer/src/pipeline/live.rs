@@ -149,25 +149,40 @@ impl Pipeline<'_> {
     /// restored (before the filters), filtered, the kernel's tables asked where it
     /// needs them, dispatched.
     fn traffic(&mut self, mut record: Record, sink: &mut dyn Sink) {
+        // The transitions the owners of closed tuples and the kernel's tables need
+        // (a close, an idle close): of a connection record only those are made.
+        let mut needed = Vec::new();
         let (pid, comm, local, remote, cgroup) = match &mut record {
             Record::Event(e) => {
                 self.recent.observe(e);
-                (e.pid, e.comm.clone(), e.local, e.remote, e.cgroup)
+                (e.pid, e.comm, e.local, e.remote, e.cgroup)
             }
             Record::Conn(c) => {
-                for mut e in c.events() {
+                for s in c.steps.iter().filter(|s| needed_transition(s)) {
+                    let mut e = c.event(s);
                     self.recent.observe(&mut e);
+                    needed.push(e);
                 }
-                (c.pid, c.comm.clone(), c.local, c.remote, c.cgroup)
+                (c.pid, c.comm, c.local, c.remote, c.cgroup)
             }
             _ => return,
         };
         if !self.admit(pid, &comm, local, remote, cgroup, sink) {
             return;
         }
-        for e in record.events() {
-            self.stats.delivered += 1;
-            if let Some(info) = self.tuple_facts.of(&e, &mut self.recent) {
+        let facts = match &record {
+            Record::Event(e) => {
+                self.stats.delivered += 1;
+                std::slice::from_ref(e)
+            }
+            Record::Conn(c) => {
+                self.stats.delivered += c.steps.len() as u64;
+                &needed[..]
+            }
+            _ => &[],
+        };
+        for e in facts {
+            if let Some(info) = self.tuple_facts.of(e, &mut self.recent) {
                 self.dispatch(&Record::Tuple(info), sink);
             }
         }
@@ -361,6 +376,14 @@ impl Pipeline<'_> {
         }
         Ok(())
     }
+}
+
+/// A step whose event the live path needs before dispatch: a close (its owner is
+/// remembered for the tuple's time-wait resets) or a close after data (an idle close
+/// the kernel's tables may translate).
+fn needed_transition(s: &crate::event::Step) -> bool {
+    use crate::event::TcpState::{Close, CloseWait, Established, FinWait1};
+    s.new == Close || (s.old == Established && matches!(s.new, CloseWait | FinWait1))
 }
 
 fn after_ms(d: Duration) -> u64 {

@@ -15,7 +15,7 @@
 use std::net::SocketAddr;
 
 use crate::{
-    engine::expiring::ExpiringMap,
+    engine::{expiring::ExpiringMap, Comm},
     event::{Event, EventKind, TcpState},
 };
 
@@ -28,7 +28,7 @@ pub const KEEP_NS: u64 = 120_000_000_000;
 struct Owner {
     pid: u32,
     tid: u32,
-    comm: String,
+    comm: Comm,
     cgroup: u64,
     /// This side sent the first FIN: its time-wait socket holds the tuple.
     closed_first: bool,
@@ -79,7 +79,7 @@ impl RecentOwners {
                 let owner = Owner {
                     pid: e.pid,
                     tid: e.tid,
-                    comm: e.comm.clone(),
+                    comm: e.comm,
                     cgroup: e.cgroup,
                     // Only an active close passes FIN_WAIT1/2 or CLOSING on its way
                     // to the time-wait socket (the full socket then goes to CLOSE).
@@ -101,7 +101,7 @@ impl RecentOwners {
                 if let Some((_, o)) = self.by_tuple.get(&(e.local, e.remote), e.mono_ns) {
                     e.pid = o.pid;
                     e.tid = o.tid;
-                    e.comm.clone_from(&o.comm);
+                    e.comm = o.comm;
                     e.cgroup = o.cgroup;
                     e.owner_known = true;
                     self.attributed += 1;
@@ -135,7 +135,7 @@ impl RecentOwners {
             },
             process: crate::event::Process {
                 pid: o.pid,
-                comm: o.comm.clone(),
+                comm: o.comm.to_string(),
                 cgroup: o.cgroup,
             },
             closed_ago_ms: Some(ago / 1_000_000),
@@ -203,7 +203,7 @@ mod tests {
         let mut close = client.state(1000, SynSent, Close, 0);
         table.observe(&mut close);
         let mut err = client.error(1000, libc::ECONNREFUSED);
-        (err.pid, err.comm, err.owner_known) = (0, String::new(), false);
+        (err.pid, err.comm, err.owner_known) = (0, Comm::default(), false);
         table.observe(&mut err);
         assert_eq!((err.pid, err.comm.as_str()), (42, "curl"));
         let local = "127.0.0.1:40000".parse().expect("addr");
