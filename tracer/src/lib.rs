@@ -2,16 +2,20 @@
 //! layer imports only from the layers above it in this list:
 //!
 //! ```text
-//! event      the data model every layer shares (Event, Conn, Losses, ...); text: escaping
-//! kernel/    what the kernel offers (BTF, tracefs), loading and attaching the programs
-//!            (tracer-ebpf; wire types in tracer-common), the ring buffer and socket map,
-//!            decoding to events; the kernel's own tables (listeners, sock_diag, sockstat)
-//! engine/    the pure diagnosis engine: events in, findings out; never knows whether
+//! event/     the data model every layer shares: Record, the one thing that flows from
+//!            a source to the engine and a sink (Event, Conn, the snapshots, Losses);
+//!            text: escaping
+//! kernel/    what the kernel offers (BTF, tracefs), the loaded kernel session (the
+//!            programs of tracer-ebpf; wire types in tracer-common), its ring buffer and
+//!            socket map read as Records; the kernel's own tables (listeners, sock_diag,
+//!            sockstat) and the inspection thread, also producing Records
+//! engine/    the pure diagnosis engine: records in, findings out; never knows whether
 //!            its input is live or replayed
 //! eventlog/  the JSON Lines log: writer, reader, the hot-path encoder
-//! output/    terminal text that survives a closed pipe, Prometheus metrics and their server
-//! pipeline/  live (kernel -> filters -> engine -> sink) and recorded (log -> engine -> sink),
-//!            through one dispatch
+//! output/    findings rendered (text, markdown, JSON), terminal text that survives a
+//!            closed pipe, Prometheus metrics and their server
+//! pipeline/  live (sources -> filters and attribution -> engine -> sink) and recorded
+//!            (log -> engine -> sink), through one dispatch of a Record
 //! commands/  the command line and the headless commands: record, watch, report, check
 //! tui/       the terminal UI, live and on a recording
 //! lab/       the incidents reproduced locally
