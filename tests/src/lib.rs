@@ -277,7 +277,14 @@ pub struct Recording {
 }
 
 impl Drop for Recording {
+    /// Removes the log, or with `CONNTRACE_KEEP_LOGS=DIR` moves it there (to look at
+    /// what a failed test recorded).
     fn drop(&mut self) {
+        if let Some(dir) = std::env::var_os("CONNTRACE_KEEP_LOGS") {
+            if let Some(name) = self.path.file_name() {
+                let _ = std::fs::copy(&self.path, std::path::Path::new(&dir).join(name));
+            }
+        }
         let _ = std::fs::remove_file(&self.path);
     }
 }

@@ -256,7 +256,11 @@ fn a_lossy_recording_says_so_in_report() {
     assert!(lines[n - 2].starts_with("{\"losses\""), "{log}");
     assert!(lines[n - 1].starts_with("{\"findings\""), "{log}");
     let clean = run(&["report", path.s()]);
-    assert!(!String::from_utf8_lossy(&clean.stdout).contains("lost"));
+    // (Unless the kernel skipped a nested program run while recording: counted, and
+    // then rightly reported.)
+    if !log.contains("\"kernel_nested\"") {
+        assert!(!String::from_utf8_lossy(&clean.stdout).contains("lost"));
+    }
     // The same log as if the ring buffer had overflowed: report says what is missing.
     let lossy = TempPath::new("ct-lossy-");
     let mut text = lines[..n - 2].join("\n");

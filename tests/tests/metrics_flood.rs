@@ -119,11 +119,21 @@ fn a_flooded_metrics_endpoint_costs_no_event_and_recovers() {
         .filter(|e| e.remote.port() == service_port && is_transition(e, "CLOSE", "SYN_SENT"))
         .count();
     let lost = recording.losses();
-    assert_eq!(lost.events(), 0, "{lost:?}");
-    assert_eq!(
-        opened,
-        CHURN,
-        "every churned connection is recorded (losses {lost:?}):\n{}",
+    // Nothing is lost silently. The one loss a busy node can show here: runs of a
+    // program the kernel skipped because a softirq interrupted the same program on
+    // that CPU (its recursion protection); a connection whose close was skipped is
+    // not shipped. Those are counted, and cover every connection missing.
+    assert_eq!(lost.events() - lost.kernel_nested, 0, "{lost:?}");
+    let missing = CHURN - opened.min(CHURN);
+    assert!(
+        opened <= CHURN && missing as u64 <= lost.kernel_nested,
+        "every churned connection is recorded or counted lost: {opened} of {CHURN} recorded (losses {lost:?}):\n{}",
         recording.stderr.join("\n")
     );
+    if missing > 0 {
+        eprintln!(
+            "{missing} of {CHURN} connections not recorded, {} program runs skipped as nested (counted)",
+            lost.kernel_nested
+        );
+    }
 }

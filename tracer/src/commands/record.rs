@@ -36,6 +36,15 @@ pub fn run(args: &RecordArgs) -> Result<()> {
         log.events,
         live::loss_line(&run)
     );
+    if args.verbose {
+        // Where the kernel's share of the cost goes (with kernel.bpf_stats_enabled).
+        for (name, runs, time) in run.probes.program_stats() {
+            if runs > 0 {
+                let ns = time.as_nanos() / u128::from(runs);
+                crate::errln!("conntrace: program {name}: {runs} runs, {ns} ns a run");
+            }
+        }
+    }
     if findings.is_empty() {
         crate::errln!("conntrace: no findings");
     } else {

@@ -686,6 +686,12 @@ pub struct Losses {
     /// diagnosed, not written.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub log_unwritten: u64,
+    /// Program runs the kernel skipped because the same program was already running
+    /// on that CPU (a softirq interrupting it: the kernel's `recursion_misses`): the
+    /// transitions or events of those runs were not seen, and a connection whose
+    /// close was among them is not shipped.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub kernel_nested: u64,
 }
 
 #[expect(
@@ -702,6 +708,7 @@ impl Losses {
         self.ringbuf_full
             .saturating_add(self.kernel_read)
             .saturating_add(self.undecodable)
+            .saturating_add(self.kernel_nested)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -719,12 +726,13 @@ impl Losses {
     /// `lost 3 (ring buffer full 3, owner map 0, …)`: the exit line's counts.
     pub fn counts(&self) -> String {
         format!(
-            "lost {} (ring buffer full {}, owner map {}, connect map {}, kernel read {}, undecodable {}, engine table evictions {})",
+            "lost {} (ring buffer full {}, owner map {}, connect map {}, kernel read {}, nested program runs {}, undecodable {}, engine table evictions {})",
             self.total(),
             self.ringbuf_full,
             self.owner_map,
             self.connect_map,
             self.kernel_read,
+            self.kernel_nested,
             self.undecodable,
             self.engine_evicted,
         )
@@ -736,10 +744,11 @@ impl Losses {
             return None;
         }
         Some(format!(
-            "this recording lost {} events (ring buffer full {}, kernel read failures {}, undecodable {}), {} socket owners (owner map full {}, connect map full {}) and {} engine table entries: findings may be incomplete",
+            "this recording lost {} events (ring buffer full {}, kernel read failures {}, program runs the kernel skipped as nested {}, undecodable {}), {} socket owners (owner map full {}, connect map full {}) and {} engine table entries: findings may be incomplete",
             self.events(),
             self.ringbuf_full,
             self.kernel_read,
+            self.kernel_nested,
             self.undecodable,
             self.owner_map.saturating_add(self.connect_map),
             self.owner_map,

@@ -414,6 +414,36 @@ impl KernelSession {
             .sum()
     }
 
+    /// Each attached program's runs and run time so far (zero unless the kernel's BPF
+    /// statistics are on: `kernel.bpf_stats_enabled`, or the UI's own switch).
+    pub fn program_stats(&self) -> Vec<(String, u64, Duration)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, p)| p.info().ok().map(|i| (name, i)))
+            .map(|(name, i)| (name.to_owned(), i.run_count(), i.run_time()))
+            .collect()
+    }
+
+    /// Runs of this session's programs the kernel skipped because the program was
+    /// already running on that CPU (`recursion_misses` in each program's fdinfo,
+    /// Linux 5.12 and later; 0 where the kernel does not say).
+    pub fn nested_runs(&self) -> u64 {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        self.ebpf
+            .programs()
+            .filter_map(|(_, p)| p.fd().ok())
+            .filter_map(|fd| {
+                let raw = fd.as_fd().as_raw_fd();
+                std::fs::read_to_string(format!("/proc/self/fdinfo/{raw}")).ok()
+            })
+            .filter_map(|info| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix("recursion_misses:"))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .sum()
+    }
+
     /// The kernel's per-socket records (can be taken once), for
     /// [`waiting_records`].
     pub fn take_socks(&mut self) -> Result<Socks> {
@@ -431,6 +461,7 @@ impl KernelSession {
             owner_map: count(LOSS_OWNER_MAP)?,
             connect_map: count(LOSS_CONNECT_MAP)?,
             kernel_read: count(LOSS_READ)?,
+            kernel_nested: self.nested_runs(),
             ..crate::event::Losses::default()
         })
     }

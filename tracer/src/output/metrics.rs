@@ -375,6 +375,7 @@ impl Metrics {
             ("owner_map", l.owner_map),
             ("connect_map", l.connect_map),
             ("kernel_read", l.kernel_read),
+            ("kernel_nested", l.kernel_nested),
             ("undecodable", l.undecodable),
             ("engine_evicted", l.engine_evicted),
         ] {
