@@ -155,9 +155,23 @@ impl Engine {
     /// sample to the detectors that take it. Findings in a log are not taken back:
     /// the engine finds them again from the records.
     pub fn record(&mut self, record: &Record) {
+        self.record_observed(record, |_| {});
+    }
+
+    /// [`Engine::record`], handing each kernel event it takes (an event, or each
+    /// transition of a connection record, made once) to `observe` too: the metrics.
+    pub fn record_observed(&mut self, record: &Record, mut observe: impl FnMut(&Event)) {
         match record {
-            Record::Event(e) => self.ingest(e),
-            Record::Conn(c) => c.events().for_each(|e| self.ingest(&e)),
+            Record::Event(e) => {
+                self.ingest(e);
+                observe(e);
+            }
+            Record::Conn(c) => {
+                for e in c.events() {
+                    self.ingest(&e);
+                    observe(&e);
+                }
+            }
             Record::Sockstat(s) => self.sample(s),
             Record::Waiting(w) => self.waiting(w),
             Record::Tuple(t) => self.tuple(t),

@@ -89,16 +89,14 @@ impl Record {
 
     /// The kernel events this record stands for: itself, or a connection's
     /// transitions; none for the others.
-    pub fn events(&self) -> Box<dyn Iterator<Item = Event> + '_> {
-        match self {
-            Self::Event(e) => Box::new(std::iter::once(e.clone())),
-            Self::Conn(c) => Box::new(c.events()),
-            _ => Box::new(std::iter::empty()),
-        }
-    }
-
-    /// Whether this record is kernel events (an event or a connection).
-    pub fn is_traffic(&self) -> bool {
-        matches!(self, Self::Event(_) | Self::Conn(_))
+    pub fn events(&self) -> impl Iterator<Item = Event> + '_ {
+        let (event, conn) = match self {
+            Self::Event(e) => (Some(e.clone()), None),
+            Self::Conn(c) => (None, Some(c)),
+            _ => (None, None),
+        };
+        event
+            .into_iter()
+            .chain(conn.into_iter().flat_map(Conn::events))
     }
 }

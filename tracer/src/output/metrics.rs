@@ -272,16 +272,6 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Counts a record's kernel events (other records reach the metrics through the
-    /// engine).
-    pub fn record(&mut self, record: &crate::event::Record) {
-        match record {
-            crate::event::Record::Event(e) => self.observe(e),
-            crate::event::Record::Conn(c) => c.events().for_each(|e| self.observe(&e)),
-            _ => {}
-        }
-    }
-
     pub fn observe(&mut self, e: &Event) {
         self.events.inc();
         match &e.kind {

@@ -14,21 +14,12 @@ pub fn dispatch(
     record: &Record,
     sink: &mut dyn Sink,
 ) -> Result<()> {
-    match (record, metrics) {
-        // A connection's transitions made once for the engine and the metrics.
-        (Record::Conn(c), Some(m)) => {
-            for e in c.events() {
-                engine.ingest(&e);
-                m.observe(&e);
-            }
+    let mut metrics = metrics;
+    engine.record_observed(record, |e| {
+        if let Some(m) = metrics.as_deref_mut() {
+            m.observe(e);
         }
-        (record, metrics) => {
-            engine.record(record);
-            if let Some(m) = metrics {
-                m.record(record);
-            }
-        }
-    }
+    });
     match record {
         Record::Finding(_) | Record::FinalFindings(_) => Ok(()),
         _ => sink.record(record),

@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     engine::{Config, Engine},
-    event::{EventKind, Record, Sockstat},
+    event::{EventKind, Record, Sockstat, TcpState},
     kernel::records::KernelRecords,
     kernel::session::{EventStream, KernelSession},
     kernel::sockstat,
@@ -149,19 +149,17 @@ impl Pipeline<'_> {
     /// restored (before the filters), filtered, the kernel's tables asked where it
     /// needs them, dispatched.
     fn traffic(&mut self, mut record: Record, sink: &mut dyn Sink) {
-        // The transitions the owners of closed tuples and the kernel's tables need
-        // (a close, an idle close): of a connection record only those are made.
-        let mut needed = Vec::new();
+        // Of a connection record only the transitions needed here become events: its
+        // close (whose owner the tuple's time-wait resets take) before the filters,
+        // an idle close (which the kernel's tables may translate) after them.
         let (pid, comm, local, remote, cgroup) = match &mut record {
             Record::Event(e) => {
                 self.recent.observe(e);
                 (e.pid, e.comm, e.local, e.remote, e.cgroup)
             }
             Record::Conn(c) => {
-                for s in c.steps.iter().filter(|s| needed_transition(s)) {
-                    let mut e = c.event(s);
-                    self.recent.observe(&mut e);
-                    needed.push(e);
+                for s in c.steps.iter().filter(|s| s.new == TcpState::Close) {
+                    self.recent.observe(&mut c.event(s));
                 }
                 (c.pid, c.comm, c.local, c.remote, c.cgroup)
             }
@@ -170,23 +168,31 @@ impl Pipeline<'_> {
         if !self.admit(pid, &comm, local, remote, cgroup, sink) {
             return;
         }
-        let facts = match &record {
+        match &record {
             Record::Event(e) => {
                 self.stats.delivered += 1;
-                std::slice::from_ref(e)
+                self.tuple_facts_of(e, sink);
             }
             Record::Conn(c) => {
                 self.stats.delivered += c.steps.len() as u64;
-                &needed[..]
+                let idle_closes = c.steps.iter().filter(|s| {
+                    s.old == TcpState::Established
+                        && matches!(s.new, TcpState::CloseWait | TcpState::FinWait1)
+                });
+                for s in idle_closes {
+                    self.tuple_facts_of(&c.event(s), sink);
+                }
             }
-            _ => &[],
-        };
-        for e in facts {
-            if let Some(info) = self.tuple_facts.of(e, &mut self.recent) {
-                self.dispatch(&Record::Tuple(info), sink);
-            }
+            _ => {}
         }
         self.dispatch(&record, sink);
+    }
+
+    /// What the kernel's tables add to `e`, dispatched before it.
+    fn tuple_facts_of(&mut self, e: &crate::event::Event, sink: &mut dyn Sink) {
+        if let Some(info) = self.tuple_facts.of(e, &mut self.recent) {
+            self.dispatch(&Record::Tuple(info), sink);
+        }
     }
 
     fn dispatch(&mut self, record: &Record, sink: &mut dyn Sink) {
@@ -376,14 +382,6 @@ impl Pipeline<'_> {
         }
         Ok(())
     }
-}
-
-/// A step whose event the live path needs before dispatch: a close (its owner is
-/// remembered for the tuple's time-wait resets) or a close after data (an idle close
-/// the kernel's tables may translate).
-fn needed_transition(s: &crate::event::Step) -> bool {
-    use crate::event::TcpState::{Close, CloseWait, Established, FinWait1};
-    s.new == Close || (s.old == Established && matches!(s.new, CloseWait | FinWait1))
 }
 
 fn after_ms(d: Duration) -> u64 {
