@@ -161,8 +161,8 @@ impl Step {
 /// A socket's per-connection state in the kernel (map `SOCKS`, by socket) and, as
 /// is, the record shipped on the ring buffer ([`kind::CONN`]): the owner and the
 /// transitions since the last record. The head is a [`RawEvent`] (owner, 4-tuple,
-/// current state, `flags::FINAL` on the last record), so one decoder reads both.
-/// 360 bytes.
+/// current state, `flags::FINAL` on the last record), so one decoder reads both;
+/// its `ts_ns` is the last step's, its `jiffies` unused. 360 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnRecord {

@@ -52,10 +52,16 @@ pub static CONNECTS: HashMap<u64, ConnectArgs> = HashMap::with_max_entries(16384
 #[map]
 pub static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_COUNTERS, 0);
 
-pub fn offsets() -> Offsets {
-    // SAFETY: OFFSETS is a plain static; the volatile read stops the compiler from
-    // folding the all-zero default that userspace replaces at load time.
-    unsafe { core::ptr::read_volatile(&raw const OFFSETS) }
+/// The offsets, read field by field where used. The pointer goes through a
+/// volatile read so the compiler cannot fold the all-zero default that userspace
+/// replaces at load time; the verifier still sees each field as a constant (a
+/// frozen read-only map). Copying the whole struct instead cost ~10 ns a run.
+#[inline(always)]
+pub fn offsets() -> &'static Offsets {
+    let at = &raw const OFFSETS;
+    // SAFETY: `at` is a valid pointer on the stack; OFFSETS is never written by
+    // the program (it is read-only once loaded).
+    unsafe { &*core::ptr::read_volatile(&raw const at) }
 }
 
 pub fn count_loss(index: u32) {

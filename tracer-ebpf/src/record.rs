@@ -9,6 +9,7 @@ use aya_ebpf::EbpfContext;
 use aya_log_ebpf::warn;
 use tracer_common::{
     flags, kind, owner_src, ConnRecord, Offsets, Owner, RawEvent, LOSS_OWNER_MAP, LOSS_READ,
+    MAX_STEPS,
 };
 
 /// Starts (or restarts: the memory may have held an older socket) `sk`'s entry with
@@ -92,9 +93,12 @@ pub fn ship<M: Mem>(
 ) -> Result<(), i64> {
     // SAFETY: `rec` points at a live map value; `tp` is read through `M`.
     unsafe {
+        // The record's time is its last step's (userspace reads the steps' times
+        // only): no clock read here.
+        let n = (*rec).steps_len as usize;
+        let last_ts = (*rec).steps[n.wrapping_sub(1) & (MAX_STEPS - 1)].ts_ns;
         let head = &mut (*rec).head;
-        head.ts_ns = aya_ebpf::helpers::bpf_ktime_get_ns();
-        head.jiffies = bpf_jiffies64();
+        head.ts_ns = last_ts;
         head.kind = kind::CONN;
         head.sock = sk;
         fill_sock::<M>(head, tp, off)?;
@@ -177,9 +181,9 @@ pub fn try_sock_event(ctx: &BtfTracePointContext, kind: u8) -> Result<(), i64> {
         return Ok(());
     }
     let key = sk as u64;
-    ship_pending::<Direct>(key, tp, &off)?;
+    ship_pending::<Direct>(key, tp, off)?;
     let mut ev = new_event(kind, key);
-    fill_sock::<Direct>(&mut ev, tp, &off)?;
+    fill_sock::<Direct>(&mut ev, tp, off)?;
     let state: u8 = Direct::get(tp, off.skc_state)?;
     ev.new_state = state;
     ev.old_state = state;
@@ -188,7 +192,7 @@ pub fn try_sock_event(ctx: &BtfTracePointContext, kind: u8) -> Result<(), i64> {
         ev.errno = err;
     }
     set_owner(&mut ev, key, false);
-    fill_sock_state::<Direct>(&mut ev, tp, &off)?;
+    fill_sock_state::<Direct>(&mut ev, tp, off)?;
     emit(&ev);
     Ok(())
 }

@@ -28,8 +28,8 @@ fn try_sys_exit_accept(ctx: &TracePointContext) -> Result<(), i64> {
     if off.ready == 0 {
         return Ok(());
     }
-    let sk = fd_to_sock(ret as u64, &off)?;
-    if sk.is_null() || !is_tcp(sk, &off)? {
+    let sk = fd_to_sock(ret as u64, off)?;
+    if sk.is_null() || !is_tcp(sk, off)? {
         return Ok(());
     }
     let key = sk as u64;
@@ -45,7 +45,7 @@ fn try_sys_exit_accept(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let mut ev = new_event(kind::ACCEPT, key);
-    fill_sock::<Probe>(&mut ev, sk, &off)?;
+    fill_sock::<Probe>(&mut ev, sk, off)?;
     let state: u8 = read(sk, off.skc_state)?;
     ev.new_state = state;
     set_owner(&mut ev, key, true);

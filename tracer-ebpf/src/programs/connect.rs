@@ -49,12 +49,12 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
     if off.ready == 0 {
         return Ok(());
     }
-    let sk = fd_to_sock(args.fd, &off)?;
-    if sk.is_null() || !is_tcp(sk, &off)? {
+    let sk = fd_to_sock(args.fd, off)?;
+    if sk.is_null() || !is_tcp(sk, off)? {
         return Ok(());
     }
     let mut ev = new_event(kind::CONNECT_ERROR, sk as u64);
-    fill_sock::<Probe>(&mut ev, sk, &off)?;
+    fill_sock::<Probe>(&mut ev, sk, off)?;
     // The destination as the caller asked for it; the socket may never have had it.
     // SAFETY: user pointer read through the helper.
     let remote = unsafe { read_sockaddr(args.uservaddr as *const u8, true)? };

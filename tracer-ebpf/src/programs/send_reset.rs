@@ -31,7 +31,7 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<(), i64> {
         )
     };
     if sk != 0 {
-        ship_pending::<Probe>(sk, sk as *const u8, &off)?;
+        ship_pending::<Probe>(sk, sk as *const u8, off)?;
     }
     let mut ev = new_event(kind::RESET_SENT, sk);
     if off.rst_has_reason != 0 {

@@ -74,7 +74,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
         if new == TCP_LISTEN {
             let sport: u16 = Direct::get(tp, off.inet_sport)?;
             if LISTENERS
-                .insert(listener_key(tp, u16::from_be(sport), &off)?, owner, 0)
+                .insert(listener_key(tp, u16::from_be(sport), off)?, owner, 0)
                 .is_err()
             {
                 count_loss(LOSS_OWNER_MAP);
@@ -83,7 +83,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
         track(key, &owner, owner_src::SOCKET)
     } else if old == TCP_LISTEN && new == TCP_SYN_RECV {
         let sport: u16 = Direct::get(tp, off.inet_sport)?;
-        let key_l = listener_key(tp, u16::from_be(sport), &off)?;
+        let key_l = listener_key(tp, u16::from_be(sport), off)?;
         // SAFETY: copied out at once.
         match unsafe { LISTENERS.get(key_l) } {
             Some(owner) => {
@@ -128,11 +128,11 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
         if err != 0 {
             if let Some(rec) = rec {
                 if off.stream_all == 0 && unsafe { (*rec).steps_len } != 0 {
-                    ship::<Direct>(rec, key, tp, &off, false)?;
+                    ship::<Direct>(rec, key, tp, off, false)?;
                 }
             }
             let mut ev = new_event(kind::SOCK_ERROR, key);
-            fill_sock::<Direct>(&mut ev, tp, &off)?;
+            fill_sock::<Direct>(&mut ev, tp, off)?;
             set_owner(&mut ev, key, in_task);
             ev.errno = err;
             ev.old_state = old as u8;
@@ -141,11 +141,11 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
         }
     }
 
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_jiffies64() } as u32;
     let (mut send_idle, mut recv_idle, mut retrans) = (0u32, 0u32, 0u32);
     // Idle times mean something only once the connection carried data.
     if had_data(old) {
+        // SAFETY: helper without arguments.
+        let now = unsafe { bpf_jiffies64() } as u32;
         let lsndtime: u32 = Direct::get(tp, off.tp_lsndtime)?;
         let lrcvtime: u32 = Direct::get(tp, off.icsk_lrcvtime)?;
         send_idle = now.wrapping_sub(lsndtime);
@@ -158,7 +158,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
             // SAFETY: live map value; the index is masked into the array.
             unsafe {
                 if (*rec).steps_len as usize >= MAX_STEPS {
-                    ship::<Direct>(rec, key, tp, &off, false)?;
+                    ship::<Direct>(rec, key, tp, off, false)?;
                 }
                 let i = ((*rec).steps_len as usize) & (MAX_STEPS - 1);
                 let step = &mut (*rec).steps[i];
@@ -173,11 +173,11 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
                 // connection opens (a shipped record refills it; it does not change).
                 if !had_data(old) {
                     (*rec).head.sock = key;
-                    fill_sock::<Direct>(&mut (*rec).head, tp, &off)?;
+                    fill_sock::<Direct>(&mut (*rec).head, tp, off)?;
                 }
             }
-            if new == TCP_CLOSE || ships_now(old, new, send_idle, recv_idle, &off) {
-                ship::<Direct>(rec, key, tp, &off, new == TCP_CLOSE)?;
+            if new == TCP_CLOSE || ships_now(old, new, send_idle, recv_idle, off) {
+                ship::<Direct>(rec, key, tp, off, new == TCP_CLOSE)?;
             }
         }
         _ => {
@@ -186,7 +186,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
             let mut ev = new_event(kind::STATE, key);
             ev.old_state = old as u8;
             ev.new_state = new as u8;
-            fill_sock::<Direct>(&mut ev, tp, &off)?;
+            fill_sock::<Direct>(&mut ev, tp, off)?;
             set_owner(&mut ev, key, in_task);
             ev.send_idle_jiffies = send_idle;
             ev.recv_idle_jiffies = recv_idle;
@@ -207,7 +207,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
         let segs_out: u32 = Direct::get(tp, off.tp_segs_out)?;
         if sport == 0 || segs_out == 0 {
             let mut ev = new_event(kind::CONNECT_ERROR, key);
-            fill_sock::<Direct>(&mut ev, tp, &off)?;
+            fill_sock::<Direct>(&mut ev, tp, off)?;
             set_owner(&mut ev, key, true);
             ev.old_state = old as u8;
             ev.new_state = new as u8;
@@ -221,7 +221,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
     if new == TCP_CLOSE {
         if old == TCP_LISTEN {
             let sport: u16 = Direct::get(tp, off.inet_sport)?;
-            let _ = LISTENERS.remove(listener_key(tp, u16::from_be(sport), &off)?);
+            let _ = LISTENERS.remove(listener_key(tp, u16::from_be(sport), off)?);
         }
         let _ = SOCKS.remove(key);
     }

@@ -254,15 +254,18 @@ impl ConnTable {
             return None;
         }
         self.expire(now);
-        if !self.map.contains_key(&e.sock) {
+        if self.map.len() >= self.cap && !self.map.contains_key(&e.sock) {
             self.make_room(now);
-            self.next_generation += 1;
-            self.map.insert(
-                e.sock,
-                Tracked::new(e, Role::Unknown, self.next_generation, now),
-            );
         }
-        let conn = self.map.get_mut(&e.sock)?;
+        // One probe of the table for a step: this runs for every step of every
+        // connection.
+        let conn = match self.map.entry(e.sock) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                self.next_generation += 1;
+                v.insert(Tracked::new(e, Role::Unknown, self.next_generation, now))
+            }
+        };
         conn.last_ns = now;
         if e.local.port() != 0 {
             conn.local = e.local;
@@ -282,7 +285,7 @@ impl ConnTable {
             conn.keepalive = keepalive;
             conn.user_timeout_ms = user_timeout_ms;
         }
-        self.map.get_mut(&e.sock)
+        Some(conn)
     }
 
     /// The connection reached ESTABLISHED: it now holds a 4-tuple to its remote.

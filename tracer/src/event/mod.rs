@@ -44,7 +44,7 @@ pub struct Event {
     pub remote: SocketAddr,
 }
 
-/// An event as a log line (version 3): `t`, `ns`, `type` and its fields, `sk`,
+/// An event as a log line (version 3 and 4): `t`, `ns`, `type` and its fields, `sk`,
 /// `pid`, `tid` (only when not `pid`), `comm`, `cg` (only when set), `own` (only when
 /// false), `l`, `r` — the keys of a `conn` line. Versions 1 and 2 (`time`,
 /// `mono_ns`, `sock`, `cgroup`, `owner_known`, `local`, `remote`, every field

@@ -207,15 +207,14 @@ pub fn write_event(out: &mut Vec<u8>, e: &Event, times: &mut TimeCache) {
 }
 
 /// Appends `c` as the log's connection line body (no newline):
-/// `{"conn":{"t":…,"ns":…,"sk":…,"pid":…,"comm":…,"l":…,"r":…,"h":…,"end":{…}}}`.
-/// Short keys and no defaults: this is most of a recording. `tid` only when it is
+/// `{"conn":{"ns":…,"sk":…,"pid":…,"comm":…,"l":…,"r":…,"h":…,"end":{…}}}`.
+/// Short keys and no defaults: this is most of a recording. No `t`: the wall time
+/// is the header's boot time plus `ns` ([`read_conn`]), exactly the live one. `tid` only when it is
 /// not `pid`, `cg` only when set, `own` only when false, `end` (the totals) only on
 /// the connection's last record, `rtx`/`rto` there only when not zero.
-pub fn write_conn(out: &mut Vec<u8>, c: &Conn, times: &mut TimeCache) {
-    out.extend_from_slice(b"{\"conn\":{\"t\":\"");
-    times.write(out, c.time);
-    out.push(b'"');
-    num(out, "ns", c.mono_ns);
+pub fn write_conn(out: &mut Vec<u8>, c: &Conn) {
+    out.extend_from_slice(b"{\"conn\":{\"ns\":");
+    out.extend_from_slice(itoa::Buffer::new().format(c.mono_ns).as_bytes());
     owner(out, c.sock, c.pid, c.tid, &c.comm, c.cgroup, c.owner_known);
     addr(out, "l", &c.local);
     addr(out, "r", &c.remote);
@@ -239,11 +238,15 @@ pub fn write_conn(out: &mut Vec<u8>, c: &Conn, times: &mut TimeCache) {
 }
 
 /// Reads the body of a `{"conn": …}` line ([`write_conn`]).
-pub fn read_conn(value: ConnLine) -> Result<Conn, String> {
+/// `boot`: the header's boot time, which gives a line without `t` (version 4) its
+/// wall time.
+pub fn read_conn(value: ConnLine, boot: SystemTime) -> Result<Conn, String> {
     let digits = value.sk.strip_prefix("0x").unwrap_or(&value.sk);
     let sock = u64::from_str_radix(digits, 16).map_err(|e| format!("sk: {e}"))?;
     Ok(Conn {
-        time: value.t,
+        time: value
+            .t
+            .unwrap_or_else(|| boot + std::time::Duration::from_nanos(value.ns)),
         mono_ns: value.ns,
         pid: value.pid,
         tid: value.tid.unwrap_or(value.pid),
@@ -267,8 +270,12 @@ pub fn read_conn(value: ConnLine) -> Result<Conn, String> {
 /// The JSON shape of a connection line.
 #[derive(serde::Deserialize)]
 pub struct ConnLine {
-    #[serde(with = "crate::event::rfc3339")]
-    t: SystemTime,
+    /// Written up to version 3; from 4 the header's boot time plus `ns`.
+    #[serde(
+        default,
+        deserialize_with = "crate::event::rfc3339::option::deserialize"
+    )]
+    t: Option<SystemTime>,
     ns: u64,
     sk: String,
     pid: u32,
@@ -378,8 +385,10 @@ mod tests {
             recv_idle_ms: idle,
             retrans: 0,
         };
+        let boot =
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(1_795_000_000_123_456_789);
         let mut c = Conn {
-            time: SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_795_000_000_123),
+            time: boot + std::time::Duration::from_micros(123_456_789_012),
             mono_ns: 123_456_789_012_000,
             pid: 4242,
             tid: 4242,
@@ -404,7 +413,6 @@ mod tests {
                 srtt_us: 31,
             }),
         };
-        let mut times = TimeCache::default();
         for variant in 0..3 {
             if variant == 1 {
                 c.tid = 4243;
@@ -419,13 +427,25 @@ mod tests {
                 c.steps.truncate(3);
             }
             let mut out = Vec::new();
-            write_conn(&mut out, &c, &mut times);
+            write_conn(&mut out, &c);
             let text = String::from_utf8(out.clone()).unwrap();
             if variant == 0 {
-                assert!(text.len() < 240, "{} bytes: {text}", text.len());
+                assert!(text.len() < 210, "{} bytes: {text}", text.len());
             }
             let line: ConnLineWrapper = serde_json::from_slice(&out).expect(&text);
-            assert_eq!(read_conn(line.conn).unwrap(), c, "{text}");
+            assert_eq!(read_conn(line.conn, boot).unwrap(), c, "{text}");
         }
+    }
+
+    #[test]
+    fn version_3_connection_lines_keep_their_own_time() {
+        let text = r#"{"conn":{"t":"2026-11-23T20:11:28.200Z","ns":17316964748000,"sk":"0xffff88836b8f40c0","pid":23683,"comm":"python3","cg":1,"l":"127.0.0.1:39156","r":"127.0.0.1:18555","h":"C>SS E+57 CW+211~0/0"}}"#;
+        let line: ConnLineWrapper = serde_json::from_str(text).unwrap();
+        let c = read_conn(line.conn, SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(
+            c.time,
+            humantime::parse_rfc3339("2026-11-23T20:11:28.200Z").unwrap()
+        );
+        assert_eq!(c.mono_ns, 17_316_964_748_000);
     }
 }

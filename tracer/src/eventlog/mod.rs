@@ -1,7 +1,7 @@
 //! The event log: JSON Lines, a header line then one record per line.
 //!
 //! ```text
-//! {"conntrace_log":3,"host":"node-1","kernel":"6.18.44","hz":250,"boot_time":"...","started":"..."}
+//! {"conntrace_log":4,"host":"node-1","kernel":"6.18.44","hz":250,"boot_time":"...","started":"..."}
 //! {"conn":{"t":"...","ns":123,"sk":"0x...","pid":7,"comm":"curl","l":"...","r":"...","h":"C>SS E+41 ..."}}
 //! {"t":"...","ns":124,"type":"reset","direction":"received",...,"sk":"0x...","pid":7,...}
 //! {"finding":{...}}
@@ -35,7 +35,10 @@ pub mod store;
 /// - 3: one style: every line names the time, the socket, its owner and its ends as
 ///   a `conn` line does (`t`, `ns`, `sk`, `pid`, `tid`, `comm`, `cg`, `own`, `l`, `r`),
 ///   with the same defaults left out. Versions 1 and 2 still read.
-pub const LOG_VERSION: u32 = 3;
+/// - 4: `conn` lines (most of a log) no longer carry `t`: their wall time is the
+///   header's `boot_time`, now written to the nanosecond, plus their `ns`. Other
+///   lines keep `t`. Versions 1 to 3 still read.
+pub const LOG_VERSION: u32 = 4;
 
 /// First line of a log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,7 +50,9 @@ pub struct Header {
     pub kernel: String,
     #[serde(default)]
     pub hz: u32,
-    #[serde(with = "crate::event::rfc3339")]
+    /// Wall time at monotonic zero, to the nanosecond (from version 4: a `conn`
+    /// line's wall time is this plus its `ns`).
+    #[serde(with = "crate::event::rfc3339::nanos")]
     pub boot_time: SystemTime,
     #[serde(with = "crate::event::rfc3339")]
     pub started: SystemTime,
@@ -209,7 +214,7 @@ impl<W: store::Truncate> LogWriter<W> {
     pub fn conn(&mut self, conn: &crate::event::Conn) -> Result<()> {
         self.events += conn.steps.len() as u64;
         self.line.clear();
-        crate::eventlog::jsonl::write_conn(&mut self.line, conn, &mut self.times);
+        crate::eventlog::jsonl::write_conn(&mut self.line, conn);
         self.line.push(b'\n');
         self.put()
     }
@@ -439,15 +444,17 @@ impl<R: BufRead> Iterator for LogReader<R> {
             if line.is_empty() {
                 continue;
             }
-            return Some(parse_record(line).map_err(|message| LineError {
-                line: self.line_no,
-                message,
-            }));
+            return Some(
+                parse_record(line, &self.header).map_err(|message| LineError {
+                    line: self.line_no,
+                    message,
+                }),
+            );
         }
     }
 }
 
-fn parse_record(line: &str) -> Result<Record, String> {
+fn parse_record(line: &str, header: &Header) -> Result<Record, String> {
     let key = line
         .strip_prefix("{\"")
         .and_then(|rest| rest.split_once('"'))
@@ -462,7 +469,7 @@ fn parse_record(line: &str) -> Result<Record, String> {
             serde_json::from_str::<Line>(line)
                 .map_err(|e| describe(&e))
                 .and_then(|l| {
-                    crate::eventlog::jsonl::read_conn(l.conn)
+                    crate::eventlog::jsonl::read_conn(l.conn, header.boot_time)
                         .map_err(|e| format!("corrupt line ({e})"))
                 })
                 .map(Record::Conn)

@@ -149,8 +149,9 @@ impl Decoder {
         }
     }
 
-    /// Converts a parsed connection record. Times are kept to the microsecond (and
-    /// the first wall time to the millisecond): what the log keeps, so a replay
+    /// Converts a parsed connection record. Times are kept to the microsecond, and
+    /// the wall time is the boot time plus the first: what the log keeps (the
+    /// header's boot time to the nanosecond, `ns`, the steps' offsets), so a replay
     /// feeds the engine exactly what the live run did.
     pub fn convert_conn(&self, rec: &ConnRecord) -> Result<Conn, DecodeError> {
         let n = rec.steps_len as usize;
@@ -159,14 +160,7 @@ impl Decoder {
         }
         let raw = &rec.head;
         let first_ns = rec.steps[0].ts_ns / 1_000 * 1_000;
-        let wall = self.clock.wall(first_ns);
-        let since_epoch = wall
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let time = std::time::UNIX_EPOCH
-            + std::time::Duration::from_millis(
-                u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX),
-            );
+        let time = self.clock.wall(first_ns);
         let ms = |j: u32| self.clock.jiffies_to_ms(j);
         let steps = rec.steps[..n]
             .iter()

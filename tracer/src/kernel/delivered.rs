@@ -9,8 +9,6 @@
 //! address is soon another's. (Both were seen under TCG: churned connections missing
 //! from the log with nothing counted.)
 
-use std::collections::HashMap;
-
 use tracer_common::{flags, kind, ConnRecord, MAX_STEPS};
 
 /// Entries remembered at most; beyond, forgotten (sockets whose last record was lost).
@@ -20,7 +18,7 @@ const CAP: usize = 262_144;
 pub struct Delivered {
     /// (socket, birth) -> the spans of steps (first, last timestamp) reads delivered,
     /// not yet shipped through the ring.
-    delivered: HashMap<(u64, u64), Vec<(u64, u64)>>,
+    delivered: crate::engine::conn::FxMap<(u64, u64), Vec<(u64, u64)>>,
 }
 
 /// Spans kept per entry at most (a socket read every 2 s while it stays open, its
@@ -47,6 +45,10 @@ impl Delivered {
     /// are newer); the socket's final record ends what is remembered of it. Returns
     /// whether steps are left.
     pub fn shipped(&mut self, rec: &mut ConnRecord) -> bool {
+        // Most records: nothing of any socket was read early.
+        if self.delivered.is_empty() {
+            return rec.steps_len > 0;
+        }
         let key = (rec.head.sock, rec.born_ns);
         let n = (rec.steps_len as usize).min(MAX_STEPS);
         let last = n.checked_sub(1).map(|i| rec.steps[i].ts_ns);
