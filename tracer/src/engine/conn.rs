@@ -225,6 +225,11 @@ impl ConnTable {
         self.map.get(&sock)
     }
 
+    /// The connection of `sock`, as it is (no expiry, no update).
+    pub fn get_mut(&mut self, sock: u64) -> Option<&mut Tracked> {
+        self.map.get_mut(&sock)
+    }
+
     /// A new connection on this socket (the address may have held an older one).
     pub fn open(&mut self, e: &Event, role: Role, now: u64) {
         if e.sock == 0 {

@@ -355,13 +355,16 @@ impl Engine {
             return;
         };
         conn.state = new;
-        if new == TcpState::Established {
+        let conn = if new == TcpState::Established {
             conn.established = true;
             let sock = conn.sock;
             self.conns.established(sock);
-        }
-        let Some(conn) = self.conns.touch(e, now) else {
-            return;
+            let Some(conn) = self.conns.get_mut(sock) else {
+                return;
+            };
+            conn
+        } else {
+            conn
         };
         match (old, new) {
             (TcpState::Established, TcpState::CloseWait) => {
