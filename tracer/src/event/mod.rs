@@ -723,17 +723,22 @@ impl Losses {
             .saturating_add(self.engine_evicted)
     }
 
-    /// `lost 3 (ring buffer full 3, owner map 0, …)`: the exit line's counts.
+    /// The exit line's counts, by what was lost: `lost 3 events (ring buffer full
+    /// 3, …); 0 socket owners not kept (…); 0 engine table entries dropped early`.
+    /// Only the first are missing from the log; the others degrade what the log's
+    /// lines say (an owner) or what the engine remembers (a closed connection the
+    /// keep-alive race memory dropped when full).
     pub fn counts(&self) -> String {
         format!(
-            "lost {} (ring buffer full {}, owner map {}, connect map {}, kernel read {}, nested program runs {}, undecodable {}, engine table evictions {})",
-            self.total(),
+            "lost {} events (ring buffer full {}, kernel read {}, nested program runs {}, undecodable {}); {} socket owners not kept (owner map {}, connect map {}); {} engine table entries dropped early (tables full)",
+            self.events(),
             self.ringbuf_full,
-            self.owner_map,
-            self.connect_map,
             self.kernel_read,
             self.kernel_nested,
             self.undecodable,
+            self.owner_map.saturating_add(self.connect_map),
+            self.owner_map,
+            self.connect_map,
             self.engine_evicted,
         )
     }
