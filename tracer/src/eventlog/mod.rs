@@ -67,9 +67,14 @@ pub struct Header {
 }
 
 impl Header {
-    /// What the kernel programs of a live run could and could not attach.
+    /// What the kernel programs of a live run could and could not attach, and the
+    /// clock its decoder maps kernel times with: a connection line's wall
+    /// time is `boot_time` plus its `ns`, so the header must carry the very boot time
+    /// the live run used (each reading of the clocks gives one a few µs apart).
     #[must_use]
     pub fn with_probes(mut self, probes: &crate::kernel::session::KernelSession) -> Self {
+        self.boot_time = probes.decoder.clock.boot;
+        self.hz = probes.decoder.clock.hz;
         self.programs = probes.attached.iter().map(|&p| p.to_owned()).collect();
         self.degraded.clone_from(&probes.degraded);
         self
