@@ -14,9 +14,7 @@ use crate::{
 pub fn run(args: &RecordArgs) -> Result<()> {
     session::check_privileges()?;
     // Open the output before loading anything, so a bad path fails fast.
-    let clock = crate::kernel::time::KernelClock::detect()?;
-    let mut log = LogWriter::create(&args.output, args.force)?
-        .with_header(Header::for_this_host(clock.hz, clock.boot));
+    let mut log = LogWriter::create(&args.output, args.force)?.with_header(Header::for_this_host());
     let output = args.output.display().to_string();
     let run = live::run(
         &args.filter.to_filter(),

@@ -236,6 +236,18 @@ pub struct Step {
     pub retrans: u32,
 }
 
+impl Step {
+    /// Who closed an established connection, when this step is that close: the
+    /// peer (ESTABLISHED -> CLOSE_WAIT) or this end (ESTABLISHED -> FIN_WAIT1).
+    pub fn closer(&self) -> Option<Closer> {
+        match (self.old, self.new) {
+            (TcpState::Established, TcpState::CloseWait) => Some(Closer::Peer),
+            (TcpState::Established, TcpState::FinWait1) => Some(Closer::Local),
+            _ => None,
+        }
+    }
+}
+
 /// What a connection carried, read once at its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Totals {
@@ -260,11 +272,7 @@ impl Conn {
     /// One of this record's steps as the transition event it stands for.
     pub fn event(&self, s: &Step) -> Event {
         let after = std::time::Duration::from_micros(s.after_us);
-        let closed_by = match (s.old, s.new) {
-            (TcpState::Established, TcpState::CloseWait) => Some(Closer::Peer),
-            (TcpState::Established, TcpState::FinWait1) => Some(Closer::Local),
-            _ => None,
-        };
+        let closed_by = s.closer();
         Event {
             time: self.time + after,
             mono_ns: self

@@ -9,8 +9,11 @@ pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error>
 }
 
 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
-    let s = std::borrow::Cow::<str>::deserialize(d)?;
-    humantime::parse_rfc3339_weak(&s).map_err(serde::de::Error::custom)
+    parse(&std::borrow::Cow::<str>::deserialize(d)?)
+}
+
+fn parse<E: serde::de::Error>(s: &str) -> Result<SystemTime, E> {
+    humantime::parse_rfc3339_weak(s).map_err(E::custom)
 }
 
 /// The same with nanoseconds, for a time that others are derived from (the log
@@ -37,7 +40,7 @@ pub mod option {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
         Option::<std::borrow::Cow<'_, str>>::deserialize(d)?
-            .map(|s| humantime::parse_rfc3339_weak(&s).map_err(serde::de::Error::custom))
+            .map(|s| super::parse(&s))
             .transpose()
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! {"conntrace_log":4,"host":"node-1","kernel":"6.18.44","hz":250,"boot_time":"...","started":"..."}
-//! {"conn":{"t":"...","ns":123,"sk":"0x...","pid":7,"comm":"curl","l":"...","r":"...","h":"C>SS E+41 ..."}}
+//! {"conn":{"ns":123,"sk":"0x...","pid":7,"comm":"curl","l":"...","r":"...","h":"C>SS E+41 ..."}}
 //! {"t":"...","ns":124,"type":"reset","direction":"received",...,"sk":"0x...","pid":7,...}
 //! {"finding":{...}}
 //! ```
@@ -80,8 +80,9 @@ impl Header {
         self
     }
 
-    /// A header for this host now.
-    pub fn for_this_host(hz: u32, boot_time: SystemTime) -> Self {
+    /// A header for this host now. Its clock (`boot_time`, `hz`) is the kernel
+    /// session's, given by [`Header::with_probes`] before the header is written.
+    pub fn for_this_host() -> Self {
         let read = |p: &str| {
             std::fs::read_to_string(p)
                 .map(|s| s.trim().to_owned())
@@ -91,8 +92,8 @@ impl Header {
             conntrace_log: LOG_VERSION,
             host: read("/proc/sys/kernel/hostname"),
             kernel: read("/proc/sys/kernel/osrelease"),
-            hz,
-            boot_time,
+            hz: 0,
+            boot_time: std::time::UNIX_EPOCH,
             started: SystemTime::now(),
             conntrace_version: env!("CARGO_PKG_VERSION").to_owned(),
             programs: Vec::new(),

@@ -190,13 +190,12 @@ fn markdown(findings: &[Finding]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
     use crate::{eventlog::Header, kernel::support::Degraded};
 
     fn header(degraded: Vec<Degraded>) -> Header {
-        let mut h = Header::for_this_host(250, UNIX_EPOCH + Duration::from_secs(1));
+        let mut h = Header::for_this_host();
         h.kernel = "5.10.0-32-cloud-amd64".into();
         h.degraded = degraded;
         h

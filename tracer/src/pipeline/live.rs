@@ -151,7 +151,8 @@ impl Pipeline<'_> {
     fn traffic(&mut self, mut record: Record, sink: &mut dyn Sink) {
         // Of a connection record only the transitions needed here become events: its
         // close (whose owner the tuple's time-wait resets take) before the filters,
-        // an idle close (which the kernel's tables may translate) after them.
+        // the close of an established connection (an idle close the kernel's tables may
+        // translate) after them.
         let (pid, comm, local, remote, cgroup) = match &mut record {
             Record::Event(e) => {
                 self.recent.observe(e);
@@ -175,11 +176,7 @@ impl Pipeline<'_> {
             }
             Record::Conn(c) => {
                 self.stats.delivered += c.steps.len() as u64;
-                let idle_closes = c.steps.iter().filter(|s| {
-                    s.old == TcpState::Established
-                        && matches!(s.new, TcpState::CloseWait | TcpState::FinWait1)
-                });
-                for s in idle_closes {
+                for s in c.steps.iter().filter(|s| s.closer().is_some()) {
                     self.tuple_facts_of(&c.event(s), sink);
                 }
             }

@@ -144,8 +144,7 @@ fn export_dir() -> std::path::PathBuf {
 /// `conntrace` / `conntrace tui`: the UI on live kernel events.
 pub fn run_live(filter: Filter, options: live::Options) -> Result<()> {
     session::check_privileges()?;
-    let clock = crate::kernel::time::KernelClock::detect()?;
-    let header = eventlog::Header::for_this_host(clock.hz, clock.boot);
+    let header = eventlog::Header::for_this_host();
     let (snap_tx, snap_rx) = mpsc::sync_channel(2);
     let (cmd_tx, cmd_rx) = mpsc::channel();
     let sink = TuiSink::new(
