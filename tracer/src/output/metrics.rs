@@ -312,6 +312,13 @@ impl Metrics {
             EventKind::Connect { errno, .. } => {
                 self.connect_error(errno.name());
             }
+            // A connecting socket's error: reported while it still connects (an ICMP
+            // error; Linux < 5.12, where conntrace reads the error at the close and
+            // reports it first), or after its SYN_SENT -> CLOSE.
+            EventKind::Error {
+                errno,
+                state: TcpState::SynSent,
+            } => self.connect_error(errno.name()),
             EventKind::Error { errno, .. } => {
                 if let Some(i) = self.unconnected.iter().rposition(|s| *s == e.sock) {
                     self.unconnected.remove(i);
@@ -505,6 +512,31 @@ mod tests {
         assert!(
             text.ends_with("# EOF\n"),
             "OpenMetrics text ends with # EOF"
+        );
+    }
+
+    #[test]
+    fn a_refused_connect_counts_once_whichever_comes_first_its_error_or_its_close() {
+        let mut m = Metrics::default();
+        let engine = Engine::new(Config::default());
+        // Linux >= 5.12: the error report after SYN_SENT -> CLOSE.
+        let after = Sock::new(1, 9, "client", "10.0.0.1:40000", "10.0.0.5:9");
+        m.observe(&after.state(0, SynSent, Close, 0));
+        m.observe(&after.error(1, libc::ECONNREFUSED));
+        // Linux < 5.12: the error read at the close and reported first, while the
+        // socket is still SYN_SENT.
+        let before = Sock::new(2, 9, "client", "10.0.0.1:40001", "10.0.0.5:9");
+        let mut error = before.error(0, libc::ECONNREFUSED);
+        error.kind = crate::event::EventKind::Error {
+            errno: crate::event::Errno(libc::ECONNREFUSED),
+            state: SynSent,
+        };
+        m.observe(&error);
+        m.observe(&before.state(1, SynSent, Close, 0));
+        let text = m.render(&engine, Probed::default());
+        assert!(
+            text.contains("conntrace_connect_errors_total{errno=\"ECONNREFUSED\"} 2"),
+            "{text}"
         );
     }
 
