@@ -371,8 +371,49 @@ fn test_binaries() -> Result<Vec<(String, PathBuf)>> {
     Ok(bins)
 }
 
+/// A TCG guest's heartbeat: its script rewrites `heartbeat` in `out` this often with
+/// the guest's uptime and the test binary running (and the uptime it began).
+const HEARTBEAT_EVERY_SECS: u64 = 5;
+/// A guest whose heartbeat has not changed for this long is taken as hung (seen: both
+/// vCPUs looping on a stale int3 under TCG, no task making progress).
+const HEARTBEAT_STALE: std::time::Duration = std::time::Duration::from_mins(2);
+/// The guest's own bound on one test binary (`timeout`), and the kill that follows.
+const BINARY_LIMIT_SECS: u64 = 300;
+/// A binary still running this long after it began has outlived its SIGKILL: it is
+/// stuck in the guest's kernel. Its tasks are written down (`NAME.stuck.txt`) at
+/// `BINARY_LIMIT_SECS + 20`, and the guest is stopped at this.
+const BINARY_STUCK_SECS: u64 = BINARY_LIMIT_SECS + 120;
+/// Boots of one kernel at most: the first, and one per hung guest resumed after.
+const MAX_BOOTS: u32 = 3;
+
+/// What one guest boot (or the host) runs.
+struct Plan<'a> {
+    out: &'a Path,
+    bin: &'a Path,
+    /// The test binaries still to run, and whether each may be retried in the guest
+    /// (not when its first attempt was the one a hung guest stopped).
+    tests: Vec<(&'a str, &'a Path, bool)>,
+    /// Some(boot number, from 1) in a TCG guest; None on the host.
+    boot: Option<u32>,
+    /// Whether `conntrace check` is still to run (it has not reported).
+    check: bool,
+}
+
+/// The tracepoints conntrace's programs attach to (`tracer-ebpf/src/programs`).
+const PINNED_EVENTS: [&str; 9] = [
+    "sock/inet_sock_set_state",
+    "sock/inet_sk_error_report",
+    "tcp/tcp_receive_reset",
+    "tcp/tcp_retransmit_skb",
+    "tcp/tcp_send_reset",
+    "syscalls/sys_enter_connect",
+    "syscalls/sys_exit_connect",
+    "syscalls/sys_exit_accept4",
+    "syscalls/sys_exit_accept",
+];
+
 /// The script run as root inside each guest (and on the host): results go to `out`.
-fn guest_script(out: &Path, bin: &Path, tests: &[(String, PathBuf)]) -> String {
+fn guest_script(plan: &Plan<'_>) -> String {
     let root = workspace_root();
     let mut s = format!(
         "#!/bin/sh\n\
@@ -381,26 +422,82 @@ fn guest_script(out: &Path, bin: &Path, tests: &[(String, PathBuf)]) -> String {
          modprobe veth 2>/dev/null\n\
          export CONNTRACE_BIN={bin} RUST_BACKTRACE=0\n\
          export {peer_env}={peer_python}\n\
-         cd {tests_dir}\n\
-         {bin} check --syscall-hooks > $R/check.txt 2>&1; echo $? > $R/check.rc\n\
-         cat $R/check.txt\n",
-        out = out.display(),
-        bin = bin.display(),
+         cd {tests_dir}\n",
+        out = plan.out.display(),
+        bin = plan.bin.display(),
         tests_dir = root.join("tests").display(),
         peer_env = crate::peers::PYTHON_ENV,
         peer_python = std::env::var(crate::peers::PYTHON_ENV).unwrap_or_default(),
     );
+    if let Some(boot) = plan.boot {
+        // QEMU's TCG defect (seen on 5.10, 1 test run in 2 to 36): the kernel patches
+        // a tracepoint's jump or static call in hot code (syscall_exit_to_user_mode)
+        // when the first probe attaches or the last detaches; a vCPU keeps running
+        // its stale translation of the int3 placed there while memory already holds
+        // the new jump, the kernel's int3 handler sees no int3 and re-runs the
+        // instruction, and both vCPUs loop forever. Real CPUs (and KVM) do not. Two
+        // idle probes on every tracepoint conntrace uses (trace events enabled in two
+        // tracefs instances, recording off) and BPF run-time stats held on keep the
+        // kernel from patching that code while the tests attach and detach.
+        let _ = write!(
+            s,
+            "T=/sys/kernel/tracing\n\
+             echo 0 > $T/tracing_on\n\
+             mkdir -p $T/instances/conntrace-pin && echo 0 > $T/instances/conntrace-pin/tracing_on\n\
+             for e in {events}; do for d in $T $T/instances/conntrace-pin; do \
+             [ -e $d/events/$e/enable ] && echo 1 > $d/events/$e/enable; done; done\n\
+             sysctl -qw kernel.bpf_stats_enabled=1\n\
+             echo 1 > /proc/sys/kernel/sysrq\n\
+             dmesg -w > $R/dmesg.boot{boot}.txt 2>&1 & D=$!\n\
+             up() {{ u=$(cut -d' ' -f1 /proc/uptime); echo ${{u%.*}}; }}\n\
+             stuck() {{ echo \"$1 still running $2 s after it began; its tasks:\"; \
+             for p in /proc/[0-9]*; do echo \"$(basename $p) $(cut -d' ' -f3 $p/stat 2>/dev/null) \
+             $(cat $p/wchan 2>/dev/null) $(tr '\\0' ' ' < $p/cmdline 2>/dev/null | cut -c1-200)\"; done; \
+             for p in /proc/[0-9]*; do [ \"$(cut -d' ' -f3 $p/stat 2>/dev/null)\" = D ] && \
+             {{ echo \"== $(basename $p) in D state:\"; cat $p/stack 2>/dev/null; }}; done; \
+             echo w > /proc/sysrq-trigger; }}\n\
+             (while :; do c=$(cat $R/current 2>/dev/null); set -- $c; \
+             echo \"$(up) $c\" > $R/heartbeat.new && mv -f $R/heartbeat.new $R/heartbeat; \
+             if [ -n \"$1\" ] && [ $(( $(up) - $2 )) -gt {diag} ] && [ ! -e $R/$1.stuck.txt ]; then \
+             stuck $1 $(( $(up) - $2 )) > $R/$1.stuck.txt 2>&1; fi; \
+             sleep {every}; done) > /dev/null 2>&1 & H=$!\n",
+            events = PINNED_EVENTS.join(" "),
+            diag = BINARY_LIMIT_SECS + 20,
+            every = HEARTBEAT_EVERY_SECS,
+        );
+    }
+    if plan.check {
+        s.push_str(
+            "$CONNTRACE_BIN check --syscall-hooks > $R/check.txt 2>&1; echo $? > $R/check.rc\n\
+             cat $R/check.txt\n",
+        );
+    }
     // Each binary is bounded (a hang under TCG must not stall the run) and retried
     // once when it fails; a retry is reported in the table, never hidden.
-    for (name, exe) in tests {
+    for (name, exe, retry) in &plan.tests {
+        let begin = if plan.boot.is_some() {
+            format!("echo \"{name} $(up)\" > $R/current; ")
+        } else {
+            String::new()
+        };
+        let again = if *retry {
+            format!(
+                "if [ $rc -ne 0 ]; then mv $R/{name}.txt $R/{name}.first-attempt.txt; \
+                 echo $rc > $R/{name}.retried; t; rc=$?; fi; "
+            )
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             s,
-            "t() {{ timeout -k 10 300 {exe} --test-threads=2 > $R/{name}.txt 2>&1; }}; \
-             t; rc=$?; if [ $rc -ne 0 ]; then mv $R/{name}.txt $R/{name}.first-attempt.txt; \
-             echo $rc > $R/{name}.retried; t; rc=$?; fi; echo $rc > $R/{name}.rc; \
+            "t() {{ timeout -k 10 {BINARY_LIMIT_SECS} {exe} --test-threads=2 > $R/{name}.txt 2>&1; }}; \
+             {begin}t; rc=$?; {again}echo $rc > $R/{name}.rc; rm -f $R/current; \
              echo \"  {name}: $(grep '^test result' $R/{name}.txt)\"",
             exe = exe.display(),
         );
+    }
+    if plan.boot.is_some() {
+        s.push_str("kill $D $H 2>/dev/null\n");
     }
     s
 }
@@ -414,51 +511,27 @@ fn run_one(
     let out = workspace_root().join("target/matrix").join(name);
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out)?;
-    let script = out.join("run.sh");
-    std::fs::write(&script, guest_script(&out, bin, tests))?;
     let started = Instant::now();
-    let mut hung = None;
-    let mut retried_boot = false;
+    let mut failed_boot = None;
+    let mut notes = Vec::new();
+    let mut details = Vec::new();
     if let Some((vng, vmlinuz)) = vm {
-        eprintln!("xtask: booting {} (qemu, TCG)", vmlinuz.display());
-        // A guest that hangs (its kernel, or qemu) must not hold CI past its limit:
-        // it is stopped, and its row says so with what it had finished.
-        let boot = || {
-            piped(
-                Command::new("timeout")
-                    .args(["--kill-after=30", &GUEST_LIMIT.as_secs().to_string()])
-                    .arg(vng)
-                    // vng starts virtme-run (and the guest's helpers) through the
-                    // shell's PATH: the venv's bin/ must come first, or a fresh machine
-                    // finds none.
-                    .env("PATH", venv_path(vng))
-                    .arg("-r")
-                    .arg(vmlinuz)
-                    .args(["--disable-kvm", "-m", "3G", "--cpus", "2"])
-                    .arg(format!("--rwdir={}", out.display()))
-                    .arg("--exec")
-                    .arg(format!("sh {}", script.display()))
-                    .current_dir(workspace_root()),
-            )
-        };
-        let mut ran = boot();
-        // A guest that never reached its script (vng exited before `check` wrote
-        // anything: seen once, 6 s after the boot began, on a fresh machine) is
-        // booted once more; the table says so.
-        if ran.is_err() && !out.join("check.txt").exists() {
-            eprintln!("xtask: the {name} guest did not start; booting it once more");
-            retried_boot = true;
-            ran = boot();
-        }
-        if let Err(e) = ran {
-            eprintln!("xtask: the {name} guest did not finish: {e:#}");
-            hung = Some(format!(
-                "the guest did not finish within {} s or failed ({e:#})",
-                GUEST_LIMIT.as_secs()
-            ));
-        }
+        let g = boot_until_done(name, vng, vmlinuz, &out, bin, tests)?;
+        (failed_boot, notes, details) = (g.failed, g.notes, g.details);
     } else {
         eprintln!("xtask: running on the host kernel");
+        let plan = Plan {
+            out: &out,
+            bin,
+            tests: tests
+                .iter()
+                .map(|(t, exe)| (t.as_str(), exe.as_path(), true))
+                .collect(),
+            boot: None,
+            check: true,
+        };
+        let script = out.join("run.sh");
+        std::fs::write(&script, guest_script(&plan))?;
         status(Command::new("sh").arg(&script))?;
     }
     let seconds = started.elapsed().as_secs();
@@ -487,33 +560,266 @@ fn run_one(
         passed: 0,
         failed: 0,
         failures: Vec::new(),
-        retried: Vec::new(),
-        details: Vec::new(),
+        retried: notes,
+        details,
     };
     tally(&mut row, &out, tests);
-    if retried_boot {
-        row.retried
-            .push("the guest's boot (it did not start the first time)".to_owned());
-    }
-    if let Some(why) = hung {
-        // Tests that never reported count as failed.
-        let reported = row.passed + row.failed;
-        row.failed += 1;
-        row.failures
-            .push(format!("{why}; {reported} tests had reported"));
-        if let Some(last) = tests
+    if let Some(why) = failed_boot {
+        // The binaries that never reported are failures already (no result): say why.
+        let reported = tests
             .iter()
-            .map(|(t, _)| out.join(format!("{t}.txt")))
-            .rfind(|p| p.exists())
-        {
-            row.details.push(format!(
-                "--- last output before the guest stopped ({}):\n{}",
-                last.display(),
-                std::fs::read_to_string(&last).unwrap_or_default()
-            ));
-        }
+            .filter(|(t, _)| out.join(format!("{t}.rc")).exists())
+            .count();
+        row.failures.push(format!(
+            "{why}; {reported} of {} test binaries had reported",
+            tests.len()
+        ));
+        row.failed += 1;
     }
     Ok(row)
+}
+
+/// What booting one kernel until its tests were all run came to.
+struct Boots {
+    /// Why the last boot failed, when the tests could not all be run.
+    failed: Option<String>,
+    /// Boots retried, said in the table.
+    notes: Vec<String>,
+    /// What each stopped guest left, printed under the table.
+    details: Vec<String>,
+}
+
+/// Boots the guest until every test binary has reported: a guest that stops is
+/// booted again (at most `MAX_BOOTS` in all), resuming at the binary it was running.
+fn boot_until_done(
+    name: &str,
+    vng: &Path,
+    vmlinuz: &Path,
+    out: &Path,
+    bin: &Path,
+    tests: &[(String, PathBuf)],
+) -> Result<Boots> {
+    let mut failed_boot = None;
+    let mut notes = Vec::new();
+    let mut details = Vec::new();
+    let mut boot = 1;
+    let mut retried_start = false;
+    let mut no_retry: Vec<String> = Vec::new();
+    loop {
+        let plan = Plan {
+            out,
+            bin,
+            tests: tests
+                .iter()
+                .filter(|(t, _)| !out.join(format!("{t}.rc")).exists())
+                .map(|(t, exe)| (t.as_str(), exe.as_path(), !no_retry.contains(t)))
+                .collect(),
+            boot: Some(boot),
+            check: !out.join("check.rc").exists(),
+        };
+        let script = out.join(format!("run.boot{boot}.sh"));
+        std::fs::write(&script, guest_script(&plan))?;
+        let _ = std::fs::remove_file(out.join("heartbeat"));
+        let _ = std::fs::remove_file(out.join("current"));
+        eprintln!(
+            "xtask: booting {} (qemu, TCG), boot {boot}",
+            vmlinuz.display()
+        );
+        let mut cmd = Command::new("timeout");
+        cmd.args(["--kill-after=30", &GUEST_LIMIT.as_secs().to_string()])
+            .arg(vng)
+            // vng starts virtme-run (and the guest's helpers) through the shell's
+            // PATH: the venv's bin/ must come first, or a fresh machine finds none.
+            .env("PATH", venv_path(vng))
+            .arg("-r")
+            .arg(vmlinuz)
+            .args(["--disable-kvm", "-m", "3G", "--cpus", "2"])
+            .arg(format!("--rwdir={}", out.display()))
+            .arg("--exec")
+            .arg(format!("sh {}", script.display()))
+            .current_dir(workspace_root());
+        match run_guest(&mut cmd, out) {
+            GuestEnd::Finished => break,
+            // A guest that never reached its script (vng exited before `check`
+            // wrote anything: seen once, 6 s after the boot began, on a fresh
+            // machine) is booted once more; the table says so.
+            GuestEnd::Failed(e)
+                if boot == 1 && !retried_start && !out.join("check.txt").exists() =>
+            {
+                eprintln!("xtask: the {name} guest did not start ({e}); booting it once more");
+                retried_start = true;
+                notes.push("the guest's boot (it did not start the first time)".to_owned());
+            }
+            GuestEnd::Failed(why) | GuestEnd::Hung(why) => {
+                eprintln!("xtask: the {name} guest stopped: {why}");
+                details.push(guest_evidence(out, boot, &why));
+                let pending = tests
+                    .iter()
+                    .any(|(t, _)| !out.join(format!("{t}.rc")).exists());
+                if !pending {
+                    // Every binary had reported: only the guest's exit was lost.
+                    break;
+                }
+                // The binary it was running, as its script last said (none while
+                // `check` ran).
+                let stopped = std::fs::read_to_string(out.join("current"))
+                    .ok()
+                    .and_then(|c| c.split_whitespace().next().map(str::to_owned))
+                    .filter(|t| tests.iter().any(|(n, _)| n == t));
+                if boot >= MAX_BOOTS || stopped.as_ref().is_some_and(|t| no_retry.contains(t)) {
+                    failed_boot = Some(format!("{why} (boot {boot} of at most {MAX_BOOTS})"));
+                    break;
+                }
+                notes.push(format!(
+                    "the guest stopped in boot {boot} ({why}); booted again, resuming at {}",
+                    stopped
+                        .as_deref()
+                        .unwrap_or("the first binary without a result")
+                ));
+                if let Some(stopped) = stopped {
+                    // Its output so far is its first attempt; the next boot runs it
+                    // again (once) and everything after it.
+                    let _ = std::fs::rename(
+                        out.join(format!("{stopped}.txt")),
+                        out.join(format!("{stopped}.first-attempt.txt")),
+                    );
+                    std::fs::write(
+                        out.join(format!("{stopped}.retried")),
+                        format!("the guest stopped during it in boot {boot}"),
+                    )?;
+                    no_retry.push(stopped);
+                }
+            }
+        }
+        boot += 1;
+    }
+    Ok(Boots {
+        failed: failed_boot,
+        notes,
+        details,
+    })
+}
+
+/// How one boot of a guest ended.
+enum GuestEnd {
+    /// vng exited 0: its script ran to the end.
+    Finished,
+    /// vng (or the guest) exited with an error.
+    Failed(String),
+    /// The guest stopped making progress and was stopped.
+    Hung(String),
+}
+
+/// Runs one guest boot, its output passed on, watching its heartbeat: a guest whose
+/// heartbeat stops, or whose test binary outlives its own timeout's SIGKILL, is
+/// stopped at once rather than at `GUEST_LIMIT`.
+fn run_guest(cmd: &mut Command, out: &Path) -> GuestEnd {
+    use std::os::unix::process::CommandExt as _;
+    let shown = format!("{cmd:?}");
+    let started = Instant::now();
+    let mut child = match spawn_piped(cmd.process_group(0)) {
+        Ok(c) => c,
+        Err(e) => return GuestEnd::Failed(format!("{e:#}")),
+    };
+    let mut last_beat = (String::new(), Instant::now());
+    let hung = loop {
+        match child.child.try_wait() {
+            Ok(Some(st)) => {
+                child.join();
+                return if st.success() {
+                    GuestEnd::Finished
+                } else {
+                    GuestEnd::Failed(format!("{shown} failed ({st})"))
+                };
+            }
+            Ok(None) => {}
+            Err(e) => return GuestEnd::Failed(format!("waiting for the guest: {e}")),
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let beat = std::fs::read_to_string(out.join("heartbeat")).unwrap_or_default();
+        if beat != last_beat.0 {
+            last_beat = (beat.clone(), Instant::now());
+        }
+        let mut fields = beat.split_whitespace();
+        let uptime: Option<u64> = fields.next().and_then(|u| u.parse().ok());
+        let running = fields.next();
+        let began: Option<u64> = fields.next().and_then(|u| u.parse().ok());
+        if !beat.is_empty() && last_beat.1.elapsed() > HEARTBEAT_STALE {
+            break format!(
+                "its heartbeat stopped {} s ago{}",
+                last_beat.1.elapsed().as_secs(),
+                running.map_or_else(String::new, |t| format!(" while running {t}"))
+            );
+        }
+        if let (Some(now), Some(t), Some(b)) = (uptime, running, began) {
+            if now.saturating_sub(b) > BINARY_STUCK_SECS {
+                break format!(
+                    "{t} was still running {} s after it began, past its timeout's SIGKILL \
+                     (stuck in the kernel)",
+                    now - b
+                );
+            }
+        }
+        if started.elapsed() > GUEST_LIMIT + std::time::Duration::from_mins(1) {
+            break format!("it ran past {} s", GUEST_LIMIT.as_secs());
+        }
+    };
+    // The whole group: timeout, vng, virtme-run and qemu.
+    let group = format!("-{}", child.child.id());
+    for (signal, wait) in [("-TERM", 15), ("-KILL", 5)] {
+        let _ = Command::new("kill")
+            .args([signal, "--", &group])
+            .stderr(Stdio::null())
+            .status();
+        for _ in 0..wait {
+            if matches!(child.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
+    let _ = child.child.kill();
+    let _ = child.child.wait();
+    // Not joined: a helper the guest left (virtiofsd) may still hold the pipes.
+    child.threads.clear();
+    GuestEnd::Hung(hung)
+}
+
+/// What a stopped guest left: the tail of its kernel log and its stuck binary's tasks.
+fn guest_evidence(out: &Path, boot: u32, why: &str) -> String {
+    const TAIL: usize = 30;
+    let mut s = format!("--- the guest (boot {boot}) stopped: {why}");
+    let dmesg =
+        std::fs::read_to_string(out.join(format!("dmesg.boot{boot}.txt"))).unwrap_or_default();
+    let lines: Vec<&str> = dmesg.lines().collect();
+    let _ = write!(
+        s,
+        "\nlast {} lines of its kernel log ({}):\n{}",
+        TAIL.min(lines.len()),
+        out.join(format!("dmesg.boot{boot}.txt")).display(),
+        lines[lines.len().saturating_sub(TAIL)..].join("\n")
+    );
+    if let Ok(rd) = std::fs::read_dir(out) {
+        for e in rd.filter_map(Result::ok) {
+            let p = e.path();
+            if p.to_string_lossy().ends_with(".stuck.txt") {
+                let text = std::fs::read_to_string(&p).unwrap_or_default();
+                // The first line, and the tasks in uninterruptible sleep with their
+                // kernel stacks.
+                let d: Vec<&str> = text
+                    .lines()
+                    .enumerate()
+                    .filter(|(i, l)| {
+                        *i == 0 || l.contains(" D ") || !l.starts_with(|c: char| c.is_ascii_digit())
+                    })
+                    .map(|(_, l)| l)
+                    .take(60)
+                    .collect();
+                let _ = write!(s, "\n{}:\n{}", p.display(), d.join("\n"));
+            }
+        }
+    }
+    s
 }
 
 /// Reads each test binary's results in `out` into `row`.
@@ -529,9 +835,19 @@ fn tally(row: &mut Row, out: &Path, tests: &[(String, PathBuf)]) {
                     .push(format!("--- {test} on {}, {attempt}:\n{d}", row.kernel));
             }
         }
-        if out.join(format!("{test}.retried")).exists() && rc.trim() == "0" {
+        if let (Ok(why), "0") = (
+            std::fs::read_to_string(out.join(format!("{test}.retried"))),
+            rc.trim(),
+        ) {
+            // The marker holds the first attempt's exit status, or why it was cut off.
+            let why = why.trim();
+            let why = if why.parse::<i32>().is_ok() {
+                format!("exit {why}")
+            } else {
+                why.to_owned()
+            };
             row.retried.push(format!(
-                "{test} (first attempt: {})",
+                "{test} (first attempt: {why}; {})",
                 out.join(format!("{test}.first-attempt.txt")).display()
             ));
         }
@@ -572,9 +888,22 @@ fn tally(row: &mut Row, out: &Path, tests: &[(String, PathBuf)]) {
     }
 }
 
-/// Runs `cmd` with its output passed on through pipes: virtme-ng's console rewrites
-/// a regular file it is given as stdout from the start, losing what came before.
-fn piped(cmd: &mut Command) -> Result<()> {
+/// A child whose output is passed on through pipes: virtme-ng's console rewrites a
+/// regular file it is given as stdout from the start, losing what came before.
+struct Piped {
+    child: std::process::Child,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Piped {
+    fn join(&mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn spawn_piped(cmd: &mut Command) -> Result<Piped> {
     use std::io::{BufRead as _, BufReader};
     let shown = format!("{cmd:?}");
     let mut child = cmd
@@ -582,26 +911,22 @@ fn piped(cmd: &mut Command) -> Result<()> {
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot start {shown}"))?;
-    let err = child.stderr.take().map(|e| {
-        std::thread::spawn(move || {
+    let mut threads = Vec::new();
+    if let Some(e) = child.stderr.take() {
+        threads.push(std::thread::spawn(move || {
             for line in BufReader::new(e).lines().map_while(Result::ok) {
                 eprintln!("{line}");
             }
-        })
-    });
+        }));
+    }
     if let Some(o) = child.stdout.take() {
-        for line in BufReader::new(o).lines().map_while(Result::ok) {
-            println!("{line}");
-        }
+        threads.push(std::thread::spawn(move || {
+            for line in BufReader::new(o).lines().map_while(Result::ok) {
+                println!("{line}");
+            }
+        }));
     }
-    if let Some(t) = err {
-        let _ = t.join();
-    }
-    let st = child.wait()?;
-    if !st.success() {
-        bail!("{shown} failed ({st})");
-    }
-    Ok(())
+    Ok(Piped { child, threads })
 }
 
 fn render(rows: &[Row]) -> String {
@@ -639,4 +964,39 @@ fn render(rows: &[Row]) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The scripts parse as sh, and a resumed guest neither checks again nor retries
+    /// the binary that was cut off.
+    #[test]
+    fn guest_scripts_are_sh() {
+        let exe = PathBuf::from("/bin/true");
+        for (boot, check) in [(Some(1), true), (Some(2), false), (None, true)] {
+            let plan = Plan {
+                out: Path::new("/tmp/out"),
+                bin: Path::new("/bin/conntrace"),
+                tests: vec![("a", &exe, boot != Some(2)), ("b", &exe, true)],
+                boot,
+                check,
+            };
+            let script = guest_script(&plan);
+            let parsed = Command::new("sh")
+                .args(["-n", "-c", &script])
+                .output()
+                .expect("sh");
+            assert!(
+                parsed.status.success(),
+                "{script}\n{}",
+                String::from_utf8_lossy(&parsed.stderr)
+            );
+            assert_eq!(script.contains(" check --syscall-hooks"), check);
+            assert_eq!(script.contains("heartbeat"), boot.is_some());
+            let line_a = script.lines().find(|l| l.contains("$R/a.txt")).unwrap();
+            assert_eq!(line_a.contains("a.first-attempt.txt"), boot != Some(2));
+        }
+    }
 }
