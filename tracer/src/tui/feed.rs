@@ -187,14 +187,20 @@ impl TuiSink {
             playback,
             events: self.events,
             events_per_sec: self.rate.2,
-            // Live: every loss of the run, as the pipeline last handed it to the sink
-            // (its engine's evictions included). Replayed: this engine's evictions and
-            // the events the recording says it lost.
-            lost: if probes.is_some() {
-                self.losses.total()
-            } else {
-                engine.stats().evicted + self.losses.events()
-            },
+            // The events missing, as the pipeline last handed its losses to the sink
+            // (live), or as the recording says (replayed); apart, what was seen but
+            // not kept whole: owners, and this engine's early-dropped entries (live:
+            // as the pipeline counted them; replayed: this replay's own).
+            lost: self.losses.events(),
+            not_kept: self
+                .losses
+                .owner_map
+                .saturating_add(self.losses.connect_map)
+                .saturating_add(if probes.is_some() {
+                    self.losses.engine_evicted
+                } else {
+                    engine.stats().evicted
+                }),
             programs: 0,
             bpf_cpu_pct: None,
         };

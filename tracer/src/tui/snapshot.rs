@@ -81,7 +81,12 @@ pub struct Header {
     pub playback: String,
     pub events: u64,
     pub events_per_sec: f64,
+    /// Events missing from what was seen (the ring buffer full, a kernel read that
+    /// failed, skipped nested runs, undecodable records).
     pub lost: u64,
+    /// Seen, but not kept whole: socket owners the bounded owner maps had no room
+    /// for, and engine table entries dropped early (tables full).
+    pub not_kept: u64,
     pub programs: usize,
     /// Share of one CPU spent in conntrace's kernel programs (BPF run time).
     pub bpf_cpu_pct: Option<f64>,

@@ -56,6 +56,7 @@ fn header() -> Header {
         events: 1234,
         events_per_sec: 56.0,
         lost: 0,
+        not_kept: 0,
         programs: 9,
         bpf_cpu_pct: Some(0.12),
     }
@@ -82,6 +83,29 @@ fn render(app: &App, w: u16, h: u16) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The header counts the events missing apart from what was seen but not kept whole
+/// (owners, early-dropped table entries), and says nothing of the latter at 0.
+#[test]
+fn header_says_lost_events_apart_from_what_was_not_kept() {
+    let (engine, tail) = incident();
+    let mut app = App::new(false);
+    let h = Header {
+        lost: 3,
+        not_kept: 12,
+        ..header()
+    };
+    app.on_snapshot(snapshot::build(&engine, &tail, "", SortKey::Age, h));
+    let out = render(&app, 140, 6);
+    let top = out.lines().next().unwrap_or_default();
+    assert!(top.contains("lost 3 · 12 not kept │"), "{top}");
+    let out = render(&app_with(View::Findings), 140, 6);
+    let top = out.lines().next().unwrap_or_default();
+    assert!(
+        top.contains("lost 0 │") && !top.contains("not kept"),
+        "{top}"
+    );
 }
 
 #[test]

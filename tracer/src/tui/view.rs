@@ -86,6 +86,12 @@ fn draw_header(frame: &mut Frame, area: Rect, s: &Snapshot) {
         Style::default()
     };
     spans.push(Span::styled(format!("lost {}", h.lost), lost_style));
+    if h.not_kept > 0 {
+        spans.push(Span::styled(
+            format!(" · {} not kept", h.not_kept),
+            Style::default().fg(Color::Yellow),
+        ));
+    }
     if h.programs > 0 {
         spans.push(Span::raw(format!(" │ {} progs", h.programs)));
     }
@@ -489,6 +495,12 @@ fn draw_help(frame: &mut Frame, area: Rect, app: &App) {
         text.push("+ / -                  replay faster / slower");
         text.push("G                      jump to the end of the recording");
     }
+    text.extend([
+        "",
+        "header: lost = events missing (ring buffer full, failed kernel reads,",
+        "  skipped nested runs); not kept = socket owners and table entries the",
+        "  bounded maps had no room for (the exit line names each)",
+    ]);
     let area = popup(area);
     frame.render_widget(Clear, area);
     frame.render_widget(
