@@ -28,6 +28,16 @@ fn psql_workers_hung_on_a_vanished_pgbouncer_are_named_with_when_keepalive_ends_
     pair.b.exec(&["ip", "link", "set", &pair.link_b, "down"]);
     // Inspections every 2 s: the waits pass 3 s about 4.5 s in.
     std::thread::sleep(std::time::Duration::from_secs(8));
+    // The workers' sockets as the kernel shows them: times since the last data sent,
+    // received and ACK received, in clock ticks. Silent since, their order no longer
+    // changes: it is what conntrace's inspections read.
+    let ss = std::process::Command::new("ip")
+        .args(["netns", "exec", &pair.a.name, "ss", "-tnoip", "dst"])
+        .arg(VethPair::ADDR_B)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    eprintln!("the workers' sockets:\n{ss}");
     let recording = rec.stop();
     let pids: Vec<u32> = workers.iter().map(tests::peers::Daemon::pid).collect();
     drop(workers);
@@ -56,8 +66,30 @@ fn psql_workers_hung_on_a_vanished_pgbouncer_are_named_with_when_keepalive_ends_
         "{report:#?}\nwaiting records: {waits:#?}\npids {pids:?}"
     );
     let hung = hung[0];
+    // Every worker is named whose socket shows the wait. psql sends its query in the
+    // tick pgbouncer's ReadyForQuery arrived; on kernels that ACK a new connection's
+    // first data at once (5.10, 6.1: not yet in ping-pong mode), the ACK can land in
+    // that tick too, and then the kernel's times cannot tell the request from an
+    // answer in the same tick: conntrace reads it as answered (docs/findings.md),
+    // never a false alarm. Such a worker is not expected, nor may it be counted.
+    let sockets = worker_sockets(&ss);
+    assert_eq!(sockets.len(), 3, "three workers' sockets:\n{ss}");
+    let mut want: Vec<u32> = sockets
+        .iter()
+        .filter(|(_, same_tick)| !same_tick)
+        .map(|(pid, _)| *pid)
+        .collect();
+    want.sort_unstable();
+    assert!(
+        !want.is_empty(),
+        "every worker's ACK came in the tick of its query: nothing here to check\n{ss}"
+    );
+    assert_eq!(
+        hung["count"],
+        want.len(),
+        "{hung:#}\nwaiting records: {waits:#?}\nthe workers' sockets:\n{ss}"
+    );
     assert_eq!(hung["severity"], "critical", "{hung:#}");
-    assert_eq!(hung["count"], 3);
     assert_eq!(hung["process"]["comm"], "psql");
     let mut seen: Vec<u32> = hung["evidence"]["pids"]
         .as_array()
@@ -66,9 +98,14 @@ fn psql_workers_hung_on_a_vanished_pgbouncer_are_named_with_when_keepalive_ends_
         .filter_map(|p| p.as_u64().and_then(|p| u32::try_from(p).ok()))
         .collect();
     seen.sort_unstable();
-    let mut want = pids.clone();
-    want.sort_unstable();
-    assert_eq!(seen, want, "every psql worker named");
+    assert!(
+        want.iter().all(|p| pids.contains(p)),
+        "the sockets are the workers' ({pids:?}):\n{ss}"
+    );
+    assert_eq!(
+        seen, want,
+        "every psql worker whose socket shows the wait named"
+    );
     assert_eq!(hung["evidence"]["keepalive"], true);
     assert_eq!(hung["evidence"]["keepalive_settings_from"], "socket");
     assert_eq!(hung["evidence"]["keepalive_idle_ms"], 7_200_000);
@@ -84,6 +121,34 @@ fn psql_workers_hung_on_a_vanished_pgbouncer_are_named_with_when_keepalive_ends_
         assert_eq!(f["severity"], "info", "{f:#}");
         assert_eq!(f["evidence"]["peer_here"], true);
     }
+}
+
+/// `ss -tnoip` output: each socket's holder pid, and whether its last data sent,
+/// last data received and last ACK received fall in one clock tick.
+fn worker_sockets(ss: &str) -> Vec<(u32, bool)> {
+    let field = |text: &str, key: &str| -> Option<u64> {
+        let rest = &text[text.find(key)? + key.len()..];
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    let mut out = Vec::new();
+    let mut pid = None;
+    for line in ss.lines() {
+        if line.starts_with("ESTAB") {
+            pid = field(line, "pid=").and_then(|p| u32::try_from(p).ok());
+        } else if let (Some(p), Some(snd), Some(rcv), Some(ack)) = (
+            pid,
+            field(line, "lastsnd:"),
+            field(line, "lastrcv:"),
+            field(line, "lastack:"),
+        ) {
+            out.push((p, snd == rcv && rcv == ack));
+            pid = None;
+        }
+    }
+    out
 }
 
 /// A pooled HTTP client (Python's http.client) reusing connections after `pause`,
@@ -138,7 +203,21 @@ fn uvicorn_behind_a_service_vip_races_once_with_the_backend_named() {
     assert_eq!(races.len(), 1, "{report:#?}");
     let race = races[0];
     assert_eq!(race["process"]["pid"], racing_pid, "{race:#}");
-    assert_eq!(race["count"], failed);
+    if race["count"] != failed {
+        // Each connection of the racing pool, as the log has it, to say which
+        // failure went uncounted and why.
+        let conns: Vec<String> = recording
+            .log
+            .conns()
+            .filter(|c| c.pid == racing_pid)
+            .map(|c| format!("{c:?}"))
+            .collect();
+        panic!(
+            "{failed} reuses failed, the race counts {}: {race:#}\nthe racing pool's connections:\n{}",
+            race["count"],
+            conns.join("\n")
+        );
+    }
     assert_eq!(race["evidence"]["backends"], serde_json::json!([pod]));
     summary_has(race, "(-> backend 192.0.2.2:8000)");
     assert!(
