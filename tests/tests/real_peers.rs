@@ -18,7 +18,8 @@ use tests::{
 fn psql_workers_hung_on_a_vanished_pgbouncer_are_named_with_when_keepalive_ends_it() {
     let pair = VethPair::new();
     let db = PgBouncer::start(&pair.b, VethPair::ADDR_B);
-    let rec = Recorder::start(&["--await-after", "3s"]);
+    let log = std::env::temp_dir().join(format!("{}.jsonl", tests::unique("conntrace-psql-")));
+    let rec = Recorder::start_at(&log, &["--await-after", "3s"], &[]);
     let workers: Vec<_> = (0..3)
         .map(|_| psql(&pair.a, VethPair::ADDR_B, "SELECT pg_sleep(60)"))
         .collect();
@@ -26,11 +27,9 @@ fn psql_workers_hung_on_a_vanished_pgbouncer_are_named_with_when_keepalive_ends_
     db.wait_running(&pair.b, "pg_sleep", 3, std::time::Duration::from_mins(1));
     std::thread::sleep(std::time::Duration::from_millis(300));
     pair.b.exec(&["ip", "link", "set", &pair.link_b, "down"]);
-    // Inspections every 2 s: the waits pass 3 s about 4.5 s in.
-    std::thread::sleep(std::time::Duration::from_secs(8));
     // The workers' sockets as the kernel shows them: times since the last data sent,
-    // received and ACK received, in clock ticks. Silent since, their order no longer
-    // changes: it is what conntrace's inspections read.
+    // received and ACK received, in clock ticks. Silent from here on, their order no
+    // longer changes: it is what conntrace's inspections read.
     let ss = std::process::Command::new("ip")
         .args(["netns", "exec", &pair.a.name, "ss", "-tnoip", "dst"])
         .arg(VethPair::ADDR_B)
@@ -38,6 +37,29 @@ fn psql_workers_hung_on_a_vanished_pgbouncer_are_named_with_when_keepalive_ends_
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
     eprintln!("the workers' sockets:\n{ss}");
+    let sockets = worker_sockets(&ss);
+    // Every worker is named whose socket shows the wait. psql sends its query in the
+    // tick pgbouncer's ReadyForQuery arrived; on kernels that ACK a new connection's
+    // first data at once (5.10, 6.1: not yet in ping-pong mode), the ACK can land in
+    // that tick too, and then the kernel's times cannot tell the request from an
+    // answer in the same tick: conntrace reads it as answered (docs/findings.md),
+    // never a false alarm. Such a worker is not expected, nor may it be counted.
+    let mut want: Vec<u32> = sockets
+        .iter()
+        .filter(|(_, same_tick)| !same_tick)
+        .map(|(pid, _)| *pid)
+        .collect();
+    want.sort_unstable();
+    // The inspection passes every 2 s, or less often when its dumps cost more (1 % of
+    // a CPU: a slow guest): the waits pass 3 s about 4.5 s in on an idle machine.
+    // Until a pass has seen every such worker waiting, within 60 s.
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_mins(1)
+        && !want.iter().all(|p| waiting_pids(&log).contains(p))
+    {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    eprintln!("waits seen after {:?}", started.elapsed());
     let recording = rec.stop();
     let pids: Vec<u32> = workers.iter().map(tests::peers::Daemon::pid).collect();
     drop(workers);
@@ -66,20 +88,7 @@ fn psql_workers_hung_on_a_vanished_pgbouncer_are_named_with_when_keepalive_ends_
         "{report:#?}\nwaiting records: {waits:#?}\npids {pids:?}"
     );
     let hung = hung[0];
-    // Every worker is named whose socket shows the wait. psql sends its query in the
-    // tick pgbouncer's ReadyForQuery arrived; on kernels that ACK a new connection's
-    // first data at once (5.10, 6.1: not yet in ping-pong mode), the ACK can land in
-    // that tick too, and then the kernel's times cannot tell the request from an
-    // answer in the same tick: conntrace reads it as answered (docs/findings.md),
-    // never a false alarm. Such a worker is not expected, nor may it be counted.
-    let sockets = worker_sockets(&ss);
     assert_eq!(sockets.len(), 3, "three workers' sockets:\n{ss}");
-    let mut want: Vec<u32> = sockets
-        .iter()
-        .filter(|(_, same_tick)| !same_tick)
-        .map(|(pid, _)| *pid)
-        .collect();
-    want.sort_unstable();
     assert!(
         !want.is_empty(),
         "every worker's ACK came in the tick of its query: nothing here to check\n{ss}"
@@ -89,7 +98,14 @@ fn psql_workers_hung_on_a_vanished_pgbouncer_are_named_with_when_keepalive_ends_
         want.len(),
         "{hung:#}\nwaiting records: {waits:#?}\nthe workers' sockets:\n{ss}"
     );
-    assert_eq!(hung["severity"], "critical", "{hung:#}");
+    // Two or more of a program's connections to one peer silent together: the peer
+    // is gone (critical); one alone is a warning.
+    let severity = if want.len() >= 2 {
+        "critical"
+    } else {
+        "warning"
+    };
+    assert_eq!(hung["severity"], severity, "{hung:#}");
     assert_eq!(hung["process"]["comm"], "psql");
     let mut seen: Vec<u32> = hung["evidence"]["pids"]
         .as_array()
@@ -121,6 +137,23 @@ fn psql_workers_hung_on_a_vanished_pgbouncer_are_named_with_when_keepalive_ends_
         assert_eq!(f["severity"], "info", "{f:#}");
         assert_eq!(f["evidence"]["peer_here"], true);
     }
+}
+
+/// The pids of every connection the log's `waiting` records hold so far.
+fn waiting_pids(log: &std::path::Path) -> Vec<u32> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("{\"waiting\""))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .flat_map(|v| {
+            v["waiting"]["conns"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|c| c["pid"].as_u64().and_then(|p| u32::try_from(p).ok()))
+        .collect()
 }
 
 /// `ss -tnoip` output: each socket's holder pid, and whether its last data sent,
