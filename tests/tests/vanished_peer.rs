@@ -1,7 +1,10 @@
 //! A peer that vanishes (its veth link goes down in its namespace) while the client
 //! has data in flight: the client's retransmissions are recorded for that
-//! connection, owned by the client process though they fire from a timer. (6 s: on
-//! 5.10 the first retransmission after the local carrier loss comes later than on 6.x.)
+//! connection, owned by the client process though they fire from a timer. (10 s: on
+//! 5.10 the first retransmissions after the local carrier loss can fail in the kernel
+//! and are never traced: in a 5.10 guest, 2 runs in 4 after the real-peers tests
+//! retransmitted first at 3.4 s with 4 timeouts behind it, the socket's own count of
+//! retransmits 1; the next comes 3.2 s later.)
 
 use tests::{Python, Recorder, VethPair};
 use tracer::event::EventKind;
@@ -19,7 +22,7 @@ time.sleep(30)
 const CLIENT: &str = r"
 sys.stdin.readline()
 s.sendall(b'x' * 1000)
-time.sleep(6)
+time.sleep(10)
 print('done')
 ";
 
@@ -53,7 +56,7 @@ fn vanished_peer_shows_retransmits_for_the_connection() {
         .collect();
     assert!(
         retransmits.len() >= 2,
-        "expected repeated retransmits in 6 s:\n{}",
+        "expected repeated retransmits in 10 s:\n{}",
         recording.dump(&recording.by_local_port(client_port))
     );
     let counts: Vec<u8> = retransmits
@@ -81,7 +84,7 @@ fn vanished_peer_shows_retransmits_for_the_connection() {
             unreachable!()
         };
         assert!(!keepalive);
-        assert!(ack_idle_ms < 10_000);
+        assert!(ack_idle_ms < 15_000);
     }
     let EventKind::Retransmit { ack_idle_ms, .. } = retransmits[retransmits.len() - 1].kind else {
         unreachable!()
