@@ -53,13 +53,7 @@ fn psql_workers_hung_on_a_vanished_pgbouncer_are_named_with_when_keepalive_ends_
     // The inspection passes every 2 s, or less often when its dumps cost more (1 % of
     // a CPU: a slow guest): the waits pass 3 s about 4.5 s in on an idle machine.
     // Until a pass has seen every such worker waiting, within 60 s.
-    let started = std::time::Instant::now();
-    while started.elapsed() < std::time::Duration::from_mins(1)
-        && !want.iter().all(|p| waiting_pids(&log).contains(p))
-    {
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
-    eprintln!("waits seen after {:?}", started.elapsed());
+    wait_for_waits(&log, &want);
     let recording = rec.stop();
     let pids: Vec<u32> = workers.iter().map(tests::peers::Daemon::pid).collect();
     drop(workers);
@@ -137,6 +131,17 @@ fn psql_workers_hung_on_a_vanished_pgbouncer_are_named_with_when_keepalive_ends_
         assert_eq!(f["severity"], "info", "{f:#}");
         assert_eq!(f["evidence"]["peer_here"], true);
     }
+}
+
+/// Until the log's `waiting` records hold every pid of `want`, within 60 s.
+fn wait_for_waits(log: &std::path::Path, want: &[u32]) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_mins(1)
+        && !want.iter().all(|p| waiting_pids(log).contains(p))
+    {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    eprintln!("waits seen after {:?}", started.elapsed());
 }
 
 /// The pids of every connection the log's `waiting` records hold so far.
