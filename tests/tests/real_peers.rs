@@ -39,9 +39,9 @@ fn psql_workers_hung_on_a_vanished_pgbouncer_are_named_with_when_keepalive_ends_
     eprintln!("the workers' sockets:\n{ss}");
     let sockets = worker_sockets(&ss);
     // Every worker is named whose socket shows the wait. psql sends its query in the
-    // tick pgbouncer's ReadyForQuery arrived; on kernels that ACK a new connection's
-    // first data at once (5.10, 6.1: not yet in ping-pong mode), the ACK can land in
-    // that tick too, and then the kernel's times cannot tell the request from an
+    // tick pgbouncer's ReadyForQuery arrived; where pgbouncer's kernel ACKs it at once
+    // (seen in a 6.1 guest; 6.18 delays the ACK ~40 ms), the ACK can land in that
+    // tick too, and then the kernel's times cannot tell the request from an
     // answer in the same tick: conntrace reads it as answered (docs/findings.md),
     // never a false alarm. Such a worker is not expected, nor may it be counted.
     let mut want: Vec<u32> = sockets
