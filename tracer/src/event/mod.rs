@@ -723,12 +723,9 @@ impl Losses {
         *self == Self::default()
     }
 
-    /// Everything lost, of every cause.
-    pub fn total(&self) -> u64 {
-        self.events()
-            .saturating_add(self.owner_map)
-            .saturating_add(self.connect_map)
-            .saturating_add(self.engine_evicted)
+    /// Socket owners the bounded owner maps had no room for.
+    pub fn owners_not_kept(&self) -> u64 {
+        self.owner_map.saturating_add(self.connect_map)
     }
 
     /// The exit line's counts, by what was lost: `lost 3 events (ring buffer full
@@ -744,7 +741,7 @@ impl Losses {
             self.kernel_read,
             self.kernel_nested,
             self.undecodable,
-            self.owner_map.saturating_add(self.connect_map),
+            self.owners_not_kept(),
             self.owner_map,
             self.connect_map,
             self.engine_evicted,
@@ -763,7 +760,7 @@ impl Losses {
             self.kernel_read,
             self.kernel_nested,
             self.undecodable,
-            self.owner_map.saturating_add(self.connect_map),
+            self.owners_not_kept(),
             self.owner_map,
             self.connect_map,
             self.engine_evicted,

@@ -194,8 +194,7 @@ impl TuiSink {
             lost: self.losses.events(),
             not_kept: self
                 .losses
-                .owner_map
-                .saturating_add(self.losses.connect_map)
+                .owners_not_kept()
                 .saturating_add(if probes.is_some() {
                     self.losses.engine_evicted
                 } else {
