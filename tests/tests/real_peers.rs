@@ -144,21 +144,21 @@ fn wait_for_waits(log: &std::path::Path, want: &[u32]) {
     eprintln!("waits seen after {:?}", started.elapsed());
 }
 
-/// The pids of every connection the log's `waiting` records hold so far.
+/// The pids of every connection the log's `waiting` records hold so far (the log's own
+/// reader: a line still being written is set aside).
 fn waiting_pids(log: &std::path::Path) -> Vec<u32> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with("{\"waiting\""))
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .flat_map(|v| {
-            v["waiting"]["conns"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
+    tracer::eventlog::Log::read(log)
+        .map(|l| {
+            l.records
+                .into_iter()
+                .filter_map(|r| match r {
+                    tracer::event::Record::Waiting(w) => Some(w),
+                    _ => None,
+                })
+                .flat_map(|w| w.conns.into_iter().map(|c| c.process.pid))
+                .collect()
         })
-        .filter_map(|c| c["pid"].as_u64().and_then(|p| u32::try_from(p).ok()))
-        .collect()
+        .unwrap_or_default()
 }
 
 /// `ss -tnoip` output: each socket's holder pid, and whether its last data sent,
