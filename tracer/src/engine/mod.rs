@@ -393,7 +393,13 @@ impl Engine {
                     e.time,
                 );
             }
-            (TcpState::Established, TcpState::FinWait1) if conn.role == Role::Server => {
+            // An idle close only (as idle.rs counts one): a close right after the
+            // server's own answer (`Connection: close`, every connection of a
+            // churning server) leaves nothing a pool could reuse, and remembering
+            // each would overflow the memory of real idle closes.
+            (TcpState::Established, TcpState::FinWait1)
+                if conn.role == Role::Server && idle_ms >= self.cfg.idle_min_ms =>
+            {
                 self.reuse.on_server_close(conn, e, idle_ms);
                 let endpoint = e.local;
                 if !through_nat

@@ -9,7 +9,9 @@
 //! idle when the process reused it.
 //!
 //! From the server's side (the clients on other nodes): a server that closed an
-//! accepted connection after it sat idle (ESTABLISHED -> FIN_WAIT1) and then sent a
+//! accepted connection after it sat idle (ESTABLISHED -> FIN_WAIT1 at least
+//! `idle_min_ms` after its last segment, as `idle-close-timeout` counts an idle
+//! close; a close right after the server's own answer is not remembered) and then sent a
 //! reset on the same 4-tuple — data reached its FIN_WAIT socket (the request crossed
 //! the FIN: `raced_fin`) or its time-wait socket (the client reused the connection
 //! later) — saw a client reuse a connection it had closed. Grouped by (server process,

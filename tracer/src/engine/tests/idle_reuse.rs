@@ -198,6 +198,28 @@ fn server_vantage_names_the_clients_that_reused_what_it_closed() {
     assert!(r.recommendation.contains("raise the keep-alive timeout"));
 }
 
+/// A churning server (`Connection: close`: it closes each connection right after
+/// its answer) is not closing idle connections: its closes are not remembered for
+/// the race, so a full day of them drops nothing the race needs, and a late reset
+/// on such a tuple is not a pool's reuse.
+#[test]
+fn server_closes_right_after_the_answer_are_not_remembered_for_the_race() {
+    let mut events = Vec::new();
+    for i in 0..70_000u64 {
+        let client = format!(
+            "10.0.{}.{}:{}",
+            i / 60_000,
+            1 + i % 200,
+            30_000 + i % 30_000
+        );
+        events.extend(server_closes(i + 1, &client, i, 2, 0));
+    }
+    events.extend(server_closes(90_001, "10.9.0.1:40000", 80_000, 3, 90_000));
+    let engine = run(&events);
+    assert_eq!(engine.stats().evicted, 0);
+    assert!(of_kind(&engine, Kind::KeepaliveReuseRace).is_empty());
+}
+
 #[test]
 fn server_vantage_counts_a_request_crossing_the_fin_and_each_connection_once() {
     let s = Sock::new(1, 77, "uvicorn", SERVER, "10.0.1.1:40000");
