@@ -7,8 +7,6 @@
 pub mod api;
 pub mod cgroup;
 
-use std::collections::HashMap;
-
 use serde::{Deserialize, Serialize};
 
 pub use self::cgroup::ContainerRef;
@@ -25,7 +23,8 @@ pub struct CgroupInfo {
 /// Resolves cgroup ids to paths and containers, once each; bounded.
 pub struct Attributor {
     paths: cgroup::CgroupPaths,
-    seen: HashMap<u64, Option<ContainerRef>>,
+    /// FxHash: asked for every record's cgroup.
+    seen: crate::engine::conn::FxMap<u64, Option<ContainerRef>>,
 }
 
 const MAX_CGROUPS: usize = 65_536;
@@ -40,7 +39,7 @@ impl Attributor {
     pub fn new() -> Self {
         Self {
             paths: cgroup::CgroupPaths::new(),
-            seen: HashMap::new(),
+            seen: crate::engine::conn::FxMap::default(),
         }
     }
 

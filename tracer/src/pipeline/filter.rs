@@ -110,6 +110,12 @@ impl Filter {
 impl Filter {
     /// `--pod` / `--container` / `--namespace` against the container of the event's
     /// cgroup and its pod's namespace.
+    /// Whether a pod, container or namespace is asked for (else every cgroup matches
+    /// and [`Self::matches_container`] need not be asked).
+    pub fn by_container(&self) -> bool {
+        self.pod.is_some() || self.container.is_some() || self.namespace.is_some()
+    }
+
     pub fn matches_container(
         &self,
         c: Option<&crate::k8s::ContainerRef>,

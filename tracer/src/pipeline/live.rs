@@ -363,6 +363,9 @@ impl Pipeline<'_> {
 
     /// `--pod`, `--container`, `--namespace` against the container of `cgroup`.
     fn container_matches(&self, cgroup: u64) -> bool {
+        if !self.filter.by_container() {
+            return true;
+        }
         let container = self.attributor.container(cgroup);
         let namespace = container
             .and_then(|c| c.pod_uid.as_ref())
