@@ -29,25 +29,32 @@ for i in range(rounds):
             get(pool[j])
     if i + 1 < rounds:
         time.sleep(pause)
-time.sleep(4)
+time.sleep(5)
 print(failed, flush=True)
 ";
 
 /// Issue 25: the keep-alive race predicted before it fails, against uvicorn (idle
-/// timeout 3 s): a pool reusing after 2.5 s has not failed yet and is warned about
+/// timeout 4 s): a pool reusing after 3.4 s has not failed yet and is warned about
 /// with its margin; one reusing after 1 s is not; Java 17's HttpClient with its own
-/// keep-alive timeout of 2 s (it closes idle connections after about 1.2 s) is named
-/// safe.
+/// keep-alive timeout of 2 s, sending every 2 s, is named safe: it retires idle
+/// connections itself (at 1.2-1.9 s), and when its timer-driven eviction loses to the
+/// next request (a slow TCG guest reused one after 2.45 s idle) the gap is still far
+/// below the 3.2 s where a 4 s server becomes dangerous. (Against a 3 s uvicorn that
+/// late reuse was rightly a near miss, and the test's safe pool was not safe.)
 #[test]
 fn a_pool_reusing_near_uvicorns_timeout_is_warned_before_it_fails() {
     let server = "192.0.2.2:8000";
     let pair = VethPair::new();
-    let _uvicorn = uvicorn(&pair.b, server, 3);
+    let _uvicorn = uvicorn(&pair.b, server, 4);
     let rec = Recorder::start(&[]);
-    let mut near = Python::spawn(Some(&pair.a.name), PAUSING_POOL, &[server, "2.5", "6"]);
+    let mut near = Python::spawn(Some(&pair.a.name), PAUSING_POOL, &[server, "3.4", "6"]);
     let mut far = Python::spawn(Some(&pair.a.name), PAUSING_POOL, &[server, "1.0", "6"]);
     let java = std::process::Command::new("ip")
         .args(["netns", "exec", &pair.a.name, "java"])
+        // Interpreted: in the matrix's TCG guests the JIT's compiled code crashed the
+        // JVM now and then (SIGSEGV in C1 code, on 5.10 and 6.1); the pool's timers and
+        // sockets are the same without it.
+        .arg("-Xint")
         .arg("-Djdk.httpclient.keepalive.timeout=2")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/peers/Pool.java"))
         .args([&format!("http://{server}/"), "5", "2000"])
@@ -90,7 +97,7 @@ fn a_pool_reusing_near_uvicorns_timeout_is_warned_before_it_fails() {
         })
         .collect();
     if near_failed > 0 {
-        // A slow machine (a TCG guest) stretched a 2.5 s pause past uvicorn's 3 s:
+        // A slow machine (a TCG guest) stretched a 3.4 s pause past uvicorn's 4 s:
         // then it is the race, counted as the client counted it, and no near miss.
         let races: Vec<&Value> = findings_for(&report, "keepalive-reuse-race", server)
             .into_iter()
@@ -110,17 +117,17 @@ fn a_pool_reusing_near_uvicorns_timeout_is_warned_before_it_fails() {
         let timeout = w["evidence"]["server_idle_timeout_ms"]
             .as_u64()
             .expect("timeout");
-        assert!((3000..=3100).contains(&timeout), "uvicorn's 3 s: {w:#}");
+        assert!((4000..=4100).contains(&timeout), "uvicorn's 4 s: {w:#}");
         let gap = w["evidence"]["max_reuse_gap_ms"].as_u64().expect("gap");
         assert!(
-            (2400..3000).contains(&gap),
-            "reused after about 2.5 s: {w:#}"
+            (3300..4000).contains(&gap),
+            "reused after about 3.4 s: {w:#}"
         );
         assert_eq!(w["evidence"]["margin_ms"], timeout - gap);
     }
     assert!(
         of(far_pid).is_empty(),
-        "reuse after 1 s is far from 3 s: {report:#?}"
+        "reuse after 1 s is far from 4 s: {report:#?}"
     );
     let safe = of(java_pid);
     assert_eq!(safe.len(), 1, "Java named safe: {report:#?}");
