@@ -105,6 +105,9 @@ pub struct Tracked {
     pub keepalive: bool,
     pub user_timeout_ms: u32,
     pub closed_ns: Option<u64>,
+    /// The process wrote after the peer's FIN and then closed (CLOSE_WAIT ->
+    /// LAST_ACK): how long the connection had been idle when it wrote.
+    pub close_wait_write_gap_ms: Option<u64>,
     counted_remote: bool,
 }
 
@@ -144,6 +147,7 @@ impl Tracked {
             keepalive: false,
             user_timeout_ms: 0,
             closed_ns: None,
+            close_wait_write_gap_ms: None,
             counted_remote: false,
         }
     }
@@ -169,6 +173,28 @@ impl Tracked {
             self.local
         } else {
             self.remote
+        }
+    }
+
+    /// CLOSE_WAIT -> LAST_ACK (`e`): whether the process wrote after the peer's FIN
+    /// (its last send newer than the FIN by more than `tick_slack_ms`) before it
+    /// closed. A reset that follows in LAST_ACK answers that write: the process read
+    /// the EOF and closed before the reset came back, as it does when the reset takes
+    /// a round trip.
+    pub fn closing_in_close_wait(&mut self, e: &Event, tick_slack_ms: u64) {
+        if let (
+            Some(since),
+            crate::event::EventKind::State {
+                send_idle_ms,
+                recv_idle_ms,
+                ..
+            },
+        ) = (self.close_wait_since, &e.kind)
+        {
+            let in_close_wait_ms = e.mono_ns.saturating_sub(since) / 1_000_000;
+            if send_idle_ms.saturating_add(tick_slack_ms) < in_close_wait_ms {
+                self.close_wait_write_gap_ms = Some(recv_idle_ms.saturating_sub(*send_idle_ms));
+            }
         }
     }
 

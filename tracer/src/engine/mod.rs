@@ -46,6 +46,10 @@ pub use finding::{Finding, Kind, Process, Severity};
 
 use crate::event::{Direction, Errno, Event, EventKind, Record, Sockstat, TcpState, Waiting};
 
+/// The longest kernel tick (HZ=100): idle times are counted in ticks, so a send is
+/// known to follow an instant only when it is newer by more than this.
+const TICK_SLACK_MS: u64 = 10;
+
 /// Thresholds; each detector documents how it uses them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -392,6 +396,15 @@ impl Engine {
                     idle_ms,
                     e.time,
                 );
+            }
+            // The process wrote after the peer's FIN (its last send is newer than the
+            // FIN by more than a tick) and then closed: a reset that follows in
+            // LAST_ACK answers that write (the process read the EOF and closed before
+            // the reset came back, as it does when the reset takes a round trip).
+            (TcpState::CloseWait, TcpState::LastAck)
+                if conn.role != Role::Server && conn.role != Role::Listener =>
+            {
+                conn.closing_in_close_wait(e, TICK_SLACK_MS);
             }
             // An idle close only (as idle.rs counts one): a close right after the
             // server's own answer (`Connection: close`, every connection of a

@@ -2,7 +2,10 @@
 //! had already closed, or raced the peer's FIN, and got a reset.
 //!
 //! Rule: on a connection this node opened (not an accepted one), a reset received
-//! in CLOSE_WAIT — the peer's FIN had arrived and the process wrote anyway — or a
+//! in CLOSE_WAIT — the peer's FIN had arrived and the process wrote anyway — or in
+//! LAST_ACK after the process wrote in CLOSE_WAIT (its last send newer than the FIN
+//! by more than a tick) and then closed (it read the EOF before the reset to its
+//! write came back: a round trip away on a real network), or a
 //! reset received in ESTABLISHED after the connection sat idle for at least 80 % of
 //! the endpoint's known idle-close timeout (the request crossed the server's FIN).
 //! Each connection counts once. The reuse gap is how long the connection had been
@@ -137,6 +140,12 @@ impl ReuseRace {
                 false,
             ),
             (TcpState::CloseWait, None) => (recv_idle_ms, None, false),
+            // It wrote after the FIN, read the EOF and closed; the reset to its write
+            // came back after that.
+            (TcpState::LastAck, fin) => match conn.close_wait_write_gap_ms {
+                Some(gap) => (gap, fin.map(|(_, idle)| idle), false),
+                None => return,
+            },
             (TcpState::Established, _)
                 if estimate_ms
                     .is_some_and(|t| recv_idle_ms.saturating_mul(10) >= t.saturating_mul(8)) =>

@@ -64,8 +64,10 @@ pub fn run() -> Result<Outcome> {
     for c in clients {
         failed += u64::from(join(c)?.is_err());
     }
-    // Stay a moment so an inspection sees the full queue and the counters.
-    std::thread::sleep(Duration::from_secs(3));
+    // Stay so an inspection pass sees the full queue and the counters: passes come
+    // every 2 s, later when a dump is slow (a loaded node, a TCG guest, where 3 s
+    // was once too short for one of three recordings).
+    std::thread::sleep(Duration::from_secs(5));
     let _ = done_tx.send(());
     let _ = join(server);
     say(

@@ -2,7 +2,7 @@ use super::{of_kind, run};
 use crate::engine::testing::assert_has;
 use crate::{
     engine::{testing::Sock, Kind, Severity},
-    event::{Event, TcpState::*},
+    event::{Event, EventKind, TcpState::*},
 };
 
 const SERVER: &str = "10.0.0.5:8080";
@@ -103,6 +103,49 @@ fn reset_in_close_wait_is_a_failed_reuse_with_its_gap() {
         "pool (pid 4242) reused 3 connections to 10.0.0.5:8080 after the server closed them at 2.00 s idle"
     );
     assert!(f[0].recommendation.contains("below 2.00 s"));
+}
+
+/// Three pooled connections the server closes at 2 s idle; 600 ms after the FIN
+/// each closes with its last send `send_idle_ms` back (0: it wrote, then read the
+/// EOF and closed) and then receives a reset in LAST_ACK.
+fn reset_after_closing_in_close_wait(send_idle_ms: u64) -> Vec<Event> {
+    let mut events = Vec::new();
+    for i in 0..3u16 {
+        let (c, ev) = closed_by_server(u64::from(i) + 1, 40000 + i, 0, 2000);
+        events.extend(ev);
+        let mut close = c.state(2600, CloseWait, LastAck, send_idle_ms);
+        if let EventKind::State { recv_idle_ms, .. } = &mut close.kind {
+            *recv_idle_ms = 2600;
+        }
+        events.push(close);
+        events.push(c.reset_received(2601, LastAck, 2601));
+        events.push(c.state(2601, LastAck, Close, 1));
+    }
+    events
+}
+
+/// A request written after the server's FIN whose reset comes back after the client
+/// read the EOF and closed (the reset a round trip away, as on a real network; seen
+/// in a 6.1 guest with uvicorn and Python's http.client): the reset arrives in
+/// LAST_ACK, and it is the same failed reuse, with the gap at the write.
+#[test]
+fn reset_in_last_ack_after_a_write_in_close_wait_is_a_failed_reuse() {
+    let f = of_kind(
+        &run(&reset_after_closing_in_close_wait(0)),
+        Kind::KeepaliveReuseRace,
+    );
+    assert_eq!(f.len(), 1, "{f:#?}");
+    assert_eq!(f[0].count, 3);
+    assert_eq!(f[0].evidence["reuse_gap_ms"], 2600);
+    assert_eq!(f[0].evidence["idle_timeout_ms"], 2000);
+}
+
+/// A client that closes in CLOSE_WAIT without writing (its last send before the FIN)
+/// and then gets a reset in LAST_ACK (a server aborting its side) reused nothing.
+#[test]
+fn reset_in_last_ack_without_a_write_is_not_a_race() {
+    let events = reset_after_closing_in_close_wait(2600);
+    assert!(of_kind(&run(&events), Kind::KeepaliveReuseRace).is_empty());
 }
 
 #[test]
