@@ -92,7 +92,13 @@ fn keepalive_race_is_named_from_the_servers_sockets_alone() {
     }
     let race = one(&report, "keepalive-reuse-race", &lab);
     assert_eq!(race["evidence"]["vantage"], "server");
-    assert_eq!(race["count"], lab.count, "one per failed request");
+    // Short once in CI (5 of 8 on the host, not reproduced in 4 runs alone and 3 of
+    // the whole binary): the finding and the server's idle closes, to say which.
+    assert_eq!(
+        race["count"], lab.count,
+        "one per failed request: {race:#}\n{idle:#}\n{}",
+        lab.stdout
+    );
     assert_eq!(race["process"]["comm"], "ka-server");
     assert_eq!(race["process"]["pid"], lab.pid);
     assert_eq!(
