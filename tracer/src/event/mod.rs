@@ -298,9 +298,12 @@ impl Conn {
         }
     }
 
-    /// The history in the log's short form: `SS E+41 FW1+1203~0/0 C+1215`: each
-    /// state ([`TcpState::short`]), `+µs` after the first, `~send/recv` idle ms when
-    /// the old state had carried data, `!n` retransmits when any.
+    /// The history in the log's short form: `SS E+41 FW1+1203~0/0 FW2+1210~ C+1215~`:
+    /// each state ([`TcpState::short`]) preceded by `OLD>` when the old state is not
+    /// the previous step's (nor, on the first step, the usual one: CLOSE before
+    /// SYN_SENT, LISTEN before SYN_RECV); `+µs` after the first step; `~send/recv` idle
+    /// ms when not both 0, a bare `~` when they are the previous step's; `!n`
+    /// retransmits when any.
     pub fn history(&self) -> String {
         let mut out = Vec::with_capacity(8 * self.steps.len());
         self.write_history(&mut out);
@@ -312,12 +315,16 @@ impl Conn {
     pub fn write_history(&self, out: &mut Vec<u8>) {
         let mut num = itoa::Buffer::new();
         let mut prev: Option<TcpState> = None;
+        let mut idle = (0, 0);
         for (i, s) in self.steps.iter().enumerate() {
             if i > 0 {
                 out.push(b' ');
             }
-            // The old state is the previous step's new one, written only when not.
-            if prev != Some(s.old) {
+            // The old state is the previous step's new one (or the usual first one),
+            // written only when not.
+            let implied =
+                prev.or_else(|| Some(usual_first_old(s.new)).filter(|&o| o != TcpState::Unknown));
+            if implied != Some(s.old) {
                 out.extend_from_slice(s.old.short().as_bytes());
                 out.push(b'>');
             }
@@ -326,12 +333,16 @@ impl Conn {
                 out.push(b'+');
                 out.extend_from_slice(num.format(s.after_us).as_bytes());
             }
-            if s.send_idle_ms != 0 || s.recv_idle_ms != 0 {
+            let step_idle = (s.send_idle_ms, s.recv_idle_ms);
+            if step_idle != (0, 0) {
                 out.push(b'~');
-                out.extend_from_slice(num.format(s.send_idle_ms).as_bytes());
-                out.push(b'/');
-                out.extend_from_slice(num.format(s.recv_idle_ms).as_bytes());
+                if step_idle != idle {
+                    out.extend_from_slice(num.format(s.send_idle_ms).as_bytes());
+                    out.push(b'/');
+                    out.extend_from_slice(num.format(s.recv_idle_ms).as_bytes());
+                }
             }
+            idle = step_idle;
             if s.retrans != 0 {
                 out.push(b'!');
                 out.extend_from_slice(num.format(s.retrans).as_bytes());
@@ -340,10 +351,12 @@ impl Conn {
         }
     }
 
-    /// Parses [`Conn::history`]; the first step must name its old state.
+    /// Parses [`Conn::history`] (and the longer form logs before version 5 wrote: the
+    /// first step's old state always named, idle always in full).
     pub fn parse_history(h: &str) -> Result<Vec<Step>, String> {
         let mut steps = Vec::new();
         let mut prev: Option<TcpState> = None;
+        let mut idle = (0, 0);
         for token in h.split_ascii_whitespace() {
             if steps.len() >= 1024 {
                 return Err("history longer than 1024 steps".to_owned());
@@ -352,15 +365,17 @@ impl Conn {
             let (states, rest) = token
                 .find(['+', '~', '!'])
                 .map_or((token, ""), |i| token.split_at(i));
-            let (old, new) = match states.split_once('>') {
-                Some((o, n)) => (
+            let (old, new) = if let Some((o, n)) = states.split_once('>') {
+                (
                     TcpState::from_short(o).ok_or_else(bad)?,
                     TcpState::from_short(n).ok_or_else(bad)?,
-                ),
-                None => (
-                    prev.ok_or_else(bad)?,
-                    TcpState::from_short(states).ok_or_else(bad)?,
-                ),
+                )
+            } else {
+                let new = TcpState::from_short(states).ok_or_else(bad)?;
+                let old = prev
+                    .or_else(|| Some(usual_first_old(new)).filter(|&o| o != TcpState::Unknown))
+                    .ok_or_else(bad)?;
+                (old, new)
             };
             let mut step = Step {
                 after_us: 0,
@@ -377,6 +392,9 @@ impl Conn {
                 let (field, tail) = body.split_at(end);
                 match c {
                     '+' => step.after_us = field.parse().map_err(|_| bad())?,
+                    '~' if field.is_empty() && idle != (0, 0) => {
+                        (step.send_idle_ms, step.recv_idle_ms) = idle;
+                    }
                     '~' => {
                         let (a, b) = field.split_once('/').ok_or_else(bad)?;
                         step.send_idle_ms = a.parse().map_err(|_| bad())?;
@@ -388,12 +406,24 @@ impl Conn {
                 rest = tail;
             }
             prev = Some(new);
+            idle = (step.send_idle_ms, step.recv_idle_ms);
             steps.push(step);
         }
         if steps.is_empty() {
             return Err("empty history".to_owned());
         }
         Ok(steps)
+    }
+}
+
+/// The old state a history leaves unwritten on its first step: CLOSE before
+/// SYN_SENT (a connect), LISTEN before SYN_RECV (an accepted socket's first
+/// transition); [`TcpState::Unknown`] (always written) before any other.
+fn usual_first_old(new: TcpState) -> TcpState {
+    match new {
+        TcpState::SynSent => TcpState::Close,
+        TcpState::SynRecv => TcpState::Listen,
+        _ => TcpState::Unknown,
     }
 }
 

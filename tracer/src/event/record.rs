@@ -10,14 +10,14 @@ use super::{Conn, Event, Listeners, Losses, Reuses, Sockstat, TupleInfo, Waiting
 use crate::k8s::{api::PodInfo, CgroupInfo};
 
 /// One record. In the log: an event is a line of its own fields, a connection is
-/// `{"conn": ...}` (written and read by the hot-path encoder), every other record
+/// `{"conn": HISTORY, ...}` (written and read by the hot-path encoder), every other record
 /// `{"KEY": VALUE}` with the key named here.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Record {
     /// One kernel event (a version 1 log's every line; resets, errors, accepts).
     #[serde(skip)]
     Event(Event),
-    /// A socket's transitions shipped together (`{"conn": ...}`, version 2).
+    /// A socket's transitions shipped together (`{"conn": ...}`, from version 2).
     #[serde(skip)]
     Conn(Conn),
     /// A node TCP memory sample.

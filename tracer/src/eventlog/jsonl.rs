@@ -206,43 +206,97 @@ pub fn write_event(out: &mut Vec<u8>, e: &Event, times: &mut TimeCache) {
     out.push(b'}');
 }
 
-/// Appends `c` as the log's connection line body (no newline):
-/// `{"conn":{"ns":…,"sk":…,"pid":…,"comm":…,"l":…,"r":…,"h":…,"end":{…}}}`.
-/// Short keys and no defaults: this is most of a recording. No `t`: the wall time
-/// is the header's boot time plus `ns` ([`read_conn`]), exactly the live one. `tid` only when it is
-/// not `pid`, `cg` only when set, `own` only when false, `end` (the totals) only on
-/// the connection's last record, `rtx`/`rto` there only when not zero.
+/// Appends `c` as the log's connection line (no newline):
+/// `{"conn":HISTORY,"ns":…,"sk":…,"pid":…,"comm":…,"l":…,"r":…,"end":[…]}`.
+/// Short keys and no defaults: this is most of a recording. The line's first key,
+/// `conn`, names its kind and holds the history. No `t`: the wall time is the
+/// header's boot time plus `ns` ([`read_conn`]), exactly the live one. `tid` only
+/// when it is not `pid`, `cg` only when set, `own` only when false, `end` (the
+/// totals: `[tx, rx, rtt_us, rtx, rto]`, the last two only when not zero) only on
+/// the connection's last record.
 pub fn write_conn(out: &mut Vec<u8>, c: &Conn) {
-    out.extend_from_slice(b"{\"conn\":{\"ns\":");
+    out.extend_from_slice(b"{\"conn\":\"");
+    c.write_history(out);
+    out.extend_from_slice(b"\",\"ns\":");
     out.extend_from_slice(itoa::Buffer::new().format(c.mono_ns).as_bytes());
     owner(out, c.sock, c.pid, c.tid, &c.comm, c.cgroup, c.owner_known);
     addr(out, "l", &c.local);
     addr(out, "r", &c.remote);
-    out.extend_from_slice(b",\"h\":\"");
-    c.write_history(out);
-    out.push(b'"');
     if let Some(t) = &c.totals {
-        out.extend_from_slice(b",\"end\":{\"tx\":");
-        out.extend_from_slice(itoa::Buffer::new().format(t.bytes_acked).as_bytes());
-        num(out, "rx", t.bytes_received);
-        num(out, "rtt_us", t.srtt_us);
-        if t.retrans != 0 {
-            num(out, "rtx", t.retrans);
+        let mut num = itoa::Buffer::new();
+        out.extend_from_slice(b",\"end\":[");
+        out.extend_from_slice(num.format(t.bytes_acked).as_bytes());
+        out.push(b',');
+        out.extend_from_slice(num.format(t.bytes_received).as_bytes());
+        out.push(b',');
+        out.extend_from_slice(num.format(t.srtt_us).as_bytes());
+        if t.retrans != 0 || t.rto_count != 0 {
+            out.push(b',');
+            out.extend_from_slice(num.format(t.retrans).as_bytes());
         }
         if t.rto_count != 0 {
-            num(out, "rto", t.rto_count);
+            out.push(b',');
+            out.extend_from_slice(num.format(t.rto_count).as_bytes());
         }
-        out.push(b'}');
+        out.push(b']');
     }
-    out.extend_from_slice(b"}}");
+    out.push(b'}');
 }
 
-/// Reads the body of a `{"conn": …}` line ([`write_conn`]).
-/// `boot`: the header's boot time, which gives a line without `t` (version 4) its
-/// wall time.
-pub fn read_conn(value: ConnLine, boot: SystemTime) -> Result<Conn, String> {
+/// Reads a connection line: this version's ([`write_conn`]) or, from versions 2 to 4,
+/// `{"conn":{…,"h":HISTORY,"end":{"tx","rx","rtt_us","rtx","rto"}}}`.
+/// `boot`: the header's boot time, which gives a line without `t` (from version 4)
+/// its wall time.
+pub fn parse_conn_line(line: &str, boot: SystemTime) -> Result<Conn, String> {
+    let line: ConnLine = if line.starts_with("{\"conn\":{") {
+        #[derive(serde::Deserialize)]
+        struct Nested {
+            conn: ConnLine,
+        }
+        serde_json::from_str::<Nested>(line).map(|n| n.conn)
+    } else {
+        serde_json::from_str(line)
+    }
+    .map_err(|e| {
+        if e.is_eof() {
+            format!("truncated line ({e})")
+        } else {
+            format!("corrupt line ({e})")
+        }
+    })?;
+    read_conn(line, boot).map_err(|e| format!("corrupt line ({e})"))
+}
+
+fn read_conn(value: ConnLine, boot: SystemTime) -> Result<Conn, String> {
     let digits = value.sk.strip_prefix("0x").unwrap_or(&value.sk);
     let sock = u64::from_str_radix(digits, 16).map_err(|e| format!("sk: {e}"))?;
+    let history = value
+        .conn
+        .or(value.h)
+        .ok_or_else(|| "no history (conn or h)".to_owned())?;
+    let totals = match value.end {
+        None => None,
+        Some(EndLine::Map(e)) => Some(Totals {
+            retrans: e.rtx,
+            rto_count: e.rto,
+            bytes_acked: e.tx,
+            bytes_received: e.rx,
+            srtt_us: e.rtt_us,
+        }),
+        Some(EndLine::List(v)) => {
+            let at = |i: usize| v.get(i).copied().unwrap_or(0);
+            if !(3..=5).contains(&v.len()) {
+                return Err(format!("end: {} numbers, not 3 to 5", v.len()));
+            }
+            Some(Totals {
+                retrans: u32::try_from(at(3)).map_err(|e| format!("end: {e}"))?,
+                rto_count: u8::try_from(at(4)).map_err(|e| format!("end: {e}"))?,
+                bytes_acked: at(0),
+                bytes_received: at(1),
+                srtt_us: u32::try_from(at(2)).map_err(|e| format!("end: {e}"))?,
+            })
+        }
+    };
     Ok(Conn {
         time: value
             .t
@@ -256,20 +310,18 @@ pub fn read_conn(value: ConnLine, boot: SystemTime) -> Result<Conn, String> {
         sock,
         local: value.l,
         remote: value.r,
-        steps: Conn::parse_history(&value.h)?,
-        totals: value.end.map(|e| Totals {
-            retrans: e.rtx,
-            rto_count: e.rto,
-            bytes_acked: e.tx,
-            bytes_received: e.rx,
-            srtt_us: e.rtt_us,
-        }),
+        steps: Conn::parse_history(&history)?,
+        totals,
     })
 }
 
-/// The JSON shape of a connection line.
+/// The JSON shape of a connection line: this version's flat one, or the body of an
+/// older `{"conn": {…}}`.
 #[derive(serde::Deserialize)]
-pub struct ConnLine {
+struct ConnLine {
+    /// The history, from version 5 (the line's first key).
+    #[serde(default)]
+    conn: Option<String>,
     /// Written up to version 3; from 4 the header's boot time plus `ns`.
     #[serde(
         default,
@@ -288,7 +340,9 @@ pub struct ConnLine {
     own: bool,
     l: std::net::SocketAddr,
     r: std::net::SocketAddr,
-    h: String,
+    /// The history, up to version 4.
+    #[serde(default)]
+    h: Option<String>,
     #[serde(default)]
     end: Option<EndLine>,
 }
@@ -297,8 +351,16 @@ fn yes() -> bool {
     true
 }
 
+/// The totals: `[tx, rx, rtt_us, rtx, rto]` from version 5, an object before.
 #[derive(serde::Deserialize)]
-struct EndLine {
+#[serde(untagged)]
+enum EndLine {
+    List(Vec<u64>),
+    Map(EndMap),
+}
+
+#[derive(serde::Deserialize)]
+struct EndMap {
     tx: u64,
     rx: u64,
     rtt_us: u32,
@@ -369,11 +431,6 @@ mod tests {
         }
     }
 
-    #[derive(serde::Deserialize)]
-    struct ConnLineWrapper {
-        conn: ConnLine,
-    }
-
     #[test]
     fn connection_lines_read_back_and_stay_short() {
         use crate::event::Step;
@@ -430,18 +487,82 @@ mod tests {
             write_conn(&mut out, &c);
             let text = String::from_utf8(out.clone()).unwrap();
             if variant == 0 {
-                assert!(text.len() < 210, "{} bytes: {text}", text.len());
+                assert!(text.len() <= 180, "{} bytes: {text}", text.len());
             }
-            let line: ConnLineWrapper = serde_json::from_slice(&out).expect(&text);
-            assert_eq!(read_conn(line.conn, boot).unwrap(), c, "{text}");
+            assert_eq!(parse_conn_line(&text, boot).unwrap(), c, "{text}");
+        }
+    }
+
+    #[test]
+    fn histories_leave_out_only_what_the_previous_step_gives() {
+        let parse = |h: &str| Conn::parse_history(h);
+        let write = |steps: Vec<crate::event::Step>| {
+            Conn {
+                time: SystemTime::UNIX_EPOCH,
+                mono_ns: 0,
+                pid: 1,
+                tid: 1,
+                comm: "c".into(),
+                cgroup: 0,
+                owner_known: true,
+                sock: 1,
+                local: "127.0.0.1:1".parse().unwrap(),
+                remote: "127.0.0.1:2".parse().unwrap(),
+                steps,
+                totals: None,
+            }
+            .history()
+        };
+        // The usual first old states are implied; any other is written.
+        let s = parse("SS E+41").unwrap();
+        assert_eq!((s[0].old, s[0].new), (TcpState::Close, TcpState::SynSent));
+        let s = parse("SR E+4").unwrap();
+        assert_eq!((s[0].old, s[0].new), (TcpState::Listen, TcpState::SynRecv));
+        assert_eq!(write(s), "SR E+4");
+        for h in [
+            "E>CW+3~0/9 LA+40~",
+            "U>E CW+3~1/1",
+            "C>SR E+1",
+            "CW>LA C+30~5/5",
+        ] {
+            assert_eq!(write(parse(h).unwrap()), h, "{h}");
+        }
+        // A bare `~` repeats the previous step's idle times; it cannot open a
+        // history, nor follow a step without idle times.
+        let s = parse("E>CW+3~0/9 LA+40~ C+41~1/1").unwrap();
+        assert_eq!((s[1].send_idle_ms, s[1].recv_idle_ms), (0, 9));
+        assert_eq!((s[2].send_idle_ms, s[2].recv_idle_ms), (1, 1));
+        for bad in ["E+4", "SS~", "SS E+41~", "SS E+41 CW+5~ LA"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn version_4_connection_lines_read_as_version_5s() {
+        let boot = SystemTime::UNIX_EPOCH;
+        let v4 = r#"{"conn":{"ns":17316964817000,"sk":"0xffff88836b8f1280","pid":23683,"tid":23724,"comm":"python3","cg":1,"l":"127.0.0.1:18555","r":"127.0.0.1:39156","h":"L>SR E+6 FW1+138~4/4 FW2+166~4/4 C+173~4/4","end":{"tx":3,"rx":3,"rtt_us":27,"rtx":2}}}"#;
+        let v5 = r#"{"conn":"SR E+6 FW1+138~4/4 FW2+166~ C+173~","ns":17316964817000,"sk":"0xffff88836b8f1280","pid":23683,"tid":23724,"comm":"python3","cg":1,"l":"127.0.0.1:18555","r":"127.0.0.1:39156","end":[3,3,27,2]}"#;
+        let c = parse_conn_line(v4, boot).unwrap();
+        assert_eq!(parse_conn_line(v5, boot).unwrap(), c);
+        let mut out = Vec::new();
+        write_conn(&mut out, &c);
+        assert_eq!(String::from_utf8(out).unwrap(), v5);
+        assert_eq!(c.totals.unwrap().retrans, 2);
+        for bad in [
+            v5.replace("[3,3,27,2]", "[3,3]"),
+            v5.replace("[3,3,27,2]", "[3,3,27,2,1,1]"),
+            v5.replace("[3,3,27,2]", "[3,3,27,2,300]"),
+            v5.replace(r#""conn":"SR"#, r#""conn":"XX"#),
+            v5[..v5.len() - 5].to_owned(),
+        ] {
+            assert!(parse_conn_line(&bad, boot).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn version_3_connection_lines_keep_their_own_time() {
         let text = r#"{"conn":{"t":"2026-11-23T20:11:28.200Z","ns":17316964748000,"sk":"0xffff88836b8f40c0","pid":23683,"comm":"python3","cg":1,"l":"127.0.0.1:39156","r":"127.0.0.1:18555","h":"C>SS E+57 CW+211~0/0"}}"#;
-        let line: ConnLineWrapper = serde_json::from_str(text).unwrap();
-        let c = read_conn(line.conn, SystemTime::UNIX_EPOCH).unwrap();
+        let c = parse_conn_line(text, SystemTime::UNIX_EPOCH).unwrap();
         assert_eq!(
             c.time,
             humantime::parse_rfc3339("2026-11-23T20:11:28.200Z").unwrap()

@@ -370,9 +370,15 @@ mod tests {
         );
         assert_eq!(
             c.history(),
-            "C>SS E+41 FW1+2000041~2000/2004 FW2+2000100~0/4 C+2000200~0/4"
+            "SS E+41 FW1+2000041~2000/2004 FW2+2000100~0/4 C+2000200~"
         );
         assert_eq!(Conn::parse_history(&c.history()).unwrap(), c.steps);
+        // As logs before version 5 wrote it: the same steps.
+        assert_eq!(
+            Conn::parse_history("C>SS E+41 FW1+2000041~2000/2004 FW2+2000100~0/4 C+2000200~0/4")
+                .unwrap(),
+            c.steps
+        );
         let totals = c.totals.unwrap();
         assert_eq!(
             (totals.srtt_us, totals.retrans, totals.bytes_received),
