@@ -115,6 +115,75 @@ fn request(family: u8) -> [u8; NLMSG_HDRLEN + 56] {
     m
 }
 
+/// `inet_diag_req_v2` for the one socket with this 4-tuple (the kernel's hash lookup,
+/// no dump), with `tcp_info`; `seq` to match its answer.
+fn request_one(local: SocketAddr, remote: SocketAddr, seq: u32) -> [u8; NLMSG_HDRLEN + 56] {
+    let mut m = request(if local.is_ipv4() { AF_INET } else { AF_INET6 });
+    m[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    m[8..12].copy_from_slice(&seq.to_ne_bytes());
+    // `struct inet_diag_sockid`: ports and addresses in network order, the local end
+    // first; any interface; no cookie (INET_DIAG_NOCOOKIE).
+    let id = &mut m[NLMSG_HDRLEN + 8..];
+    id[0..2].copy_from_slice(&local.port().to_be_bytes());
+    id[2..4].copy_from_slice(&remote.port().to_be_bytes());
+    for (at, ip) in [(4, local.ip()), (20, remote.ip())] {
+        match ip {
+            std::net::IpAddr::V4(a) => id[at..at + 4].copy_from_slice(&a.octets()),
+            std::net::IpAddr::V6(a) => id[at..at + 16].copy_from_slice(&a.octets()),
+        }
+    }
+    id[40..48].fill(0xff);
+    m
+}
+
+/// The established connection with this 4-tuple in the namespace of `fd`; `None`
+/// when there is none (closed, or in another state).
+pub fn query_one(
+    fd: &OwnedFd,
+    netns: u32,
+    local: SocketAddr,
+    remote: SocketAddr,
+) -> io::Result<Option<DiagConn>> {
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let req = request_one(local, remote, seq);
+    // SAFETY: req is valid for its length.
+    if unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut buf = [0u8; 4096];
+    // The answer is one message (or an error); one left over from an earlier request
+    // whose wait timed out has another sequence number and is skipped.
+    for _ in 0..4 {
+        // SAFETY: buf is valid for its length.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+        let len = u32_at(&buf, 0).map_or(0, |l| l as usize);
+        if n < NLMSG_HDRLEN || len < NLMSG_HDRLEN || len > n {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "short netlink message",
+            ));
+        }
+        if u32_at(&buf, 8) != Some(seq) {
+            continue;
+        }
+        return match u16_at(&buf, 4) {
+            Some(SOCK_DIAG_BY_FAMILY) => {
+                let payload = &buf[NLMSG_HDRLEN..len];
+                Ok(parse_msg(netns, payload)
+                    .filter(|_| payload.get(1).map(|&s| u32::from(s)) == Some(TCP_ESTABLISHED)))
+            }
+            Some(NLMSG_ERROR) => match u32_at(&buf, NLMSG_HDRLEN).map_or(0, u32::cast_signed) {
+                e if e == -libc::ENOENT => Ok(None),
+                e => Err(io::Error::from_raw_os_error(-e)),
+            },
+            _ => Ok(None),
+        };
+    }
+    Ok(None)
+}
+
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
@@ -489,6 +558,18 @@ impl Inspector {
         out
     }
 
+    /// [`query_one`] in the namespace `netns`; `None` when that namespace is not
+    /// inspected (any more).
+    pub fn query(
+        &self,
+        netns: u32,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> Option<io::Result<Option<DiagConn>>> {
+        let fd = self.sockets.get(&netns)?;
+        Some(query_one(fd, netns, local, remote))
+    }
+
     pub fn namespaces(&self) -> usize {
         self.sockets.len()
     }
@@ -647,5 +728,54 @@ mod tests {
         let all = inspector.pass();
         let local = c.local_addr().expect("local");
         assert!(all.iter().any(|d| d.local == local), "{} seen", all.len());
+    }
+
+    /// A probe finds one connection by its 4-tuple, as the dump shows it, in both
+    /// families; a closed one is gone.
+    #[test]
+    fn one_connection_is_found_by_its_four_tuple() {
+        use std::io::{Read as _, Write as _};
+        let mut inspector = Inspector::new(Path::new("/proc"));
+        let _ = inspector.pass();
+        let netns = *inspector.sockets.keys().next().expect("this namespace");
+        for at in ["127.0.0.1:0", "[::1]:0"] {
+            let Ok(l) = std::net::TcpListener::bind(at) else {
+                continue; // no IPv6 here
+            };
+            let mut c =
+                std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+            let (mut s, _) = l.accept().expect("accept");
+            let (local, remote) = (c.local_addr().expect("local"), c.peer_addr().expect("peer"));
+            let look = || {
+                inspector
+                    .query(netns, local, remote)
+                    .expect("an inspected namespace")
+                    .expect("a netlink answer")
+            };
+            let before = look().expect("found");
+            assert_eq!((before.local, before.remote), (local, remote));
+            c.write_all(b"ping").expect("write");
+            let mut b = [0u8; 4];
+            s.read_exact(&mut b).expect("read");
+            let after = look().expect("found");
+            assert_eq!(after.data_segs_out, before.data_segs_out + 1, "{after:?}");
+            assert_eq!(after.bytes_acked, before.bytes_acked + 4, "{after:?}");
+            let unknown: SocketAddr = if local.is_ipv4() {
+                "127.0.0.1:9"
+            } else {
+                "[::1]:9"
+            }
+            .parse()
+            .expect("addr");
+            assert_eq!(
+                inspector
+                    .query(netns, local, unknown)
+                    .expect("ns")
+                    .expect("answer"),
+                None
+            );
+            drop(c);
+            assert_eq!(look(), None, "closed: no longer established");
+        }
     }
 }

@@ -52,30 +52,54 @@ const MAX_REUSES: usize = 256;
 pub const MIN_REUSE_GAP_MS: u64 = 500;
 /// Connections whose last activity is remembered between passes, at most.
 const MAX_TRACKED: usize = 65_536;
+/// Between passes (2 s apart at best, up to 30 s on a node with many sockets), the
+/// inspection looks again at this many of the connections this node opened, every
+/// [`PROBE_EVERY`], each by its 4-tuple (the kernel's hash lookup, not a dump): a
+/// pool that reuses its connections every 1.7 s then shows each reuse's idle gap
+/// exactly, where passes seconds apart see several sends and only a lower bound.
+/// 128 lookups every 0.5 s: ~1 ms of CPU a second at most.
+const MAX_PROBED: usize = 128;
+const PROBE_EVERY: Duration = Duration::from_millis(500);
 
-/// What the previous pass saw of a connection: when it last sent, when it was last
-/// active (data either way), monotonic ms; and its data segments sent.
+/// A connection of this node: its namespace and its ends.
+type ConnKey = (u32, SocketAddr, SocketAddr);
+
+/// What the inspection last saw of a connection: when (monotonic ms), when it last
+/// sent, when it was last active (data either way); and its data segments sent.
 #[derive(Debug, Clone, Copy)]
 struct Seen {
+    at_ms: u64,
     sent_ms: u64,
     active_ms: u64,
     data_segs_out: u32,
 }
 
-/// A connection's reuse since the previous pass, if it idled at least
+impl Seen {
+    fn of(c: &DiagConn, now_ms: u64) -> Self {
+        Self {
+            at_ms: now_ms,
+            sent_ms: now_ms.saturating_sub(u64::from(c.last_data_sent_ms)),
+            active_ms: now_ms
+                .saturating_sub(u64::from(c.last_data_sent_ms.min(c.last_data_recv_ms))),
+            data_segs_out: c.data_segs_out,
+        }
+    }
+}
+
+/// A connection's reuse since it was last seen, if it idled at least
 /// [`MIN_REUSE_GAP_MS`] before sending again: (gap, exact). Times are monotonic ms;
 /// the kernel's are in ticks, so a send within a tick of the previous one is no reuse.
-fn reuse_gap(before: Seen, now: Seen, pass_before_ms: u64) -> Option<(u64, bool)> {
+fn reuse_gap(before: Seen, now: Seen) -> Option<(u64, bool)> {
     if now.sent_ms <= before.sent_ms + 4 {
         return None;
     }
     // One data segment since: that send ended the idle time. More: the first of them
-    // came after the previous pass, whose idle time is then a lower bound.
+    // came after the previous look, whose idle time is then a lower bound.
     let exact = now.data_segs_out == before.data_segs_out.wrapping_add(1);
     let gap = if exact {
         now.sent_ms.saturating_sub(before.active_ms)
     } else {
-        pass_before_ms.saturating_sub(before.active_ms)
+        before.at_ms.saturating_sub(before.active_ms)
     };
     (gap >= MIN_REUSE_GAP_MS).then_some((gap, exact))
 }
@@ -92,9 +116,10 @@ pub struct Inspection {
     inspector: Inspector,
     owners: HashMap<u64, Holder>,
     after_ms: Option<u64>,
-    /// Client connections as the previous pass saw them, and that pass's time (ms).
-    seen: HashMap<(u32, SocketAddr, SocketAddr), Seen>,
-    last_pass_ms: u64,
+    /// Client connections as the inspection last saw them.
+    seen: HashMap<ConnKey, Seen>,
+    /// The connections looked at again between passes ([`MAX_PROBED`]).
+    probed: Vec<ConnKey>,
     clock: KernelClock,
     /// Each namespace's listen counters as last sent, and the previous pass's time.
     listen_counters: HashMap<u32, ListenCounters>,
@@ -139,30 +164,38 @@ impl Inspection {
             .collect();
         let mut seen = HashMap::with_capacity(self.seen.len().min(MAX_TRACKED));
         let mut found = Vec::new();
+        // Probed until the next pass: first the connections that idled, shortest idle
+        // first (the likeliest to be reused within a server's keep-alive timeout),
+        // then the busy ones.
+        let mut probe: Vec<((bool, u32), ConnKey)> = Vec::new();
         for c in all.iter().filter(|c| {
             !c.listening
                 && c.inode != 0
                 && c.bytes_acked > 1
                 && !listening.contains(&(c.netns, c.local.port()))
         }) {
-            let now = Seen {
-                sent_ms: now_ms.saturating_sub(u64::from(c.last_data_sent_ms)),
-                active_ms: now_ms
-                    .saturating_sub(u64::from(c.last_data_sent_ms.min(c.last_data_recv_ms))),
-                data_segs_out: c.data_segs_out,
-            };
+            let now = Seen::of(c, now_ms);
             let key = (c.netns, c.local, c.remote);
+            let mut reused = false;
             if let Some(before) = self.seen.get(&key) {
-                if let Some((gap, exact)) = reuse_gap(*before, now, self.last_pass_ms) {
+                if let Some((gap, exact)) = reuse_gap(*before, now) {
                     found.push((c, gap, exact));
+                    reused = true;
                 }
             }
             if seen.len() < MAX_TRACKED {
                 seen.insert(key, now);
+                let idle = c.last_data_sent_ms.min(c.last_data_recv_ms);
+                let idled = reused || u64::from(idle) >= MIN_REUSE_GAP_MS;
+                probe.push(((!idled, idle), key));
             }
         }
         self.seen = seen;
-        self.last_pass_ms = now_ms;
+        if probe.len() > MAX_PROBED {
+            probe.select_nth_unstable_by_key(MAX_PROBED, |(rank, _)| *rank);
+            probe.truncate(MAX_PROBED);
+        }
+        self.probed = probe.into_iter().map(|(_, key)| key).collect();
         found.sort_by_key(|(_, gap, _)| std::cmp::Reverse(*gap));
         found.truncate(MAX_REUSES);
         found
@@ -217,11 +250,67 @@ impl Inspection {
             owners: HashMap::new(),
             after_ms,
             seen: HashMap::new(),
-            last_pass_ms: 0,
+            probed: Vec::new(),
             clock,
             listen_counters: HashMap::new(),
             last_listen_pass: None,
         }
+    }
+
+    /// A look between passes at the connections [`MAX_PROBED`] names: their reuses
+    /// since they were last seen, as a pass with one [`Reuses`] record; `None` when
+    /// none was reused. A connection gone (or no longer established) is dropped.
+    pub fn probe(&mut self) -> Option<Pass> {
+        if self.probed.is_empty() {
+            return None;
+        }
+        let mono_ns = u64::try_from(crate::kernel::time::monotonic_now().as_nanos()).unwrap_or(0);
+        let now_ms = mono_ns / 1_000_000;
+        let mut reused = Vec::new();
+        let mut probed = std::mem::take(&mut self.probed);
+        probed.retain(|&(netns, local, remote)| {
+            let Some(Ok(Some(c))) = self.inspector.query(netns, local, remote) else {
+                return false;
+            };
+            let now = Seen::of(&c, now_ms);
+            if let Some(before) = self.seen.get_mut(&(netns, local, remote)) {
+                if let Some((gap, exact)) = reuse_gap(*before, now) {
+                    reused.push((c, gap, exact));
+                }
+                *before = now;
+            }
+            true
+        });
+        self.probed = probed;
+        if reused.is_empty() {
+            return None;
+        }
+        let inodes: Vec<u64> = reused.iter().map(|(c, _, _)| c.inode).collect();
+        self.learn_owners(&inodes);
+        Some(Pass {
+            records: vec![Record::Reuses(Reuses {
+                time: self.clock.wall(mono_ns),
+                mono_ns,
+                reuses: self.reuse_records(&reused),
+            })],
+            namespace_errors: self.inspector.errors,
+        })
+    }
+
+    fn reuse_records(&self, reused: &[(DiagConn, u64, bool)]) -> Vec<Reuse> {
+        reused
+            .iter()
+            .map(|(c, gap, exact)| {
+                let holder = self.owners.get(&c.inode);
+                Reuse {
+                    process: holder.map(|h| h.process.clone()).unwrap_or_default(),
+                    local: c.local,
+                    remote: c.remote,
+                    gap_ms: *gap,
+                    exact: *exact,
+                }
+            })
+            .collect()
     }
 
     /// The listeners' record of a pass, if something queued or a counter moved.
@@ -291,19 +380,7 @@ impl Inspection {
         self.owners.retain(|ino, _| open_inodes.contains(ino));
         let time = self.clock.wall(mono_ns);
         let conns = found.iter().map(|c| self.waiting(c, &open)).collect();
-        let reused_now: Vec<Reuse> = reused
-            .iter()
-            .map(|(c, gap, exact)| {
-                let holder = self.owners.get(&c.inode);
-                Reuse {
-                    process: holder.map(|h| h.process.clone()).unwrap_or_default(),
-                    local: c.local,
-                    remote: c.remote,
-                    gap_ms: *gap,
-                    exact: *exact,
-                }
-            })
-            .collect();
+        let reused_now = self.reuse_records(&reused);
         let queues = listeners.iter().map(|c| self.queue(c)).collect();
         let mut records: Vec<Record> = self.listeners(mono_ns, queues).into_iter().collect();
         if !reused_now.is_empty() {
@@ -344,16 +421,103 @@ pub fn spawn(
             let mut inspection = Inspection::new(after_ms, clock);
             // The first pass at once: the namespaces' counters read at the start are
             // the baseline every later drop is counted against.
-            let mut pause = Duration::ZERO;
             loop {
-                std::thread::sleep(pause);
                 let pass = inspection.pass();
-                pause = (inspection.inspector.last_dump * CPU_SHARE)
+                let pause = (inspection.inspector.last_dump * CPU_SHARE)
                     .clamp(INSPECT_EVERY, INSPECT_MAX_PAUSE);
                 if tx.send(pass).is_err() {
                     return;
                 }
+                // Looks at the pool connections between passes.
+                let next = std::time::Instant::now() + pause;
+                while let Some(left) = next.checked_duration_since(std::time::Instant::now()) {
+                    std::thread::sleep(left.min(PROBE_EVERY));
+                    if left <= PROBE_EVERY {
+                        break;
+                    }
+                    if let Some(p) = inspection.probe() {
+                        if tx.send(p).is_err() {
+                            return;
+                        }
+                    }
+                }
             }
         })?;
     Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read as _, Write as _};
+
+    fn seen(at_ms: u64, sent_ms: u64, active_ms: u64, segs: u32) -> Seen {
+        Seen {
+            at_ms,
+            sent_ms,
+            active_ms,
+            data_segs_out: segs,
+        }
+    }
+
+    #[test]
+    fn one_send_since_the_last_look_is_an_exact_gap_more_a_lower_bound() {
+        let before = seen(10_000, 9_000, 9_100, 5);
+        assert_eq!(
+            reuse_gap(before, seen(12_000, 11_700, 11_710, 6)),
+            Some((2_600, true))
+        );
+        assert_eq!(
+            reuse_gap(before, seen(12_000, 11_700, 11_710, 8)),
+            Some((900, false))
+        );
+        // No send since (within a tick), or a short gap: no reuse.
+        assert_eq!(reuse_gap(before, seen(12_000, 9_004, 9_100, 5)), None);
+        assert_eq!(reuse_gap(before, seen(12_000, 9_400, 9_400, 6)), None);
+    }
+
+    /// A pool connection reused between passes is seen by the probe, its gap exact.
+    #[test]
+    fn a_probe_between_passes_sees_a_reuse_exactly() {
+        let clock = KernelClock::detect().expect("clock");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut client =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (mut server, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 4];
+        let mut request = |client: &mut std::net::TcpStream| {
+            client.write_all(b"ping").expect("write");
+            server.read_exact(&mut buf).expect("read");
+            server.write_all(b"pong").expect("answer");
+            client.read_exact(&mut buf).expect("read the answer");
+        };
+        request(&mut client);
+        let mut inspection = Inspection::new(None, clock);
+        // Idle at the pass: among the connections probed first.
+        std::thread::sleep(Duration::from_millis(600));
+        let _ = inspection.pass();
+        let key = (
+            client.local_addr().expect("local"),
+            client.peer_addr().expect("peer"),
+        );
+        assert!(inspection.probed.iter().any(|k| (k.1, k.2) == key));
+        std::thread::sleep(Duration::from_millis(200));
+        request(&mut client);
+        let pass = inspection.probe().expect("a reuse");
+        let Some(Record::Reuses(r)) = pass.records.first() else {
+            panic!("{:?}", pass.records);
+        };
+        let mine = r
+            .reuses
+            .iter()
+            .find(|r| r.local == key.0)
+            .expect("this connection's reuse");
+        assert!(mine.exact, "{mine:?}");
+        assert!((750..1500).contains(&mine.gap_ms), "{mine:?}");
+        assert_eq!(mine.process.pid, std::process::id(), "{mine:?}");
+        // Nothing sent since: no reuse on the next look.
+        assert!(inspection
+            .probe()
+            .is_none_or(|p| !format!("{:?}", p.records).contains(&key.0.to_string())));
+    }
 }
