@@ -7,16 +7,17 @@
 use serde_json::Value;
 use tests::{findings_for, peers::uvicorn, Python, Recorder, VethPair};
 
-/// A pool of `http.client` connections that reuses them every `pause` seconds for
-/// `rounds` rounds, then leaves them idle until the server closes them; prints the
-/// requests that failed.
+/// A pool of `size` `http.client` connections that reuses them every `pause` seconds
+/// for `rounds` rounds, then leaves them idle until the server closes them; prints
+/// the requests that failed. Each round sends on the connections one after another,
+/// so a connection's reuse gap is the pause plus the other connections' requests.
 const PAUSING_POOL: &str = r"
 import http.client, sys, time
 host, port = sys.argv[1].rsplit(':', 1)
-pause, rounds = float(sys.argv[2]), int(sys.argv[3])
+pause, rounds, size = float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 def get(c):
     c.request('GET', '/'); r = c.getresponse(); r.read()
-pool = [http.client.HTTPConnection(host, int(port), timeout=5) for _ in range(3)]
+pool = [http.client.HTTPConnection(host, int(port), timeout=5) for _ in range(size)]
 failed = 0
 for i in range(rounds):
     for j, c in enumerate(pool):
@@ -78,8 +79,12 @@ fn a_pool_reusing_near_uvicorns_timeout_is_warned_before_it_fails() {
     let pair = VethPair::new();
     let _uvicorn = uvicorn(&pair.b, server, 4);
     let rec = Recorder::start(&[]);
-    let mut near = Python::spawn(Some(&pair.a.name), PAUSING_POOL, &[server, "3.4", "6"]);
-    let mut far = Python::spawn(Some(&pair.a.name), PAUSING_POOL, &[server, "1.0", "6"]);
+    let mut near = Python::spawn(Some(&pair.a.name), PAUSING_POOL, &[server, "3.4", "6", "3"]);
+    // One connection: in CI's TCG guests uvicorn answered in ~1.2 s with the other
+    // peers running, and a pool of 3 then reused each connection after 1 s plus two
+    // answers, 3.45-3.74 s (ci21 on 6.1, ci22 on 6.12): rightly a near miss once the
+    // inspection's probes saw those gaps exactly. Alone, its gap is its pause.
+    let mut far = Python::spawn(Some(&pair.a.name), PAUSING_POOL, &[server, "1.0", "6", "1"]);
     let java = std::process::Command::new("ip")
         .args(["netns", "exec", &pair.a.name, "java"])
         // Interpreted: in the matrix's TCG guests the JIT's compiled code crashed the
@@ -160,7 +165,7 @@ fn a_pool_reusing_near_uvicorns_timeout_is_warned_before_it_fails() {
     }
     assert!(
         of(far_pid).is_empty(),
-        "reuse after 1 s is far from 4 s: {report:#?}"
+        "reuse after 1 s is far from 4 s: {report:#?}\nreuse records (far pid {far_pid}): {reuses:#?}"
     );
     let safe = of(java_pid);
     assert_eq!(safe.len(), 1, "Java named safe: {report:#?}");

@@ -57,6 +57,10 @@ pub struct DiagConn {
     /// `sk_ack_backlog`) and its backlog (`idiag_wqueue`, `sk_max_ack_backlog`).
     pub queued: u32,
     pub backlog: u32,
+    /// When the kernel answered (CLOCK_MONOTONIC ms, read as its batch of the dump
+    /// arrived): the instant the `last_*_ms` ages count back from. A pass dumps every
+    /// namespace one after another, seconds in all on a busy node or a slow guest.
+    pub seen_ms: u64,
 }
 
 impl DiagConn {
@@ -158,6 +162,7 @@ pub fn query_one(
         // SAFETY: buf is valid for its length.
         let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+        let arrived = now_ms();
         let len = u32_at(&buf, 0).map_or(0, |l| l as usize);
         if n < NLMSG_HDRLEN || len < NLMSG_HDRLEN || len > n {
             return Err(io::Error::new(
@@ -172,7 +177,11 @@ pub fn query_one(
             Some(SOCK_DIAG_BY_FAMILY) => {
                 let payload = &buf[NLMSG_HDRLEN..len];
                 Ok(parse_msg(netns, payload)
-                    .filter(|_| payload.get(1).map(|&s| u32::from(s)) == Some(TCP_ESTABLISHED)))
+                    .filter(|_| payload.get(1).map(|&s| u32::from(s)) == Some(TCP_ESTABLISHED))
+                    .map(|c| DiagConn {
+                        seen_ms: arrived,
+                        ..c
+                    }))
             }
             Some(NLMSG_ERROR) => match u32_at(&buf, NLMSG_HDRLEN).map_or(0, u32::cast_signed) {
                 e if e == -libc::ENOENT => Ok(None),
@@ -236,6 +245,7 @@ pub fn parse_msg(netns: u32, b: &[u8]) -> Option<DiagConn> {
         data_segs_out: 0,
         queued,
         backlog,
+        seen_ms: 0,
     };
     let mut at = DIAG_MSG_LEN;
     let mut info = false;
@@ -262,8 +272,14 @@ pub fn parse_msg(netns: u32, b: &[u8]) -> Option<DiagConn> {
     (info || conn.listening).then_some(conn)
 }
 
-/// Reads a whole dump answer from `fd`, calling `each` per message payload.
-fn read_dump(fd: &OwnedFd, mut each: impl FnMut(&[u8])) -> io::Result<()> {
+/// Monotonic milliseconds now.
+fn now_ms() -> u64 {
+    u64::try_from(crate::kernel::time::monotonic_now().as_millis()).unwrap_or(0)
+}
+
+/// Reads a whole dump answer from `fd`, calling `each` per message payload with the
+/// time its batch arrived ([`now_ms`]).
+fn read_dump(fd: &OwnedFd, mut each: impl FnMut(&[u8], u64)) -> io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         // SAFETY: buf is valid for its length.
@@ -272,6 +288,7 @@ fn read_dump(fd: &OwnedFd, mut each: impl FnMut(&[u8])) -> io::Result<()> {
         if n == 0 {
             return Ok(());
         }
+        let arrived = now_ms();
         let mut at = 0;
         while at + NLMSG_HDRLEN <= n {
             let len = u32_at(&buf, at).map_or(0, |l| l as usize);
@@ -288,7 +305,7 @@ fn read_dump(fd: &OwnedFd, mut each: impl FnMut(&[u8])) -> io::Result<()> {
                     let errno = u32_at(&buf, at + NLMSG_HDRLEN).map_or(0, u32::cast_signed);
                     return Err(io::Error::from_raw_os_error(-errno));
                 }
-                SOCK_DIAG_BY_FAMILY => each(&buf[at + NLMSG_HDRLEN..at + len]),
+                SOCK_DIAG_BY_FAMILY => each(&buf[at + NLMSG_HDRLEN..at + len], arrived),
                 _ => {}
             }
             at += (len + 3) & !3;
@@ -343,7 +360,12 @@ pub fn dump(fd: &OwnedFd, netns: u32, out: &mut Vec<DiagConn>) -> io::Result<()>
         if sent < 0 {
             return Err(io::Error::last_os_error());
         }
-        read_dump(fd, |payload| out.extend(parse_msg(netns, payload)))?;
+        read_dump(fd, |payload, arrived| {
+            out.extend(parse_msg(netns, payload).map(|c| DiagConn {
+                seen_ms: arrived,
+                ..c
+            }));
+        })?;
     }
     Ok(())
 }

@@ -75,11 +75,14 @@ struct Seen {
 }
 
 impl Seen {
-    fn of(c: &DiagConn, now_ms: u64) -> Self {
+    /// From the kernel's answer: its ages count back from when it arrived, not from
+    /// when the pass that asked began or ended.
+    fn of(c: &DiagConn) -> Self {
+        let at_ms = c.seen_ms;
         Self {
-            at_ms: now_ms,
-            sent_ms: now_ms.saturating_sub(u64::from(c.last_data_sent_ms)),
-            active_ms: now_ms
+            at_ms,
+            sent_ms: at_ms.saturating_sub(u64::from(c.last_data_sent_ms)),
+            active_ms: at_ms
                 .saturating_sub(u64::from(c.last_data_sent_ms.min(c.last_data_recv_ms))),
             data_segs_out: c.data_segs_out,
         }
@@ -90,7 +93,9 @@ impl Seen {
 /// [`MIN_REUSE_GAP_MS`] before sending again: (gap, exact). Times are monotonic ms;
 /// the kernel's are in ticks, so a send within a tick of the previous one is no reuse.
 fn reuse_gap(before: Seen, now: Seen) -> Option<(u64, bool)> {
-    if now.sent_ms <= before.sent_ms + 4 {
+    // No data segment since: no reuse, whatever the ages say (each is rounded to a
+    // tick, and two looks' clocks are read apart from the kernel's).
+    if now.data_segs_out == before.data_segs_out || now.sent_ms <= before.sent_ms + 4 {
         return None;
     }
     // One data segment since: that send ended the idle time. More: the first of them
@@ -156,7 +161,7 @@ impl Inspection {
 
     /// Reuses of this node's connections since the previous pass; remembers this
     /// pass's view for the next.
-    fn reuses<'a>(&mut self, all: &'a [DiagConn], now_ms: u64) -> Vec<(&'a DiagConn, u64, bool)> {
+    fn reuses<'a>(&mut self, all: &'a [DiagConn]) -> Vec<(&'a DiagConn, u64, bool)> {
         let listening: HashSet<(u32, u16)> = all
             .iter()
             .filter(|c| c.listening)
@@ -174,7 +179,7 @@ impl Inspection {
                 && c.bytes_acked > 1
                 && !listening.contains(&(c.netns, c.local.port()))
         }) {
-            let now = Seen::of(c, now_ms);
+            let now = Seen::of(c);
             let key = (c.netns, c.local, c.remote);
             let mut reused = false;
             if let Some(before) = self.seen.get(&key) {
@@ -265,14 +270,13 @@ impl Inspection {
             return None;
         }
         let mono_ns = u64::try_from(crate::kernel::time::monotonic_now().as_nanos()).unwrap_or(0);
-        let now_ms = mono_ns / 1_000_000;
         let mut reused = Vec::new();
         let mut probed = std::mem::take(&mut self.probed);
         probed.retain(|&(netns, local, remote)| {
             let Some(Ok(Some(c))) = self.inspector.query(netns, local, remote) else {
                 return false;
             };
-            let now = Seen::of(&c, now_ms);
+            let now = Seen::of(&c);
             if let Some(before) = self.seen.get_mut(&(netns, local, remote)) {
                 if let Some((gap, exact)) = reuse_gap(*before, now) {
                     reused.push((c, gap, exact));
@@ -347,7 +351,7 @@ impl Inspection {
         let all = self.inspector.pass();
         let mono_ns = u64::try_from(crate::kernel::time::monotonic_now().as_nanos()).unwrap_or(0);
         let reused: Vec<(DiagConn, u64, bool)> = self
-            .reuses(&all, mono_ns / 1_000_000)
+            .reuses(&all)
             .into_iter()
             .map(|(c, gap, exact)| (c.clone(), gap, exact))
             .collect();
@@ -474,6 +478,10 @@ mod tests {
         // No send since (within a tick), or a short gap: no reuse.
         assert_eq!(reuse_gap(before, seen(12_000, 9_004, 9_100, 5)), None);
         assert_eq!(reuse_gap(before, seen(12_000, 9_400, 9_400, 6)), None);
+        // A look whose ages count back from a later instant than they were taken at
+        // (a pass that read the clock after seconds of dumps; CI's 6.12 guest then
+        // saw an idle pool "reused" after 3.41 s): no data segment, no reuse.
+        assert_eq!(reuse_gap(before, seen(12_000, 9_300, 9_300, 5)), None);
     }
 
     /// A pool connection reused between passes is seen by the probe, its gap exact.
