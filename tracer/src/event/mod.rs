@@ -322,9 +322,7 @@ impl Conn {
             }
             // The old state is the previous step's new one (or the usual first one),
             // written only when not.
-            let implied =
-                prev.or_else(|| Some(usual_first_old(s.new)).filter(|&o| o != TcpState::Unknown));
-            if implied != Some(s.old) {
+            if prev.or_else(|| usual_first_old(s.new)) != Some(s.old) {
                 out.extend_from_slice(s.old.short().as_bytes());
                 out.push(b'>');
             }
@@ -372,9 +370,7 @@ impl Conn {
                 )
             } else {
                 let new = TcpState::from_short(states).ok_or_else(bad)?;
-                let old = prev
-                    .or_else(|| Some(usual_first_old(new)).filter(|&o| o != TcpState::Unknown))
-                    .ok_or_else(bad)?;
+                let old = prev.or_else(|| usual_first_old(new)).ok_or_else(bad)?;
                 (old, new)
             };
             let mut step = Step {
@@ -418,12 +414,12 @@ impl Conn {
 
 /// The old state a history leaves unwritten on its first step: CLOSE before
 /// SYN_SENT (a connect), LISTEN before SYN_RECV (an accepted socket's first
-/// transition); [`TcpState::Unknown`] (always written) before any other.
-fn usual_first_old(new: TcpState) -> TcpState {
+/// transition); none (always written) before any other.
+fn usual_first_old(new: TcpState) -> Option<TcpState> {
     match new {
-        TcpState::SynSent => TcpState::Close,
-        TcpState::SynRecv => TcpState::Listen,
-        _ => TcpState::Unknown,
+        TcpState::SynSent => Some(TcpState::Close),
+        TcpState::SynRecv => Some(TcpState::Listen),
+        _ => None,
     }
 }
 

@@ -257,13 +257,7 @@ pub fn parse_conn_line(line: &str, boot: SystemTime) -> Result<Conn, String> {
     } else {
         serde_json::from_str(line)
     }
-    .map_err(|e| {
-        if e.is_eof() {
-            format!("truncated line ({e})")
-        } else {
-            format!("corrupt line ({e})")
-        }
-    })?;
+    .map_err(|e| crate::eventlog::describe(&e))?;
     read_conn(line, boot).map_err(|e| format!("corrupt line ({e})"))
 }
 
@@ -283,10 +277,10 @@ fn read_conn(value: ConnLine, boot: SystemTime) -> Result<Conn, String> {
             bytes_received: e.rx,
             srtt_us: e.rtt_us,
         }),
-        Some(EndLine::List(v)) => {
-            let at = |i: usize| v.get(i).copied().unwrap_or(0);
-            if !(3..=5).contains(&v.len()) {
-                return Err(format!("end: {} numbers, not 3 to 5", v.len()));
+        Some(EndLine::List(v, n)) => {
+            let at = |i: usize| v[i];
+            if n < 3 {
+                return Err(format!("end: {n} numbers, not 3 to 5"));
             }
             Some(Totals {
                 retrans: u32::try_from(at(3)).map_err(|e| format!("end: {e}"))?,
@@ -351,12 +345,43 @@ fn yes() -> bool {
     true
 }
 
-/// The totals: `[tx, rx, rtt_us, rtx, rto]` from version 5, an object before.
-#[derive(serde::Deserialize)]
-#[serde(untagged)]
+/// The totals: `[tx, rx, rtt_us, rtx, rto]` from version 5, an object before. Read
+/// straight from either shape (an untagged enum would buffer every line's value
+/// first, on replay's hot path).
 enum EndLine {
-    List(Vec<u64>),
+    /// The numbers, and how many the line had.
+    List([u64; 5], usize),
     Map(EndMap),
+}
+
+impl<'de> serde::Deserialize<'de> for EndLine {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = EndLine;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("[tx, rx, rtt_us, rtx, rto] or {\"tx\", \"rx\", \"rtt_us\", ...}")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<EndLine, A::Error> {
+                let mut v = [0u64; 5];
+                let mut n = 0;
+                while let Some(x) = seq.next_element::<u64>()? {
+                    *v.get_mut(n)
+                        .ok_or_else(|| serde::de::Error::invalid_length(n + 1, &self))? = x;
+                    n += 1;
+                }
+                Ok(EndLine::List(v, n))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<EndLine, A::Error> {
+                serde::Deserialize::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(EndLine::Map)
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 #[derive(serde::Deserialize)]

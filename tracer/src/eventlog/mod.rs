@@ -494,7 +494,8 @@ fn parse_record(line: &str, header: &Header) -> Result<Record, String> {
     }
 }
 
-fn describe(e: &serde_json::Error) -> String {
+/// A line serde could not read: truncated (it ended early) or corrupt.
+pub(crate) fn describe(e: &serde_json::Error) -> String {
     if e.is_eof() {
         format!("truncated line ({e})")
     } else {
