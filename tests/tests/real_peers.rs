@@ -61,6 +61,18 @@ fn psql_workers_hung_on_a_vanished_pgbouncer_are_named_with_when_keepalive_ends_
 
     let report = recording.replayed_report();
     let hung = findings_for(&report, "awaiting-reply", "192.0.2.2:6432");
+    assert_eq!(sockets.len(), 3, "three workers' sockets:\n{ss}");
+    if want.is_empty() {
+        // Every worker's ACK came in the tick of its query (seen in a 5.10 guest): the
+        // kernel's times show each as answered, so nothing may be named: checked
+        // after inspections well past --await-after.
+        assert!(
+            hung.is_empty(),
+            "answered in the kernel's view, yet named:\n{hung:#?}\nthe workers' sockets:\n{ss}"
+        );
+        eprintln!("every ACK in its query's tick: nothing to name, and nothing named");
+        return;
+    }
     let waits: Vec<String> = recording
         .log
         .records
@@ -82,11 +94,6 @@ fn psql_workers_hung_on_a_vanished_pgbouncer_are_named_with_when_keepalive_ends_
         "{report:#?}\nwaiting records: {waits:#?}\npids {pids:?}"
     );
     let hung = hung[0];
-    assert_eq!(sockets.len(), 3, "three workers' sockets:\n{ss}");
-    assert!(
-        !want.is_empty(),
-        "every worker's ACK came in the tick of its query: nothing here to check\n{ss}"
-    );
     assert_eq!(
         hung["count"],
         want.len(),
@@ -133,9 +140,15 @@ fn psql_workers_hung_on_a_vanished_pgbouncer_are_named_with_when_keepalive_ends_
     }
 }
 
-/// Until the log's `waiting` records hold every pid of `want`, within 60 s.
+/// Until the log's `waiting` records hold every pid of `want`, within 60 s (10 s when
+/// `want` is empty).
 fn wait_for_waits(log: &std::path::Path, want: &[u32]) {
     let started = std::time::Instant::now();
+    if want.is_empty() {
+        // Nothing to wait for: long enough for passes past --await-after (3 s) to
+        // have looked, had anything been taken for a wait.
+        std::thread::sleep(std::time::Duration::from_secs(10));
+    }
     while started.elapsed() < std::time::Duration::from_mins(1)
         && !want.iter().all(|p| waiting_pids(log).contains(p))
     {
