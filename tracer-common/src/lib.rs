@@ -166,11 +166,13 @@ impl Step {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnRecord {
-    pub head: RawEvent,
-    /// Valid entries of `steps`. Written after the entry it counts.
+    /// Valid entries of `steps`. Written after the entry it counts. First: in the
+    /// kernel's map it shares a cache line with the key, and every transition
+    /// reads and writes it (from the CPUs of both ends: each line costs a miss).
     pub steps_len: u32,
     /// `tcp_sock.srtt_us` (8 times the smoothed RTT in µs) at the record.
     pub srtt_us: u32,
+    pub head: RawEvent,
     /// `tcp_sock.bytes_acked` / `bytes_received` at the record.
     pub bytes_acked: u64,
     pub bytes_received: u64,
