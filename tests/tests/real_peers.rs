@@ -73,21 +73,7 @@ fn psql_workers_hung_on_a_vanished_pgbouncer_are_named_with_when_keepalive_ends_
         eprintln!("every ACK in its query's tick: nothing to name, and nothing named");
         return;
     }
-    let waits: Vec<String> = recording
-        .log
-        .records
-        .iter()
-        .filter_map(|r| match r {
-            tracer::event::Record::Waiting(w) => Some(format!(
-                "{:?}",
-                w.conns
-                    .iter()
-                    .map(|c| (c.process.comm.clone(), c.remote, c.waiting_ms))
-                    .collect::<Vec<_>>()
-            )),
-            _ => None,
-        })
-        .collect();
+    let waits = waiting_records(&recording.log);
     assert_eq!(
         hung.len(),
         1,
@@ -138,6 +124,23 @@ fn psql_workers_hung_on_a_vanished_pgbouncer_are_named_with_when_keepalive_ends_
         assert_eq!(f["severity"], "info", "{f:#}");
         assert_eq!(f["evidence"]["peer_here"], true);
     }
+}
+
+/// The log's `waiting` records, each as its connections' (comm, remote, waiting ms).
+fn waiting_records(log: &tracer::eventlog::Log) -> Vec<String> {
+    log.records
+        .iter()
+        .filter_map(|r| match r {
+            tracer::event::Record::Waiting(w) => Some(format!(
+                "{:?}",
+                w.conns
+                    .iter()
+                    .map(|c| (c.process.comm.clone(), c.remote, c.waiting_ms))
+                    .collect::<Vec<_>>()
+            )),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Until the log's `waiting` records hold every pid of `want`, within 60 s (10 s when

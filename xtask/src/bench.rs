@@ -537,6 +537,7 @@ pub fn run() -> Result<()> {
     std::fs::create_dir_all(&b.dir)?;
     b.startup()?;
     b.overhead()?;
+    b.pipeline()?;
     b.engine()?;
     b.memory()?;
     b.loss()?;
@@ -775,6 +776,54 @@ impl Bench {
                  {c:.0} ns with --syscall-hooks ({:+.0} ns)",
                 c - a
             ),
+        });
+        Ok(())
+    }
+
+    /// 2b. The process' share of a churn connection without the kernel or the
+    /// machine's scheduling noise: `cargo bench --bench pipeline` replays a churn
+    /// run's ring records (two sockets a connection) through the live pipeline to a
+    /// log file on one core. Three runs, the median.
+    fn pipeline(&mut self) -> Result<()> {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut runs = Vec::new();
+        let mut lines = Vec::new();
+        for _ in 0..3 {
+            let out = Command::new(&cargo)
+                .args(["bench", "-q", "-p", "tracer", "--bench", "pipeline"])
+                .current_dir(workspace_root())
+                .stderr(Stdio::inherit())
+                .output()
+                .context("running cargo bench --bench pipeline")?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("pipeline:"))
+                .with_context(|| format!("cargo bench --bench pipeline printed no result: {text}"))?
+                .to_owned();
+            let us: f64 = line
+                .split(" µs of CPU per connection")
+                .next()
+                .and_then(|s| s.rsplit(' ').next())
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("no µs per connection in {line:?}"))?;
+            runs.push(us);
+            lines.push(line);
+        }
+        for line in &lines {
+            let _ = writeln!(self.log, "{line}");
+        }
+        self.figures.push(Figure {
+            name: "churn: process per connection, replayed",
+            value: median(runs),
+            unit: "µs",
+            target: NO_TARGET,
+            met: true,
+            note: "the churn run's records (a client and a server socket a connection) replayed \
+                   through the live pipeline to a log file, one core, no kernel: the process' part \
+                   of the own-CPU row without the machine's noise (`cargo bench -p tracer --bench \
+                   pipeline`), median of 3"
+                .into(),
         });
         Ok(())
     }

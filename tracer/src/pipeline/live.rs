@@ -525,6 +525,33 @@ pub fn run(
     })
 }
 
+/// The userspace half of a live run without a kernel: ring-buffer records as the
+/// programs write them through the decoder, the filters and the engine to a sink, as
+/// [`run`] takes them. For `cargo bench --bench pipeline`: the process' own cost per
+/// connection on one core, free of a loaded machine's scheduling noise.
+pub struct Replay<'a>(Pipeline<'a>);
+
+impl<'a> Replay<'a> {
+    pub fn new(decoder: crate::kernel::decode::Decoder, filter: &'a Filter) -> Self {
+        Self(Pipeline::new(KernelRecords::new(decoder, None), filter))
+    }
+
+    /// One ring-buffer record.
+    pub fn ring(&mut self, bytes: &[u8], sink: &mut dyn Sink) -> Result<()> {
+        self.0.ring(bytes, sink);
+        self.0.failure.take().map_or(Ok(()), Err)
+    }
+
+    /// The engine's new findings to `sink` (the live run's 200 ms poll).
+    pub fn poll(&mut self, sink: &mut dyn Sink) -> Result<()> {
+        self.0.poll(sink)
+    }
+
+    pub fn stats(&self) -> LiveStats {
+        self.0.stats_now()
+    }
+}
+
 /// The losses of a run so far: kernel counters, undecodable records, engine evictions.
 pub fn losses_of(
     probes: &KernelSession,
