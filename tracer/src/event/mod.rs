@@ -716,6 +716,11 @@ pub struct Losses {
     pub undecodable: u64,
     /// Engine table entries evicted or not kept (connections, groups).
     pub engine_evicted: u64,
+    /// Owners of closed connections the pipeline's bounded memory of them dropped
+    /// before their time: a late reset or error on such a tuple (a time-wait
+    /// socket's) has no owner, and an EADDRNOTAVAIL no named holder.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub closed_owners: u64,
     /// Records the log could not take (its disk full or failing): traced and
     /// diagnosed, not written.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -751,7 +756,9 @@ impl Losses {
 
     /// Socket owners the bounded owner maps had no room for.
     pub fn owners_not_kept(&self) -> u64 {
-        self.owner_map.saturating_add(self.connect_map)
+        self.owner_map
+            .saturating_add(self.connect_map)
+            .saturating_add(self.closed_owners)
     }
 
     /// The exit line's counts, by what was lost: `lost 3 events (ring buffer full
@@ -761,7 +768,7 @@ impl Losses {
     /// keep-alive race memory dropped when full).
     pub fn counts(&self) -> String {
         format!(
-            "lost {} events (ring buffer full {}, kernel read {}, nested program runs {}, undecodable {}); {} socket owners not kept (owner map {}, connect map {}); {} engine table entries dropped early (tables full)",
+            "lost {} events (ring buffer full {}, kernel read {}, nested program runs {}, undecodable {}); {} socket owners not kept (owner map {}, connect map {}, closed connections {}); {} engine table entries dropped early (tables full)",
             self.events(),
             self.ringbuf_full,
             self.kernel_read,
@@ -770,6 +777,7 @@ impl Losses {
             self.owners_not_kept(),
             self.owner_map,
             self.connect_map,
+            self.closed_owners,
             self.engine_evicted,
         )
     }
@@ -780,7 +788,7 @@ impl Losses {
             return None;
         }
         Some(format!(
-            "this recording lost {} events (ring buffer full {}, kernel read failures {}, program runs the kernel skipped as nested {}, undecodable {}), {} socket owners (owner map full {}, connect map full {}) and {} engine table entries: findings may be incomplete",
+            "this recording lost {} events (ring buffer full {}, kernel read failures {}, program runs the kernel skipped as nested {}, undecodable {}), {} socket owners (owner map full {}, connect map full {}, closed connections' owners forgotten early {}) and {} engine table entries: findings may be incomplete",
             self.events(),
             self.ringbuf_full,
             self.kernel_read,
@@ -789,6 +797,7 @@ impl Losses {
             self.owners_not_kept(),
             self.owner_map,
             self.connect_map,
+            self.closed_owners,
             self.engine_evicted,
         ) + &if self.log_unwritten > 0 {
             format!(

@@ -375,6 +375,7 @@ impl Metrics {
             ("kernel_nested", l.kernel_nested),
             ("undecodable", l.undecodable),
             ("engine_evicted", l.engine_evicted),
+            ("closed_owners", l.closed_owners),
         ] {
             mirror(&self.lost.get_or_create(&Cause { cause }), n);
         }

@@ -34,6 +34,8 @@ pub struct LiveStats {
     pub undecodable: u64,
     /// Failed reads of the node's TCP memory (/proc/net/sockstat).
     pub sample_errors: u64,
+    /// Owners of closed connections forgotten early ([`crate::pipeline::recent`]).
+    pub closed_owners: u64,
 }
 
 /// How often node samples are taken (also the engine's tick for leak ages).
@@ -311,6 +313,7 @@ impl Pipeline<'_> {
     fn stats_now(&self) -> LiveStats {
         LiveStats {
             undecodable: self.kernel.undecodable,
+            closed_owners: self.recent.evicted(),
             ..self.stats
         }
     }
@@ -561,6 +564,7 @@ pub fn losses_of(
     crate::event::Losses {
         undecodable: stats.undecodable,
         engine_evicted: engine.stats().evicted,
+        closed_owners: stats.closed_owners,
         ..probes.losses().unwrap_or_default()
     }
 }
@@ -662,6 +666,27 @@ mod tests {
         assert_eq!(pipe.stats.filtered, wget.connect(0).len() as u64);
         // The engine saw what the sink saw, nothing filtered.
         assert_eq!(pipe.engine.stats().events, kept.len() as u64);
+    }
+
+    /// Owners of closed connections the bounded memory forgot early are counted in
+    /// the run's losses (as socket owners not kept).
+    #[test]
+    fn closed_connections_owners_forgotten_early_are_counted() {
+        let (mut pipe, mut sink) = pipeline(|f| f.comm = Some("proxy".into()));
+        let n = crate::pipeline::recent::CAP as u64 + 3;
+        for i in 0..n {
+            let s = Sock::new(
+                i + 1,
+                7,
+                "proxy",
+                &format!("10.0.3.{}:{}", i / 60_000, 1024 + i % 60_000),
+                "10.0.0.9:80",
+            );
+            let mut e = s.state(1_000, TcpState::FinWait2, TcpState::Close, 0);
+            e.mono_ns += i * 1_000;
+            pipe.traffic(Record::Event(e), &mut sink);
+        }
+        assert_eq!(pipe.stats_now().closed_owners, 3);
     }
 
     #[test]

@@ -9,8 +9,15 @@
 //! then keep the reset with the connection it belongs to, and the log stores it with
 //! its owner, so a replay sees what the live run saw.
 //!
-//! Bounded: at most [`CAP`] tuples, each kept [`KEEP_NS`] (a time-wait socket lives
-//! 60 s; a FIN_WAIT2 one up to `tcp_fin_timeout`, 60 s by default).
+//! Bounded, in two time-ordered rings: the tuples this side closed first, which its
+//! time-wait socket holds (at most [`CAP`], each kept [`KEEP_NS`]: a time-wait socket
+//! lives 60 s; a FIN_WAIT2 one up to `tcp_fin_timeout`, 60 s by default), and the
+//! others (the peer closed first, or a connect never got through: at most [`CAP`],
+//! each kept [`BRIEF_NS`]), which nothing of this node holds and whose late events
+//! (the error report after ->CLOSE, close()'s own reset) come at once. A busy
+//! node's passive closes so never push a time-wait holder out. What either ring had
+//! to drop early is counted ([`RecentOwners::evicted`]) and shown with the run's
+//! losses as closed-connection owners not kept.
 
 use std::net::SocketAddr;
 
@@ -19,10 +26,12 @@ use crate::{
     event::{Event, EventKind, TcpState},
 };
 
-/// Tuples remembered at most; the oldest go first.
+/// Tuples remembered at most in each ring; the oldest go first.
 pub const CAP: usize = 65_536;
-/// How long a closed connection's owner is remembered.
+/// How long the owner of a tuple this side closed first is remembered.
 pub const KEEP_NS: u64 = 120_000_000_000;
+/// How long any other closed connection's owner is remembered.
+pub const BRIEF_NS: u64 = 2_000_000_000;
 
 #[derive(Debug, Clone)]
 struct Owner {
@@ -39,9 +48,14 @@ struct Owner {
 /// How long a time-wait socket holds its 4-tuple (`TCP_TIMEWAIT_LEN`, fixed).
 const TIME_WAIT_NS: u64 = 60_000_000_000;
 
+type Tuple = (SocketAddr, SocketAddr);
+
 /// See the module documentation.
 pub struct RecentOwners {
-    by_tuple: ExpiringMap<(SocketAddr, SocketAddr), Owner>,
+    /// Tuples this side closed first.
+    held: ExpiringMap<Tuple, Owner>,
+    /// The others.
+    brief: ExpiringMap<Tuple, Owner>,
     /// Resets and errors given the owner of their closed connection.
     pub attributed: u64,
 }
@@ -49,7 +63,8 @@ pub struct RecentOwners {
 impl Default for RecentOwners {
     fn default() -> Self {
         Self {
-            by_tuple: ExpiringMap::new(CAP, KEEP_NS),
+            held: ExpiringMap::new(CAP, KEEP_NS),
+            brief: ExpiringMap::new(CAP, BRIEF_NS),
             attributed: 0,
         }
     }
@@ -70,7 +85,6 @@ impl RecentOwners {
                 // on the same 4-tuple), but its owner still names its own late error.
                 if old == TcpState::SynSent
                     && self
-                        .by_tuple
                         .get(&(e.local, e.remote), e.mono_ns)
                         .is_some_and(|(_, o)| o.held)
                 {
@@ -92,13 +106,18 @@ impl RecentOwners {
                     ),
                     held: old != TcpState::SynSent,
                 };
-                self.by_tuple.insert((e.local, e.remote), e.mono_ns, owner);
+                let ring = if owner.closed_first {
+                    &mut self.held
+                } else {
+                    &mut self.brief
+                };
+                ring.insert((e.local, e.remote), e.mono_ns, owner);
             }
             // The kernel forgets a socket's owner at ->CLOSE; what follows on its
             // 4-tuple (a time-wait socket's reset, the error report after tcp_done,
             // close()'s own reset) takes the owner of the connection that closed.
             EventKind::Reset { .. } | EventKind::Error { .. } if !e.owner_known && e.pid == 0 => {
-                if let Some((_, o)) = self.by_tuple.get(&(e.local, e.remote), e.mono_ns) {
+                if let Some((_, o)) = self.get(&(e.local, e.remote), e.mono_ns) {
                     e.pid = o.pid;
                     e.tid = o.tid;
                     e.comm = o.comm;
@@ -121,10 +140,7 @@ impl RecentOwners {
         remote: SocketAddr,
         now_ns: u64,
     ) -> Option<crate::event::TupleHolder> {
-        let (closed_ns, o) = self
-            .by_tuple
-            .get(&(local, remote), now_ns)
-            .filter(|(_, o)| o.held)?;
+        let (closed_ns, o) = self.get(&(local, remote), now_ns).filter(|(_, o)| o.held)?;
         let ago = now_ns.saturating_sub(closed_ns);
         let time_wait = o.closed_first && ago < TIME_WAIT_NS;
         Some(crate::event::TupleHolder {
@@ -144,17 +160,28 @@ impl RecentOwners {
         })
     }
 
-    /// Tuples forgotten early because the table was full.
+    /// The newest owner of `tuple` either ring remembers at `now_ns`, with when
+    /// its connection closed.
+    fn get(&mut self, tuple: &Tuple, now_ns: u64) -> Option<(u64, &Owner)> {
+        let held = self.held.get(tuple, now_ns);
+        let brief = self.brief.get(tuple, now_ns);
+        match (held, brief) {
+            (Some(h), Some(b)) => Some(if b.0 > h.0 { b } else { h }),
+            (h, b) => h.or(b),
+        }
+    }
+
+    /// Tuples forgotten early because their ring was full.
     pub fn evicted(&self) -> u64 {
-        self.by_tuple.evicted
+        self.held.evicted.saturating_add(self.brief.evicted)
     }
 
     pub fn len(&self) -> usize {
-        self.by_tuple.len()
+        self.held.len() + self.brief.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_tuple.is_empty()
+        self.held.is_empty() && self.brief.is_empty()
     }
 }
 
@@ -251,6 +278,53 @@ mod tests {
             )
             .expect("known");
         assert_eq!((h.state, h.released_in_ms), (Close, None));
+    }
+
+    /// A busy node's passive closes (a client whose server closes first, at tens of
+    /// thousands a second) fill their own ring: the tuple a time-wait socket here
+    /// holds keeps its owner for the time-wait's 60 s, theirs only 2 s.
+    #[test]
+    fn passive_closes_never_push_out_a_time_wait_holder() {
+        let mut table = RecentOwners::default();
+        let proxy = Sock::new(1, 42, "proxy", "10.0.0.1:40000", "10.0.0.8:80");
+        for mut e in [
+            proxy.state(1000, Established, FinWait1, 0),
+            proxy.state(1002, FinWait2, Close, 0),
+        ] {
+            table.observe(&mut e);
+        }
+        for i in 0..(CAP as u64 + 10) {
+            let s = Sock::new(
+                i + 2,
+                7,
+                "wrk",
+                &format!("10.0.2.{}:{}", i / 60_000, 1024 + i % 60_000),
+                "10.0.0.9:80",
+            );
+            // 10 µs apart: all within the brief ring's 2 s.
+            let mut e = s.state(1003, LastAck, Close, 0);
+            e.mono_ns += i * 10_000;
+            table.observe(&mut e);
+        }
+        assert_eq!(table.evicted(), 10, "only passive closes were dropped");
+        // A passive close's late reset within 2 s gets its owner; later, none.
+        let last = Sock::new(9, 0, "", "10.0.2.1:6034", "10.0.0.9:80");
+        let mut rst = last.reset_sent_for_data(2_500, None, "NO_SOCKET");
+        rst.owner_known = false;
+        table.observe(&mut rst);
+        assert_eq!(rst.pid, 7);
+        let mut late = last.reset_sent_for_data(6_000, None, "NO_SOCKET");
+        late.owner_known = false;
+        table.observe(&mut late);
+        assert_eq!(late.pid, 0, "forgotten after 2 s");
+        let held = table
+            .holder(
+                "10.0.0.1:40000".parse().expect("addr"),
+                "10.0.0.8:80".parse().expect("addr"),
+                crate::engine::testing::T0 + 30_000_000_000,
+            )
+            .expect("the time-wait holder, 29 s after its close");
+        assert_eq!((held.state, held.process.pid), (TimeWait, 42));
     }
 
     #[test]
