@@ -13,19 +13,18 @@ use tracer_common::{
 };
 
 /// Starts (or restarts: the memory may have held an older socket) `sk`'s entry with
-/// `owner`, made at `now_ns` (`bpf_ktime_get_ns()`, the caller's step time: one
-/// clock read a transition); the entry, or `None` when the map is full (counted).
+/// `owner`; the entry, or `None` when the map is full (counted).
 #[expect(
     clippy::needless_borrows_for_generic_args,
     reason = "the map copies the 360-byte entry from the scratch slot; a by-value argument would copy it onto the 512-byte BPF stack first"
 )]
-pub fn track(sk: u64, owner: &Owner, src: u8, now_ns: u64) -> Option<*mut ConnRecord> {
+pub fn track(sk: u64, owner: &Owner, src: u8) -> Option<*mut ConnRecord> {
     let scratch = SCRATCH.get_ptr_mut(0)?;
     set_entry_owner(scratch, owner, src);
     // SAFETY: per-CPU scratch slot, only this program run uses it; the map copies it.
     unsafe {
         (*scratch).steps_len = 0;
-        (*scratch).born_ns = now_ns;
+        (*scratch).born_ns = aya_ebpf::helpers::bpf_ktime_get_ns();
         if SOCKS.insert(sk, &*scratch, 0).is_err() {
             count_loss(LOSS_OWNER_MAP);
             return None;

@@ -37,13 +37,7 @@ fn try_sys_exit_accept(ctx: &TracePointContext) -> Result<(), i64> {
     match SOCKS.get_ptr_mut(key) {
         Some(rec) => set_entry_owner(rec, &owner, owner_src::SOCKET),
         None => {
-            let _ = track(
-                key,
-                &owner,
-                owner_src::SOCKET,
-                // SAFETY: helper without arguments.
-                unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },
-            );
+            let _ = track(key, &owner, owner_src::SOCKET);
         }
     }
     if off.stream_all == 0 {

@@ -66,9 +66,6 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
     }
     let key = sk as u64;
     let in_task = in_task_transition(old, new);
-    // The transition's time: its step's, and a new entry's birth.
-    // SAFETY: helper without arguments.
-    let now_ns = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
 
     // The socket's entry: started by connect() and listen() in the caller's context,
     // or inherited from the listener by a child cloned in softirq.
@@ -83,7 +80,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
                 count_loss(LOSS_OWNER_MAP);
             }
         }
-        track(key, &owner, owner_src::SOCKET, now_ns)
+        track(key, &owner, owner_src::SOCKET)
     } else if old == TCP_LISTEN && new == TCP_SYN_RECV {
         let sport: u16 = Direct::get(tp, off.inet_sport)?;
         let key_l = listener_key(tp, u16::from_be(sport), off)?;
@@ -91,16 +88,16 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
         match unsafe { LISTENERS.get(key_l) } {
             Some(owner) => {
                 let owner = *owner;
-                track(key, &owner, owner_src::LISTENER, now_ns)
+                track(key, &owner, owner_src::LISTENER)
             }
-            None => track(key, &ZERO_OWNER, owner_src::NONE, now_ns),
+            None => track(key, &ZERO_OWNER, owner_src::NONE),
         }
     } else {
         match SOCKS.get_ptr_mut(key) {
             Some(rec) => Some(rec),
             // A socket older than the trace.
-            None if in_task => track(key, &current_owner(), owner_src::CURRENT_TASK, now_ns),
-            None => track(key, &ZERO_OWNER, owner_src::NONE, now_ns),
+            None if in_task => track(key, &current_owner(), owner_src::CURRENT_TASK),
+            None => track(key, &ZERO_OWNER, owner_src::NONE),
         }
     };
     // The first transition in a process' context (its close()) names the process
@@ -165,7 +162,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
                 }
                 let i = ((*rec).steps_len as usize) & (MAX_STEPS - 1);
                 let step = &mut (*rec).steps[i];
-                step.ts_ns = now_ns;
+                step.ts_ns = aya_ebpf::helpers::bpf_ktime_get_ns();
                 step.send_idle_jiffies = send_idle;
                 step.recv_idle_jiffies = recv_idle;
                 step.retrans = retrans;
