@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use tracer::{
     eventlog::{Header, LogWriter},
-    kernel::{decode::Decoder, time::KernelClock},
+    kernel::{decode::Decoder, diag::thread_cpu_time, time::KernelClock},
     pipeline::{filter::Filter, live},
 };
 use tracer_common::{flags, kind, owner_src, AsBytes as _, ConnRecord, RawEvent, Step, MAX_STEPS};
@@ -133,20 +133,6 @@ fn churn(n: u64) -> Vec<ConnRecord> {
     out
 }
 
-fn cpu_time() -> Duration {
-    // SAFETY: a zeroed rusage is valid for getrusage to fill.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: ru is valid for the call.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &raw mut ru) };
-    let tv = |t: libc::timeval| {
-        Duration::new(
-            u64::try_from(t.tv_sec).unwrap_or(0),
-            u32::try_from(t.tv_usec * 1000).unwrap_or(0),
-        )
-    };
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
 fn main() -> anyhow::Result<()> {
     let n: u64 = std::env::args()
         .skip(1)
@@ -171,7 +157,11 @@ fn main() -> anyhow::Result<()> {
     for (i, r) in records.iter().enumerate() {
         if i == warm {
             log.flush()?;
-            timed = (cpu_time(), Instant::now(), std::fs::metadata(&path)?.len());
+            timed = (
+                thread_cpu_time(),
+                Instant::now(),
+                std::fs::metadata(&path)?.len(),
+            );
         }
         replay.ring(r.as_bytes(), &mut log)?;
         // The live run polls for findings every 200 ms: 4,600 connections here.
@@ -180,7 +170,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     log.flush()?;
-    let (cpu, wall) = (cpu_time().saturating_sub(timed.0), timed.1.elapsed());
+    let (cpu, wall) = (thread_cpu_time().saturating_sub(timed.0), timed.1.elapsed());
     let bytes = std::fs::metadata(&path)?.len() - timed.2;
     log.finish()?;
     let _ = std::fs::remove_file(&path);
