@@ -72,6 +72,9 @@ fn record(
     rec
 }
 
+/// Socket addresses a side, reused in turn.
+const SOCKET_SLOTS: u64 = 110;
+
 /// A listener, then `n` connections 43 µs apart (23k a second, as the live bench).
 fn churn(n: u64) -> Vec<ConnRecord> {
     let mut out = Vec::with_capacity(usize::try_from(2 * n + 1).unwrap_or(0));
@@ -89,8 +92,10 @@ fn churn(n: u64) -> Vec<ConnRecord> {
     ));
     for i in 0..n {
         let t = t0 + 1_000_000 + i * 43_000;
-        // Freed sockets' addresses come back: 8,192 of them in turn.
-        let slot = i % 8192;
+        // Freed sockets' addresses come back at once (the slab's per-CPU free lists
+        // are LIFO): a 5 s live churn run's 228,413 records came from 219 socket
+        // addresses, half of them back within 118 records. 110 a side in turn.
+        let slot = i % SOCKET_SLOTS;
         let client = 0xffff_8882_0000_0000 + slot * 0x900;
         let server = 0xffff_8883_0000_0000 + slot * 0x900;
         let port = u16::try_from(32768 + i % 28232).unwrap_or(32768);
