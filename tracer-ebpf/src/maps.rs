@@ -17,7 +17,9 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 /// hash map, not LRU: when it is full an insert fails and is counted
 /// (`LOSS_OWNER_MAP`), where an LRU map would evict a live socket's owner without a
 /// trace. Not preallocated (`BPF_F_NO_PREALLOC`): 360 bytes a socket are taken as
-/// sockets come. What comes after ->CLOSE (the error report, a reset sent by
+/// sockets come — from Linux 6.1; before it userspace clears the flag at load
+/// (`tracer/src/kernel/object.rs`: the verifier there warns, tainting the kernel,
+/// when a classic tracepoint program uses a map that allocates). What comes after ->CLOSE (the error report, a reset sent by
 /// close()) carries the socket's 4-tuple; userspace hands it the owner of the
 /// connection that closed on it.
 #[map]

@@ -566,6 +566,10 @@ fn run_one(
         details,
     };
     tally(&mut row, &out, tests);
+    for warning in kernel_warnings(&out) {
+        row.failures.push(warning);
+        row.failed += 1;
+    }
     if let Some(why) = failed_boot {
         // The binaries that never reported are failures already (no result): say why.
         let reported = tests
@@ -779,6 +783,38 @@ fn run_guest(cmd: &mut Command, out: &Path) -> GuestEnd {
     GuestEnd::Hung(hung)
 }
 
+/// The kernel warnings (`WARNING:` with its stack, a tainted kernel; a panic on a
+/// node with `panic_on_warn`) raised in a conntrace process in any boot's kernel
+/// log, each with the message before it.
+fn kernel_warnings(out: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for boot in 1..=MAX_BOOTS {
+        let path = out.join(format!("dmesg.boot{boot}.txt"));
+        let Ok(dmesg) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let lines: Vec<&str> = dmesg.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if !line.contains("WARNING: CPU:") && !line.contains("] WARNING: ") {
+                continue;
+            }
+            let ours = lines[i..lines.len().min(i + 4)]
+                .iter()
+                .any(|l| l.contains(" Comm: conntrace"));
+            if ours {
+                let message = i.checked_sub(1).map_or("", |j| lines[j]);
+                found.push(format!(
+                    "kernel WARNING raised by conntrace ({}): {} / {}",
+                    path.display(),
+                    message.trim(),
+                    line.trim()
+                ));
+            }
+        }
+    }
+    found
+}
+
 /// What a stopped guest left: the tail of its kernel log and its stuck binary's tasks.
 fn guest_evidence(out: &Path, boot: u32, why: &str) -> String {
     const TAIL: usize = 30;
@@ -967,6 +1003,31 @@ fn render(rows: &[Row]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A warning in a conntrace process is found with its message; one in another
+    /// task is not conntrace's.
+    #[test]
+    fn kernel_warnings_of_conntrace_are_failures() {
+        let dir = std::env::temp_dir().join(format!("xtask-warn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("dmesg.boot1.txt"),
+            "[   13.453693] ------------[ cut here ]------------\n\
+             [   13.453802] trace type BPF program uses run-time allocation\n\
+             [   13.454175] WARNING: CPU: 0 PID: 188 at kernel/bpf/verifier.c:10493 bpf_check+0x2f92/0x3470\n\
+             [   13.454194] Modules linked in: veth(E)\n\
+             [   13.454504] CPU: 0 PID: 188 Comm: conntrace Tainted: G            E     5.10.0-32-cloud-amd64 #1\n\
+             [   20.000000] something else\n\
+             [   20.000001] WARNING: CPU: 1 PID: 9 at drivers/virtio/x.c:1 f+0x1/0x2\n\
+             [   20.000002] CPU: 1 PID: 9 Comm: kworker/1:0 Not tainted\n",
+        )
+        .unwrap();
+        let found = kernel_warnings(&dir);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("trace type BPF program uses run-time allocation"));
+        assert!(found[0].contains("verifier.c:10493"));
+    }
 
     /// The scripts parse as sh, and a resumed guest neither checks again nor retries
     /// the binary that was cut off.

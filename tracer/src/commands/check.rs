@@ -5,7 +5,7 @@ use anyhow::Result;
 use crate::{commands::cli::LiveArgs, kernel::session::KernelSession};
 
 /// `conntrace check`: loads and attaches everything, then says what this kernel gives.
-/// The lines are stable (`kernel`, `attached`, `degraded`, `ok`) so scripts and the
+/// The lines are stable (`kernel`, `attached`, `socket-map`, `degraded`, `ok`) so scripts and the
 /// kernel matrix read them.
 pub fn run(live: LiveArgs) -> Result<()> {
     let probes = KernelSession::load(live.options(false).attach)?;
@@ -17,6 +17,14 @@ pub fn run(live: LiveArgs) -> Result<()> {
         probes.attach_time.as_millis(),
         probes.attached.join(" ")
     );
+    if let Some(bytes) = probes.socket_map_preallocated {
+        crate::outln!(
+            "socket-map preallocated: {} MiB of kernel memory taken at load (a kernel before \
+             Linux 6.1 has no BPF memory allocator: a tracepoint program's map that allocates \
+             draws a kernel warning there)",
+            bytes >> 20
+        );
+    }
     for d in &probes.degraded {
         crate::outln!("degraded {d}");
     }

@@ -1,5 +1,6 @@
 //! Everything that touches the running kernel: what it offers ([`support`], [`btf`],
-//! [`tracefs`]), loading and attaching the programs and reading their ring buffer and
+//! [`tracefs`]), the programs' object as this kernel loads it ([`object`]), loading and
+//! attaching the programs and reading their ring buffer and
 //! socket map ([`session`]), turning their bytes into [`crate::event::Record`]s
 //! ([`decode`]; [`records`] with the socket map's early reads, each step delivered
 //! once by [`delivered`]), and the kernel's own tables read from userspace: listening sockets
@@ -16,6 +17,7 @@ pub mod inspect;
 pub mod keepalive;
 pub mod listeners;
 pub mod netstat;
+pub mod object;
 pub mod records;
 pub mod session;
 pub mod sockstat;

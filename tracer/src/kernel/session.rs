@@ -95,6 +95,10 @@ pub struct KernelSession {
     pub decoder: Decoder,
     /// From the start of loading to the last attach.
     pub attach_time: Duration,
+    /// The socket map's memory taken at load, in bytes, when this kernel needs it
+    /// preallocated (Linux before 6.1: see [`super::object`]); `None` when its entries
+    /// are allocated as sockets come.
+    pub socket_map_preallocated: Option<u64>,
     /// Keeps the kernel's BPF run-time statistics on while set (the UI only).
     run_time_stats: Option<std::os::fd::OwnedFd>,
     /// The programs' own diagnostics (aya-log), with `-v`.
@@ -269,19 +273,18 @@ impl KernelSession {
         // A close after a quarter second idle ships at once: the engine counts closes
         // idle from half a second (`idle_min_ms`) and the keep-alive race starts there.
         offsets.live_idle_jiffies = decoder.clock.hz.max(1) / 4;
-        drop(btf);
         let aya_btf = aya::Btf::from_sys_fs().context("reading kernel BTF for tp_btf programs")?;
         // aya-log's level in the programs: warn with -v, else off (0), so a log
         // statement costs one load and compare, on failure paths only.
         let log_level: u8 = if what.diagnostics.is_some() { 2 } else { 0 };
+        // Before Linux 6.1 with the socket map preallocated.
+        let programs = super::object::Programs::for_kernel(&btf)?;
+        drop(btf);
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&aya_btf))
             .override_global("OFFSETS", &offsets, true)
             .override_global(aya_log::LEVEL, &log_level, false)
-            .load(aya::include_bytes_aligned!(concat!(
-                env!("OUT_DIR"),
-                "/tracer"
-            )))
+            .load(programs.bytes())
             .context("loading the kernel programs")?;
         let mut attached = Vec::new();
         let mut degraded = support.degraded.clone();
@@ -336,6 +339,7 @@ impl KernelSession {
             degraded,
             decoder,
             attach_time: start.elapsed(),
+            socket_map_preallocated: programs.preallocated_bytes(),
             run_time_stats: None,
             kernel_log,
         })
