@@ -5,7 +5,7 @@ use anyhow::Result;
 use crate::{commands::cli::LiveArgs, kernel::session::KernelSession};
 
 /// `conntrace check`: loads and attaches everything, then says what this kernel gives.
-/// The lines are stable (`kernel`, `attached`, `socket-map`, `degraded`, `ok`) so scripts and the
+/// The lines are stable (`kernel`, `attached`, `tick-rate`, `socket-map`, `degraded`, `ok`) so scripts and the
 /// kernel matrix read them.
 pub fn run(live: LiveArgs) -> Result<()> {
     let probes = KernelSession::load(live.options(false).attach)?;
@@ -16,6 +16,11 @@ pub fn run(live: LiveArgs) -> Result<()> {
         probes.attached.len(),
         probes.attach_time.as_millis(),
         probes.attached.join(" ")
+    );
+    crate::outln!(
+        "tick-rate {} Hz ({})",
+        probes.decoder.clock.hz,
+        probes.tick_source
     );
     if let Some(bytes) = probes.socket_map_preallocated {
         crate::outln!(

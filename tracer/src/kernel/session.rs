@@ -17,7 +17,7 @@ use crate::{
     kernel::btf::Btf,
     kernel::decode::Decoder,
     kernel::support::{Degraded, KernelSupport},
-    kernel::time::KernelClock,
+    kernel::time::{KernelClock, TickSource, ASSUMED_HZ},
     kernel::tracefs,
 };
 
@@ -99,6 +99,8 @@ pub struct KernelSession {
     /// preallocated (Linux before 6.1: see [`super::object`]); `None` when its entries
     /// are allocated as sockets come.
     pub socket_map_preallocated: Option<u64>,
+    /// Where the kernel's tick rate (`decoder.clock.hz`) came from.
+    pub tick_source: TickSource,
     /// Keeps the kernel's BPF run-time statistics on while set (the UI only).
     run_time_stats: Option<std::os::fd::OwnedFd>,
     /// The programs' own diagnostics (aya-log), with `-v`.
@@ -230,6 +232,34 @@ fn reset_reasons(btf: &Btf) -> Vec<String> {
     names
 }
 
+/// The decoder for this kernel: its clocks and its reset reasons' names.
+fn decoder(btf: &Btf, support: &KernelSupport) -> Result<(Decoder, TickSource)> {
+    let (clock, tick_source) = KernelClock::detect_with_source()?;
+    let decoder = Decoder {
+        clock,
+        reset_reasons: if support.reset.is_some_and(|r| r.reason.is_some()) {
+            reset_reasons(btf)
+        } else {
+            Vec::new()
+        },
+    };
+    Ok((decoder, tick_source))
+}
+
+/// A tick rate neither read nor measured scales every idle time by the error.
+fn tick_rate_fact(source: &TickSource) -> Option<Degraded> {
+    (*source == TickSource::Assumed).then(|| {
+        Degraded::new(
+            "tick rate",
+            format!(
+                "CONFIG_HZ not found (/boot/config-<release>, /proc/config.gz) and \
+                 /proc/timer_list unreadable: idle times assume {ASSUMED_HZ} Hz and are off by \
+                 the kernel's real rate over {ASSUMED_HZ} (mount the host's /boot)"
+            ),
+        )
+    })
+}
+
 impl KernelSession {
     /// Checks privileges, computes offsets, loads and attaches every program.
     /// Programs other than the state tracker may fail to attach: they are listed in
@@ -262,14 +292,7 @@ impl KernelSession {
         let mut offsets = offsets(&btf, &support)?;
         offsets.infer_port_exhaustion = u32::from(!syscall_hooks);
         offsets.stream_all = u32::from(what.every_transition);
-        let decoder = Decoder {
-            clock: KernelClock::detect()?,
-            reset_reasons: if support.reset.is_some_and(|r| r.reason.is_some()) {
-                reset_reasons(&btf)
-            } else {
-                Vec::new()
-            },
-        };
+        let (decoder, tick_source) = decoder(&btf, &support)?;
         // A close after a quarter second idle ships at once: the engine counts closes
         // idle from half a second (`idle_min_ms`) and the keep-alive race starts there.
         offsets.live_idle_jiffies = decoder.clock.hz.max(1) / 4;
@@ -288,6 +311,7 @@ impl KernelSession {
             .context("loading the kernel programs")?;
         let mut attached = Vec::new();
         let mut degraded = support.degraded.clone();
+        degraded.extend(tick_rate_fact(&tick_source));
         for (name, hook, loses) in PROGRAMS {
             let missing = match hook {
                 Hook::Btf(tp) => !support.btf_hooks.contains(&tp),
@@ -340,6 +364,7 @@ impl KernelSession {
             decoder,
             attach_time: start.elapsed(),
             socket_map_preallocated: programs.preallocated_bytes(),
+            tick_source,
             run_time_stats: None,
             kernel_log,
         })
