@@ -731,6 +731,11 @@ pub struct Losses {
     /// close was among them is not shipped.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub kernel_nested: u64,
+    /// Connections closed idle or reset whose DNAT translation (a Service VIP's
+    /// backend, from conntrack) was not looked up: over the lookups' budget of the
+    /// second. Their findings name the address dialled, not the backend.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub conntrack_skipped: u64,
 }
 
 #[expect(
@@ -779,6 +784,17 @@ impl Losses {
             self.connect_map,
             self.closed_owners,
             self.engine_evicted,
+        ) + &self.conntrack_text()
+    }
+
+    /// `; N DNAT backends not looked up (…)`, or nothing.
+    fn conntrack_text(&self) -> String {
+        if self.conntrack_skipped == 0 {
+            return String::new();
+        }
+        format!(
+            "; {} DNAT backends not looked up (conntrack lookups over their budget of the second)",
+            self.conntrack_skipped
         )
     }
 
@@ -799,7 +815,8 @@ impl Losses {
             self.connect_map,
             self.closed_owners,
             self.engine_evicted,
-        ) + &if self.log_unwritten > 0 {
+        ) + &self.conntrack_text()
+            + &if self.log_unwritten > 0 {
             format!(
                 "; the log itself misses {} records its disk could not take",
                 self.log_unwritten
@@ -1055,5 +1072,33 @@ mod hex_u64 {
         let s = std::borrow::Cow::<str>::deserialize(d)?;
         let digits = s.strip_prefix("0x").unwrap_or(&s);
         u64::from_str_radix(digits, 16).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Losses;
+
+    /// The DNAT lookups skipped are said where they happened, and only then.
+    #[test]
+    fn skipped_dnat_lookups_are_said_only_when_some_were() {
+        let none = Losses {
+            ringbuf_full: 1,
+            ..Losses::default()
+        };
+        assert!(!none.counts().contains("DNAT"));
+        assert!(!none.describe().unwrap().contains("DNAT"));
+        let some = Losses {
+            conntrack_skipped: 7,
+            ..Losses::default()
+        };
+        assert!(!some.is_empty());
+        assert!(some.counts().ends_with(
+            "; 7 DNAT backends not looked up (conntrack lookups over their budget of the second)"
+        ));
+        assert!(some
+            .describe()
+            .unwrap()
+            .contains("; 7 DNAT backends not looked up"));
     }
 }

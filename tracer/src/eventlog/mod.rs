@@ -709,6 +709,7 @@ mod tests {
             }),
             Record::Losses(crate::event::Losses {
                 ringbuf_full: 3,
+                conntrack_skipped: 4,
                 ..Default::default()
             }),
         ];

@@ -376,6 +376,7 @@ impl Metrics {
             ("undecodable", l.undecodable),
             ("engine_evicted", l.engine_evicted),
             ("closed_owners", l.closed_owners),
+            ("conntrack_skipped", l.conntrack_skipped),
         ] {
             mirror(&self.lost.get_or_create(&Cause { cause }), n);
         }

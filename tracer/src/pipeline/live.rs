@@ -36,6 +36,8 @@ pub struct LiveStats {
     pub sample_errors: u64,
     /// Owners of closed connections forgotten early ([`crate::pipeline::recent`]).
     pub closed_owners: u64,
+    /// DNAT translations not looked up for the budget ([`crate::pipeline::tuples`]).
+    pub conntrack_skipped: u64,
 }
 
 /// How often node samples are taken (also the engine's tick for leak ages).
@@ -314,6 +316,7 @@ impl Pipeline<'_> {
         LiveStats {
             undecodable: self.kernel.undecodable,
             closed_owners: self.recent.evicted(),
+            conntrack_skipped: self.tuple_facts.skipped,
             ..self.stats
         }
     }
@@ -565,6 +568,7 @@ pub fn losses_of(
         undecodable: stats.undecodable,
         engine_evicted: engine.stats().evicted,
         closed_owners: stats.closed_owners,
+        conntrack_skipped: stats.conntrack_skipped,
         ..probes.losses().unwrap_or_default()
     }
 }

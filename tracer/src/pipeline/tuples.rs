@@ -136,3 +136,39 @@ impl TupleFacts {
         Some(t)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::testing::Sock;
+
+    /// 260 connections closed idle in one second: 200 are looked up in conntrack,
+    /// the rest counted as skipped; without conntrack on the node none is either.
+    #[test]
+    fn lookups_over_the_budget_are_counted() {
+        let mut facts = TupleFacts::default();
+        let mut recent = RecentOwners::default();
+        for port in 0..260u16 {
+            let sock = Sock::new(
+                u64::from(port) + 1,
+                10,
+                "pool",
+                &format!("10.0.0.1:{}", 40_000 + port),
+                "10.96.0.10:80",
+            );
+            let e = sock.state(
+                u64::from(port),
+                TcpState::Established,
+                TcpState::CloseWait,
+                5_000,
+            );
+            // Nothing translates these made-up tuples.
+            assert_eq!(facts.of(&e, &mut recent), None);
+        }
+        if Conntrack::open().is_some() {
+            assert_eq!((facts.lookups, facts.skipped), (u64::from(BUDGET), 60));
+        } else {
+            assert_eq!((facts.lookups, facts.skipped), (0, 0));
+        }
+    }
+}

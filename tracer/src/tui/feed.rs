@@ -189,12 +189,14 @@ impl TuiSink {
             events_per_sec: self.rate.2,
             // The events missing, as the pipeline last handed its losses to the sink
             // (live), or as the recording says (replayed); apart, what was seen but
-            // not kept whole: owners, and this engine's early-dropped entries (live:
-            // as the pipeline counted them; replayed: this replay's own).
+            // not kept whole: owners, DNAT backends not looked up, and this engine's
+            // early-dropped entries (live: as the pipeline counted them; replayed:
+            // this replay's own).
             lost: self.losses.events(),
             not_kept: self
                 .losses
                 .owners_not_kept()
+                .saturating_add(self.losses.conntrack_skipped)
                 .saturating_add(if probes.is_some() {
                     self.losses.engine_evicted
                 } else {

@@ -499,7 +499,8 @@ fn draw_help(frame: &mut Frame, area: Rect, app: &App) {
         "",
         "header: lost = events missing (ring buffer full, failed kernel reads,",
         "  skipped nested runs); not kept = socket owners and table entries the",
-        "  bounded maps had no room for (the exit line names each)",
+        "  bounded maps had no room for, DNAT backends not looked up (over the",
+        "  lookups' budget); the exit line names each",
     ]);
     let area = popup(area);
     frame.render_widget(Clear, area);
