@@ -104,8 +104,9 @@ const TIMER_KEEPALIVE: u8 = 2;
 /// `struct inet_diag_msg`: 72 bytes.
 const DIAG_MSG_LEN: usize = 72;
 
-/// `inet_diag_req_v2` for established TCP sockets of `family`, with `tcp_info`.
-fn request(family: u8) -> [u8; NLMSG_HDRLEN + 56] {
+/// `inet_diag_req_v2` for the TCP sockets of `family` in `states` (a bit per state),
+/// with `tcp_info`.
+fn request(family: u8, states: u32) -> [u8; NLMSG_HDRLEN + 56] {
     let mut m = [0u8; NLMSG_HDRLEN + 56];
     let len = u32::try_from(m.len()).unwrap_or(0);
     m[0..4].copy_from_slice(&len.to_ne_bytes());
@@ -115,14 +116,20 @@ fn request(family: u8) -> [u8; NLMSG_HDRLEN + 56] {
     r[0] = family;
     r[1] = 6; // IPPROTO_TCP
     r[2] = 1 << (INET_DIAG_INFO - 1);
-    r[4..8].copy_from_slice(&((1u32 << TCP_ESTABLISHED) | (1u32 << TCP_LISTEN)).to_ne_bytes());
+    r[4..8].copy_from_slice(&states.to_ne_bytes());
     m
 }
+
+/// Established and listening sockets: what a pass inspects.
+const OPEN_STATES: u32 = (1 << TCP_ESTABLISHED) | (1 << TCP_LISTEN);
 
 /// `inet_diag_req_v2` for the one socket with this 4-tuple (the kernel's hash lookup,
 /// no dump), with `tcp_info`; `seq` to match its answer.
 fn request_one(local: SocketAddr, remote: SocketAddr, seq: u32) -> [u8; NLMSG_HDRLEN + 56] {
-    let mut m = request(if local.is_ipv4() { AF_INET } else { AF_INET6 });
+    let mut m = request(
+        if local.is_ipv4() { AF_INET } else { AF_INET6 },
+        OPEN_STATES,
+    );
     m[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
     m[8..12].copy_from_slice(&seq.to_ne_bytes());
     // `struct inet_diag_sockid`: ports and addresses in network order, the local end
@@ -353,8 +360,26 @@ fn diag_socket() -> io::Result<OwnedFd> {
 
 /// Every established and listening TCP socket of one namespace's netlink socket.
 pub fn dump(fd: &OwnedFd, netns: u32, out: &mut Vec<DiagConn>) -> io::Result<()> {
+    dump_states(fd, netns, OPEN_STATES, out)
+}
+
+/// The listening TCP sockets of the network namespace `path` (`/proc/PID/ns/net`,
+/// inode `netns`). Only the listening hash is walked: the kernel skips its table of
+/// connections, time-wait sockets included, which a read of `/proc/net/tcp` formats
+/// one by one (~2 µs each: 130 ms more at start with 70,000 of them).
+pub fn listening_in(path: &Path, netns: u32) -> io::Result<Vec<DiagConn>> {
+    in_namespace(path, || {
+        let fd = diag_socket()?;
+        let mut out = Vec::new();
+        dump_states(&fd, netns, 1 << TCP_LISTEN, &mut out)?;
+        Ok(out)
+    })
+}
+
+/// The TCP sockets in `states` of one namespace's netlink socket.
+fn dump_states(fd: &OwnedFd, netns: u32, states: u32, out: &mut Vec<DiagConn>) -> io::Result<()> {
     for family in [AF_INET, AF_INET6] {
-        let req = request(family);
+        let req = request(family, states);
         // SAFETY: req is valid for its length.
         let sent = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
         if sent < 0 {

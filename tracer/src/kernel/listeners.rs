@@ -72,29 +72,43 @@ pub fn scan(proc_root: &Path, cgroup_root: &Path) -> Vec<Listener> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     for (&netns, &pid) in &namespaces {
-        for table in ["net/tcp", "net/tcp6"] {
-            let path = proc_root.join(pid.to_string()).join(table);
-            let Ok(text) = std::fs::read_to_string(path) else {
+        for (port, ino) in listening_in(proc_root, pid, netns) {
+            let Some(&owner) = holders.get(&ino) else {
                 continue;
             };
-            for (port, ino) in listening(&text) {
-                let Some(&owner) = holders.get(&ino) else {
-                    continue;
-                };
-                if !seen.insert((netns, port)) {
-                    continue; // the same port on IPv4 and IPv6, or on two addresses
-                }
-                out.push(Listener {
-                    netns,
-                    port,
-                    pid: owner,
-                    comm: comm(proc_root, owner),
-                    cgroup_id: cgroup_id(proc_root, cgroup_root, owner),
-                });
+            if !seen.insert((netns, port)) {
+                continue; // the same port on IPv4 and IPv6, or on two addresses
             }
+            out.push(Listener {
+                netns,
+                port,
+                pid: owner,
+                comm: comm(proc_root, owner),
+                cgroup_id: cgroup_id(proc_root, cgroup_root, owner),
+            });
         }
     }
     out
+}
+
+/// `(local port, socket inode)` of the listening sockets of `pid`'s namespace: from
+/// `sock_diag`, which walks only the listening hash; where it cannot be asked, the
+/// LISTEN rows of `/proc/PID/net/tcp{,6}` (which list every socket of the namespace,
+/// time-wait ones included).
+fn listening_in(proc_root: &Path, pid: u32, netns: u32) -> Vec<(u16, u64)> {
+    let base = proc_root.join(pid.to_string());
+    if let Ok(conns) = crate::kernel::diag::listening_in(&base.join("ns/net"), netns) {
+        return conns
+            .iter()
+            .filter(|c| c.listening)
+            .map(|c| (c.local.port(), c.inode))
+            .collect();
+    }
+    ["net/tcp", "net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(base.join(table)).ok())
+        .flat_map(|text| listening(&text))
+        .collect()
 }
 
 /// `N` of `prefix[N]`.
