@@ -19,9 +19,9 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 /// trace. Not preallocated (`BPF_F_NO_PREALLOC`): 360 bytes a socket are taken as
 /// sockets come — from Linux 6.1; before it userspace clears the flag at load
 /// (`tracer/src/kernel/object.rs`: the verifier there warns, tainting the kernel,
-/// when a classic tracepoint program uses a map that allocates). What comes after ->CLOSE (the error report, a reset sent by
-/// close()) carries the socket's 4-tuple; userspace hands it the owner of the
-/// connection that closed on it.
+/// when a classic tracepoint program uses a map that allocates). What comes after
+/// ->CLOSE (the error report, a reset sent by close()) carries the socket's
+/// 4-tuple; userspace hands it the owner of the connection that closed on it.
 #[map]
 pub static SOCKS: HashMap<u64, ConnRecord> = HashMap::with_max_entries(131_072, BPF_F_NO_PREALLOC);
 

@@ -5,8 +5,8 @@ use anyhow::Result;
 use crate::{commands::cli::LiveArgs, kernel::session::KernelSession};
 
 /// `conntrace check`: loads and attaches everything, then says what this kernel gives.
-/// The lines are stable (`kernel`, `attached`, `tick-rate`, `socket-map`, `degraded`, `ok`) so scripts and the
-/// kernel matrix read them.
+/// The lines are stable (`kernel`, `attached`, `tick-rate`, `socket-map`, `degraded`,
+/// `ok`) so scripts and the kernel matrix read them.
 pub fn run(live: LiveArgs) -> Result<()> {
     let probes = KernelSession::load(live.options(false).attach)?;
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();

@@ -14,8 +14,6 @@
 use anyhow::{bail, ensure, Context as _, Result};
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 
-/// The socket map's entries (`SOCKS` in the programs).
-pub const SOCKET_MAP_ENTRIES: u64 = 131_072;
 /// What a preallocated entry takes in the kernel: the hash table's element header
 /// (40 bytes), the key and the value.
 pub const SOCKET_MAP_ENTRY_BYTES: u64 = 40 + 8 + tracer_common::ConnRecord::SIZE as u64;
@@ -25,13 +23,15 @@ const NO_PREALLOC: u32 = 1;
 /// `struct bpf_map_def` (the `maps` section's legacy definitions): `type`,
 /// `key_size`, `value_size`, `max_entries`, `map_flags`, `id`, `pinning`.
 const DEF_SIZE: usize = 28;
+const MAX_ENTRIES_AT: usize = 12;
 const FLAGS_AT: usize = 16;
 
 /// The programs' object file as this kernel loads it.
 pub struct Programs {
     original: &'static [u8],
-    /// The copy with the socket map preallocated, on a kernel that needs it.
-    preallocated: Option<Vec<u64>>,
+    /// The copy with the socket map preallocated, on a kernel that needs it, and the
+    /// map's entries as its definition gives them.
+    preallocated: Option<(Vec<u64>, u32)>,
 }
 
 impl Programs {
@@ -50,16 +50,18 @@ impl Programs {
     }
 
     pub fn bytes(&self) -> &[u8] {
-        self.preallocated.as_deref().map_or(self.original, |words| {
-            &as_bytes(words)[..self.original.len()]
-        })
+        self.preallocated
+            .as_ref()
+            .map_or(self.original, |(words, _)| {
+                &as_bytes(words)[..self.original.len()]
+            })
     }
 
     /// The socket map's kernel memory taken at load, when preallocated.
     pub fn preallocated_bytes(&self) -> Option<u64> {
         self.preallocated
             .as_ref()
-            .map(|_| SOCKET_MAP_ENTRIES * SOCKET_MAP_ENTRY_BYTES)
+            .map(|&(_, entries)| u64::from(entries) * SOCKET_MAP_ENTRY_BYTES)
     }
 }
 
@@ -76,14 +78,18 @@ pub fn allocates_at_run_time(btf: &crate::kernel::btf::Btf) -> bool {
 
 /// A copy of the object `elf` (8-byte aligned, as the loader's parser needs) whose
 /// map `name` is preallocated: `BPF_F_NO_PREALLOC` cleared in its definition,
-/// nothing else changed.
-pub fn preallocate_map(elf: &[u8], name: &str) -> Result<Vec<u64>> {
+/// nothing else changed; with the map's entries.
+pub fn preallocate_map(elf: &[u8], name: &str) -> Result<(Vec<u64>, u32)> {
     let at = map_def(elf, name)?;
-    let flags = u32::from_ne_bytes(
-        elf[at + FLAGS_AT..at + FLAGS_AT + 4]
-            .try_into()
-            .context("map definition cut short")?,
-    );
+    let word = |i: usize| {
+        u32::from_ne_bytes([
+            elf[at + i],
+            elf[at + i + 1],
+            elf[at + i + 2],
+            elf[at + i + 3],
+        ])
+    };
+    let (flags, entries) = (word(FLAGS_AT), word(MAX_ENTRIES_AT));
     ensure!(
         flags & NO_PREALLOC != 0,
         "map {name} is already preallocated (flags {flags:#x})"
@@ -92,7 +98,7 @@ pub fn preallocate_map(elf: &[u8], name: &str) -> Result<Vec<u64>> {
     let bytes = as_bytes_mut(&mut words);
     bytes[..elf.len()].copy_from_slice(elf);
     bytes[at + FLAGS_AT..at + FLAGS_AT + 4].copy_from_slice(&(flags & !NO_PREALLOC).to_ne_bytes());
-    Ok(words)
+    Ok((words, entries))
 }
 
 /// The file offset of map `name`'s definition in the `maps` section.
@@ -151,7 +157,8 @@ mod tests {
     fn only_the_socket_maps_flag_changes() {
         let elf = programs();
         assert_eq!(flags(elf, "SOCKS"), NO_PREALLOC);
-        let patched = preallocate_map(elf, "SOCKS").unwrap();
+        let (patched, entries) = preallocate_map(elf, "SOCKS").unwrap();
+        assert_eq!(entries, 131_072, "the programs' SOCKS size");
         let bytes = &as_bytes(&patched)[..elf.len()];
         assert_eq!(flags(bytes, "SOCKS"), 0);
         let changed: Vec<usize> = (0..elf.len()).filter(|&i| elf[i] != bytes[i]).collect();
@@ -163,7 +170,7 @@ mod tests {
             |i: usize| u32::from_ne_bytes(bytes[def + 4 * i..def + 4 * i + 4].try_into().unwrap());
         assert_eq!(word(1), 8);
         assert_eq!(word(2) as usize, tracer_common::ConnRecord::SIZE);
-        assert_eq!(u64::from(word(3)), SOCKET_MAP_ENTRIES);
+        assert_eq!(word(3), entries);
     }
 
     #[test]
