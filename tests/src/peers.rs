@@ -405,3 +405,31 @@ pub fn wrk_churn(ns: &Netns, url: &str, secs: u32) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A keep-alive HTTP/1.1 server in Python's standard library (`http.server`,
+/// threaded), naming itself `comm` (the process and its handler threads) before it
+/// listens on 127.0.0.1 and prints its port; a connection idle for `idle_timeout_s`
+/// it closes first. For [`crate::Python::spawn`].
+pub fn keepalive_httpd(comm: &str, idle_timeout_s: u32) -> String {
+    format!(
+        r#"
+import ctypes, http.server, socketserver
+ctypes.CDLL(None).prctl(15, b"{comm}", 0, 0, 0)
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = {idle_timeout_s}
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *a):
+        pass
+class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+s = S(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#
+    )
+}

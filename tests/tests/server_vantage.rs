@@ -8,28 +8,7 @@
 //! named and no race is invented.
 
 use serde_json::Value;
-use tests::{findings_for, Python, Recorder};
-
-/// Names itself `ka-httpd` (the process and its handler threads) before listening.
-const SERVER: &str = r#"
-import ctypes, http.server, socketserver
-ctypes.CDLL(None).prctl(15, b"ka-httpd", 0, 0, 0)
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    timeout = 2
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-    def log_message(self, *a):
-        pass
-class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-s = S(("127.0.0.1", 0), H)
-print(s.server_address[1], flush=True)
-s.serve_forever()
-"#;
+use tests::{findings_for, peers::keepalive_httpd, Python, Recorder};
 
 /// Four pooled connections, three rounds 2.5 s apart, never validated: every reuse
 /// after the first round fails and is retried on a fresh connection.
@@ -67,7 +46,7 @@ fn within_a_tick_and_wakeup(v: &Value, expected: u64, tick: u64) {
 #[test]
 fn a_real_http_servers_idle_close_and_the_clients_reuses_from_its_side_alone() {
     let rec = Recorder::start(&["--comm", "ka-httpd"]);
-    let mut server = Python::spawn(None, SERVER, &[]);
+    let mut server = Python::spawn(None, &keepalive_httpd("ka-httpd", 2), &[]);
     let port = server.line();
     let endpoint = format!("127.0.0.1:{port}");
     let mut client = Python::spawn(None, CLIENT, &[&port]);

@@ -118,7 +118,7 @@ impl Tracked {
             generation,
             role,
             pid: e.pid,
-            comm: Comm::new(&e.comm),
+            comm: e.comm,
             cgroup: e.cgroup,
             owner_known: e.owner_known,
             local: e.local,
@@ -155,24 +155,36 @@ impl Tracked {
     /// Takes the owner from an event that knows it.
     pub fn set_owner(&mut self, e: &Event) {
         self.pid = e.pid;
-        self.comm = Comm::new(&e.comm);
+        self.comm = e.comm;
         self.cgroup = e.cgroup;
         self.owner_known = true;
     }
 
     /// The server side of the connection: the remote end of a connection this node
     /// opened, the local end of an accepted one; for connections seen first mid-life,
-    /// the end with the lower port.
+    /// the end whose port is not an ephemeral one (Linux's default
+    /// `ip_local_port_range`, 32768-60999), else the end with the lower port.
     pub fn server_endpoint(&self) -> SocketAddr {
-        let local_serves = match self.role {
-            Role::Client => false,
-            Role::Server | Role::Listener => true,
-            Role::Unknown => self.local.port() < self.remote.port(),
-        };
-        if local_serves {
+        if self.local_serves() {
             self.local
         } else {
             self.remote
+        }
+    }
+
+    /// Whether this end is the connection's server (see [`Tracked::server_endpoint`]).
+    pub fn local_serves(&self) -> bool {
+        match self.role {
+            Role::Client => false,
+            Role::Server | Role::Listener => true,
+            Role::Unknown => {
+                let (local, remote) = (self.local.port(), self.remote.port());
+                match (ephemeral(local), ephemeral(remote)) {
+                    (true, false) => false,
+                    (false, true) => true,
+                    _ => local < remote,
+                }
+            }
         }
     }
 
@@ -201,6 +213,12 @@ impl Tracked {
     pub fn is_open(&self) -> bool {
         self.closed_ns.is_none()
     }
+}
+
+/// A port of Linux's default ephemeral range (`net.ipv4.ip_local_port_range`):
+/// the kernel's pick for a client's end.
+fn ephemeral(port: u16) -> bool {
+    (32_768..=60_999).contains(&port)
 }
 
 /// Connections by socket, at most `cap`; every eviction is counted.

@@ -95,6 +95,10 @@ pub struct Stats {
     pub evicted: u64,
 }
 
+/// An idle-close sample an event gave: the server endpoint that closed first (the
+/// address its client dialled) and the connection's idle milliseconds then.
+pub type IdleSample = (std::net::SocketAddr, u64);
+
 /// The engine.
 pub struct Engine {
     cfg: Config,
@@ -124,6 +128,9 @@ pub struct Engine {
     ports_seen: HashMap<std::net::SocketAddr, (u64, Option<(u16, u16)>)>,
     /// Count last reported per finding identity, for [`Engine::poll_new`].
     reported: HashMap<(Kind, String, u32), u64>,
+    /// The idle-close sample the event being ingested gave (server endpoint, idle
+    /// ms), for [`Engine::record_observed`]'s observer.
+    idle_sampled: Option<IdleSample>,
 }
 
 impl Engine {
@@ -152,6 +159,7 @@ impl Engine {
             cgroups: HashMap::new(),
             pods: HashMap::new(),
             reported: HashMap::new(),
+            idle_sampled: None,
         }
     }
 
@@ -159,21 +167,25 @@ impl Engine {
     /// sample to the detectors that take it. Findings in a log are not taken back:
     /// the engine finds them again from the records.
     pub fn record(&mut self, record: &Record) {
-        self.record_observed(record, |_| {});
+        self.record_observed(record, |_, _| {});
     }
 
     /// [`Engine::record`], handing each kernel event it takes (an event, or each
     /// transition of a connection record, made once) to `observe` too: the metrics.
-    pub fn record_observed(&mut self, record: &Record, mut observe: impl FnMut(&Event)) {
+    pub fn record_observed(
+        &mut self,
+        record: &Record,
+        mut observe: impl FnMut(&Event, Option<IdleSample>),
+    ) {
         match record {
             Record::Event(e) => {
                 self.ingest(e);
-                observe(e);
+                observe(e, self.idle_sampled.take());
             }
             Record::Conn(c) => {
                 for e in c.events() {
                     self.ingest(&e);
-                    observe(&e);
+                    observe(&e, self.idle_sampled.take());
                 }
             }
             Record::Sockstat(s) => self.sample(s),
@@ -374,13 +386,16 @@ impl Engine {
             (TcpState::Established, TcpState::CloseWait) => {
                 conn.peer_fin = Some((e.mono_ns, idle_ms));
                 conn.close_wait_since = Some(e.mono_ns);
-                if conn.role != Role::Server {
+                // The peer closed first: an idle close of a server only when the peer
+                // serves (a server's socket sees its clients hang up the same way).
+                if !conn.local_serves() {
                     let endpoint = e.remote;
                     if self
                         .idle
                         .sample(endpoint, e.local, idle_ms, e.time, &self.cfg)
                     {
                         self.endpoints.idle_close(endpoint, idle_ms);
+                        self.idle_sampled = Some((endpoint, idle_ms));
                     }
                 }
             }
@@ -409,9 +424,12 @@ impl Engine {
             // An idle close only (as idle.rs counts one): a close right after the
             // server's own answer (`Connection: close`, every connection of a
             // churning server) leaves nothing a pool could reuse, and remembering
-            // each would overflow the memory of real idle closes.
+            // each would overflow the memory of real idle closes. A connection
+            // accepted before the trace started serves by its ports.
             (TcpState::Established, TcpState::FinWait1)
-                if conn.role == Role::Server && idle_ms >= self.cfg.idle_min_ms =>
+                if conn.role != Role::Listener
+                    && conn.local_serves()
+                    && idle_ms >= self.cfg.idle_min_ms =>
             {
                 self.reuse.on_server_close(conn, e, idle_ms);
                 let endpoint = e.local;
@@ -421,6 +439,7 @@ impl Engine {
                         .sample(endpoint, e.remote, idle_ms, e.time, &self.cfg)
                 {
                     self.endpoints.idle_close(endpoint, idle_ms);
+                    self.idle_sampled = Some((endpoint, idle_ms));
                 }
             }
             _ => {}

@@ -223,7 +223,7 @@ impl Default for Metrics {
         );
         r.register(
             "conntrace_idle_before_close_seconds",
-            "Idle time at which a server endpoint closed a connection first (peer FIN seen by a client on this node)",
+            "Idle time at which a server endpoint closed a connection first, after at least the engine's minimum idle (500 ms): seen from the client's node or the server's, once per connection, under the address the client dialled",
             m.idle.clone(),
         );
         r.register(
@@ -275,9 +275,7 @@ impl Metrics {
     pub fn observe(&mut self, e: &Event) {
         self.events.inc();
         match &e.kind {
-            EventKind::State {
-                old, new, idle_ms, ..
-            } => {
+            EventKind::State { old, new, .. } => {
                 // A connect that never got through: its error (reported after
                 // ->CLOSE without the system-call hooks) is a connect error.
                 if *old == TcpState::SynSent && *new == TcpState::Close {
@@ -292,10 +290,6 @@ impl Metrics {
                         new: new.as_str(),
                     })
                     .inc();
-                // The server side closed first: the idle time it closed at.
-                if (*old, *new) == (TcpState::Established, TcpState::CloseWait) {
-                    self.observe_idle(e.remote, *idle_ms);
-                }
             }
             EventKind::Reset {
                 direction, reason, ..
@@ -333,7 +327,11 @@ impl Metrics {
         self.connect_errors.get_or_create(&Errno { errno }).inc();
     }
 
-    fn observe_idle(&mut self, endpoint: SocketAddr, idle_ms: u64) {
+    /// An idle close the engine sampled: `endpoint` (a server, as its clients
+    /// dialled it) closed first after `idle_ms` idle. The engine decides, from
+    /// either end: a server's own socket seeing its client hang up is not one, and
+    /// a connection with both ends on this node counts once.
+    pub fn observe_idle(&mut self, endpoint: SocketAddr, idle_ms: u64) {
         if !self.endpoints.contains(&endpoint) {
             if self.endpoints.len() >= MAX_ENDPOINTS {
                 self.endpoints_dropped.inc();
@@ -447,6 +445,121 @@ mod tests {
         event::TcpState::*,
     };
 
+    /// An event through the engine to the metrics, as the pipeline's dispatch does.
+    fn feed(engine: &mut Engine, m: &mut Metrics, e: Event) {
+        engine.record_observed(&crate::event::Record::Event(e), |e, idle| {
+            m.observe(e);
+            if let Some((endpoint, idle_ms)) = idle {
+                m.observe_idle(endpoint, idle_ms);
+            }
+        });
+    }
+
+    fn idle_series(text: &str) -> Vec<&str> {
+        let mut series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("conntrace_idle_before_close_seconds_count"))
+            .collect();
+        series.sort_unstable();
+        series
+    }
+
+    /// A server's socket whose client hangs up first (ESTABLISHED -> CLOSE_WAIT) is no
+    /// idle close of a server: before, each made a series named after the client's
+    /// ephemeral port, and 64 of them filled the endpoint cap. The server's own idle
+    /// close is one, from the server's node as from the client's, and a connection
+    /// with both ends here counts once.
+    #[test]
+    fn idle_closes_are_the_servers_from_either_end_once() {
+        let server = "10.0.0.5:8000";
+        let mut m = Metrics::default();
+        let mut engine = Engine::new(Config::default());
+        let listener = Sock::new(1, 7, "srv", server, "0.0.0.0:0");
+        feed(&mut engine, &mut m, listener.state(0, Close, Listen, 0));
+        for i in 0..80u16 {
+            // Clients on other nodes hang up after 3 s idle.
+            let c = Sock::new(
+                100 + u64::from(i),
+                7,
+                "srv",
+                server,
+                &format!("10.0.0.9:{}", 40_000 + i),
+            );
+            for e in c.accepted(10).into_iter().chain([
+                c.state(3000, Established, CloseWait, 3000),
+                c.state(3001, CloseWait, LastAck, 0),
+                c.state(3002, LastAck, Close, 0),
+            ]) {
+                feed(&mut engine, &mut m, e);
+            }
+        }
+        let probed = Probed::default();
+        let text = m.render(&engine, probed);
+        assert!(idle_series(&text).is_empty(), "{text}");
+        assert!(text.contains("conntrace_metrics_endpoints_dropped_total 0"));
+
+        // The server closes three connections idle 5 s: a client here for one of them
+        // (both ends on this node), on other nodes for the others.
+        for i in 0..3u16 {
+            let client = format!("10.0.0.5:{}", 50_000 + i);
+            let s = Sock::new(200 + u64::from(i), 7, "srv", server, &client);
+            let mut events = s.accepted(20_000);
+            events.push(s.state(25_000, Established, FinWait1, 5000));
+            if i == 0 {
+                let c = Sock::new(300, 9, "pool", &client, server);
+                events.splice(0..0, c.connect(19_999));
+                events.push(c.state(25_001, Established, CloseWait, 5000));
+            }
+            for e in events {
+                feed(&mut engine, &mut m, e);
+            }
+        }
+        let text = m.render(&engine, probed);
+        assert_eq!(
+            idle_series(&text),
+            ["conntrace_idle_before_close_seconds_count{endpoint=\"10.0.0.5:8000\"} 3"],
+            "{text}"
+        );
+    }
+
+    /// Connections that predate the trace (role unknown) serve by their ports: the
+    /// end on a port outside Linux's ephemeral range.
+    #[test]
+    fn connections_older_than_the_trace_serve_by_their_ports() {
+        let mut m = Metrics::default();
+        let mut engine = Engine::new(Config::default());
+        // The server's end of an old connection (8000, its client's 45000 is
+        // ephemeral), a pool's end of one (45001 is ephemeral, 61500 is not), and a
+        // server's idle close of another old connection.
+        let old_server_side = Sock::new(1, 7, "srv", "10.0.0.5:8000", "10.0.0.9:45000");
+        let old_client_side = Sock::new(2, 9, "pool", "10.0.0.1:45001", "10.0.0.6:61500");
+        feed(
+            &mut engine,
+            &mut m,
+            old_server_side.state(3000, Established, CloseWait, 3000),
+        );
+        feed(
+            &mut engine,
+            &mut m,
+            old_client_side.state(3000, Established, CloseWait, 3000),
+        );
+        let older = Sock::new(3, 7, "srv", "10.0.0.5:8000", "10.0.0.9:45002");
+        feed(
+            &mut engine,
+            &mut m,
+            older.state(4000, Established, FinWait1, 4000),
+        );
+        let text = m.render(&engine, Probed::default());
+        assert_eq!(
+            idle_series(&text),
+            [
+                "conntrace_idle_before_close_seconds_count{endpoint=\"10.0.0.5:8000\"} 1",
+                "conntrace_idle_before_close_seconds_count{endpoint=\"10.0.0.6:61500\"} 1",
+            ],
+            "{text}"
+        );
+    }
+
     #[test]
     fn exposition_has_every_family_with_bounded_labels() {
         let mut m = Metrics::default();
@@ -464,8 +577,7 @@ mod tests {
                 .into_iter()
                 .chain([c.state(2000, Established, CloseWait, 2000)])
             {
-                m.observe(&e);
-                engine.ingest(&e);
+                feed(&mut engine, &mut m, e);
             }
         }
         for (at, overflows) in [(3000, 0), (5000, 25)] {

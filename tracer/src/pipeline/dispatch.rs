@@ -15,9 +15,12 @@ pub fn dispatch(
     sink: &mut dyn Sink,
 ) -> Result<()> {
     let mut metrics = metrics;
-    engine.record_observed(record, |e| {
+    engine.record_observed(record, |e, idle| {
         if let Some(m) = metrics.as_deref_mut() {
             m.observe(e);
+            if let Some((endpoint, idle_ms)) = idle {
+                m.observe_idle(endpoint, idle_ms);
+            }
         }
     });
     match record {
