@@ -2,7 +2,7 @@
 
 use crate::sock::{Direct, Mem};
 use aya_ebpf::macros::map;
-use aya_ebpf::maps::{HashMap, PerCpuArray, RingBuf};
+use aya_ebpf::maps::{Array, HashMap, PerCpuArray, RingBuf};
 use tracer_common::{ConnRecord, ConnectArgs, Offsets, Owner, LOSS_COUNTERS, LOSS_RINGBUF_FULL};
 
 /// Kernel field offsets, filled by userspace at load time.
@@ -27,9 +27,14 @@ pub static SOCKS: HashMap<u64, ConnRecord> = HashMap::with_max_entries(131_072, 
 
 pub const BPF_F_NO_PREALLOC: u32 = 1;
 
-/// Scratch space to build a new [`SOCKS`] entry (too big for the stack).
+/// An all-zero [`ConnRecord`] a new [`SOCKS`] entry is inserted from (too big for
+/// the stack), never written; the owner is written into the new entry itself. A
+/// run interrupted on its CPU by another (softirq over a system call: older
+/// kernels, 5.10 and 5.15 among them, run the nested program where newer ones skip
+/// and count it) would otherwise hand the interrupting socket's owner to the
+/// interrupted one's entry through a shared scratch slot.
 #[map]
-pub static SCRATCH: PerCpuArray<ConnRecord> = PerCpuArray::with_max_entries(1, 0);
+pub static BLANK: Array<ConnRecord> = Array::with_max_entries(1, 0);
 
 /// Network namespace and local port of a listening socket ([`listener_key`]) -> its
 /// owner, so an accepted child has an owner from its first event (softirq) until

@@ -1,7 +1,7 @@
 //! A socket's entry in [`SOCKS`]: started, given its owner, and shipped as one
 //! [`ConnRecord`]; and what every program's event starts from.
 
-use crate::maps::{count_loss, emit, offsets, SCRATCH, SOCKS};
+use crate::maps::{count_loss, emit, offsets, BLANK, SOCKS};
 use crate::sock::{current_owner, fill_sock, fill_sock_state, tcp_sock, Direct, Mem};
 use aya_ebpf::helpers::generated::bpf_jiffies64;
 use aya_ebpf::programs::BtfTracePointContext;
@@ -16,21 +16,19 @@ use tracer_common::{
 /// `owner`; the entry, or `None` when the map is full (counted).
 #[expect(
     clippy::needless_borrows_for_generic_args,
-    reason = "the map copies the 360-byte entry from the scratch slot; a by-value argument would copy it onto the 512-byte BPF stack first"
+    reason = "the map copies the 360-byte entry from the blank slot; a by-value argument would copy it onto the 512-byte BPF stack first"
 )]
 pub fn track(sk: u64, owner: &Owner, src: u8) -> Option<*mut ConnRecord> {
-    let scratch = SCRATCH.get_ptr_mut(0)?;
-    set_entry_owner(scratch, owner, src);
-    // SAFETY: per-CPU scratch slot, only this program run uses it; the map copies it.
-    unsafe {
-        (*scratch).steps_len = 0;
-        (*scratch).born_ns = aya_ebpf::helpers::bpf_ktime_get_ns();
-        if SOCKS.insert(sk, &*scratch, 0).is_err() {
-            count_loss(LOSS_OWNER_MAP);
-            return None;
-        }
+    let blank = BLANK.get_ptr(0)?;
+    // SAFETY: the blank entry is a live map value no program writes; the map copies it.
+    if SOCKS.insert(sk, unsafe { &*blank }, 0).is_err() {
+        count_loss(LOSS_OWNER_MAP);
+        return None;
     }
-    SOCKS.get_ptr_mut(sk)
+    // Its birth (`born_ns`) is its first step's time, set with that step.
+    let rec = SOCKS.get_ptr_mut(sk)?;
+    set_entry_owner(rec, owner, src);
+    Some(rec)
 }
 
 /// Replaces an entry's (or the scratch entry's) owner.

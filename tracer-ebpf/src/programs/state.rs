@@ -162,7 +162,12 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
                 }
                 let i = ((*rec).steps_len as usize) & (MAX_STEPS - 1);
                 let step = &mut (*rec).steps[i];
-                step.ts_ns = aya_ebpf::helpers::bpf_ktime_get_ns();
+                let ts = aya_ebpf::helpers::bpf_ktime_get_ns();
+                step.ts_ns = ts;
+                // A new entry's birth: its first step (one clock read a run).
+                if (*rec).born_ns == 0 {
+                    (*rec).born_ns = ts;
+                }
                 step.send_idle_jiffies = send_idle;
                 step.recv_idle_jiffies = recv_idle;
                 step.retrans = retrans;
