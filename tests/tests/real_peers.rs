@@ -322,3 +322,49 @@ fn nginx_under_wrk_churn_raises_nothing() {
         );
     }
 }
+
+/// Clients aborting their connections to nginx (a request sent, the answer never
+/// read, SO_LINGER 0: close() resets): 150 resets in about a second, from another
+/// namespace. Seen from nginx's node (its sockets receive them) and from the
+/// clients' (they send them), they are one reset storm at nginx's address; no
+/// client port is an endpoint. Before, each side counted them under the client's
+/// ephemeral port, one each: no storm, and a table filled with client ports.
+#[test]
+fn clients_aborting_their_connections_are_a_reset_storm_at_the_server_from_either_end() {
+    let server = "192.0.2.2:8082";
+    let pair = VethPair::new();
+    let _nginx = tests::peers::Nginx::start(&pair.b, server);
+    let server_node = Recorder::start(&["--comm", "nginx"]);
+    let client_node = Recorder::start(&["--comm", "rst-client"]);
+    let mut client = Python::spawn(
+        Some(&pair.a.name),
+        r#"
+import ctypes, socket, struct, sys
+ctypes.CDLL(None).prctl(15, b"rst-client", 0, 0, 0)
+host, port = sys.argv[1].rsplit(":", 1)
+for _ in range(150):
+    s = socket.create_connection((host, int(port)), timeout=5)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.recv(1, socket.MSG_PEEK)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+print("done", flush=True)
+"#,
+        &[server],
+    );
+    assert_eq!(client.line(), "done");
+    client.wait();
+    for (vantage, rec) in [
+        ("nginx's node", server_node),
+        ("the clients' node", client_node),
+    ] {
+        let report = rec.stop().report_json();
+        let storms: Vec<&Value> = report.iter().filter(|f| f["kind"] == "rst-storm").collect();
+        assert_eq!(storms.len(), 1, "{vantage}: {report:#?}");
+        assert_eq!(storms[0]["endpoint"], server, "{vantage}: {storms:#?}");
+        assert!(
+            storms[0]["count"].as_u64().is_some_and(|n| n >= 150),
+            "{vantage}: {storms:#?}"
+        );
+    }
+}

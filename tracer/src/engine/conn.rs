@@ -177,14 +177,7 @@ impl Tracked {
         match self.role {
             Role::Client => false,
             Role::Server | Role::Listener => true,
-            Role::Unknown => {
-                let (local, remote) = (self.local.port(), self.remote.port());
-                match (ephemeral(local), ephemeral(remote)) {
-                    (true, false) => false,
-                    (false, true) => true,
-                    _ => local < remote,
-                }
-            }
+            Role::Unknown => serves_by_ports(self.local, self.remote),
         }
     }
 
@@ -212,6 +205,18 @@ impl Tracked {
 
     pub fn is_open(&self) -> bool {
         self.closed_ns.is_none()
+    }
+}
+
+/// Whether `local` is the server's end of a connection to `remote` neither end of
+/// which the trace saw open: the end whose port is not an ephemeral one, else the
+/// lower port.
+pub fn serves_by_ports(local: SocketAddr, remote: SocketAddr) -> bool {
+    let (l, r) = (local.port(), remote.port());
+    match (ephemeral(l), ephemeral(r)) {
+        (true, false) => false,
+        (false, true) => true,
+        _ => l < r,
     }
 }
 

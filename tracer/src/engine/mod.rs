@@ -95,6 +95,16 @@ pub struct Stats {
     pub evicted: u64,
 }
 
+/// The server's end of `local -> remote` by the ports alone
+/// ([`conn::serves_by_ports`]): for events of connections the table does not hold.
+fn server_end(local: std::net::SocketAddr, remote: std::net::SocketAddr) -> std::net::SocketAddr {
+    if conn::serves_by_ports(local, remote) {
+        local
+    } else {
+        remote
+    }
+}
+
 /// An idle-close sample an event gave: the server endpoint that closed first (the
 /// address its client dialled) and the connection's idle milliseconds then.
 pub type IdleSample = (std::net::SocketAddr, u64);
@@ -282,8 +292,12 @@ impl Engine {
             } => {
                 let estimate = self.idle.estimate_ms(&e.remote, &self.cfg);
                 let backend = self.tuples.backend(e.local, e.remote);
+                // Counted under the connection's server, whichever end is here: a
+                // server's clients hanging up with resets are not endpoints.
+                let mut server = server_end(e.local, e.remote);
                 if let Some(conn) = self.conns.touch(e, now) {
-                    self.endpoints.reset(conn.server_endpoint(), false);
+                    server = conn.server_endpoint();
+                    self.endpoints.reset(server, false);
                     conn.reset_received = true;
                     self.reuse.on_reset(
                         conn,
@@ -294,7 +308,7 @@ impl Engine {
                     );
                 }
                 self.rst
-                    .record(e.remote, e, Direction::Received, None, &self.cfg);
+                    .record(server, e, Direction::Received, None, &self.cfg);
             }
             EventKind::Reset {
                 direction: Direction::Sent,
@@ -303,7 +317,17 @@ impl Engine {
                 syn,
                 ..
             } => {
-                let endpoint = e.local;
+                // The connection's server: the end a SYN was sent to, the traced
+                // connection's server, else the end the ports say (a client aborting
+                // its connections is not an endpoint of its own).
+                let endpoint = if *syn {
+                    e.local
+                } else {
+                    self.conns
+                        .get(e.sock)
+                        .filter(|c| e.sock != 0 && c.local == e.local && c.remote == e.remote)
+                        .map_or_else(|| server_end(e.local, e.remote), Tracked::server_endpoint)
+                };
                 // Only a reset answering a SYN is a refused connection attempt; late
                 // segments of a connection already gone also get NO_SOCKET resets.
                 if *syn && state.is_none() && reason.as_deref() == Some("NO_SOCKET") {

@@ -1,8 +1,9 @@
 //! `rst-storm` (warning): an unusual rate of resets for one endpoint.
 //!
 //! Rule: at least `rst_storm_count` resets sent or received for one endpoint (the
-//! local end for resets sent, the remote end for resets received) within any
-//! `rst_window_ms`. Evidence: totals by direction and reason, and the peak count seen
+//! connection's server end, whichever end is traced: a reset answering a SYN is its
+//! destination's; a connection the trace holds has its server; else the end on a
+//! port outside the ephemeral range, or the lower port) within any `rst_window_ms`. Evidence: totals by direction and reason, and the peak count seen
 //! within one window.
 
 use std::{
@@ -31,6 +32,8 @@ struct Window {
 pub struct RstStorm {
     by_endpoint: HashMap<SocketAddr, Window>,
     pub dropped: u64,
+    /// When the full table last let go of its quiet endpoints (monotonic ns).
+    swept_ns: u64,
 }
 
 const MAX_ENDPOINTS: usize = 8192;
@@ -44,9 +47,23 @@ impl RstStorm {
         reason: Option<&str>,
         cfg: &Config,
     ) {
+        let window_ns = cfg.rst_window_ms * 1_000_000;
         if !self.by_endpoint.contains_key(&endpoint) && self.by_endpoint.len() >= MAX_ENDPOINTS {
-            self.dropped += 1;
-            return;
+            // Full: endpoints with no storm and no reset within the window hold
+            // nothing a finding needs; they go, at most once a window.
+            if self.swept_ns.saturating_add(window_ns) <= e.mono_ns {
+                self.swept_ns = e.mono_ns;
+                self.by_endpoint.retain(|_, w| {
+                    w.storm.is_some()
+                        || w.times
+                            .back()
+                            .is_some_and(|t| t.saturating_add(window_ns) >= e.mono_ns)
+                });
+            }
+            if self.by_endpoint.len() >= MAX_ENDPOINTS {
+                self.dropped += 1;
+                return;
+            }
         }
         let w = self.by_endpoint.entry(endpoint).or_default();
         match dir {
@@ -59,7 +76,6 @@ impl RstStorm {
                 *w.reasons.entry(r.to_owned()).or_default() += 1;
             }
         }
-        let window_ns = cfg.rst_window_ms * 1_000_000;
         w.times.push_back(e.mono_ns);
         while w
             .times

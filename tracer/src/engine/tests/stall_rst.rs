@@ -180,3 +180,85 @@ fn findings_are_sorted_by_severity_and_poll_reports_growth_once() {
     let again = engine.poll_new();
     assert_eq!(again.len(), 2, "refused and storm counts grew: {again:#?}");
 }
+
+/// Resets are counted under the connection's server, whichever end is traced: a
+/// server whose clients abort (resets received on its accepted sockets) and a client
+/// node aborting its own connections (resets sent on them) make one endpoint, the
+/// server's, not one per client ephemeral port that would fill the table.
+#[test]
+fn resets_count_under_the_server_from_either_end() {
+    let mut engine = Engine::new(Config::default());
+    for i in 0..60u16 {
+        let client = format!("10.0.0.9:{}", 40_000 + i);
+        let served = Sock::new(1 + u64::from(i), 7, "srv", "10.0.0.5:8080", &client);
+        let mut events = served.accepted(u64::from(i) * 50);
+        events.push(served.reset_received(u64::from(i) * 50 + 1, Established, 0));
+        // An old connection (accepted before the trace): its ports tell.
+        let old = Sock::new(
+            0,
+            0,
+            "",
+            "10.0.0.5:8080",
+            &format!("10.0.0.8:{}", 40_000 + i),
+        );
+        events.push(old.reset_received(u64::from(i) * 50 + 2, Established, 0));
+        for e in events {
+            engine.ingest(&e);
+        }
+    }
+    let mut client_node = Engine::new(Config::default());
+    for i in 0..100u16 {
+        let c = Sock::new(
+            1 + u64::from(i),
+            9,
+            "pool",
+            &format!("10.0.0.1:{}", 40_000 + i),
+            "10.0.0.5:8080",
+        );
+        let mut events = c.connect(u64::from(i) * 50);
+        events.push(c.reset_sent_for_data(
+            u64::from(i) * 50 + 1,
+            Some(Established),
+            "TCP_ABORT_ON_CLOSE",
+        ));
+        for e in events {
+            client_node.ingest(&e);
+        }
+    }
+    for (engine, resets) in [(&engine, 120), (&client_node, 100)] {
+        let f = of_kind(engine, Kind::RstStorm);
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert_eq!(f[0].endpoint, "10.0.0.5:8080");
+        assert_eq!(f[0].count, resets);
+        let endpoints: Vec<_> = engine
+            .endpoints()
+            .by_endpoint
+            .keys()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            endpoints,
+            ["10.0.0.5:8080"],
+            "no client port is an endpoint"
+        );
+    }
+}
+
+/// A full table lets go of the endpoints with no storm and no reset within the
+/// window: a storm at a new endpoint late in a long run is still seen.
+#[test]
+fn a_full_reset_table_makes_room_for_a_later_storm() {
+    let mut engine = Engine::new(Config::default());
+    for i in 0..8192u32 {
+        let server = format!("10.1.{}.{}:80", i / 256, i % 256);
+        let s = Sock::new(0, 0, "", &server, "10.0.0.9:40000");
+        engine.ingest(&s.reset_sent(u64::from(i / 8), None, "NO_SOCKET"));
+    }
+    for i in 0..100u64 {
+        let s = Sock::new(0, 0, "", "10.0.0.5:80", &format!("10.0.0.9:{}", 41_000 + i));
+        engine.ingest(&s.reset_sent(60_000 + i * 10, None, "NO_SOCKET"));
+    }
+    let f = of_kind(&engine, Kind::RstStorm);
+    assert_eq!(f.len(), 1, "{f:#?}");
+    assert_eq!(f[0].endpoint, "10.0.0.5:80");
+}
