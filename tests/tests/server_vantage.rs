@@ -8,7 +8,11 @@
 //! named and no race is invented.
 
 use serde_json::Value;
-use tests::{findings_for, peers::keepalive_httpd, Python, Recorder};
+use tests::{
+    findings_for,
+    peers::{keepalive_httpd, wrk_churn, Nginx},
+    Python, Recorder, VethPair,
+};
 
 /// Four pooled connections, three rounds 2.5 s apart, never validated: every reuse
 /// after the first round fails and is retried on a fresh connection.
@@ -86,4 +90,61 @@ fn a_real_http_servers_idle_close_and_the_clients_reuses_from_its_side_alone() {
             .is_some_and(|s| s.contains("below 2.0") && s.contains("on this server")),
         "{r:#}"
     );
+}
+
+/// The same race on a server node that also churns: nginx in another namespace
+/// answering wrk's `Connection: close` requests, tens of thousands of connections it
+/// closes first right after its answer, while the pool's connections sit idle 8 s
+/// (the server closed them at 1 s). Each prompt close's owner is remembered for its
+/// time-wait socket too; they used to share one ring with the idle closes, and a few
+/// seconds of churn pushed the idle closes' owners out: their resets came ownerless,
+/// `--comm` dropped them, and the race went uncounted. Now churn fills its own ring.
+#[test]
+fn the_race_is_counted_from_the_servers_side_while_the_node_churns() {
+    let rec = Recorder::start(&["--comm", "ka-churnd"]);
+    let mut server = Python::spawn(None, &keepalive_httpd("ka-churnd", 1), &[]);
+    let port = server.line();
+    let endpoint = format!("127.0.0.1:{port}");
+    let pair = VethPair::new();
+    let churn = "192.0.2.2:8083";
+    let _nginx = Nginx::start(&pair.b, churn);
+    let mut client = Python::spawn(
+        None,
+        r#"
+import ctypes, http.client, sys, time
+ctypes.CDLL(None).prctl(15, b"ka-churnpool", 0, 0, 0)
+port = int(sys.argv[1])
+pool = [http.client.HTTPConnection("127.0.0.1", port, timeout=5) for _ in range(4)]
+for c in pool:
+    c.request("GET", "/")
+    c.getresponse().read()
+print("idle", flush=True)
+time.sleep(8)
+failed = 0
+for c in pool:
+    try:
+        c.request("GET", "/")
+        c.getresponse().read()
+    except (http.client.RemoteDisconnected, ConnectionError, BrokenPipeError):
+        failed += 1
+print(failed, flush=True)
+"#,
+        &[&port],
+    );
+    assert_eq!(client.line(), "idle");
+    let out = wrk_churn(&pair.a, &format!("http://{churn}/"), 7);
+    let failed: u64 = client.line().parse().expect("failure count");
+    client.wait();
+    let recording = rec.stop();
+    drop(server);
+    assert_eq!(failed, 4, "every reuse failed");
+    let report = recording.report_json();
+    let race = findings_for(&report, "keepalive-reuse-race", &endpoint);
+    if recording.degraded(tracer::kernel::support::RESET_NO_SOCKET) {
+        assert!(race.is_empty(), "no race invented before 6.10: {race:#?}");
+        return;
+    }
+    assert_eq!(race.len(), 1, "{report:#?}\nwrk: {out}");
+    assert_eq!(race[0]["count"], failed, "{:#}\nwrk: {out}", race[0]);
+    assert_eq!(race[0]["evidence"]["vantage"], "server");
 }

@@ -163,8 +163,15 @@ impl Pipeline<'_> {
                 (e.pid, e.comm, e.local, e.remote, e.cgroup)
             }
             Record::Conn(c) => {
+                // This side closed right after activity (a churning server's every
+                // connection): kept apart from the idle closes the race needs.
+                let prompt = c.steps.iter().any(|s| {
+                    s.closer() == Some(crate::event::Closer::Local)
+                        && s.send_idle_ms.min(s.recv_idle_ms)
+                            < crate::pipeline::recent::IDLE_CLOSE_MS
+                });
                 for s in c.steps.iter().filter(|s| s.new == TcpState::Close) {
-                    self.recent.observe(&mut c.event(s));
+                    self.recent.observe_close(&mut c.event(s), prompt);
                 }
                 (c.pid, c.comm, c.local, c.remote, c.cgroup)
             }

@@ -9,15 +9,20 @@
 //! then keep the reset with the connection it belongs to, and the log stores it with
 //! its owner, so a replay sees what the live run saw.
 //!
-//! Bounded, in two time-ordered rings: the tuples this side closed first, which its
-//! time-wait socket holds (at most [`CAP`], each kept [`KEEP_NS`]: a time-wait socket
-//! lives 60 s; a FIN_WAIT2 one up to `tcp_fin_timeout`, 60 s by default), and the
-//! others (the peer closed first, or a connect never got through: at most [`CAP`],
-//! each kept [`BRIEF_NS`]), which nothing of this node holds and whose late events
-//! (the error report after ->CLOSE, close()'s own reset) come at once. A busy
-//! node's passive closes so never push a time-wait holder out. What either ring had
-//! to drop early is counted ([`RecentOwners::evicted`]) and shown with the run's
-//! losses as closed-connection owners not kept.
+//! Bounded, in three time-ordered rings: the tuples this side closed first after
+//! idling or whose idle is not known, which its time-wait socket holds (at most
+//! [`CAP`], each kept [`KEEP_NS`]: a time-wait socket lives 60 s; a FIN_WAIT2 one up
+//! to `tcp_fin_timeout`, 60 s by default); those it closed first right after
+//! activity (under [`IDLE_CLOSE_MS`] idle: a `Connection: close` server's every
+//! connection), as many and as long; and the others (the peer closed first, or a
+//! connect never got through: at most [`CAP`], each kept [`BRIEF_NS`]), which nothing
+//! of this node holds and whose late events (the error report after ->CLOSE,
+//! close()'s own reset) come at once. A busy node's passive closes so never push a
+//! time-wait holder out, nor its churn (thousands of prompt closes a second) the
+//! idle closes whose time-wait resets are the keep-alive race, which `--comm` keeps
+//! only with their owner. What any ring had to drop early is counted
+//! ([`RecentOwners::evicted`]) and shown with the run's losses as closed-connection
+//! owners not kept.
 
 use std::net::SocketAddr;
 
@@ -32,6 +37,9 @@ pub const CAP: usize = 65_536;
 pub const KEEP_NS: u64 = 120_000_000_000;
 /// How long any other closed connection's owner is remembered.
 pub const BRIEF_NS: u64 = 2_000_000_000;
+/// Idle (ms) under which this side's close came right after activity: the engine's
+/// default minimum for an idle close.
+pub const IDLE_CLOSE_MS: u64 = 500;
 
 #[derive(Debug, Clone)]
 struct Owner {
@@ -52,8 +60,10 @@ type Tuple = (SocketAddr, SocketAddr);
 
 /// See the module documentation.
 pub struct RecentOwners {
-    /// Tuples this side closed first.
+    /// Tuples this side closed first after idling, or idle not known.
     held: ExpiringMap<Tuple, Owner>,
+    /// Tuples this side closed first right after activity.
+    prompt: ExpiringMap<Tuple, Owner>,
     /// The others.
     brief: ExpiringMap<Tuple, Owner>,
     /// Resets and errors given the owner of their closed connection.
@@ -64,6 +74,7 @@ impl Default for RecentOwners {
     fn default() -> Self {
         Self {
             held: ExpiringMap::new(CAP, KEEP_NS),
+            prompt: ExpiringMap::new(CAP, KEEP_NS),
             brief: ExpiringMap::new(CAP, BRIEF_NS),
             attributed: 0,
         }
@@ -74,6 +85,13 @@ impl RecentOwners {
     /// Learns from `e` (a connection closing with its owner known) or completes it
     /// (a reset or error with no owner on a tuple that closed recently).
     pub fn observe(&mut self, e: &mut Event) {
+        self.observe_close(e, false);
+    }
+
+    /// [`RecentOwners::observe`], for a close known to follow this side's own close
+    /// right after activity (`prompt`: the connection's record holds its
+    /// ESTABLISHED -> FIN_WAIT1 under [`IDLE_CLOSE_MS`] idle).
+    pub fn observe_close(&mut self, e: &mut Event, prompt: bool) {
         match e.kind {
             EventKind::State {
                 new: TcpState::Close,
@@ -106,10 +124,10 @@ impl RecentOwners {
                     ),
                     held: old != TcpState::SynSent,
                 };
-                let ring = if owner.closed_first {
-                    &mut self.held
-                } else {
-                    &mut self.brief
+                let ring = match (owner.closed_first, prompt) {
+                    (true, false) => &mut self.held,
+                    (true, true) => &mut self.prompt,
+                    (false, _) => &mut self.brief,
                 };
                 ring.insert((e.local, e.remote), e.mono_ns, owner);
             }
@@ -160,28 +178,37 @@ impl RecentOwners {
         })
     }
 
-    /// The newest owner of `tuple` either ring remembers at `now_ns`, with when
-    /// its connection closed.
+    /// The newest owner of `tuple` any ring remembers at `now_ns`, with when its
+    /// connection closed.
     fn get(&mut self, tuple: &Tuple, now_ns: u64) -> Option<(u64, &Owner)> {
         let held = self.held.get(tuple, now_ns);
+        let prompt = self.prompt.get(tuple, now_ns);
         let brief = self.brief.get(tuple, now_ns);
-        match (held, brief) {
-            (Some(h), Some(b)) => Some(if b.0 > h.0 { b } else { h }),
-            (h, b) => h.or(b),
-        }
+        newer(newer(held, prompt), brief)
     }
 
     /// Tuples forgotten early because their ring was full.
     pub fn evicted(&self) -> u64 {
-        self.held.evicted.saturating_add(self.brief.evicted)
+        self.held
+            .evicted
+            .saturating_add(self.prompt.evicted)
+            .saturating_add(self.brief.evicted)
     }
 
     pub fn len(&self) -> usize {
-        self.held.len() + self.brief.len()
+        self.held.len() + self.prompt.len() + self.brief.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.held.is_empty() && self.brief.is_empty()
+        self.held.is_empty() && self.prompt.is_empty() && self.brief.is_empty()
+    }
+}
+
+/// The later of two remembered closes of a tuple.
+fn newer<'a>(a: Option<(u64, &'a Owner)>, b: Option<(u64, &'a Owner)>) -> Option<(u64, &'a Owner)> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.0 > a.0 { b } else { a }),
+        (a, b) => a.or(b),
     }
 }
 
@@ -325,6 +352,35 @@ mod tests {
             )
             .expect("the time-wait holder, 29 s after its close");
         assert_eq!((held.state, held.process.pid), (TimeWait, 42));
+    }
+
+    /// A churning server's prompt closes (closed first right after its answer, tens
+    /// of thousands a second) fill their own ring: the owner of a connection it
+    /// closed idle stays for its time-wait socket's reset, the keep-alive race's, which
+    /// `--comm` keeps only with its owner.
+    #[test]
+    fn a_churning_servers_prompt_closes_never_push_out_an_idle_close() {
+        let mut table = RecentOwners::default();
+        let idle = Sock::new(1, 42, "srv", "10.0.0.5:8000", "10.0.0.9:41000");
+        let mut e = idle.state(1000, FinWait2, Close, 0);
+        table.observe_close(&mut e, false);
+        for i in 0..(CAP as u64 + 10) {
+            let s = Sock::new(
+                i + 2,
+                42,
+                "srv",
+                "10.0.0.5:8000",
+                &format!("10.0.3.{}:{}", i / 60_000, 1024 + i % 60_000),
+            );
+            let mut e = s.state(1001, FinWait2, Close, 0);
+            e.mono_ns += i * 10_000;
+            table.observe_close(&mut e, true);
+        }
+        assert_eq!(table.evicted(), 10, "only prompt closes were dropped");
+        let mut rst = idle.reset_sent_for_data(5_000, Some(TimeWait), "TCP_RESET");
+        (rst.pid, rst.comm, rst.owner_known) = (0, Comm::default(), false);
+        table.observe(&mut rst);
+        assert_eq!((rst.pid, rst.comm.as_str()), (42, "srv"));
     }
 
     #[test]
