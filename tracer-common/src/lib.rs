@@ -176,8 +176,9 @@ pub struct ConnRecord {
     /// `tcp_sock.bytes_acked` / `bytes_received` at the record.
     pub bytes_acked: u64,
     pub bytes_received: u64,
-    /// When the socket's entry was made (`bpf_ktime_get_ns()`): with `head.sock`, the
-    /// entry's identity — a freed socket's address is soon another socket's.
+    /// When the socket's entry took its first step (that step's `bpf_ktime_get_ns()`;
+    /// 0 until then): with `head.sock`, the entry's identity — a freed socket's
+    /// address is soon another socket's.
     pub born_ns: u64,
     pub steps: [Step; MAX_STEPS],
 }
