@@ -277,6 +277,8 @@ impl Engine {
 
     /// Feeds one event.
     pub fn ingest(&mut self, e: &Event) {
+        // Only this event's sample reaches the observer.
+        self.idle_sampled = None;
         self.stats.events += 1;
         self.advance(e.mono_ns, e.time);
         let now = self.now_ns;
