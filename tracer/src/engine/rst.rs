@@ -3,8 +3,9 @@
 //! Rule: at least `rst_storm_count` resets sent or received for one endpoint (the
 //! connection's server end, whichever end is traced: a reset answering a SYN is its
 //! destination's; a connection the trace holds has its server; else the end on a
-//! port outside the ephemeral range, or the lower port) within any `rst_window_ms`. Evidence: totals by direction and reason, and the peak count seen
-//! within one window.
+//! port outside the ephemeral range, or the lower port) within any `rst_window_ms`.
+//! Evidence: totals by direction and reason, and the peak count seen within one
+//! window.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},

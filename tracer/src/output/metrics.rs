@@ -272,8 +272,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn observe(&mut self, e: &Event) {
+    /// One kernel event, with the idle-close sample the engine took from it
+    /// ([`Engine::record_observed`]).
+    pub fn observe(&mut self, e: &Event, idle: Option<crate::engine::IdleSample>) {
         self.events.inc();
+        if let Some((endpoint, idle_ms)) = idle {
+            self.observe_idle(endpoint, idle_ms);
+        }
         match &e.kind {
             EventKind::State { old, new, .. } => {
                 // A connect that never got through: its error (reported after
@@ -331,7 +336,7 @@ impl Metrics {
     /// dialled it) closed first after `idle_ms` idle. The engine decides, from
     /// either end: a server's own socket seeing its client hang up is not one, and
     /// a connection with both ends on this node counts once.
-    pub fn observe_idle(&mut self, endpoint: SocketAddr, idle_ms: u64) {
+    fn observe_idle(&mut self, endpoint: SocketAddr, idle_ms: u64) {
         if !self.endpoints.contains(&endpoint) {
             if self.endpoints.len() >= MAX_ENDPOINTS {
                 self.endpoints_dropped.inc();
@@ -448,10 +453,7 @@ mod tests {
     /// An event through the engine to the metrics, as the pipeline's dispatch does.
     fn feed(engine: &mut Engine, m: &mut Metrics, e: Event) {
         engine.record_observed(&crate::event::Record::Event(e), |e, idle| {
-            m.observe(e);
-            if let Some((endpoint, idle_ms)) = idle {
-                m.observe_idle(endpoint, idle_ms);
-            }
+            m.observe(e, idle);
         });
     }
 
@@ -586,8 +588,8 @@ mod tests {
             ));
         }
         let refused = Sock::new(99, 9, "client", "10.0.0.1:40001", "10.0.0.5:9");
-        m.observe(&refused.connect_error(1, libc::EADDRNOTAVAIL));
-        m.observe(&refused.reset_sent(2, None, "NO_SOCKET"));
+        m.observe(&refused.connect_error(1, libc::EADDRNOTAVAIL), None);
+        m.observe(&refused.reset_sent(2, None, "NO_SOCKET"), None);
         let text = m.render(
             &engine,
             Probed {
@@ -635,8 +637,8 @@ mod tests {
         let engine = Engine::new(Config::default());
         // Linux >= 5.12: the error report after SYN_SENT -> CLOSE.
         let after = Sock::new(1, 9, "client", "10.0.0.1:40000", "10.0.0.5:9");
-        m.observe(&after.state(0, SynSent, Close, 0));
-        m.observe(&after.error(1, libc::ECONNREFUSED));
+        m.observe(&after.state(0, SynSent, Close, 0), None);
+        m.observe(&after.error(1, libc::ECONNREFUSED), None);
         // Linux < 5.12: the error read at the close and reported first, while the
         // socket is still SYN_SENT.
         let before = Sock::new(2, 9, "client", "10.0.0.1:40001", "10.0.0.5:9");
@@ -645,8 +647,8 @@ mod tests {
             errno: crate::event::Errno(libc::ECONNREFUSED),
             state: SynSent,
         };
-        m.observe(&error);
-        m.observe(&before.state(1, SynSent, Close, 0));
+        m.observe(&error, None);
+        m.observe(&before.state(1, SynSent, Close, 0), None);
         let text = m.render(&engine, Probed::default());
         assert!(
             text.contains("conntrace_connect_errors_total{errno=\"ECONNREFUSED\"} 2"),

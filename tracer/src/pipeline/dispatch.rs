@@ -17,10 +17,7 @@ pub fn dispatch(
     let mut metrics = metrics;
     engine.record_observed(record, |e, idle| {
         if let Some(m) = metrics.as_deref_mut() {
-            m.observe(e);
-            if let Some((endpoint, idle_ms)) = idle {
-                m.observe_idle(endpoint, idle_ms);
-            }
+            m.observe(e, idle);
         }
     });
     match record {

@@ -163,14 +163,18 @@ impl Pipeline<'_> {
                 (e.pid, e.comm, e.local, e.remote, e.cgroup)
             }
             Record::Conn(c) => {
-                // This side closed right after activity (a churning server's every
-                // connection): kept apart from the idle closes the race needs.
-                let prompt = c.steps.iter().any(|s| {
-                    s.closer() == Some(crate::event::Closer::Local)
-                        && s.send_idle_ms.min(s.recv_idle_ms)
-                            < crate::pipeline::recent::IDLE_CLOSE_MS
-                });
+                // This side closed right after activity, under the engine's idle
+                // minimum (a churning server's every connection): kept apart from the
+                // idle closes the race needs. Asked only of a record that closes.
+                let idle_min_ms = self.engine.config().idle_min_ms;
+                let mut prompt = None;
                 for s in c.steps.iter().filter(|s| s.new == TcpState::Close) {
+                    let prompt = *prompt.get_or_insert_with(|| {
+                        c.steps.iter().any(|s| {
+                            s.closer() == Some(crate::event::Closer::Local)
+                                && s.send_idle_ms.min(s.recv_idle_ms) < idle_min_ms
+                        })
+                    });
                     self.recent.observe_close(&mut c.event(s), prompt);
                 }
                 (c.pid, c.comm, c.local, c.remote, c.cgroup)

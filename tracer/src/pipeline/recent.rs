@@ -13,8 +13,8 @@
 //! idling or whose idle is not known, which its time-wait socket holds (at most
 //! [`CAP`], each kept [`KEEP_NS`]: a time-wait socket lives 60 s; a FIN_WAIT2 one up
 //! to `tcp_fin_timeout`, 60 s by default); those it closed first right after
-//! activity (under [`IDLE_CLOSE_MS`] idle: a `Connection: close` server's every
-//! connection), as many and as long; and the others (the peer closed first, or a
+//! activity (under the engine's idle-close minimum, 500 ms by default: a
+//! `Connection: close` server's every connection), as many and as long; and the others (the peer closed first, or a
 //! connect never got through: at most [`CAP`], each kept [`BRIEF_NS`]), which nothing
 //! of this node holds and whose late events (the error report after ->CLOSE,
 //! close()'s own reset) come at once. A busy node's passive closes so never push a
@@ -37,9 +37,6 @@ pub const CAP: usize = 65_536;
 pub const KEEP_NS: u64 = 120_000_000_000;
 /// How long any other closed connection's owner is remembered.
 pub const BRIEF_NS: u64 = 2_000_000_000;
-/// Idle (ms) under which this side's close came right after activity: the engine's
-/// default minimum for an idle close.
-pub const IDLE_CLOSE_MS: u64 = 500;
 
 #[derive(Debug, Clone)]
 struct Owner {
@@ -90,7 +87,7 @@ impl RecentOwners {
 
     /// [`RecentOwners::observe`], for a close known to follow this side's own close
     /// right after activity (`prompt`: the connection's record holds its
-    /// ESTABLISHED -> FIN_WAIT1 under [`IDLE_CLOSE_MS`] idle).
+    /// ESTABLISHED -> FIN_WAIT1 under the engine's idle-close minimum).
     pub fn observe_close(&mut self, e: &mut Event, prompt: bool) {
         match e.kind {
             EventKind::State {
